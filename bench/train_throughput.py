@@ -1,0 +1,112 @@
+"""Training throughput: images/s of full-precision vs APoT-QAT training steps.
+
+    python bench/train_throughput.py [--model resnet20] [--batch 256] [--steps 20] [--repeats 5]
+                                     [--device cpu|cuda|all] [--compile] [--out FILE]
+
+Prints the figures and writes them as JSON (default bench/results/train_throughput-<device>.json).
+Each figure is the median over ``repeats`` timed runs of ``steps`` steps, after warm-up; the
+QAT/FP ratio compares the two in the same run. Absolute times are meaningful on a GPU only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sw"))
+from shiftpq.data import augment  # noqa: E402
+from shiftpq.models import build_model  # noqa: E402
+from shiftpq.pruning import gm_prune, layer_rates, zero_pruned  # noqa: E402
+from shiftpq.train import RECIPES, _loss, _optimizer, _to_input, calibrate_activations  # noqa: E402
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(model_name: str, quant: bool, dev: torch.device, batch: int, steps: int, repeats: int,
+               compile_model: bool) -> dict:
+    torch.manual_seed(0)
+    model = build_model(model_name).to(dev)
+    gm_prune(model, layer_rates(model, 0.3), incremental=True)
+    recipe = RECIPES["fast"]
+    images = torch.randint(0, 256, (batch * 4, 3, 32, 32), dtype=torch.uint8, device=dev)
+    labels = torch.randint(0, 10, (batch * 4,), device=dev)
+    if quant:
+        calibrate_activations(model, images[:batch])
+    model.set_quant(quant)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = _optimizer(model, recipe, qat=quant)
+    fwd = torch.compile(model) if compile_model else model
+    gen = torch.Generator(device=dev).manual_seed(0)
+    amp = dev.type == "cuda"
+
+    def step(i):
+        sl = slice((i % 4) * batch, (i % 4 + 1) * batch)
+        x = _to_input(augment(images[sl], gen))
+        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+            loss = _loss(fwd(x), labels[sl], recipe)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        zero_pruned(model, opt)
+
+    for i in range(max(3, steps // 4)):  # warm-up (and compilation)
+        step(i)
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        t = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        _sync(dev)
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"seconds_per_step": med / steps, "images_per_s": batch * steps / med, "runs": times}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=None, help="steps per timed run (default: 20 on CUDA, 3 on CPU)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="all", help="cpu, cuda, or all (every available device)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    results = []
+    for d in devices:
+        dev = torch.device(d)
+        steps = a.steps or (20 if d == "cuda" else 3)
+        variants = [False, True] if (a.compile and d == "cuda") else [False]
+        for comp in variants:
+            fp = time_steps(a.model, False, dev, a.batch, steps, a.repeats, comp)
+            qat = time_steps(a.model, True, dev, a.batch, steps, a.repeats, comp)
+            row = {"device": torch.cuda.get_device_name() if d == "cuda" else "cpu", "model": a.model,
+                   "batch": a.batch, "steps": steps, "repeats": a.repeats, "compiled": comp,
+                   "torch": torch.__version__, "fp": fp, "qat": qat,
+                   "qat_over_fp": qat["seconds_per_step"] / fp["seconds_per_step"],
+                   "fp_epoch_seconds": 50000 / fp["images_per_s"], "qat_epoch_seconds": 50000 / qat["images_per_s"]}
+            results.append(row)
+            print(f"{row['device']:<28} compiled={comp!s:<5} FP {fp['images_per_s']:>9.0f} img/s "
+                  f"({row['fp_epoch_seconds']:.2f} s/epoch)  QAT {qat['images_per_s']:>9.0f} img/s "
+                  f"({row['qat_epoch_seconds']:.2f} s/epoch)  QAT/FP step time {row['qat_over_fp']:.2f}x")
+    out = Path(a.out or Path(__file__).parent / "results" / f"train_throughput-{a.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Checkpoint files: tensors in a torch file read with ``weights_only=True``, metadata as JSON.
+
+Layout: ``{"format": "shiftpq-checkpoint", "version": 1, "meta": <JSON string>,
+"model": state_dict, "optimizer": state_dict | absent, "teacher": state_dict | absent}``.
+``meta["spec"]`` rebuilds the model, ``meta["quantized"]`` says whether its quantizers are on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import ShiftPQError
+from .models import ModelSpec, Net
+
+FORMAT = "shiftpq-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: Net, meta: dict, optimizer=None, teacher: Net | None = None) -> None:
+    """Atomic write: a crash never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    blob = {"format": FORMAT, "version": VERSION, "meta": json.dumps({**meta, "spec": model.spec.to_json(),
+                                                                       "quantized": model.quantized}, sort_keys=True),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if optimizer is not None:
+        blob["optimizer"] = optimizer.state_dict()
+    if teacher is not None:
+        blob["teacher"] = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(raw blob, meta) of a checkpoint; never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShiftPQError(f"{path}: checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise ShiftPQError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ShiftPQError(f"{path}: field 'format' is not {FORMAT!r} (not a ShiftPQ checkpoint)")
+    if blob.get("version") != VERSION:
+        raise ShiftPQError(f"{path}: field 'version' is {blob.get('version')!r}, expected {VERSION}")
+    try:
+        meta = json.loads(blob["meta"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShiftPQError(f"{path}: field 'meta' is not valid JSON ({e})") from None
+    return blob, meta
+
+
+def model_from_state(spec: dict, state: dict, quantized: bool, source: str = "checkpoint") -> Net:
+    try:
+        model = Net(ModelSpec(spec["name"], spec["wbits"], spec["abits"], spec.get("layer_bits", {})))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShiftPQError(f"{source}: field 'meta.spec' is invalid ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ShiftPQError(f"{source}: field 'model' does not fit {spec['name']}: {e}") from None
+    model.set_quant(quantized)
+    return model
+
+
+def load_model(path: str | Path) -> tuple[Net, dict]:
+    """The model stored in a checkpoint (eval mode, quantizers as trained) and its metadata."""
+    blob, meta = read_checkpoint(path)
+    model = model_from_state(meta.get("spec", {}), blob.get("model", {}), bool(meta.get("quantized")), str(path))
+    return model.eval(), meta

@@ -1,0 +1,173 @@
+"""The ``shiftpq`` command line: ``shiftpq <command> --help`` describes each command."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import ShiftPQError
+
+
+def _kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _kv_float(text: str) -> tuple[str, float]:
+    k, v = _kv(text)
+    try:
+        return k, float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{k}: expected a number, got {v!r}") from None
+
+
+def _kv_int(text: str) -> tuple[str, int]:
+    k, v = _kv(text)
+    try:
+        return k, int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{k}: expected an integer, got {v!r}") from None
+
+
+def _rate(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= r < 1.0:
+        raise argparse.ArgumentTypeError(f"pruning rate must be in [0, 1), got {r!r}")
+    return r
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .levels import ACT_BITS, WEIGHT_BITS
+    from .models import MODEL_NAMES
+    from .train import METHODS, RECIPES, RESIDUAL_PRUNING
+
+    p = argparse.ArgumentParser(prog="shiftpq", description="ShiftPQ: compress CIFAR-10 CNNs with GM filter "
+                                "pruning and APoT quantization (SPQ/PPQ), and compile them to shift-add hardware.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model: fp baseline, SPQ or PPQ",
+                       description="Train on CIFAR-10. Checkpoints every epoch to OUT/last.pt, writes OUT/final.pt, "
+                       "OUT/log.jsonl (one JSON line per epoch) and OUT/summary.json.")
+    t.add_argument("--model", required=True, choices=MODEL_NAMES)
+    t.add_argument("--method", required=True, choices=METHODS,
+                   help="fp: full precision; spq: simultaneous pruning + QAT; ppq: prune, then QAT")
+    t.add_argument("--recipe", default="fast", choices=list(RECIPES), help="hyperparameter preset (default: fast)")
+    t.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a recipe field, e.g. --set epochs=30 --set lr=0.2 (repeatable)")
+    t.add_argument("--rate", type=_rate, default=0.3, help="GM pruning rate of every conv (default 0.3)")
+    t.add_argument("--layer-rate", type=_kv_float, action="append", default=[], metavar="CONV=RATE",
+                   help="pruning rate of one conv, e.g. layer1.0.conv1=0.5 (repeatable)")
+    t.add_argument("--residual-pruning", choices=RESIDUAL_PRUNING, default="grouped",
+                   help="grouped (default): the convs that write one residual stream prune the same channels, so "
+                   "the stream loses them too; layer: every conv picks its own filters (the stream keeps all)")
+    t.add_argument("--wbits", type=int, default=4, choices=WEIGHT_BITS, help="weight bits of the inner convs")
+    t.add_argument("--abits", type=int, default=4, choices=ACT_BITS, help="activation bits")
+    t.add_argument("--layer-bits", type=_kv_int, action="append", default=[], metavar="LAYER=BITS",
+                   help="bits of one conv's weights or one activation quantizer (repeatable)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
+    t.add_argument("--train-limit", type=_positive, default=None, help="use only the first N training images")
+    t.add_argument("--test-limit", type=_positive, default=None, help="use only the first N test images")
+    t.add_argument("--init", default=None, metavar="CKPT", help="start from this checkpoint's weights and masks")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
+    t.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    t.add_argument("--stop-after", type=_positive, default=None, metavar="EPOCHS",
+                   help="stop (resumably) after this many epochs in this call")
+    t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop (resumably) after the epoch that passes this wall time")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    m = sub.add_parser("metrics", help="model size (eq. 5) and BOPs (eq. 6) per layer and in total",
+                       description="Without --checkpoint: the unpruned FP32 model. With it: the compressed model as "
+                       "deployed (pruned filters and the input channels they fed removed).")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", choices=MODEL_NAMES)
+    src.add_argument("--checkpoint", metavar="CKPT")
+    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    d = sub.add_parser("data", help="CIFAR-10 data")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dl = dsub.add_parser("download", help="download the official binary archive, check its md5, unpack")
+    dl.add_argument("--out", required=True, help="directory for the .bin files")
+    from .data import CIFAR10_MD5, CIFAR10_URL
+    dl.add_argument("--url", default=CIFAR10_URL)
+    dl.add_argument("--md5", default=CIFAR10_MD5)
+    return p
+
+
+def _device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ShiftPQError(f"--device {name}: CUDA is not available on this machine")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ShiftPQError(f"--device must be cpu, cuda or auto, got {name!r}")
+    return name
+
+
+def cmd_train(a) -> int:
+    from .data import resolve_data_dir
+    from .models import ModelSpec
+    from .train import TrainConfig, recipe_with, train
+    spec = ModelSpec(a.model, a.wbits, a.abits, dict(a.layer_bits))
+    cfg = TrainConfig(method=a.method, spec=spec, recipe=recipe_with(a.recipe, dict(a.overrides)),
+                      recipe_name=a.recipe, rate=a.rate, layer_rates=dict(a.layer_rate), residual_pruning=a.residual_pruning, seed=a.seed,
+                      train_limit=a.train_limit, test_limit=a.test_limit, init=a.init)
+    resolve_data_dir(a.data_dir)
+    train(cfg, a.out, device=_device(a.device), data_dir=a.data_dir, resume=a.resume, stop_after=a.stop_after,
+          time_limit=a.time_limit, progress=not a.no_progress and sys.stderr.isatty(), compile_model=a.compile,
+          log=lambda s: print(s, file=sys.stderr, flush=True))
+    return 0
+
+
+def cmd_metrics(a) -> int:
+    from .metrics import format_table, model_metrics
+    if a.checkpoint:
+        from .checkpoint import load_model
+        model, _ = load_model(a.checkpoint)
+        m = model_metrics(model, quantized=model.quantized)
+    else:
+        from .models import build_model
+        m = model_metrics(build_model(a.model), quantized=False)
+    print(json.dumps(m, indent=2) if a.json else format_table(m))
+    return 0
+
+
+def cmd_data(a) -> int:
+    from .data import download
+    out = download(a.out, a.url, a.md5, progress=sys.stderr.isatty())
+    print(f"CIFAR-10 ready in {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "metrics": cmd_metrics, "data": cmd_data}[args.command]
+    try:
+        return handler(args)
+    except (ShiftPQError, ValueError) as e:
+        print(f"shiftpq: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

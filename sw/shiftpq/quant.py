@@ -1,0 +1,196 @@
+"""APoT / uniform fake quantization for training (PyTorch side of the level sets in levels.py).
+
+Conventions, written once and used by every quantized layer:
+- A quantizer maps x to ``alpha * q(x / alpha)`` where q rounds to the nearest level of the
+  layer's level set after clipping to [0, 1] (unsigned) or [-1, 1] (signed, by magnitude).
+  Ties go to the larger magnitude (``bucketize(..., right=True)`` on the midpoints).
+- ``alpha`` is a learnable clipping threshold with the reparameterized clipping gradient of
+  APoT: weights ``dL/dalpha = sum g * (sign(x) if |x| > 1 else q(x) - x)`` with a plain
+  straight-through weight gradient; activations ``dL/dalpha = sum g * (1 if x > 1 else q(x) - x)``
+  and zero input gradient where x > 1 (x = input / alpha).
+- Weights are normalized before quantization, ``w_hat = (w - mean) / std`` over the kept filters
+  (no gradient through mean and std), and the result is scaled back by ``std`` so that switching
+  quantization on keeps the layer's output scale; ``std * alpha / denom`` is the layer's step.
+- Pruning masks multiply what the forward pass uses (the quantized weights, and for hard masks
+  the BatchNorm output). ``hard`` masks also block the gradient; soft (``ste``) masks pass it
+  straight through so that soft-pruned filters keep learning (SPQ).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .levels import level_set
+
+ALPHA_W_INIT = 3.0  # clipping of normalized weights, in standard deviations (APoT CIFAR code)
+ALPHA_A_INIT = 8.0  # activation clipping before calibration (APoT CIFAR code)
+
+
+class _Quantize(torch.autograd.Function):
+    """alpha * q(x / alpha) with the APoT gradients. ``vals``/``mids``: level magnitudes in [0, 1]."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, vals, mids, signed: bool):
+        xs = x.float() / alpha
+        mag = xs.abs() if signed else xs
+        q = vals[torch.bucketize(mag.clamp(0.0, 1.0), mids, right=True)]
+        if signed:
+            q = q.copysign(xs)
+        ctx.save_for_backward(x, alpha, vals, mids)
+        ctx.signed = signed
+        return (q * alpha).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        # Recomputed from x (which the preceding ReLU or the weight already keeps alive)
+        # instead of saving two more activation-sized tensors.
+        x, alpha, vals, mids = ctx.saved_tensors
+        xs = x.float() / alpha
+        g32 = g.float()
+        if ctx.signed:
+            over = xs.abs() > 1
+            q = vals[torch.bucketize(xs.abs().clamp(0.0, 1.0), mids, right=True)].copysign(xs)
+            dalpha = torch.where(over, xs.sign(), q - xs)
+            gx = g  # straight-through for weights
+        else:
+            over = xs > 1
+            q = vals[torch.bucketize(xs.clamp(0.0, 1.0), mids, right=True)]
+            dalpha = torch.where(over, torch.ones_like(xs), q - xs)
+            gx = g * (~over).to(g.dtype)
+        galpha = (g32 * dalpha).sum().reshape(alpha.shape)
+        return gx, galpha, None, None, None
+
+
+class Quantizer(nn.Module):
+    """A learnable-alpha quantizer over one level set (activations: unsigned, weights: signed)."""
+
+    def __init__(self, bits: int, signed: bool, alpha: float):
+        super().__init__()
+        self.levels = level_set(bits, signed)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.register_buffer("vals", torch.tensor(self.levels.values, dtype=torch.float32), persistent=False)
+        self.register_buffer("mids", torch.tensor(self.levels.midpoints, dtype=torch.float32), persistent=False)
+        self.enabled = False
+
+    @property
+    def bits(self) -> int:
+        return self.levels.bits
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return _Quantize.apply(x, self.alpha, self.vals, self.mids, self.levels.signed)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer level magnitudes (signed for weights) of x, as used by the hardware."""
+        xs = x.float() / self.alpha.detach()
+        idx = torch.bucketize(xs.abs().clamp(0.0, 1.0), self.mids, right=True)
+        ints = torch.tensor(self.levels.ints, device=x.device)[idx]
+        return ints * xs.sign().long() if self.levels.signed else ints
+
+    def extra_repr(self) -> str:
+        return f"{self.levels.kind}{self.bits}, signed={self.levels.signed}, enabled={self.enabled}"
+
+
+class ActQuant(Quantizer):
+    """Quantizes a post-ReLU tensor; identity while disabled (full-precision training)."""
+
+    def __init__(self, bits: int):
+        super().__init__(bits, signed=False, alpha=ALPHA_A_INIT)
+
+    def forward(self, x):
+        return self.quantize(x) if self.enabled else x
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, grid: int = 64) -> float:
+        """Set alpha to the MSE-optimal clipping threshold for the sample x (deterministic grid search)."""
+        x = x.detach().float().flatten()
+        top = float(x.max())
+        if top <= 0:
+            return float(self.alpha)
+        best, best_err = top, float("inf")
+        for k in range(1, grid + 1):
+            a = torch.tensor(top * k / grid, device=x.device)
+            err = float(((_Quantize.apply(x, a, self.vals, self.mids, False) - x) ** 2).mean())
+            if err < best_err:
+                best, best_err = top * k / grid, err
+        self.alpha.fill_(best)
+        return best
+
+
+def _masked(t: torch.Tensor, mask: torch.Tensor, dim: int, ste: bool) -> torch.Tensor:
+    """t * mask along ``dim``; with ``ste`` the gradient passes as if unmasked."""
+    shape = [1] * t.dim()
+    shape[dim] = -1
+    masked = t * mask.view(shape).to(t.dtype)
+    return t + (masked - t).detach() if ste else masked
+
+
+class _QWeight:
+    """Mix-in state for a layer whose weight is fake-quantized and whose filters can be pruned."""
+
+    def _init_qweight(self, bits: int, out_features: int):
+        self.wq = Quantizer(bits, signed=True, alpha=ALPHA_W_INIT)
+        self.register_buffer("mask", torch.ones(out_features))
+        self.mask_ste = False  # True: soft (SPQ) masks that let pruned filters keep learning
+
+    def _norm_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the kept filters' weights (no gradient flows through them)."""
+        with torch.no_grad():
+            w = self.weight
+            m = self.mask.view(-1, *[1] * (w.dim() - 1))
+            n = m.sum() * w[0].numel()
+            mean = (w * m).sum() / n
+            std = (((w - mean) ** 2) * m).sum().div(n - 1).sqrt().clamp_min(1e-8)
+        return mean, std
+
+    def effective_weight(self) -> torch.Tensor:
+        w = self.weight
+        if self.wq.enabled:
+            mean, std = self._norm_stats()
+            w = self.wq.quantize((w - mean) / std) * std
+        return _masked(w, self.mask, 0, self.mask_ste)
+
+    @torch.no_grad()
+    def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Signed integer level of every weight (pruned filters: 0) and the step, w_q = codes * step."""
+        mean, std = self._norm_stats()
+        codes = self.wq.codes((self.weight - mean) / std)
+        codes = codes * self.mask.view(-1, *[1] * (codes.dim() - 1)).long()
+        return codes, std * self.wq.alpha.detach() / self.wq.levels.denom
+
+
+class QConv2d(nn.Conv2d, _QWeight):
+    def __init__(self, cin, cout, k=3, stride=1, padding=1, bits=4):
+        super().__init__(cin, cout, k, stride=stride, padding=padding, bias=False)
+        self._init_qweight(bits, cout)
+
+    def forward(self, x):
+        return self._conv_forward(x, self.effective_weight(), None)
+
+
+class QLinear(nn.Linear, _QWeight):
+    def __init__(self, cin, cout, bits=8):
+        super().__init__(cin, cout, bias=True)
+        self._init_qweight(bits, cout)
+
+    def forward(self, x):
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+class ConvBN(nn.Module):
+    """Conv + BatchNorm whose pruned output channels are exactly zero.
+
+    Hard masks multiply both the quantized filter and the BatchNorm output, so a pruned channel
+    carries 0 (not the BatchNorm shift) and the next conv's input channel can be removed
+    physically. Soft (SPQ) masks zero the filter in the forward pass only and leave BatchNorm
+    alone, as in soft filter pruning, so that gradients still reach the pruned filter.
+    """
+
+    def __init__(self, cin, cout, stride=1, bits=4):
+        super().__init__()
+        self.conv = QConv2d(cin, cout, 3, stride, 1, bits)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y if self.conv.mask_ste else _masked(y, self.conv.mask, 1, False)

@@ -1,0 +1,16 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "sw"))
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> str:
+    d = os.environ.get("CIFAR10_DIR") or str(ROOT.parent / "shared" / "data" / "cifar10")
+    if not Path(d, "test_batch.bin").is_file():
+        pytest.fail(f"CIFAR-10 not found at {d}: set CIFAR10_DIR to the official binary directory")
+    return d

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from shiftpq.metrics import model_metrics
+from shiftpq.models import MODEL_NAMES, build_model, count_parameters, preprocess
+
+
+@pytest.mark.parametrize("name,params,macs", [("resnet20", 269_722, 40_550_400), ("resnet56", 853_018, 125_485_056)])
+def test_fp32_resnet_parameters_and_macs(name, params, macs):
+    m = build_model(name)
+    assert count_parameters(m) == params
+    fc_macs = 64 * 10
+    assert model_metrics(m, quantized=False)["fp32"]["macs"] - fc_macs == macs
+    assert round(macs / 1e6, 2) == {"resnet20": 40.55, "resnet56": 125.49}[name]
+
+
+def test_resnet32_110_macs():
+    assert round((model_metrics(build_model("resnet32"))["fp32"]["macs"] - 640) / 1e6, 2) == 68.86
+    assert round((model_metrics(build_model("resnet110"))["fp32"]["macs"] - 640) / 1e6, 2) == 252.89
+
+
+def test_vgg16_has_13_convs_with_batchnorm():
+    m = build_model("vgg16")
+    assert len(m.prunable()) == 13
+    assert all(isinstance(cb.bn, torch.nn.BatchNorm2d) for cb in m.prunable().values())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_fp_and_quantized(name):
+    m = build_model(name).eval()
+    x = preprocess(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert m(x).shape == (2, 10)
+    m.set_quant(True)
+    assert torch.isfinite(m(x)).all()
+
+
+def test_first_and_last_layers_are_8_bit():
+    m = build_model("resnet20")
+    layers = m.weight_layers()
+    assert layers["stem"].wq.bits == 8 and layers["fc"].wq.bits == 8
+    assert layers["layer1.0.conv1"].wq.bits == 4
+    assert m.act_quantizers()["pool_act"].bits == 8 and m.act_quantizers()["stem_act"].bits == 4
+
+
+def test_layer_bits_override_and_unknown_layer():
+    m = build_model("resnet20", layer_bits={"layer1.0.conv1": 3, "layer1.0.act1": 2})
+    assert m.weight_layers()["layer1.0.conv1"].wq.bits == 3
+    assert m.act_quantizers()["layer1.0.act1"].bits == 2
+    with pytest.raises(ValueError, match="unknown layers"):
+        build_model("resnet20", layer_bits={"nope": 4})
+
+
+def test_preprocess_is_exact_centering():
+    x = torch.tensor([0, 127, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2).expand(1, 3, 2, 2)
+    assert preprocess(x)[0, 0].flatten().tolist() == [-1.0, -1 / 128, 0.0, 127 / 128]
+
+
+def test_metrics_json_shape():
+    m = model_metrics(build_model("resnet20"), quantized=False)
+    for key in ("params", "macs", "size_bits", "bops"):
+        assert key in m["total"] and key in m["fp32"]
+    assert m["ratios"] == {"size": 1.0, "bops": 1.0}
+    assert m["fp32"]["bops"] == m["fp32"]["macs"] * 32 * 32

@@ -1,0 +1,85 @@
+import torch
+
+from shiftpq.levels import level_set
+from shiftpq.quant import ActQuant, QConv2d, Quantizer
+
+
+def _in_set(values: torch.Tensor, alpha: float, bits: int, signed: bool) -> bool:
+    s = level_set(bits, signed)
+    allowed = torch.tensor(s.values, dtype=torch.float64) * alpha
+    if signed:
+        allowed = torch.cat([-allowed, allowed])
+    d = (values.double().flatten()[:, None] - allowed[None, :]).abs().min(1).values
+    return bool((d < 1e-5 * max(1.0, alpha)).all())
+
+
+def test_activation_quantizer_outputs_only_levels():
+    torch.manual_seed(0)
+    for bits in (2, 3, 4, 5, 8):
+        q = ActQuant(bits)
+        q.enabled = True
+        q.alpha.data.fill_(2.5)
+        y = q(torch.rand(4000) * 4)
+        assert _in_set(y, 2.5, bits, False)
+        assert float(y.detach().max()) == 2.5 and float(y.detach().min()) == 0.0
+
+
+def test_weight_quantizer_outputs_only_levels():
+    torch.manual_seed(0)
+    for bits in (2, 3, 4, 5, 8):
+        q = Quantizer(bits, signed=True, alpha=1.7)
+        y = q.quantize(torch.randn(4000) * 2)
+        assert _in_set(y, 1.7, bits, True)
+
+
+def test_nearest_level_and_ties_round_up():
+    q = ActQuant(4)
+    q.alpha.data.fill_(48.0)  # levels become the integers 0,1,2,3,4,6,8,9,12,...
+    x = torch.tensor([0.4, 0.5, 4.9, 5.0, 5.1, 10.5, 10.49, 40.0, 42.0, 47.9, 100.0])
+    assert q.quantize(x).tolist() == [0, 1, 4, 6, 6, 12, 9, 36, 48, 48, 48]
+
+
+def test_activation_alpha_gradient_formula():
+    torch.manual_seed(1)
+    q = ActQuant(4)
+    q.alpha.data.fill_(1.3)
+    x = (torch.rand(500) * 2).requires_grad_()
+    g = torch.randn(500)
+    (q.quantize(x) * g).sum().backward()
+    xs = x.detach() / 1.3
+    qx = q.quantize(x.detach()).detach() / 1.3
+    expected = torch.where(xs > 1, torch.ones_like(xs), qx - xs)
+    torch.testing.assert_close(q.alpha.grad, (g * expected).sum(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, g * (xs <= 1).float())
+
+
+def test_weight_alpha_gradient_formula():
+    torch.manual_seed(2)
+    q = Quantizer(4, signed=True, alpha=1.1)
+    w = (torch.randn(500) * 1.5).requires_grad_()
+    g = torch.randn(500)
+    (q.quantize(w) * g).sum().backward()
+    xs = w.detach() / 1.1
+    qx = q.quantize(w.detach()).detach() / 1.1
+    expected = torch.where(xs.abs() > 1, xs.sign(), qx - xs)
+    torch.testing.assert_close(q.alpha.grad, (g * expected).sum(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad, g)  # straight-through for weights
+
+
+def test_codes_times_step_is_the_quantized_weight():
+    torch.manual_seed(3)
+    conv = QConv2d(8, 6, bits=4)
+    conv.mask[[1, 4]] = 0
+    conv.wq.enabled = True
+    codes, step = conv.weight_codes()
+    torch.testing.assert_close(codes.float() * step, conv.effective_weight().detach(), rtol=1e-5, atol=1e-6)
+    assert set(codes.abs().unique().tolist()) <= set(level_set(4, True).ints)
+    assert (codes[[1, 4]] == 0).all()
+
+
+def test_pruned_filter_is_zero_after_weight_normalization():
+    conv = QConv2d(4, 4, bits=4)
+    conv.mask[2] = 0
+    conv.weight.data[2] = 0  # normalization alone would turn this filter into -mean/std != 0
+    conv.wq.enabled = True
+    assert (conv.effective_weight()[2] == 0).all()

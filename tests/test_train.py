@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+
+from shiftpq.checkpoint import load_model, read_checkpoint
+from shiftpq.errors import ShiftPQError
+from shiftpq.models import ModelSpec
+from shiftpq.train import TrainConfig, recipe_with, train
+
+TINY = {"epochs": "3", "qat_epochs": "2", "batch_size": "64", "prune_stages": "2"}
+
+
+def _cfg(method, **kw):
+    return TrainConfig(method=method, spec=ModelSpec("resnet20"), recipe=recipe_with("paper", {**TINY, **kw}),
+                       recipe_name="paper", train_limit=256, test_limit=128, seed=1)
+
+
+def _run(cfg, out, cifar_dir, **kw):
+    return train(cfg, out, device="cpu", data_dir=cifar_dir, progress=False, log=lambda s: None, **kw)
+
+
+def test_ppq_end_to_end(tmp_path, cifar_dir):
+    s = _run(_cfg("ppq"), tmp_path / "ppq", cifar_dir)
+    assert s["finished"] and s["quantized"] and s["epoch"] == 5
+    log = [json.loads(l) for l in (tmp_path / "ppq" / "log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log] == ["prune"] * 3 + ["qat"] * 2
+    # pruning stages at the start of epochs 1 and 2 (3 epochs, 2 stages): 15% then 30%
+    assert log[0]["kept"]["layer3.0.conv1"] == 64
+    assert log[1]["kept"]["layer3.0.conv1"] == 64 - int(64 * 0.15)
+    assert log[2]["kept"]["layer3.0.conv1"] == 64 - int(64 * 0.3)
+    assert log[4]["alphas"] and "lr" in log[4]
+    model, meta = load_model(tmp_path / "ppq" / "final.pt")
+    assert model.quantized and meta["finished"]
+    for cb in model.prunable().values():
+        dead = cb.conv.mask == 0
+        assert int(dead.sum()) == int(len(dead) * 0.3)
+        assert (cb.conv.weight[dead] == 0).all() and (cb.bn.weight[dead] == 0).all()
+    assert s["size_ratio"] > 15 and s["bops_ratio"] > 110
+
+
+def test_spq_end_to_end(tmp_path, cifar_dir):
+    s = _run(_cfg("spq"), tmp_path / "spq", cifar_dir)
+    assert s["finished"] and s["quantized"] and s["epoch"] == 3
+    log = [json.loads(l) for l in (tmp_path / "spq" / "log.jsonl").read_text().splitlines()]
+    assert all(r["phase"] == "spq" and r["kept"]["stem"] == 12 for r in log)
+    model, _ = load_model(tmp_path / "spq" / "final.pt")
+    assert all(not cb.conv.mask_ste for cb in model.prunable().values())  # hard-pruned at the end
+    for cb in model.prunable().values():
+        dead = cb.conv.mask == 0
+        assert (cb.conv.weight[dead] == 0).all() and (cb.bn.bias[dead] == 0).all()
+
+
+@pytest.mark.parametrize("method,split", [("ppq", 3), ("spq", 1)])
+def test_resume_equals_uninterrupted(tmp_path, cifar_dir, method, split):
+    cfg = _cfg(method, epochs="2", qat_epochs="2", prune_stages="1")
+    _run(cfg, tmp_path / "a", cifar_dir)
+    part = _run(cfg, tmp_path / "b", cifar_dir, stop_after=split)
+    assert not part["finished"]
+    _run(cfg, tmp_path / "b", cifar_dir, resume=True)
+    a, _ = read_checkpoint(tmp_path / "a" / "final.pt")
+    b, _ = read_checkpoint(tmp_path / "b" / "final.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, cifar_dir):
+    _run(_cfg("fp", epochs="2"), tmp_path / "r", cifar_dir, stop_after=1)
+    with pytest.raises(ShiftPQError, match="different settings"):
+        _run(_cfg("fp", epochs="3"), tmp_path / "r", cifar_dir, resume=True)
+    with pytest.raises(ShiftPQError, match="already holds a run"):
+        _run(_cfg("fp", epochs="2"), tmp_path / "r", cifar_dir)
+
+
+def test_recipe_overrides_are_typed():
+    r = recipe_with("fast", {"lr": "0.05", "nesterov": "false", "epochs": "7"})
+    assert (r.lr, r.nesterov, r.epochs) == (0.05, False, 7)
+    with pytest.raises(ShiftPQError, match="unknown recipe field"):
+        recipe_with("fast", {"lrr": "1"})
+    with pytest.raises(ShiftPQError, match="needs a int"):
+        recipe_with("fast", {"epochs": "x"})
