@@ -39,7 +39,20 @@ def test_first_and_last_layers_are_8_bit():
     layers = m.weight_layers()
     assert layers["stem"].wq.bits == 8 and layers["fc"].wq.bits == 8
     assert layers["layer1.0.conv1"].wq.bits == 4
-    assert m.act_quantizers()["pool_act"].bits == 8 and m.act_quantizers()["stem_act"].bits == 4
+    acts = m.act_quantizers()
+    assert acts["pool_act"].bits == 8 and acts["stem_act"].bits == 8 and acts["layer2.1.act"].bits == 8
+    assert acts["layer2.1.act_in"].bits == 4 and acts["layer2.1.act1"].bits == 4
+    # every conv but the first reads 4-bit codes; the FC reads the 8-bit pooled stream
+    bits = {l["name"]: (l["wbits"], l["abits"]) for l in model_metrics(m)["layers"]}
+    assert bits.pop("stem") == (8, 8) and bits.pop("fc") == (8, 8)
+    assert set(bits.values()) == {(4, 4)}
+
+
+def test_residual_stream_is_quantized_and_feeds_the_shortcut():
+    m = build_model("resnet20")
+    adds = [op for op in m.ops if op.__class__.__name__ == "Add"]
+    assert adds[1].srcs == ("layer1.1.conv2", "layer1.0.act")  # identity shortcut: the quantized stream
+    assert m.act_quantizers()["layer1.0.act"].levels.kind == "uniform"
 
 
 def test_layer_bits_override_and_unknown_layer():

@@ -99,26 +99,20 @@ def test_hard_masks_hold_through_sgd_with_momentum_and_weight_decay():
             assert (cb.conv.weight[~dead] != 0).any()
 
 
-def test_soft_masks_let_pruned_filters_learn():
+def test_spq_selection_is_redone_and_pruned_filters_can_return():
     torch.manual_seed(0)
     m = build_model("tiny")
-    gm_prune(m, layer_rates(m, 0.5), incremental=False)
-    zero_pruned(m, None, affine=False)
-    m.set_mask_mode(ste=True)
-    m.set_quant(True)
-    cb = m.prunable()["layer1.0.conv2"]
-    dead = cb.conv.mask == 0
-    with torch.no_grad():
-        cb.bn.bias[dead] = 0.5  # a trained shift; at exactly 0 the following ReLU would stop any gradient
-    out = m(torch.randn(8, 3, 32, 32))
-    out.square().mean().backward()
-    for i in torch.nonzero(dead).flatten():  # gradient passes straight through the mask
-        assert cb.conv.weight.grad[i].abs().sum() > 0
-    # ...while the forward pass ignores the pruned filters: their conv output is exactly 0
-    x = torch.randn(2, 4, 32, 32)
-    assert (cb.conv(x)[:, dead] == 0).all()
-    with torch.no_grad():
-        cb.conv.weight[dead] = 1.0  # even once they have grown back
-    assert (cb.conv(x)[:, dead] == 0).all()
-    m.set_mask_mode(ste=False)
-    assert (cb(x)[:, dead] == 0).all()  # a hard mask also zeroes the BatchNorm output
+    cb = m.prunable()["layer3.0.conv1"]
+    first = gm_prune(m, layer_rates(m, 0.5), incremental=False)["layer3.0.conv1"]
+    kept_weights = cb.conv.weight.detach().clone()
+    x = torch.randn(2, 8, 16, 16)
+    assert (cb(x)[:, first] == 0).all()  # the forward pass ignores pruned filters...
+    assert torch.equal(cb.conv.weight, kept_weights)  # ...which keep their weights
+    with torch.no_grad():  # training moves a kept filter onto the geometric median
+        others = [i for i in range(16) if i not in first]
+        cb.conv.weight[others[0]] = cb.conv.weight.mean(0)
+        for i in first:
+            cb.conv.weight[i] *= 5
+    second = gm_prune(m, layer_rates(m, 0.5), incremental=False)["layer3.0.conv1"]
+    assert others[0] in second and set(first) - set(second)  # some pruned filters came back
+    assert (cb(x)[:, second] == 0).all()

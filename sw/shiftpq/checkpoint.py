@@ -63,7 +63,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
 
 def model_from_state(spec: dict, state: dict, quantized: bool, source: str = "checkpoint") -> Net:
     try:
-        model = Net(ModelSpec(spec["name"], spec["wbits"], spec["abits"], spec.get("layer_bits", {})))
+        model = Net(ModelSpec(spec["name"], spec["wbits"], spec["abits"], spec["stream_bits"], spec["layer_bits"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ShiftPQError(f"{source}: field 'meta.spec' is invalid ({e})") from None
     try:

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the stream loses them too; layer: every conv picks its own filters (the stream keeps all)")
     t.add_argument("--wbits", type=int, default=4, choices=WEIGHT_BITS, help="weight bits of the inner convs")
     t.add_argument("--abits", type=int, default=4, choices=ACT_BITS, help="activation bits")
+    t.add_argument("--stream-bits", type=int, default=8, choices=ACT_BITS,
+                   help="bits of the residual stream (ResNets; 8 = uniform, default)")
     t.add_argument("--layer-bits", type=_kv_int, action="append", default=[], metavar="LAYER=BITS",
                    help="bits of one conv's weights or one activation quantizer (repeatable)")
     t.add_argument("--seed", type=int, default=0)
@@ -128,7 +130,7 @@ def cmd_train(a) -> int:
     from .data import resolve_data_dir
     from .models import ModelSpec
     from .train import TrainConfig, recipe_with, train
-    spec = ModelSpec(a.model, a.wbits, a.abits, dict(a.layer_bits))
+    spec = ModelSpec(a.model, a.wbits, a.abits, a.stream_bits, dict(a.layer_bits))
     cfg = TrainConfig(method=a.method, spec=spec, recipe=recipe_with(a.recipe, dict(a.overrides)),
                       recipe_name=a.recipe, rate=a.rate, layer_rates=dict(a.layer_rate), residual_pruning=a.residual_pruning, seed=a.seed,
                       train_limit=a.train_limit, test_limit=a.test_limit, init=a.init)

@@ -161,16 +161,12 @@ def gm_prune(model: Net, rates: dict[str, float], incremental: bool, grouped: bo
 
 
 @torch.no_grad()
-def zero_pruned(model: Net, optimizer: torch.optim.Optimizer | None = None, affine: bool = True) -> None:
-    """Write exact zeros into the pruned filters and, with ``affine``, their BatchNorm scale and
-    shift; with an optimizer also into their momentum, so that neither momentum nor weight decay
-    can revive a hard-pruned filter. SPQ zeroes only the filter weights (soft pruning)."""
+def zero_pruned(model: Net, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Hard pruning: write exact zeros into pruned filters, their BatchNorm scale and shift and
+    (with an optimizer) their momentum, so that neither momentum nor weight decay revives them."""
     for cb in model.prunable().values():
         keep = cb.conv.mask
-        params = [(cb.conv.weight, (-1, 1, 1, 1))]
-        if affine:
-            params += [(cb.bn.weight, (-1,)), (cb.bn.bias, (-1,))]
-        for p, shape in params:
+        for p, shape in ((cb.conv.weight, (-1, 1, 1, 1)), (cb.bn.weight, (-1,)), (cb.bn.bias, (-1,))):
             p.mul_(keep.view(shape))
             if optimizer is not None and p in optimizer.state:
                 for v in optimizer.state[p].values():

@@ -11,9 +11,8 @@ Conventions, written once and used by every quantized layer:
 - Weights are normalized before quantization, ``w_hat = (w - mean) / std`` over the kept filters
   (no gradient through mean and std), and the result is scaled back by ``std`` so that switching
   quantization on keeps the layer's output scale; ``std * alpha / denom`` is the layer's step.
-- Pruning masks multiply what the forward pass uses (the quantized weights, and for hard masks
-  the BatchNorm output). ``hard`` masks also block the gradient; soft (``ste``) masks pass it
-  straight through so that soft-pruned filters keep learning (SPQ).
+- Pruning masks multiply what the forward pass uses: the quantized weights and the BatchNorm
+  output, so a pruned channel is exactly 0 and its gradient is 0.
 """
 from __future__ import annotations
 
@@ -117,12 +116,11 @@ class ActQuant(Quantizer):
         return best
 
 
-def _masked(t: torch.Tensor, mask: torch.Tensor, dim: int, ste: bool) -> torch.Tensor:
-    """t * mask along ``dim``; with ``ste`` the gradient passes as if unmasked."""
+def _masked(t: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """t * mask along ``dim``."""
     shape = [1] * t.dim()
     shape[dim] = -1
-    masked = t * mask.view(shape).to(t.dtype)
-    return t + (masked - t).detach() if ste else masked
+    return t * mask.view(shape).to(t.dtype)
 
 
 class _QWeight:
@@ -131,7 +129,6 @@ class _QWeight:
     def _init_qweight(self, bits: int, out_features: int):
         self.wq = Quantizer(bits, signed=True, alpha=ALPHA_W_INIT)
         self.register_buffer("mask", torch.ones(out_features))
-        self.mask_ste = False  # True: soft (SPQ) masks that let pruned filters keep learning
 
     def _norm_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of the kept filters' weights (no gradient flows through them)."""
@@ -148,7 +145,7 @@ class _QWeight:
         if self.wq.enabled:
             mean, std = self._norm_stats()
             w = self.wq.quantize((w - mean) / std) * std
-        return _masked(w, self.mask, 0, self.mask_ste)
+        return _masked(w, self.mask, 0)
 
     @torch.no_grad()
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,10 +177,8 @@ class QLinear(nn.Linear, _QWeight):
 class ConvBN(nn.Module):
     """Conv + BatchNorm whose pruned output channels are exactly zero.
 
-    Hard masks multiply both the quantized filter and the BatchNorm output, so a pruned channel
-    carries 0 (not the BatchNorm shift) and the next conv's input channel can be removed
-    physically. Soft (SPQ) masks zero the filter in the forward pass only and leave BatchNorm
-    alone, as in soft filter pruning, so that gradients still reach the pruned filter.
+    The mask multiplies both the quantized filter and the BatchNorm output, so a pruned channel
+    carries 0 (not the BatchNorm shift) and the next conv's input channel can be removed physically.
     """
 
     def __init__(self, cin, cout, stride=1, bits=4):
@@ -193,4 +188,4 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         y = self.bn(self.conv(x))
-        return y if self.conv.mask_ste else _masked(y, self.conv.mask, 1, False)
+        return _masked(y, self.conv.mask, 1)

@@ -4,10 +4,13 @@ quantization (ppq), with the hyperparameters of each recipe in one place (RECIPE
 Schedules (SPQ/PPQ paper, sections III-C and III-D):
 - fp:  ``epochs`` epochs of full-precision training.
 - spq: ``epochs`` epochs of APoT QAT from the start. At the end of every epoch the GM criterion on
-       the full-precision weights picks int(N * rate) filters per conv and their weights are set to
-       zero. Masks are soft: the forward pass ignores the pruned filters, but their gradient passes
-       straight through so they keep learning and may return. After the last epoch the masks
-       become hard (weights and BatchNorm of pruned filters zeroed).
+       the full-precision weights of all filters picks int(N * rate) filters per conv, which the
+       next epoch's forward pass ignores (their output is exactly 0). The selection is redone
+       every epoch over all filters, so a pruned filter may return, with the weights it had.
+       After the last epoch the selection becomes a hard prune (weights and BatchNorm zeroed).
+       Deviation from the paper, which sets the selected weights to zero and keeps updating them:
+       a zeroed filter feeds BatchNorm a zero-variance channel whose gradient is scaled by
+       1/sqrt(eps), and that variant diverged (10% accuracy) in our first GPU run.
 - ppq: ``epochs`` full-precision epochs with incremental hard GM pruning in ``prune_stages``
        stages (rate grows to the target; pruned filters never return), then ``qat_epochs`` epochs
        of APoT QAT of the pruned model at ``qat_lr``, optionally distilled from the pruned
@@ -263,15 +266,24 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = Net(copy.deepcopy(cfg.spec))
         if cfg.init:
-            blob, meta = read_checkpoint(cfg.init)
-            src = model_from_state(meta["spec"], blob["model"], False, cfg.init)
-            if src.spec.name != cfg.spec.name:
-                raise ShiftPQError(f"--init {cfg.init}: model {src.spec.name!r} does not match --model {cfg.spec.name!r}")
-            self.model.load_state_dict(src.state_dict(), strict=False)
+            self._load_init(cfg.init)
         self.rates = layer_rates(self.model, cfg.rate, cfg.layer_rates)
         self.model.to(self.device)
         self.epoch = 0
         self._enter_phase(resumed=None)
+
+    def _load_init(self, path: str) -> None:
+        """Weights, BatchNorm statistics and masks from another run; quantizer clipping thresholds
+        may be missing (a full-precision run of an older layout) and are calibrated anew anyway."""
+        blob, meta = read_checkpoint(path)
+        name = meta.get("spec", {}).get("name")
+        if name != self.cfg.spec.name:
+            raise ShiftPQError(f"--init {path}: field 'meta.spec.name' is {name!r}, expected {self.cfg.spec.name!r}")
+        missing, unexpected = self.model.load_state_dict(blob["model"], strict=False)
+        missing = [k for k in missing if not k.endswith("alpha")]
+        if missing or unexpected:
+            raise ShiftPQError(f"--init {path}: field 'model' does not fit {name}: missing {missing}, "
+                               f"unexpected {unexpected}")
 
     def resume(self, path: Path) -> None:
         blob, meta = read_checkpoint(path)
@@ -300,7 +312,6 @@ class Trainer:
                     p.requires_grad_(False)
             calibrate_activations(model, self.xtr[:512])
         model.set_quant(quant)
-        model.set_mask_mode(ste=(phase == "spq" and self.epoch < cfg.total_epochs))
         self.phase_start = start
         phase_epochs = cfg.total_epochs - start if phase == "qat" else cfg.recipe.epochs
         self.opt = _optimizer(model, cfg.recipe, qat=(phase == "qat"))
@@ -368,14 +379,13 @@ class Trainer:
                 correct += (logits.argmax(1) == y).sum()
                 bar.update(1)
         seen = steps * bs
-        if phase == "spq":
-            # end of an SPQ epoch: GM on the full-precision weights picks the filters to zero
-            gm_prune(model, self.rates, incremental=False, grouped=self.grouped)
-            zero_pruned(model, None, affine=False)
         self.epoch += 1
-        if phase == "spq" and self.epoch == cfg.total_epochs:
-            model.set_mask_mode(ste=False)  # the final selection becomes a hard prune
-            zero_pruned(model, self.opt)
+        if phase == "spq":
+            # end of an SPQ epoch: GM on the full-precision weights of all filters (pruned ones
+            # included) selects the filters the next epoch ignores; the last selection is final
+            gm_prune(model, self.rates, incremental=False, grouped=self.grouped)
+            if self.epoch == cfg.total_epochs:
+                zero_pruned(model, self.opt)
         test_acc = evaluate(model, self.xte, self.yte, amp=self.amp)
         self.sched.end_epoch(test_acc)
         if self.device.type == "cuda":
