@@ -8,9 +8,12 @@ Conventions, written once and used by every quantized layer:
   APoT: weights ``dL/dalpha = sum g * (sign(x) if |x| > 1 else q(x) - x)`` with a plain
   straight-through weight gradient; activations ``dL/dalpha = sum g * (1 if x > 1 else q(x) - x)``
   and zero input gradient where x > 1 (x = input / alpha).
-- Weights are normalized before quantization, ``w_hat = (w - mean) / std`` over the kept filters
-  (no gradient through mean and std), and the result is scaled back by ``std`` so that switching
-  quantization on keeps the layer's output scale; ``std * alpha / denom`` is the layer's step.
+- Weights are scale-normalized before quantization, ``w_hat = w / std`` with the standard deviation
+  of the kept filters' weights (no gradient through it), and the result is scaled back by ``std`` so
+  that switching quantization on keeps the layer's output scale; ``std * alpha / denom`` is the
+  layer's step. Unlike the APoT reference we do not subtract the mean: that forces every layer's
+  effective weights to zero mean, a constraint QAT cannot undo (the normalization removes any mean
+  it learns); on a pruned ResNet-20 it capped PPQ at 89.2% whatever the bits, lr or distillation.
 - Pruning masks multiply what the forward pass uses: the quantized weights and the BatchNorm
   output, so a pruned channel is exactly 0 and its gradient is 0.
 """
@@ -101,8 +104,10 @@ class ActQuant(Quantizer):
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor, grid: int = 64) -> float:
-        """Set alpha to the MSE-optimal clipping threshold for the sample x (deterministic grid search)."""
+        """Set alpha to the MSE-optimal clipping threshold for the sample x (deterministic grid
+        search over a strided subsample of at most 2**18 values)."""
         x = x.detach().float().flatten()
+        x = x[::max(1, x.numel() >> 18)]
         top = float(x.max())
         if top <= 0:
             return float(self.alpha)
@@ -130,28 +135,38 @@ class _QWeight:
         self.wq = Quantizer(bits, signed=True, alpha=ALPHA_W_INIT)
         self.register_buffer("mask", torch.ones(out_features))
 
-    def _norm_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std of the kept filters' weights (no gradient flows through them)."""
+    def _norm_std(self) -> torch.Tensor:
+        """Standard deviation of the kept filters' weights (no gradient flows through it)."""
         with torch.no_grad():
             w = self.weight
             m = self.mask.view(-1, *[1] * (w.dim() - 1))
             n = m.sum() * w[0].numel()
             mean = (w * m).sum() / n
-            std = (((w - mean) ** 2) * m).sum().div(n - 1).sqrt().clamp_min(1e-8)
-        return mean, std
+            return (((w - mean) ** 2) * m).sum().div(n - 1).sqrt().clamp_min(1e-8)
 
     def effective_weight(self) -> torch.Tensor:
         w = self.weight
         if self.wq.enabled:
-            mean, std = self._norm_stats()
-            w = self.wq.quantize((w - mean) / std) * std
+            std = self._norm_std()
+            w = self.wq.quantize(w / std) * std
         return _masked(w, self.mask, 0)
+
+    @torch.no_grad()
+    def init_alpha(self) -> float:
+        """APoT layers clip at ALPHA_W_INIT standard deviations; uniform (8-bit) layers have levels
+        to spare and start at the largest normalized kept weight, so nothing is clipped."""
+        alpha = ALPHA_W_INIT
+        if self.wq.levels.kind == "uniform":
+            kept = self.mask.view(-1, *[1] * (self.weight.dim() - 1)) != 0
+            alpha = float((self.weight / self._norm_std()).abs().masked_select(kept).max())
+        self.wq.alpha.fill_(alpha)
+        return alpha
 
     @torch.no_grad()
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Signed integer level of every weight (pruned filters: 0) and the step, w_q = codes * step."""
-        mean, std = self._norm_stats()
-        codes = self.wq.codes((self.weight - mean) / std)
+        std = self._norm_std()
+        codes = self.wq.codes(self.weight / std)
         codes = codes * self.mask.view(-1, *[1] * (codes.dim() - 1)).long()
         return codes, std * self.wq.alpha.detach() / self.wq.levels.denom
 

@@ -211,7 +211,10 @@ def _to_input(images_u8: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def calibrate_activations(model: Net, images: torch.Tensor) -> dict[str, float]:
-    """Set every activation alpha to the MSE-optimal clip for a fixed (un-augmented) batch."""
+    """Initialize the clipping thresholds when quantization is switched on: weight alphas by
+    ``init_alpha``, activation alphas to the MSE-optimal clip for a fixed (un-augmented) batch."""
+    for layer in model.weight_layers().values():
+        layer.init_alpha()
     seen: dict[str, torch.Tensor] = {}
     hooks = [q.register_forward_hook(lambda m, inp, out, n=n: seen.__setitem__(n, inp[0]))
              for n, q in model.act_quantizers().items()]
@@ -380,10 +383,13 @@ class Trainer:
                 bar.update(1)
         seen = steps * bs
         self.epoch += 1
+        returned = None
         if phase == "spq":
             # end of an SPQ epoch: GM on the full-precision weights of all filters (pruned ones
             # included) selects the filters the next epoch ignores; the last selection is final
+            before = {n: cb.conv.mask.clone() for n, cb in model.prunable().items()}
             gm_prune(model, self.rates, incremental=False, grouped=self.grouped)
+            returned = sum(int(((before[n] == 0) & (cb.conv.mask != 0)).sum()) for n, cb in model.prunable().items())
             if self.epoch == cfg.total_epochs:
                 zero_pruned(model, self.opt)
         test_acc = evaluate(model, self.xte, self.yte, amp=self.amp)
@@ -393,7 +399,8 @@ class Trainer:
         return {"epoch": self.epoch, "phase": phase, "train_loss": float(loss_sum) / seen,
                 "train_acc": 100.0 * float(correct) / seen, "test_acc": test_acc,
                 "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-                "kept": kept_filters(model), "alphas": model.alphas() if model.quantized else {}}
+                "kept": kept_filters(model), "alphas": model.alphas() if model.quantized else {},
+                **({"returned_filters": returned} if returned is not None else {})}
 
 
 def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str | None = None,
