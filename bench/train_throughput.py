@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sw"))
 from shiftpq.data import augment  # noqa: E402
 from shiftpq.models import build_model  # noqa: E402
 from shiftpq.pruning import gm_prune, layer_rates, zero_pruned  # noqa: E402
-from shiftpq.train import RECIPES, _loss, _optimizer, _to_input, calibrate_activations  # noqa: E402
+from shiftpq.train import RECIPES, _loss, _optimizer, _to_input, calibrate_quantizers  # noqa: E402
 
 
 def _sync(dev):
@@ -39,7 +39,7 @@ def time_steps(model_name: str, quant: bool, dev: torch.device, batch: int, step
     images = torch.randint(0, 256, (batch * 4, 3, 32, 32), dtype=torch.uint8, device=dev)
     labels = torch.randint(0, 10, (batch * 4,), device=dev)
     if quant:
-        calibrate_activations(model, images[:batch])
+        calibrate_quantizers(model, images[:batch])
     model.set_quant(quant)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)

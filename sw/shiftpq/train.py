@@ -210,7 +210,7 @@ def _to_input(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate_activations(model: Net, images: torch.Tensor) -> dict[str, float]:
+def calibrate_quantizers(model: Net, images: torch.Tensor) -> dict[str, float]:
     """Initialize the clipping thresholds when quantization is switched on: weight alphas by
     ``init_alpha``, activation alphas to the MSE-optimal clip for a fixed (un-augmented) batch."""
     for layer in model.weight_layers().values():
@@ -313,7 +313,7 @@ class Trainer:
                 self.teacher = copy.deepcopy(model).eval()
                 for p in self.teacher.parameters():
                     p.requires_grad_(False)
-            calibrate_activations(model, self.xtr[:512])
+            calibrate_quantizers(model, self.xtr[:512])
         model.set_quant(quant)
         self.phase_start = start
         phase_epochs = cfg.total_epochs - start if phase == "qat" else cfg.recipe.epochs
