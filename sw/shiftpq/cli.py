@@ -16,20 +16,19 @@ def _kv(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def _kv_float(text: str) -> tuple[str, float]:
-    k, v = _kv(text)
-    try:
-        return k, float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{k}: expected a number, got {v!r}") from None
+def _kv_of(cast, what: str):
+    """An argparse type for NAME=VALUE with VALUE parsed by ``cast``."""
+    def parse(text: str):
+        k, v = _kv(text)
+        try:
+            return k, cast(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{k}: expected {what}, got {v!r}") from None
+    return parse
 
 
-def _kv_int(text: str) -> tuple[str, int]:
-    k, v = _kv(text)
-    try:
-        return k, int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{k}: expected an integer, got {v!r}") from None
+_kv_float = _kv_of(float, "a number")
+_kv_int = _kv_of(int, "an integer")
 
 
 def _rate(text: str) -> float:
