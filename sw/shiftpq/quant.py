@@ -135,11 +135,14 @@ class _QWeight:
         self.wq = Quantizer(bits, signed=True, alpha=ALPHA_W_INIT)
         self.register_buffer("mask", torch.ones(out_features))
 
+    def _filter_mask(self) -> torch.Tensor:
+        """The filter mask shaped to broadcast over the weight tensor."""
+        return self.mask.view(-1, *[1] * (self.weight.dim() - 1))
+
     def _norm_std(self) -> torch.Tensor:
         """Standard deviation of the kept filters' weights (no gradient flows through it)."""
         with torch.no_grad():
-            w = self.weight
-            m = self.mask.view(-1, *[1] * (w.dim() - 1))
+            w, m = self.weight, self._filter_mask()
             n = m.sum() * w[0].numel()
             mean = (w * m).sum() / n
             return (((w - mean) ** 2) * m).sum().div(n - 1).sqrt().clamp_min(1e-8)
@@ -157,7 +160,7 @@ class _QWeight:
         to spare and start at the largest normalized kept weight, so nothing is clipped."""
         alpha = ALPHA_W_INIT
         if self.wq.levels.kind == "uniform":
-            kept = self.mask.view(-1, *[1] * (self.weight.dim() - 1)) != 0
+            kept = self._filter_mask() != 0
             alpha = float((self.weight / self._norm_std()).abs().masked_select(kept).max())
         self.wq.alpha.fill_(alpha)
         return alpha
@@ -166,9 +169,7 @@ class _QWeight:
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Signed integer level of every weight (pruned filters: 0) and the step, w_q = codes * step."""
         std = self._norm_std()
-        codes = self.wq.codes(self.weight / std)
-        codes = codes * self.mask.view(-1, *[1] * (codes.dim() - 1)).long()
-        return codes, std * self.wq.alpha.detach() / self.wq.levels.denom
+        return _masked(self.wq.codes(self.weight / std), self.mask, 0), std * self.wq.alpha.detach() / self.wq.levels.denom
 
 
 class QConv2d(nn.Conv2d, _QWeight):
