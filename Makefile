@@ -16,13 +16,14 @@ RECIPE ?= fast
 OUT ?= runs/$(MODEL)-$(METHOD)
 ARGS ?=
 
-.PHONY: help setup iverilog test train metrics bench-train gen clean
+.PHONY: help setup iverilog test train metrics bench-train bench-golden gen clean
 
 help:
 	@echo "make test                         set up (venv, packages, iverilog, verilator wrapper) and run the tests"
 	@echo "make train MODEL=resnet20 METHOD=ppq RECIPE=fast [OUT=dir] [ARGS='...']   wraps shiftpq train"
 	@echo "make metrics MODEL=resnet20 [CKPT=path]   size and BOPs per layer"
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
+	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make gen MODEL=resnet20           not implemented yet (see README)"
 
 setup: $(STAMP) $(VENV)/bin/verilator iverilog
@@ -56,6 +57,9 @@ metrics: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) bench/train_throughput.py
+
+bench-golden: $(STAMP)
+	$(PY) bench/golden_throughput.py $(if $(TABLES),--tables $(TABLES))
 
 gen:
 	@echo "make gen: the Amaranth generator is not implemented yet (issue: generator). See README." >&2; exit 2

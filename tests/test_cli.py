@@ -17,9 +17,11 @@ def shiftpq(*args, env_extra=None):
 def test_help_lists_commands():
     r = shiftpq("--help")
     assert r.returncode == 0
-    for c in ("train", "metrics", "data"):
+    for c in ("train", "metrics", "export", "golden", "data"):
         assert c in r.stdout
-    assert shiftpq("train", "--help").returncode == 0
+    for c in ("train", "export", "golden"):
+        h = shiftpq(c, "--help")
+        assert h.returncode == 0 and "usage: shiftpq " + c in h.stdout
 
 
 def test_metrics_fp32_resnet20_json():

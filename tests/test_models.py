@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from shiftpq.metrics import model_metrics
-from shiftpq.models import MODEL_NAMES, build_model, count_parameters, preprocess
+from shiftpq.graph import Conv
+from shiftpq.models import MODEL_NAMES, ModelSpec, Net, build_model, count_parameters, preprocess
 
 
 @pytest.mark.parametrize("name,params,macs", [("resnet20", 269_722, 40_550_400), ("resnet56", 853_018, 125_485_056)])
@@ -74,3 +75,14 @@ def test_metrics_json_shape():
         assert key in m["total"] and key in m["fp32"]
     assert m["ratios"] == {"size": 1.0, "bops": 1.0}
     assert m["fp32"]["bops"] == m["fp32"]["macs"] * 32 * 32
+
+
+def test_tiny_takes_custom_widths_and_rejects_bad_ones():
+    m = Net(ModelSpec("tiny", widths=(2, 3, 3)))
+    assert [op.cout for op in m.ops if isinstance(op, Conv)] == [2, 2, 2, 3, 3, 3, 3]
+    assert ModelSpec.from_json(m.spec.to_json()) == m.spec
+    for bad in ((3, 2, 4), (0, 1, 2), (1, 2)):
+        with pytest.raises(ValueError, match="widths"):
+            Net(ModelSpec("tiny", widths=bad))
+    with pytest.raises(ValueError, match="only the tiny model"):
+        Net(ModelSpec("resnet20", widths=(16, 32, 64)))

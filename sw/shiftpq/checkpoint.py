@@ -63,7 +63,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
 
 def model_from_state(spec: dict, state: dict, quantized: bool, source: str = "checkpoint") -> Net:
     try:
-        model = Net(ModelSpec(spec["name"], spec["wbits"], spec["abits"], spec["stream_bits"], spec["layer_bits"]))
+        model = Net(ModelSpec.from_json(spec))
     except KeyError as e:
         raise ShiftPQError(f"{source}: field 'meta.spec' lacks the key {e} (a checkpoint of an older layout?)") from None
     except (TypeError, ValueError) as e:

@@ -104,6 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", metavar="CKPT")
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    e = sub.add_parser("export", help="write the integer layer tables of a quantized checkpoint",
+                       description="Fold a QAT checkpoint (spq or ppq) into layer tables: manifest.json (the integer "
+                       "layer graph, shapes, kept filters, bit widths, level sets) and .npy arrays (weight codes, "
+                       "requantization constants). Semantics: docs/integer-semantics.md.")
+    e.add_argument("--checkpoint", required=True, metavar="CKPT")
+    e.add_argument("--out", required=True, metavar="DIR", help="tables directory to create")
+    e.add_argument("--force", action="store_true", help="replace DIR if it exists")
+
+    g = sub.add_parser("golden", help="run the integer golden model from layer tables on the CIFAR-10 test set",
+                       description="Accuracy of the integer-only golden model and its top-1 agreement with the "
+                       "PyTorch fake-quant model of the checkpoint the tables came from.")
+    g.add_argument("--tables", required=True, metavar="DIR")
+    g.add_argument("--limit", type=_positive, default=None, metavar="N", help="only the first N test images")
+    g.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="the source checkpoint (default: the path recorded in the tables; its sha256 is checked)")
+    g.add_argument("--no-compare", action="store_true", help="skip the fake-quant comparison")
+    g.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
+    g.add_argument("--json", action="store_true", help="print a JSON report")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     d = sub.add_parser("data", help="CIFAR-10 data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dl = dsub.add_parser("download", help="download the official binary archive, check its md5, unpack")
@@ -153,6 +173,35 @@ def cmd_metrics(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import export_checkpoint
+    from .tables import save_tables
+    tables = export_checkpoint(a.checkpoint)
+    out = save_tables(tables, a.out, force=a.force)
+    n_ops = len(tables.ops)
+    print(f"wrote {out}: {tables.manifest['model']}, {n_ops} integer ops, {len(tables.arrays)} arrays")
+    return 0
+
+
+def cmd_golden(a) -> int:
+    from .data import load_split
+    from .golden import evaluate_tables
+    from .tables import load_tables
+    tables = load_tables(a.tables)
+    images, labels = load_split(a.data_dir, "test", a.limit)
+    r = evaluate_tables(tables, images.numpy(), labels.numpy(), a.checkpoint, compare=not a.no_compare,
+                        progress=not a.no_progress and sys.stderr.isatty())
+    if a.json:
+        print(json.dumps(r, indent=2, sort_keys=True))
+    else:
+        print(f"golden model ({r['model']}): {r['accuracy']:.2f}% on {r['images']} test images "
+              f"({r['golden_seconds']:.1f} s)")
+        if r["agreement"] is not None:
+            print(f"fake-quant model: {r['fakequant_accuracy']:.2f}%; top-1 agreement {r['agreement']:.2f}%, "
+                  f"accuracy difference {r['accuracy_difference']:+.2f} points")
+    return 0
+
+
 def cmd_data(a) -> int:
     from .data import download
     out = download(a.out, a.url, a.md5, progress=sys.stderr.isatty())
@@ -162,7 +211,8 @@ def cmd_data(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "metrics": cmd_metrics, "data": cmd_data}[args.command]
+    handler = {"train": cmd_train, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
+               "data": cmd_data}[args.command]
     try:
         return handler(args)
     except (ShiftPQError, ValueError) as e:

@@ -40,6 +40,7 @@ class ModelSpec:
     abits: int = 4
     stream_bits: int = EDGE_BITS  # residual stream (ResNets)
     layer_bits: dict[str, int] = field(default_factory=dict)  # per-layer overrides, by module name
+    widths: tuple[int, int, int] | None = None  # tiny only: the three stage widths (default 4, 8, 16)
 
     def validate(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -49,10 +50,23 @@ class ModelSpec:
         for what, bits in (("activation", self.abits), ("residual stream", self.stream_bits)):
             if bits not in ACT_BITS:
                 raise ValueError(f"unsupported {what} bits {bits!r}; expected one of {ACT_BITS}")
+        if self.widths is not None and (self.name != "tiny" or len(self.widths) != 3 or min(self.widths) < 1
+                                        or list(self.widths) != sorted(self.widths)):
+            raise ValueError(f"widths {self.widths!r}: only the tiny model takes stage widths, three positive "
+                             "non-decreasing integers (the option-A shortcut pads channels, it cannot drop them)")
 
     def to_json(self) -> dict:
-        return {"name": self.name, "wbits": self.wbits, "abits": self.abits, "stream_bits": self.stream_bits,
-                "layer_bits": dict(self.layer_bits)}
+        d = {"name": self.name, "wbits": self.wbits, "abits": self.abits, "stream_bits": self.stream_bits,
+             "layer_bits": dict(self.layer_bits)}
+        if self.widths is not None:
+            d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelSpec":
+        widths = d.get("widths")
+        return cls(d["name"], d["wbits"], d["abits"], d["stream_bits"], dict(d["layer_bits"]),
+                   tuple(widths) if widths is not None else None)
 
 
 class Net(nn.Module):
@@ -67,7 +81,7 @@ class Net(nn.Module):
         if spec.name == "vgg16":
             self._build_vgg()
         elif spec.name == "tiny":
-            self._build_resnet(blocks=1, widths=(4, 8, 16))
+            self._build_resnet(blocks=1, widths=tuple(spec.widths or (4, 8, 16)))
         else:
             self._build_resnet(blocks=(RESNET_DEPTHS[spec.name] - 2) // 6, widths=(16, 32, 64))
         unknown = set(spec.layer_bits) - self._used_overrides
