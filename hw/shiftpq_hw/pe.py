@@ -1,0 +1,94 @@
+"""The shift-add processing element: a weight code times an activation code, without a multiplier.
+
+A weight's magnitude level is a sum of at most ``max_terms`` powers of two (levels.py: the APoT
+construction; 2 terms at 4 bits), so ``w * a`` is ``a`` shifted by each term's amount, summed and
+negated for a negative code. The PE holds, per term slot, a small multiplexer over the shifts that
+slot can take; an activation code is first decoded to its integer level (a 16-entry table at 4 bits).
+"""
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from shiftpq.levels import LevelSet
+
+
+def weight_code_shape(levels: LevelSet) -> Shape:
+    """A weight code is ``sign * index``: a signed integer with room for +-(levels - 1)."""
+    return signed((len(levels.ints) - 1).bit_length() + 1)
+
+
+def act_code_shape(levels: LevelSet) -> Shape:
+    return unsigned(max(1, (len(levels.ints) - 1).bit_length()))
+
+
+def product_shape(wlevels: LevelSet, alevels: LevelSet) -> Shape:
+    top = wlevels.denom * alevels.denom
+    return signed(top.bit_length() + 1)
+
+
+def reference(wcode: np.ndarray, acode: np.ndarray, wlevels: LevelSet, alevels: LevelSet) -> np.ndarray:
+    """NumPy model of the PE: ``sign(w) * wints[|w|] * aints[a]``."""
+    wcode, acode = np.asarray(wcode, dtype=np.int64), np.asarray(acode, dtype=np.int64)
+    return np.sign(wcode) * np.asarray(wlevels.ints)[np.abs(wcode)] * np.asarray(alevels.ints)[acode]
+
+
+def term_slots(levels: LevelSet) -> list[list[int | None]]:
+    """Per slot, per magnitude index: the left shift this slot adds (None: nothing). Slot 0 takes
+    each level's largest term, slot 1 the next, ..."""
+    slots = [[None] * len(levels.ints) for _ in range(levels.max_terms)]
+    for i, terms in enumerate(levels.terms):
+        for k, s in enumerate(sorted(terms, reverse=True)):
+            slots[k][i] = s
+    return slots
+
+
+class ShiftAddPE(wiring.Component):
+    """One product per cycle, registered: ``o.payload = w * a`` one cycle after ``i`` is accepted.
+
+    ``i.payload``: ``w`` (signed weight code) and ``a`` (activation code); ``o.payload``: the signed
+    product. Stream handshake: a stage of one register, ready when its output is free or taken."""
+
+    def __init__(self, wlevels: LevelSet, alevels: LevelSet):
+        if not wlevels.signed or alevels.signed:
+            self._MustUse__silence = True  # a rejected component is not an unused one
+            raise ValueError(f"ShiftAddPE needs signed weight levels and unsigned activation levels, "
+                             f"got {wlevels!r} and {alevels!r}")
+        self._wl, self._al = wlevels, alevels
+        self._layout = data.StructLayout({"w": weight_code_shape(wlevels), "a": act_code_shape(alevels)})
+        super().__init__({"i": In(stream.Signature(self._layout)),
+                          "o": Out(stream.Signature(product_shape(wlevels, alevels)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        wl, al = self._wl, self._al
+        w, a = self.i.payload.w, self.i.payload.a
+        # activation level integer: a table lookup, the identity for uniform levels
+        aval = Signal(unsigned(max(al.ints).bit_length()))
+        if list(al.ints) == list(range(len(al.ints))):
+            m.d.comb += aval.eq(a)
+        else:
+            with m.Switch(a):
+                for idx, v in enumerate(al.ints):
+                    with m.Case(idx):
+                        m.d.comb += aval.eq(v)
+        neg = w < 0
+        mag = Mux(neg, -w, w)
+        psum = Signal(unsigned(product_shape(wl, al).width - 1))
+        parts = []
+        for k, shifts in enumerate(term_slots(wl)):
+            part = Signal(psum.shape(), name=f"term{k}")
+            with m.Switch(mag):
+                for idx, s in enumerate(shifts):
+                    if s is not None:
+                        with m.Case(idx):
+                            m.d.comb += part.eq(aval << s)
+            parts.append(part)
+        m.d.comb += psum.eq(sum(parts))
+        product = Mux(neg, -psum, psum)
+        with m.If(self.o.ready | ~self.o.valid):
+            m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(product)]
+        m.d.comb += self.i.ready.eq(self.o.ready | ~self.o.valid)
+        return m
