@@ -9,10 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 from amaranth.back import rtlil
-from amaranth.sim import Simulator
 
 from shiftpq.levels import level_set
 from shiftpq_hw.pe import ShiftAddPE, reference
+from streams import run_stream
 
 
 def all_codes(wbits, abits):
@@ -22,33 +22,7 @@ def all_codes(wbits, abits):
 
 
 def simulate(pe, pairs, seed=0):
-    """Drive the pairs through the PE with random input gaps and output stalls; return the products."""
-    rng = np.random.default_rng(seed)
-    out = []
-
-    async def source(ctx):
-        for w, a in pairs:
-            ctx.set(pe.i.payload, {"w": w, "a": a})
-            ctx.set(pe.i.valid, 1)
-            await ctx.tick().until(pe.i.ready)
-            ctx.set(pe.i.valid, 0)
-            if rng.random() < 0.2:
-                await ctx.tick()
-
-    async def sink(ctx):
-        while len(out) < len(pairs):
-            ready = int(rng.random() < 0.8)
-            ctx.set(pe.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(pe.o.valid, pe.o.payload)
-            if valid and ready:
-                out.append(payload)
-
-    sim = Simulator(pe)
-    sim.add_clock(1e-8)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.run()
-    return out
+    return run_stream(pe, [{"w": w, "a": a} for w, a in pairs], seed)
 
 
 @pytest.mark.parametrize("wbits,abits", [(2, 2), (3, 3), (4, 4), (5, 5), (4, 8)])

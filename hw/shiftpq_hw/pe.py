@@ -74,6 +74,9 @@ class ShiftAddPE(wiring.Component):
                 for idx, v in enumerate(al.ints):
                     with m.Case(idx):
                         m.d.comb += aval.eq(v)
+                if len(al.ints) < 1 << len(a):
+                    with m.Default():
+                        m.d.comb += aval.eq(0)
         neg = w < 0
         mag = Mux(neg, -w, w)
         psum = Signal(unsigned(product_shape(wl, al).width - 1))
@@ -85,6 +88,8 @@ class ShiftAddPE(wiring.Component):
                     if s is not None:
                         with m.Case(idx):
                             m.d.comb += part.eq(aval << s)
+                with m.Default():  # no term in this slot (and codes outside the set, which export rejects)
+                    m.d.comb += part.eq(0)
             parts.append(part)
         m.d.comb += psum.eq(sum(parts))
         product = Mux(neg, -psum, psum)

@@ -1,0 +1,36 @@
+"""Drive an Amaranth component's ``i`` stream and collect its ``o`` stream, with random stalls."""
+from __future__ import annotations
+
+import numpy as np
+from amaranth.sim import Simulator
+
+
+def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: float = 0.2) -> list:
+    """Every payload in ``payloads`` goes in, in order; returns the output payloads as integers.
+    Inputs pause with probability ``gap`` and the sink refuses with probability ``stall``."""
+    rng = np.random.default_rng(seed)
+    out = []
+
+    async def source(ctx):
+        for p in payloads:
+            ctx.set(dut.i.payload, p)
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+            if rng.random() < gap:
+                await ctx.tick()
+
+    async def sink(ctx):
+        while len(out) < len(payloads):
+            ready = int(rng.random() >= stall)
+            ctx.set(dut.o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid and ready:
+                out.append(payload)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    return out
