@@ -59,25 +59,3 @@ def test_requant_units_reject_mismatched_constants():
     with pytest.raises(ValueError, match="one multiplier array per input"):
         AffineRequant([np.zeros(3)], np.zeros(3), np.zeros(3), 255, [signed(8), unsigned(8)])
 
-
-def _components():
-    from shiftpq_hw.pe import ShiftAddPE
-    lv = level_set(4, False)
-    th, sign = intops.fold_thresholds(np.array([0.01, -0.02]), np.array([0.1, 0.2]), lv.midpoints, 2.0, 4000)
-    muls, bias, shift = intops.fold_affine([np.array([1e-5, 2e-5]), np.array([0.01, 0.01])], np.zeros(2), 255, 3.0)
-    return {"pe": lambda: ShiftAddPE(level_set(4, True), lv),
-            "threshold": lambda: ThresholdRequant(th, sign, signed(13)),
-            "affine": lambda: AffineRequant(muls, bias, shift, 255, [signed(20), unsigned(8)])}
-
-
-@pytest.mark.parametrize("name", ["pe", "threshold", "affine"])
-def test_components_pass_verilator_lint_and_compile_in_icarus(name, tmp_path):
-    import subprocess
-    from amaranth.back import verilog
-    dut = _components()[name]()
-    (tmp_path / "top.v").write_text(verilog.convert(dut, name="top"))
-    from shiftpq_hw.verilog import verilator_lint_args
-    lint = subprocess.run(["verilator", *verilator_lint_args(), "top.v"], cwd=tmp_path, capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stderr
-    ivl = subprocess.run(["iverilog", "-o", "top.vvp", "top.v"], cwd=tmp_path, capture_output=True, text=True)
-    assert ivl.returncode == 0, ivl.stderr

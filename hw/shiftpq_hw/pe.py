@@ -63,37 +63,43 @@ class ShiftAddPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        wl, al = self._wl, self._al
-        w, a = self.i.payload.w, self.i.payload.a
-        # activation level integer: a table lookup, the identity for uniform levels
-        aval = Signal(unsigned(max(al.ints).bit_length()))
-        if list(al.ints) == list(range(len(al.ints))):
-            m.d.comb += aval.eq(a)
-        else:
-            with m.Switch(a):
-                for idx, v in enumerate(al.ints):
-                    with m.Case(idx):
-                        m.d.comb += aval.eq(v)
-                if len(al.ints) < 1 << len(a):
-                    with m.Default():
-                        m.d.comb += aval.eq(0)
-        neg = w < 0
-        mag = Mux(neg, -w, w)
-        psum = Signal(unsigned(product_shape(wl, al).width - 1))
-        parts = []
-        for k, shifts in enumerate(term_slots(wl)):
-            part = Signal(psum.shape(), name=f"term{k}")
-            with m.Switch(mag):
-                for idx, s in enumerate(shifts):
-                    if s is not None:
-                        with m.Case(idx):
-                            m.d.comb += part.eq(aval << s)
-                with m.Default():  # no term in this slot (and codes outside the set, which export rejects)
-                    m.d.comb += part.eq(0)
-            parts.append(part)
-        m.d.comb += psum.eq(sum(parts))
-        product = Mux(neg, -psum, psum)
+        product = shift_add(m, self.i.payload.w, self.i.payload.a, self._wl, self._al)
         with m.If(self.o.ready | ~self.o.valid):
             m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(product)]
         m.d.comb += self.i.ready.eq(self.o.ready | ~self.o.valid)
         return m
+
+
+def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> Signal:
+    """The combinational shift-add product ``w * a`` of a weight code and an activation code, added
+    to module ``m``; returns the product signal. The one home of the PE's arithmetic."""
+    aval = Signal(unsigned(max(al.ints).bit_length()), name=f"{name}_aval")
+    if list(al.ints) == list(range(len(al.ints))):
+        m.d.comb += aval.eq(a)  # uniform levels: the code is the value
+    else:
+        with m.Switch(a):
+            for idx, v in enumerate(al.ints):
+                with m.Case(idx):
+                    m.d.comb += aval.eq(v)
+            if len(al.ints) < 1 << len(a):
+                with m.Default():
+                    m.d.comb += aval.eq(0)
+    neg = w < 0
+    mag = Mux(neg, -w, w)
+    pshape = product_shape(wl, al)
+    psum = Signal(unsigned(pshape.width - 1), name=f"{name}_mag")
+    parts = []
+    for k, shifts in enumerate(term_slots(wl)):
+        part = Signal(psum.shape(), name=f"{name}_term{k}")
+        with m.Switch(mag):
+            for idx, s in enumerate(shifts):
+                if s is not None:
+                    with m.Case(idx):
+                        m.d.comb += part.eq(aval << s)
+            with m.Default():  # no term in this slot (and codes outside the set, which export rejects)
+                m.d.comb += part.eq(0)
+        parts.append(part)
+    m.d.comb += psum.eq(sum(parts))
+    product = Signal(pshape, name=f"{name}_product")
+    m.d.comb += product.eq(Mux(neg, -psum, psum))
+    return product

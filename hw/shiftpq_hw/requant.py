@@ -28,6 +28,32 @@ def _signed_width(values: np.ndarray) -> int:
     return intops.signed_bits(int(values.min(initial=0)), int(values.max(initial=0)))
 
 
+def threshold_code(m: Module, x, neg, thresholds: list, name: str = "th") -> Signal:
+    """Combinational ``#{j : (-x if neg else x) >= thresholds[j]}``: a comparator bank and a popcount."""
+    sx = Signal(signed(len(x) + 1), name=f"{name}_sx")
+    m.d.comb += sx.eq(x)
+    with m.If(neg):
+        m.d.comb += sx.eq(-x)
+    code = Signal(_code_shape(len(thresholds)), name=f"{name}_code")
+    hits = Cat(*[sx >= t for t in thresholds])
+    m.d.comb += code.eq(sum(hits[j] for j in range(len(thresholds))))
+    return code
+
+
+def shift_clamp(m: Module, acc, shift, top: int, name: str = "aff") -> Signal:
+    """Combinational ``clamp(acc >> shift, 0, top)`` with an arithmetic (floor) shift."""
+    y = Signal(signed(len(acc)), name=f"{name}_y")
+    m.d.comb += y.eq(acc >> shift)
+    code = Signal(_code_shape(top), name=f"{name}_code")
+    with m.If(y < 0):
+        m.d.comb += code.eq(0)
+    with m.Elif(y > top):
+        m.d.comb += code.eq(Const(top))
+    with m.Else():
+        m.d.comb += code.eq(y)
+    return code
+
+
 class ThresholdRequant(wiring.Component):
     """``code = #{j : sign[c] * x >= thresholds[c, j]}`` (APoT outputs); two-cycle latency.
 
@@ -64,12 +90,7 @@ class ThresholdRequant(wiring.Component):
         with m.If(en):
             m.d.sync += [valid1.eq(self.i.valid), x1.eq(self.i.payload.x)]
         # stage 2: the comparator bank and its population count
-        sx = Signal(signed(self._in.width + 1))
-        m.d.comb += sx.eq(x1)
-        with m.If(rd.data.neg):
-            m.d.comb += sx.eq(-x1)
-        hits = Cat(*[sx >= rd.data.th[j] for j in range(n)])
-        count = sum(hits[j] for j in range(n))
+        count = threshold_code(m, x1, rd.data.neg, [rd.data.th[j] for j in range(n)])
         with m.If(en):
             m.d.sync += [self.o.valid.eq(valid1), self.o.payload.eq(count)]
         return m
@@ -123,15 +144,7 @@ class AffineRequant(wiring.Component):
             m.d.sync += [valid2.eq(valid1), shift2.eq(rd.data.shift),
                          acc.eq(sum(xs[k] * rd.data[f"m{k}"] for k in range(k_in)) + rd.data.bias)]
         # stage 3: arithmetic shift (a floor) and clamp to [0, top]
-        y = Signal(signed(self._sum_w))
-        m.d.comb += y.eq(acc >> shift2)
-        code = Signal(_code_shape(self._top))
-        with m.If(y < 0):
-            m.d.comb += code.eq(0)
-        with m.Elif(y > self._top):
-            m.d.comb += code.eq(Const(self._top))
-        with m.Else():
-            m.d.comb += code.eq(y)
+        code = shift_clamp(m, acc, shift2, self._top)
         with m.If(en):
             m.d.sync += [self.o.valid.eq(valid2), self.o.payload.eq(code)]
         return m

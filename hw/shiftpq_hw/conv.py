@@ -1,0 +1,266 @@
+"""One convolution layer engine: a frame of input pixels in, requantized output pixels out.
+
+Dataflow of one image:
+- load: ``in_hw * in_hw`` input pixels (all channels of a pixel per beat) are written to a frame
+  buffer, one memory word per pixel, at address ``Cat(x, y)`` (CIFAR maps are powers of two);
+- compute: for every output pixel, every group of ``lanes`` output channels and every kernel tap,
+  one cycle: the tap's input pixel (zero outside the map: the padding) meets the tap's weight codes
+  of the group, ``lanes x channels`` shift-add PEs multiply, an adder tree sums over the input
+  channels and each lane accumulates over the taps. After the last tap the lanes requantize (the
+  layer's BatchNorm, ReLU and next quantizer: threshold bank or fixed-point multiply-add) and the
+  group's codes go into the output pixel, which leaves when its last group is done.
+Every pipeline register advances together when the output is free or taken (``en``), so the
+engine stalls as a whole under backpressure. Cycles per image with a source and a sink that never
+wait: ``in_hw**2 + out_hw**2 * groups * kernel**2`` (``cycles_per_image``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Shape, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from shiftpq import intops
+from shiftpq.levels import LevelSet
+
+from .pe import act_code_shape, product_shape, shift_add, weight_code_shape
+from .requant import shift_clamp, threshold_code
+
+
+def _counter(n: int) -> Signal:
+    """A counter over range(n), at least one bit wide (zero-width signals upset Verilog linters)."""
+    return Signal(range(max(n, 2)))
+
+
+class ConvRequant(wiring.Component):
+    """Conv + requant of one layer, sized by its kept filters: ``lanes`` output channels at a time
+    (default: all of them), each with ``channels`` shift-add PEs."""
+
+    def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, olevels: LevelSet,
+                 stride: int, padding: int, in_hw: int, requant: dict, partial_bound: int,
+                 lanes: int | None = None):
+        weights = np.asarray(weights, dtype=np.int64)
+        k_out, c_in, k, k2 = weights.shape
+        problems = []
+        if k != k2:
+            problems.append(f"square kernels only, got {weights.shape!r}")
+        if in_hw < 1 or in_hw & (in_hw - 1):
+            problems.append(f"in_hw must be a power of two (the frame buffer is addressed by Cat(x, y)), got {in_hw!r}")
+        if lanes is not None and not 1 <= lanes <= k_out:
+            problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
+        if requant.get("mode") not in ("threshold", "affine"):
+            problems.append(f"requant mode must be 'threshold' or 'affine', got {requant.get('mode')!r}")
+        if problems:
+            self._MustUse__silence = True
+            raise ValueError("; ".join(problems))
+        self._w, self._wl, self._al, self._ol = weights, wlevels, alevels, olevels
+        self._k, self._s, self._p, self._in_hw = k, stride, padding, in_hw
+        self._out_hw = (in_hw + 2 * padding - k) // stride + 1
+        self._lanes = lanes or k_out
+        self._groups = -(-k_out // self._lanes)
+        self._rq = requant
+        self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
+            "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out))),
+        })
+
+    @classmethod
+    def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None) -> "ConvRequant":
+        """The engine of one conv op and the requant op that reads its accumulators."""
+        from shiftpq.levels import level_set
+
+        def lv(name):
+            d = tables.levels(name)
+            return level_set(d["bits"], d["signed"])
+        if requant_op["src"] != conv_op["dst"] or requant_op["op"] != "requant":
+            raise ValueError(f"{requant_op['name']!r} does not requantize {conv_op['name']!r}")
+        src_levels = tables.tensors[conv_op["src"]].get("levels")
+        if src_levels is None:
+            raise ValueError(f"{conv_op['name']!r} reads the image, not codes: the stem engine is not built yet")
+        fields = ("thresholds", "sign") if requant_op["mode"] == "threshold" else ("mul", "bias", "shift")
+        rq = {"mode": requant_op["mode"], **{f: tables.array(requant_op, f) for f in fields}}
+        return cls(tables.array(conv_op, "weight"), lv(conv_op["weight_levels"]), lv(src_levels),
+                   lv(requant_op["levels"]), conv_op["stride"], conv_op["padding"], conv_op["in_hw"], rq,
+                   conv_op["partial_bound"], lanes)
+
+    # -- the analytic model the simulation must match --------------------------------------------
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    @property
+    def groups(self) -> int:
+        return self._groups
+
+    @property
+    def pes(self) -> int:
+        return self._lanes * self._w.shape[1]
+
+    @property
+    def cycles_per_image(self) -> int:
+        return self._in_hw ** 2 + self._out_hw ** 2 * self._groups * self._k ** 2
+
+    @property
+    def macs_per_image(self) -> int:
+        return int(self._w.size) * self._out_hw ** 2
+
+    # -- hardware ----------------------------------------------------------------------------------
+    def _lane_weights(self) -> list[dict]:
+        """Weight memory words, one per (group, tap): lanes x channels codes (zero past the last filter)."""
+        k_out, c_in, k, _ = self._w.shape
+        words = []
+        for g in range(self._groups):
+            for t in range(k * k):
+                ky, kx = divmod(t, k)
+                lanes = []
+                for p in range(self._lanes):
+                    o = g * self._lanes + p
+                    lanes.append([int(self._w[o, c, ky, kx]) if o < k_out else 0 for c in range(c_in)])
+                words.append(lanes)
+        return words
+
+    def _requant_words(self, lane: int) -> tuple[data.StructLayout, list[dict]]:
+        k_out = self._w.shape[0]
+        chans = [g * self._lanes + lane for g in range(self._groups)]
+        rq = self._rq
+        if rq["mode"] == "threshold":
+            th, sign = np.asarray(rq["thresholds"]), np.asarray(rq["sign"])
+            w = max(2, intops.signed_bits(int(th.min()), int(th.max())))
+            layout = data.StructLayout({"neg": 1, "th": data.ArrayLayout(signed(w), th.shape[1])})
+            words = [{"neg": int(sign[c] < 0), "th": [int(v) for v in th[c]]} if c < k_out
+                     else {"neg": 0, "th": [0] * th.shape[1]} for c in chans]
+        else:
+            mul, bias, shift = (np.asarray(rq[f]) for f in ("mul", "bias", "shift"))
+            layout = data.StructLayout({"mul": signed(intops.MUL_BITS),
+                                        "bias": signed(max(2, intops.signed_bits(int(bias.min()), int(bias.max())))),
+                                        "shift": unsigned(max(1, int(shift.max()).bit_length()))})
+            words = [{"mul": int(mul[c]), "bias": int(bias[c]), "shift": int(shift[c])} if c < k_out
+                     else {"mul": 0, "bias": 0, "shift": 0} for c in chans]
+        return layout, words
+
+    def elaborate(self, platform):
+        m = Module()
+        k_out, c_in, k, _ = self._w.shape
+        hw, ohw, lanes, groups, taps = self._in_hw, self._out_hw, self._lanes, self._groups, k * k
+        ab = (hw - 1).bit_length()
+        en = Signal()
+        m.d.comb += en.eq(self.o.ready | ~self.o.valid)
+
+        # memories: the input frame, the weight codes, and each lane's requantization constants
+        m.submodules.frame = frame = Memory(shape=self.i.payload.shape(), depth=hw * hw, init=[])
+        fw, fr = frame.write_port(), frame.read_port()
+        wshape = data.ArrayLayout(data.ArrayLayout(weight_code_shape(self._wl), c_in), lanes)
+        m.submodules.wmem = wmem = Memory(shape=wshape, depth=max(groups * taps, 2), init=self._lane_weights())
+        wr = wmem.read_port()
+        rq_ports = []
+        for p in range(lanes):
+            layout, words = self._requant_words(p)
+            # at least two words: a one-word memory has a zero-width address
+            mem = Memory(shape=layout, depth=max(groups, 2), init=words)
+            m.submodules[f"rq{p}"] = mem
+            rq_ports.append(mem.read_port())
+
+        # stage 0: load a frame, then issue one tap per cycle
+        loading = Signal(init=1)
+        n_in = _counter(hw * hw)
+        m.d.comb += [self.i.ready.eq(en & loading), fw.addr.eq(n_in), fw.data.eq(self.i.payload),
+                     fw.en.eq(self.i.valid & self.i.ready)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += n_in.eq(n_in + 1)
+            with m.If(n_in == hw * hw - 1):
+                m.d.sync += [n_in.eq(0), loading.eq(0)]
+        oy, ox = _counter(ohw), _counter(ohw)
+        by, bx = Signal(signed(ab + 2), init=-self._p), Signal(signed(ab + 2), init=-self._p)  # oy*s - p, ox*s - p
+        g, ky, kx = _counter(groups), _counter(k), _counter(k)
+        waddr = _counter(groups * taps)
+        iy, ix = Signal(signed(ab + 2)), Signal(signed(ab + 2))
+        m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
+        issue = Signal()
+        m.d.comb += issue.eq(en & ~loading)
+        pad = (iy < 0) | (iy >= hw) | (ix < 0) | (ix >= hw)
+        m.d.comb += [fr.en.eq(en), fr.addr.eq(Cat(ix[:ab], iy[:ab])), wr.en.eq(en), wr.addr.eq(waddr)]
+        last_tap = (ky == k - 1) & (kx == k - 1)
+        last_group = g == groups - 1
+        with m.If(issue):
+            m.d.sync += waddr.eq(waddr + 1)
+            m.d.sync += kx.eq(kx + 1)
+            with m.If(kx == k - 1):
+                m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                with m.If(ky == k - 1):
+                    m.d.sync += [ky.eq(0), g.eq(g + 1)]
+                    with m.If(last_group):
+                        m.d.sync += [g.eq(0), waddr.eq(0), ox.eq(ox + 1), bx.eq(bx + self._s)]
+                        with m.If(ox == ohw - 1):
+                            m.d.sync += [ox.eq(0), bx.eq(-self._p), oy.eq(oy + 1), by.eq(by + self._s)]
+                            with m.If(oy == ohw - 1):
+                                m.d.sync += [oy.eq(0), by.eq(-self._p), loading.eq(1)]
+
+        # stage 1: memory data; the PEs and the adder tree over input channels
+        v1, pad1, first1, last1, done1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        g1 = _counter(groups)
+        with m.If(en):
+            m.d.sync += [v1.eq(issue), pad1.eq(pad), first1.eq((ky == 0) & (kx == 0)), last1.eq(last_tap),
+                         g1.eq(g), done1.eq(last_tap & last_group)]
+        tap_sums = []
+        for p in range(lanes):
+            prods = []
+            for c in range(c_in):
+                a = Signal(act_code_shape(self._al), name=f"a{p}_{c}")
+                m.d.comb += a.eq(Const(0))
+                with m.If(~pad1):
+                    m.d.comb += a.eq(fr.data[c])
+                prods.append(shift_add(m, wr.data[p][c], a, self._wl, self._al, name=f"pe{p}_{c}"))
+            tap_sums.append(sum(prods))
+
+        # stage 2: accumulate over the taps
+        v2, first2, last2, done2 = Signal(), Signal(), Signal(), Signal()
+        g2 = _counter(groups)
+        sums2 = [Signal(signed(product_shape(self._wl, self._al).width + c_in.bit_length()), name=f"sum{p}")
+                 for p in range(lanes)]
+        with m.If(en):
+            m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), g2.eq(g1), done2.eq(done1)]
+            m.d.sync += [s.eq(t) for s, t in zip(sums2, tap_sums)]
+        accs = [Signal(self._acc_shape, name=f"acc{p}") for p in range(lanes)]
+        nexts = [Signal(self._acc_shape, name=f"acc_next{p}") for p in range(lanes)]
+        for acc, nxt, s in zip(accs, nexts, sums2):
+            m.d.comb += nxt.eq(s + acc)
+            with m.If(first2):
+                m.d.comb += nxt.eq(s)
+        for port in rq_ports:
+            m.d.comb += [port.en.eq(en), port.addr.eq(g2)]
+        v3, done3 = Signal(), Signal()
+        g3 = _counter(groups)
+        fins = [Signal(self._acc_shape, name=f"fin{p}") for p in range(lanes)]
+        with m.If(en):
+            with m.If(v2):
+                m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
+            m.d.sync += [v3.eq(v2 & last2), g3.eq(g2), done3.eq(v2 & done2)]
+            m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, nexts)]
+
+        # stage 3: requantize each lane, place the group's codes, emit a finished pixel
+        codes = []
+        for p, (fin, port) in enumerate(zip(fins, rq_ports)):
+            if self._rq["mode"] == "threshold":
+                n_th = len(port.data.th)
+                codes.append(threshold_code(m, fin, port.data.neg, [port.data.th[j] for j in range(n_th)], name=f"rq{p}"))
+            else:
+                y = Signal(signed(len(fin) + intops.MUL_BITS + 1), name=f"aff{p}_sum")
+                m.d.comb += y.eq(fin * port.data.mul + port.data.bias)
+                codes.append(shift_clamp(m, y, port.data.shift, self._ol.denom, name=f"aff{p}"))
+        buf = Signal(self.o.payload.shape())
+        merged = Signal(self.o.payload.shape())
+        m.d.comb += merged.eq(buf)
+        with m.Switch(g3):
+            for gi in range(groups):
+                # the last group is the default case, so the case statement is complete
+                with (m.Case(gi) if gi < groups - 1 else m.Default()):
+                    for p in range(lanes):
+                        if gi * lanes + p < k_out:
+                            m.d.comb += merged[gi * lanes + p].eq(codes[p])
+        with m.If(en):
+            with m.If(v3):
+                m.d.sync += buf.eq(merged)
+            m.d.sync += [self.o.valid.eq(done3), self.o.payload.eq(merged)]
+        return m

@@ -1,0 +1,47 @@
+"""Every hardware component converts to Verilog that passes Verilator's lint (with only the waivers
+of shiftpq_hw.verilog) and compiles in Icarus; the multiplier-free ones contain no $mul."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from amaranth.back import rtlil, verilog
+from amaranth.hdl import signed, unsigned
+
+from shiftpq import intops
+from shiftpq.export import export_model
+from shiftpq.levels import level_set
+from shiftpq_hw.conv import ConvRequant
+from shiftpq_hw.pe import ShiftAddPE
+from shiftpq_hw.requant import AffineRequant, ThresholdRequant
+from shiftpq_hw.verilog import verilator_lint_args
+from test_export import random_net
+
+
+def _conv():
+    t = export_model(random_net(1), {"path": "random"})
+    conv = next(op for op in t.ops if op["name"] == "layer2.0.conv1")
+    rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
+    return ConvRequant.from_tables(t, conv, rq)
+
+
+def _components():
+    lv = level_set(4, False)
+    th, sign = intops.fold_thresholds(np.array([0.01, -0.02]), np.array([0.1, 0.2]), lv.midpoints, 2.0, 4000)
+    (m0, m1), bias, shift = intops.fold_affine([np.array([1e-5, 2e-5]), np.array([0.01, 0.01])], np.zeros(2), 255, 3.0)
+    return {"pe": (lambda: ShiftAddPE(level_set(4, True), lv), False),
+            "threshold": (lambda: ThresholdRequant(th, sign, signed(13)), False),
+            "affine": (lambda: AffineRequant([m0, m1], bias, shift, 255, [signed(20), unsigned(8)]), True),
+            "conv": (_conv, False)}
+
+
+@pytest.mark.parametrize("name", ["pe", "threshold", "affine", "conv"])
+def test_component_lints_compiles_and_multiplies_only_where_meant(name, tmp_path):
+    make, multiplies = _components()[name]
+    (tmp_path / "top.v").write_text(verilog.convert(make(), name="top"))
+    lint = subprocess.run(["verilator", *verilator_lint_args(), "top.v"], cwd=tmp_path, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stderr
+    ivl = subprocess.run(["iverilog", "-o", "top.vvp", "top.v"], cwd=tmp_path, capture_output=True, text=True)
+    assert ivl.returncode == 0, ivl.stderr
+    assert ("$mul" in rtlil.convert(make(), name="top")) == multiplies
