@@ -12,19 +12,21 @@ from shiftpq_hw.conv import ConvRequant
 from test_export import images, random_net
 
 
-def run_engine(dut, frames: list[np.ndarray]):
+def run_engine(dut, frames: list[np.ndarray], residual: list[np.ndarray] | None = None):
     """Feed frames (H, W, C codes) back to back with an always-ready sink; returns the output
     pixels per frame and the cycle at which each frame's last pixel left."""
     outs, done_at = [], []
     n_out = dut._out_hw ** 2
 
-    async def source(ctx):
-        for f in frames:
-            for px in f.reshape(-1, f.shape[-1]):
-                ctx.set(dut.i.payload, [int(v) for v in px])
-                ctx.set(dut.i.valid, 1)
-                await ctx.tick().until(dut.i.ready)
-            ctx.set(dut.i.valid, 0)
+    def feeder(port, frames):
+        async def source(ctx):
+            for f in frames:
+                for px in f.reshape(-1, f.shape[-1]):
+                    ctx.set(port.payload, [int(v) for v in px])
+                    ctx.set(port.valid, 1)
+                    await ctx.tick().until(port.ready)
+                ctx.set(port.valid, 0)
+        return source
 
     async def sink(ctx):
         ctx.set(dut.o.ready, 1)
@@ -41,31 +43,39 @@ def run_engine(dut, frames: list[np.ndarray]):
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    sim.add_testbench(source)
+    sim.add_testbench(feeder(dut.i, frames))
+    if residual is not None:
+        sim.add_testbench(feeder(dut.r, residual))
     sim.add_testbench(sink)
     sim.run()
     return outs, done_at
 
 
 @pytest.mark.parametrize("seed,layer,fold", [(0, "layer1.0.conv1", "all"), (1, "layer2.0.conv1", "all"),
+                                             (6, "stem", "all"), (7, "stem", "half"),
+                                             (0, "layer1.0.conv2", "all"), (1, "layer2.0.conv2", "half"),
+                                             (2, "layer3.0.conv2", "one"), (3, "layer1.0.conv2", "half"),
                                              (2, "layer3.0.conv1", "one"), (3, "layer3.0.conv1", "half"),
                                              (5, "layer2.0.conv1", "half")])
 def test_conv_engine_equals_golden_and_its_cycle_model(seed, layer, fold):
     t = export_model(random_net(seed), {"path": "random"})
     conv = next(op for op in t.ops if op["name"] == layer)
-    kept = len(conv["kept"])
+    rq = next(op for op in t.ops if op["op"] in ("requant", "add") and conv["dst"] in (op.get("src"), *op.get("srcs", ())))
+    kept = len(t.tensors[rq["dst"]]["channels"])
     lanes = {"all": None, "one": 1, "half": max(1, kept // 2)}[fold]
-    rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
     x = images(2, seed)
     _, env = Golden(t).run(x, trace=True)
     dut = ConvRequant.from_tables(t, conv, rq, lanes)
-    outs, done_at = run_engine(dut, [env[conv["src"]][i] for i in range(len(x))])
+    residual = [env[rq["srcs"][1]][i] for i in range(len(x))] if rq["op"] == "add" else None
+    outs, done_at = run_engine(dut, [env[conv["src"]][i] for i in range(len(x))], residual)
     for i in range(len(x)):
-        want = env[rq["dst"]][i].reshape(-1, len(conv["kept"]))
+        want = env[rq["dst"]][i].reshape(-1, kept)
         assert np.array_equal(outs[i], want), f"image {i}"
     # back to back, the second image takes exactly the modelled cycles
     assert done_at[1] - done_at[0] == dut.cycles_per_image
     assert dut.pes == dut.lanes * len(conv["in_channels"])
+    if rq["op"] == "add":  # the fused add covers shortcut-only channels and conv-only channels
+        assert kept >= len(conv["kept"])
     assert fold == "all" and dut.groups == 1 or dut.groups > 1 or kept == 1
 
 
@@ -75,9 +85,8 @@ def test_conv_engine_rejects_bad_parameters():
     rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
     with pytest.raises(ValueError, match="lanes must be in"):
         ConvRequant.from_tables(t, conv, rq, lanes=99)
-    stem = next(op for op in t.ops if op["name"] == "stem")
-    with pytest.raises(ValueError, match="reads the image"):
-        ConvRequant.from_tables(t, stem, next(op for op in t.ops if op["src"] == "stem"))
+    with pytest.raises(ValueError, match="does not requantize"):
+        ConvRequant.from_tables(t, conv, next(op for op in t.ops if op["name"] == "stem_act"))
 
 
 def test_conv_engine_affine_requant_equals_intops():

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import act_code_shape, product_shape, shift_add, weight_code_shape
+from .pe import IMAGE, act_code_shape, product_shape, shift_add, weight_code_shape
 from .requant import shift_clamp, threshold_code
 
 
@@ -39,7 +39,7 @@ class ConvRequant(wiring.Component):
 
     def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, olevels: LevelSet,
                  stride: int, padding: int, in_hw: int, requant: dict, partial_bound: int,
-                 lanes: int | None = None):
+                 lanes: int | None = None, residual: dict | None = None):
         weights = np.asarray(weights, dtype=np.int64)
         k_out, c_in, k, k2 = weights.shape
         problems = []
@@ -51,9 +51,15 @@ class ConvRequant(wiring.Component):
             problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
         if requant.get("mode") not in ("threshold", "affine"):
             problems.append(f"requant mode must be 'threshold' or 'affine', got {requant.get('mode')!r}")
+        if residual is not None and (stride != 1 or requant.get("mode") != "affine"
+                                     or len(residual["index"]) != k_out
+                                     or list(residual["levels"].ints) != list(range(len(residual["levels"].ints)))):
+            problems.append("a residual input needs stride 1, the affine requant, one shortcut index per output "
+                            "and a uniform (8-bit) stream")
         if problems:
             self._MustUse__silence = True
             raise ValueError("; ".join(problems))
+        self._res = residual
         self._w, self._wl, self._al, self._ol = weights, wlevels, alevels, olevels
         self._k, self._s, self._p, self._in_hw = k, stride, padding, in_hw
         self._out_hw = (in_hw + 2 * padding - k) // stride + 1
@@ -61,10 +67,18 @@ class ConvRequant(wiring.Component):
         self._groups = -(-k_out // self._lanes)
         self._rq = requant
         self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
-        super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
-            "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out))),
-        })
+        if requant.get("mode") == "affine":
+            terms = [(partial_bound, requant["mul"])]
+            if residual is not None:
+                terms.append((residual["levels"].denom, residual["mul"]))
+            self._sum_w = intops.affine_bits([b for b, _ in terms], [np.asarray(mk) for _, mk in terms],
+                                             np.asarray(requant["bias"]))
+        ports = {"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
+                 "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out)))}
+        if residual is not None:  # the shortcut tensor, pixel by pixel, loaded beside the input
+            ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(residual["levels"]),
+                                                              residual["channels"])))
+        super().__init__(ports)
 
     @classmethod
     def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None) -> "ConvRequant":
@@ -74,16 +88,25 @@ class ConvRequant(wiring.Component):
         def lv(name):
             d = tables.levels(name)
             return level_set(d["bits"], d["signed"])
-        if requant_op["src"] != conv_op["dst"] or requant_op["op"] != "requant":
-            raise ValueError(f"{requant_op['name']!r} does not requantize {conv_op['name']!r}")
         src_levels = tables.tensors[conv_op["src"]].get("levels")
-        if src_levels is None:
-            raise ValueError(f"{conv_op['name']!r} reads the image, not codes: the stem engine is not built yet")
-        fields = ("thresholds", "sign") if requant_op["mode"] == "threshold" else ("mul", "bias", "shift")
-        rq = {"mode": requant_op["mode"], **{f: tables.array(requant_op, f) for f in fields}}
-        return cls(tables.array(conv_op, "weight"), lv(conv_op["weight_levels"]), lv(src_levels),
+        weights, residual = tables.array(conv_op, "weight"), None
+        if requant_op["op"] == "add" and requant_op["srcs"][0] == conv_op["dst"]:
+            # the fused residual add: lanes over the add's output channels, zero filters where the
+            # conv has none (the shortcut alone), and the shortcut as a second input
+            ci = requant_op["conv_index"]
+            weights = np.stack([weights[j] if j >= 0 else np.zeros_like(weights[0]) for j in ci])
+            sc = tables.tensors[requant_op["srcs"][1]]
+            residual = {"levels": lv(sc["levels"]), "channels": len(sc["channels"]),
+                        "index": requant_op["shortcut_index"], "mul": tables.array(requant_op, "shortcut_mul")}
+            rq = {"mode": "affine", **{f: tables.array(requant_op, f) for f in ("mul", "bias", "shift")}}
+        elif requant_op["op"] == "requant" and requant_op["src"] == conv_op["dst"]:
+            fields = ("thresholds", "sign") if requant_op["mode"] == "threshold" else ("mul", "bias", "shift")
+            rq = {"mode": requant_op["mode"], **{f: tables.array(requant_op, f) for f in fields}}
+        else:
+            raise ValueError(f"{requant_op['name']!r} does not requantize {conv_op['name']!r}")
+        return cls(weights, lv(conv_op["weight_levels"]), lv(src_levels) if src_levels else IMAGE,
                    lv(requant_op["levels"]), conv_op["stride"], conv_op["padding"], conv_op["in_hw"], rq,
-                   conv_op["partial_bound"], lanes)
+                   conv_op["partial_bound"], lanes, residual)
 
     # -- the analytic model the simulation must match --------------------------------------------
     @property
@@ -133,11 +156,12 @@ class ConvRequant(wiring.Component):
                      else {"neg": 0, "th": [0] * th.shape[1]} for c in chans]
         else:
             mul, bias, shift = (np.asarray(rq[f]) for f in ("mul", "bias", "shift"))
-            layout = data.StructLayout({"mul": signed(intops.MUL_BITS),
+            smul = np.asarray(self._res["mul"]) if self._res else np.zeros_like(mul)
+            layout = data.StructLayout({"mul": signed(intops.MUL_BITS), "smul": signed(intops.MUL_BITS),
                                         "bias": signed(max(2, intops.signed_bits(int(bias.min()), int(bias.max())))),
                                         "shift": unsigned(max(1, int(shift.max()).bit_length()))})
-            words = [{"mul": int(mul[c]), "bias": int(bias[c]), "shift": int(shift[c])} if c < k_out
-                     else {"mul": 0, "bias": 0, "shift": 0} for c in chans]
+            words = [{"mul": int(mul[c]), "smul": int(smul[c]), "bias": int(bias[c]), "shift": int(shift[c])}
+                     if c < k_out else {"mul": 0, "smul": 0, "bias": 0, "shift": 0} for c in chans]
         return layout, words
 
     def elaborate(self, platform):
@@ -165,9 +189,18 @@ class ConvRequant(wiring.Component):
         # stage 0: load a frame, then issue one tap per cycle
         loading = Signal(init=1)
         n_in = _counter(hw * hw)
-        m.d.comb += [self.i.ready.eq(en & loading), fw.addr.eq(n_in), fw.data.eq(self.i.payload),
-                     fw.en.eq(self.i.valid & self.i.ready)]
-        with m.If(self.i.valid & self.i.ready):
+        take = Signal()
+        if self._res is None:
+            m.d.comb += [self.i.ready.eq(en & loading), take.eq(self.i.valid & self.i.ready)]
+        else:
+            # both inputs move together: ready may depend on the other's valid, never the reverse
+            m.submodules.rframe = rframe = Memory(shape=self.r.payload.shape(), depth=hw * hw, init=[])
+            rw, rr = rframe.write_port(), rframe.read_port()
+            both = en & loading & self.i.valid & self.r.valid
+            m.d.comb += [self.i.ready.eq(both), self.r.ready.eq(both), take.eq(both),
+                         rw.addr.eq(n_in), rw.data.eq(self.r.payload), rw.en.eq(take)]
+        m.d.comb += [fw.addr.eq(n_in), fw.data.eq(self.i.payload), fw.en.eq(take)]
+        with m.If(take):
             m.d.sync += n_in.eq(n_in + 1)
             with m.If(n_in == hw * hw - 1):
                 m.d.sync += [n_in.eq(0), loading.eq(0)]
@@ -197,6 +230,10 @@ class ConvRequant(wiring.Component):
                             with m.If(oy == ohw - 1):
                                 m.d.sync += [oy.eq(0), by.eq(-self._p), loading.eq(1)]
 
+        if self._res is not None:  # the shortcut pixel of the output pixel being computed
+            m.d.comb += [rr.en.eq(en), rr.addr.eq(Cat(ox[:ab], oy[:ab]))]
+            r2, r3 = Signal(self.r.payload.shape()), Signal(self.r.payload.shape())
+
         # stage 1: memory data; the PEs and the adder tree over input channels
         v1, pad1, first1, last1, done1 = Signal(), Signal(), Signal(), Signal(), Signal()
         g1 = _counter(groups)
@@ -221,6 +258,8 @@ class ConvRequant(wiring.Component):
                  for p in range(lanes)]
         with m.If(en):
             m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), g2.eq(g1), done2.eq(done1)]
+            if self._res is not None:
+                m.d.sync += [r2.eq(rr.data), r3.eq(r2)]
             m.d.sync += [s.eq(t) for s, t in zip(sums2, tap_sums)]
         accs = [Signal(self._acc_shape, name=f"acc{p}") for p in range(lanes)]
         nexts = [Signal(self._acc_shape, name=f"acc_next{p}") for p in range(lanes)]
@@ -246,8 +285,18 @@ class ConvRequant(wiring.Component):
                 n_th = len(port.data.th)
                 codes.append(threshold_code(m, fin, port.data.neg, [port.data.th[j] for j in range(n_th)], name=f"rq{p}"))
             else:
-                y = Signal(signed(len(fin) + intops.MUL_BITS + 1), name=f"aff{p}_sum")
-                m.d.comb += y.eq(fin * port.data.mul + port.data.bias)
+                y = Signal(signed(self._sum_w), name=f"aff{p}_sum")
+                if self._res is None:
+                    m.d.comb += y.eq(fin * port.data.mul + port.data.bias)
+                else:
+                    v = Signal(act_code_shape(self._res["levels"]), name=f"sc{p}")
+                    with m.Switch(g3):
+                        for gi in range(groups):
+                            c = gi * lanes + p
+                            j = self._res["index"][c] if c < k_out else -1
+                            with (m.Case(gi) if gi < groups - 1 else m.Default()):
+                                m.d.comb += v.eq(r3[j] if j >= 0 else 0)
+                    m.d.comb += y.eq(fin * port.data.mul + v * port.data.smul + port.data.bias)
                 codes.append(shift_clamp(m, y, port.data.shift, self._ol.denom, name=f"aff{p}"))
         buf = Signal(self.o.payload.shape())
         merged = Signal(self.o.payload.shape())

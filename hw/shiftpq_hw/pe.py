@@ -20,12 +20,17 @@ def weight_code_shape(levels: LevelSet) -> Shape:
     return signed((len(levels.ints) - 1).bit_length() + 1)
 
 
-def act_code_shape(levels: LevelSet) -> Shape:
+IMAGE = None  # activation "levels" of the stem: the int8 image itself (pixel - 128)
+
+
+def act_code_shape(levels: LevelSet | None) -> Shape:
+    if levels is IMAGE:
+        return signed(8)
     return unsigned(max(1, (len(levels.ints) - 1).bit_length()))
 
 
-def product_shape(wlevels: LevelSet, alevels: LevelSet) -> Shape:
-    top = wlevels.denom * alevels.denom
+def product_shape(wlevels: LevelSet, alevels: LevelSet | None) -> Shape:
+    top = wlevels.denom * (128 if alevels is IMAGE else alevels.denom)
     return signed(top.bit_length() + 1)
 
 
@@ -73,10 +78,14 @@ class ShiftAddPE(wiring.Component):
 def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> Signal:
     """The combinational shift-add product ``w * a`` of a weight code and an activation code, added
     to module ``m``; returns the product signal. The one home of the PE's arithmetic."""
-    aval = Signal(unsigned(max(al.ints).bit_length()), name=f"{name}_aval")
-    if list(al.ints) == list(range(len(al.ints))):
+    if al is IMAGE:
+        aval = Signal(signed(8), name=f"{name}_aval")
+        m.d.comb += aval.eq(a)  # the stem reads pixel - 128 directly
+    elif list(al.ints) == list(range(len(al.ints))):
+        aval = Signal(unsigned(max(al.ints).bit_length()), name=f"{name}_aval")
         m.d.comb += aval.eq(a)  # uniform levels: the code is the value
     else:
+        aval = Signal(unsigned(max(al.ints).bit_length()), name=f"{name}_aval")
         with m.Switch(a):
             for idx, v in enumerate(al.ints):
                 with m.Case(idx):
@@ -87,7 +96,7 @@ def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> 
     neg = w < 0
     mag = Mux(neg, -w, w)
     pshape = product_shape(wl, al)
-    psum = Signal(unsigned(pshape.width - 1), name=f"{name}_mag")
+    psum = Signal(pshape if al is IMAGE else unsigned(pshape.width - 1), name=f"{name}_mag")
     parts = []
     for k, shifts in enumerate(term_slots(wl)):
         part = Signal(psum.shape(), name=f"{name}_term{k}")
