@@ -5,9 +5,12 @@ import numpy as np
 from amaranth.sim import Simulator
 
 
-def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: float = 0.2) -> list:
+def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: float = 0.2,
+               n_out: int | None = None) -> list:
     """Every payload in ``payloads`` goes in, in order; returns the output payloads as integers.
-    Inputs pause with probability ``gap`` and the sink refuses with probability ``stall``."""
+    Inputs pause with probability ``gap`` and the sink refuses with probability ``stall``; the run
+    ends after ``n_out`` outputs (default: one per input)."""
+    n_out = len(payloads) if n_out is None else n_out
     rng = np.random.default_rng(seed)
     out = []
 
@@ -21,7 +24,7 @@ def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: floa
                 await ctx.tick()
 
     async def sink(ctx):
-        while len(out) < len(payloads):
+        while len(out) < n_out:
             ready = int(rng.random() >= stall)
             ctx.set(dut.o.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)

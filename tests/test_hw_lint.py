@@ -26,6 +26,19 @@ def _conv():
     return ConvRequant.from_tables(t, conv, rq)
 
 
+def _blocks():
+    from amaranth.lib import data
+    from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, Fork, FullyConnected, ShortcutPath
+    from shiftpq_hw.pe import act_code_shape
+    u8, a4 = level_set(8, False), level_set(4, False)
+    px = data.ArrayLayout(act_code_shape(u8), 3)
+    return {"fork": (lambda: Fork(px), False),
+            "shortcut": (lambda: ShortcutPath(px, 8, 2), False),
+            "codelut": (lambda: CodeLUT(np.arange(256)[:, None].repeat(3, 1) // 16, u8, a4), False),
+            "avgpool": (lambda: AvgPoolRequant(u8, u8, 8, [1 << 20] * 3, [1 << 19] * 3, [26] * 3), True),
+            "fc": (lambda: FullyConnected(np.ones((10, 3), dtype=int), level_set(8, True), u8, np.zeros(10), 4), False)}
+
+
 def _components():
     lv = level_set(4, False)
     th, sign = intops.fold_thresholds(np.array([0.01, -0.02]), np.array([0.1, 0.2]), lv.midpoints, 2.0, 4000)
@@ -33,10 +46,10 @@ def _components():
     return {"pe": (lambda: ShiftAddPE(level_set(4, True), lv), False),
             "threshold": (lambda: ThresholdRequant(th, sign, signed(13)), False),
             "affine": (lambda: AffineRequant([m0, m1], bias, shift, 255, [signed(20), unsigned(8)]), True),
-            "conv": (_conv, False)}
+            "conv": (_conv, False), **_blocks()}
 
 
-@pytest.mark.parametrize("name", ["pe", "threshold", "affine", "conv"])
+@pytest.mark.parametrize("name", ["pe", "threshold", "affine", "conv", "fork", "shortcut", "codelut", "avgpool", "fc"])
 def test_component_lints_compiles_and_multiplies_only_where_meant(name, tmp_path):
     make, multiplies = _components()[name]
     (tmp_path / "top.v").write_text(verilog.convert(make(), name="top"))
