@@ -28,7 +28,7 @@ def test_code_lut_equals_golden_requant_of_codes():
     t, g, env = _setup(0)
     op = next(o for o in t.ops if o["name"] == "layer2.0.act_in")
     src = env[op["src"]]
-    dut = CodeLUT(g._luts[op["name"]], _lv(t, t.tensors[op["src"]]["levels"]), _lv(t, op["levels"]))
+    dut = CodeLUT(g.code_table(op["name"]), _lv(t, t.tensors[op["src"]]["levels"]), _lv(t, op["levels"]))
     got = run_stream(dut, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])])
     assert np.array_equal(np.array(got), env[op["dst"]].reshape(len(got), -1))
 

@@ -193,3 +193,9 @@ class FullyConnected(wiring.Component):
             with m.If(cls == k - 1):
                 m.d.sync += [busy.eq(0), cls.eq(0)]
         return m
+
+
+def _lut_of(tables, op) -> np.ndarray:
+    """The table [input codes, channels] of a requant op whose input is codes (golden.py builds the same)."""
+    from shiftpq.golden import Golden
+    return Golden(tables).code_table(op["name"])

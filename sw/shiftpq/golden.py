@@ -39,6 +39,10 @@ class Golden:
                 w = tables.array(op, "weight").astype(np.int32)
                 self._weights[op["name"]] = np.sign(w) * self._dec[op["weight_levels"]][np.abs(w)]
 
+    def code_table(self, op_name: str) -> np.ndarray:
+        """[input codes, channels] table of a requant op that reads codes (what hardware stores as a ROM)."""
+        return self._luts[op_name]
+
     def values(self, name: str, x: np.ndarray) -> np.ndarray:
         """The integer values of a tensor: codes are decoded to their level integers."""
         info = self.t.tensors[name]
