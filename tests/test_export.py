@@ -431,3 +431,14 @@ def test_shipped_resnet20_golden_model_agrees_with_its_fake_quant_model(tmp_path
     t = load_tables(tmp_path / "t")
     convs = [op for op in t.ops if op["op"] == "conv"]
     assert len(convs) == 19 and sum(len(op["kept"]) for op in convs) < sum(op["filters"] for op in convs)
+
+
+def test_golden_does_not_trust_a_too_small_partial_bound():
+    """The float engine choice rests on partial_bound; a manifest understating it changes nothing."""
+    t = export_model(random_net(2), {"path": "r"})
+    x = images(2)
+    want = Golden(t).run(x)
+    for op in t.ops:
+        if op["op"] in ("conv", "fc"):
+            op["partial_bound"] = 0
+    assert np.array_equal(Golden(t).run(x), want)

@@ -28,7 +28,7 @@ class Golden:
         self.t = tables
         self._dec = {name: np.asarray(lv["ints"], dtype=np.int32) for name, lv in tables.manifest["levels"].items()
                      if lv.get("ints") is not None}
-        self._weights, self._luts = {}, {}
+        self._weights, self._luts, self._bounds = {}, {}, {}
         for op in tables.ops:
             if op["op"] == "requant" and tables.tensors[op["src"]]["kind"] == "codes":
                 # a requant of codes has few possible inputs: tabulate it once (same function, same result)
@@ -38,6 +38,11 @@ class Golden:
             if op["op"] in ("conv", "fc"):
                 w = tables.array(op, "weight").astype(np.int32)
                 self._weights[op["name"]] = np.sign(w) * self._dec[op["weight_levels"]][np.abs(w)]
+                # the exactness of the BLAS dot products rests on this bound: recompute it from the
+                # weights rather than trust the manifest (which may count only live channels)
+                src = tables.tensors[op["src"]]
+                _, _, partial = intops.conv_bounds(self._weights[op["name"]], src["lo"], src["hi"])
+                self._bounds[op["name"]] = max(partial, op["partial_bound"])
 
     def code_table(self, op_name: str) -> np.ndarray:
         """[input codes, channels] table of a requant op that reads codes (what hardware stores as a ROM)."""
@@ -78,7 +83,7 @@ class Golden:
     # -- one method per op type ----------------------------------------------------------------
     def _conv(self, op, env):
         x = self.values(op["src"], env[op["src"]])
-        return intops.conv2d(x, self._weights[op["name"]], op["stride"], op["padding"], op["partial_bound"])
+        return intops.conv2d(x, self._weights[op["name"]], op["stride"], op["padding"], self._bounds[op["name"]])
 
     def _requant(self, op, env):
         x = env[op["src"]]
@@ -118,7 +123,7 @@ class Golden:
 
     def _fc(self, op, env):
         x = self.values(op["src"], env[op["src"]])
-        acc = intops.exact_matmul(x, self._weights[op["name"]].T, op["partial_bound"])
+        acc = intops.exact_matmul(x, self._weights[op["name"]].T, self._bounds[op["name"]])
         return (acc << op["shift"]) + self.t.array(op, "bias")
 
 
