@@ -441,4 +441,10 @@ def test_golden_does_not_trust_a_too_small_partial_bound():
     for op in t.ops:
         if op["op"] in ("conv", "fc"):
             op["partial_bound"] = 0
-    assert np.array_equal(Golden(t).run(x), want)
+    g = Golden(t)
+    for op in t.ops:
+        if op["op"] in ("conv", "fc"):
+            src = t.tensors[op["src"]]
+            true_bound = intops.conv_bounds(g._weights[op["name"]], src["lo"], src["hi"])[2]
+            assert true_bound > 0 and g._bounds[op["name"]] == true_bound
+    assert np.array_equal(g.run(x), want)
