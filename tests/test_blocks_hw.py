@@ -5,15 +5,9 @@ import numpy as np
 
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
-from shiftpq.levels import level_set
 from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, FullyConnected, ShortcutPath
 from streams import run_stream
 from test_export import images, random_net
-
-
-def _lv(t, name):
-    d = t.levels(name)
-    return level_set(d["bits"], d["signed"])
 
 
 def _setup(seed=0):
@@ -28,7 +22,7 @@ def test_code_lut_equals_golden_requant_of_codes():
     t, g, env = _setup(0)
     op = next(o for o in t.ops if o["name"] == "layer2.0.act_in")
     src = env[op["src"]]
-    dut = CodeLUT(g.code_table(op["name"]), _lv(t, t.tensors[op["src"]]["levels"]), _lv(t, op["levels"]))
+    dut = CodeLUT(g.code_table(op["name"]), t.level_set(t.tensors[op["src"]]["levels"]), t.level_set(op["levels"]))
     got = run_stream(dut, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])])
     assert np.array_equal(np.array(got), env[op["dst"]].reshape(len(got), -1))
 
@@ -37,7 +31,7 @@ def test_shortcut_path_subsamples_and_buffers_a_whole_map():
     t, g, env = _setup(1)
     op = next(o for o in t.ops if o["op"] == "shortcut")
     src = env[op["src"]][0]
-    levels = _lv(t, t.tensors[op["src"]]["levels"])
+    levels = t.level_set(t.tensors[op["src"]]["levels"])
     from amaranth.lib import data
     from shiftpq_hw.pe import act_code_shape
     dut = ShortcutPath(data.ArrayLayout(act_code_shape(levels), src.shape[-1]), src.shape[0], op["stride"])
@@ -52,12 +46,12 @@ def test_avgpool_requant_and_fc_equal_golden():
     act = next(o for o in t.ops if o["op"] == "requant" and o["src"] == pool["dst"])
     fc = next(o for o in t.ops if o["op"] == "fc")
     src = env[pool["src"]]
-    dut = AvgPoolRequant(_lv(t, t.tensors[pool["src"]]["levels"]), _lv(t, act["levels"]), pool["hw"],
+    dut = AvgPoolRequant(t.level_set(t.tensors[pool["src"]]["levels"]), t.level_set(act["levels"]), pool["hw"],
                          t.array(act, "mul"), t.array(act, "bias"), t.array(act, "shift"))
     pixels = [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])]
     got = run_stream(dut, pixels, n_out=2)
     assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[act["dst"]])
-    fcd = FullyConnected(t.array(fc, "weight"), _lv(t, fc["weight_levels"]), _lv(t, act["levels"]),
+    fcd = FullyConnected(t.array(fc, "weight"), t.level_set(fc["weight_levels"]), t.level_set(act["levels"]),
                          t.array(fc, "bias"), fc["shift"])
     out = run_stream(fcd, [[int(v) for v in row] for row in env[act["dst"]]], n_out=20)
     scores = np.array([int(o.score) for o in out]).reshape(2, 10)

@@ -96,7 +96,7 @@ def test_conv_engine_affine_requant_equals_intops():
     rng = np.random.default_rng(7)
     wl, al, ol = level_set(4, True), level_set(4, False), level_set(8, False)
     w = rng.integers(-7, 8, (3, 2, 3, 3))
-    values = np.sign(w) * np.asarray(wl.ints)[np.abs(w)]
+    values = intops.decode_weights(w, wl.ints)
     lo, hi, partial = intops.conv_bounds(values, 0, al.denom)
     (mul,), bias, shift = intops.fold_affine([rng.uniform(5e-3, 2e-2, 3) * rng.choice([-1, 1], 3)],
                                              rng.uniform(-1, 1, 3), 255, 3.0)

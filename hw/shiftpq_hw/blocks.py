@@ -7,7 +7,7 @@ are whole pixels (one code per channel). Their reference models are the golden m
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -60,8 +60,7 @@ class ShortcutPath(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         hw, s = self._hw, self._s
-        width = data.Layout.cast(self._shape).size if isinstance(self._shape, data.Layout) else len(Signal(self._shape))
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=width, depth=self._depth)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self._shape).width, depth=self._depth)
         y, x = Signal(range(max(hw, 2))), Signal(range(max(hw, 2)))
         keep = ((y % s) == 0) & ((x % s) == 0) if s > 1 else Const(1)
         m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid & keep),
@@ -193,9 +192,3 @@ class FullyConnected(wiring.Component):
             with m.If(cls == k - 1):
                 m.d.sync += [busy.eq(0), cls.eq(0)]
         return m
-
-
-def _lut_of(tables, op) -> np.ndarray:
-    """The table [input codes, channels] of a requant op whose input is codes (golden.py builds the same)."""
-    from shiftpq.golden import Golden
-    return Golden(tables).code_table(op["name"])

@@ -83,11 +83,7 @@ class ConvRequant(wiring.Component):
     @classmethod
     def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None) -> "ConvRequant":
         """The engine of one conv op and the requant op that reads its accumulators."""
-        from shiftpq.levels import level_set
-
-        def lv(name):
-            d = tables.levels(name)
-            return level_set(d["bits"], d["signed"])
+        lv = tables.level_set
         src_levels = tables.tensors[conv_op["src"]].get("levels")
         weights, residual = tables.array(conv_op, "weight"), None
         if requant_op["op"] == "add" and requant_op["srcs"][0] == conv_op["dst"]:

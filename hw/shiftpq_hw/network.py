@@ -10,7 +10,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from shiftpq.levels import level_set
+from shiftpq.golden import Golden
 
 from .blocks import AvgPoolRequant, CodeLUT, Fork, FullyConnected, ShortcutPath
 from .conv import ConvRequant
@@ -41,11 +41,6 @@ class PixelAssembler(wiring.Component):
         return m
 
 
-def _levels(tables, name):
-    d = tables.levels(name)
-    return level_set(d["bits"], d["signed"])
-
-
 class Network(wiring.Component):
     s_axis_tdata: In(8)
     s_axis_tvalid: In(1)
@@ -66,6 +61,7 @@ class Network(wiring.Component):
         """(name, block, [(input port, tensor)], output tensor) in execution order."""
         t = self._t
         ops = t.ops
+        golden = Golden(t)  # its code tables are the CodeLUT contents: built once, not per block
         by_src: dict[str, list[dict]] = {}
         for op in ops:
             for s in op.get("srcs", [op.get("src")]):
@@ -86,8 +82,8 @@ class Network(wiring.Component):
                 src = t.tensors[op["src"]]
                 if src["kind"] != "codes":
                     raise ValueError(f"requant {op['name']!r} of a {src['kind']} tensor has no block yet")
-                from .blocks import _lut_of
-                plan.append((op["name"], CodeLUT(_lut_of(t, op), _levels(t, src["levels"]), _levels(t, op["levels"])),
+                plan.append((op["name"], CodeLUT(golden.code_table(op["name"]), t.level_set(src["levels"]),
+                                                 t.level_set(op["levels"])),
                              [("i", op["src"])], op["dst"]))
             elif kind == "shortcut":
                 src = t.tensors[op["src"]]
@@ -97,12 +93,12 @@ class Network(wiring.Component):
                 nxt = by_src[op["dst"]][0]
                 absorbed.add(nxt["name"])
                 src = t.tensors[op["src"]]
-                blk = AvgPoolRequant(_levels(t, src["levels"]), _levels(t, nxt["levels"]), op["hw"],
+                blk = AvgPoolRequant(t.level_set(src["levels"]), t.level_set(nxt["levels"]), op["hw"],
                                      t.array(nxt, "mul"), t.array(nxt, "bias"), t.array(nxt, "shift"))
                 plan.append((op["name"], blk, [("i", op["src"])], nxt["dst"]))
             elif kind == "fc":
                 src = t.tensors[op["src"]]
-                blk = FullyConnected(t.array(op, "weight"), _levels(t, op["weight_levels"]), _levels(t, src["levels"]),
+                blk = FullyConnected(t.array(op, "weight"), t.level_set(op["weight_levels"]), t.level_set(src["levels"]),
                                      t.array(op, "bias"), op["shift"])
                 plan.append((op["name"], blk, [("i", op["src"])], op["dst"]))
             else:

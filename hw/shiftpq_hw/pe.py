@@ -12,6 +12,7 @@ from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 
@@ -36,8 +37,7 @@ def product_shape(wlevels: LevelSet, alevels: LevelSet | None) -> Shape:
 
 def reference(wcode: np.ndarray, acode: np.ndarray, wlevels: LevelSet, alevels: LevelSet) -> np.ndarray:
     """NumPy model of the PE: ``sign(w) * wints[|w|] * aints[a]``."""
-    wcode, acode = np.asarray(wcode, dtype=np.int64), np.asarray(acode, dtype=np.int64)
-    return np.sign(wcode) * np.asarray(wlevels.ints)[np.abs(wcode)] * np.asarray(alevels.ints)[acode]
+    return intops.decode_weights(wcode, wlevels.ints) * np.asarray(alevels.ints)[np.asarray(acode, dtype=np.int64)]
 
 
 def term_slots(levels: LevelSet) -> list[list[int | None]]:

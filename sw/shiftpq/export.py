@@ -73,10 +73,6 @@ def _weight_index(layer, keep: list[int], cols: list[int]) -> tuple[np.ndarray, 
     return (np.sign(v) * idx).astype(np.int8), float(step), lv
 
 
-def _decode_signed(idx: np.ndarray, lv: LevelSet) -> np.ndarray:
-    return np.sign(idx).astype(np.int64) * np.asarray(lv.ints, dtype=np.int64)[np.abs(idx.astype(np.int64))]
-
-
 def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
     """The integer tables of a quantized model. ``physical=False`` keeps pruned filters and channels
     (as zero weights and zero constants): the same function, for testing that removal is exact."""
@@ -123,7 +119,7 @@ def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
                     raise ShiftPQError(f"export: conv {op.name!r} must read the image or quantized codes")
                 keep = nz[op.dst]
                 w, step, lv = _weight_index(cb.conv, keep, src.channels)
-                lo, hi, partial = intops.conv_bounds(_decode_signed(w, lv) * live_cols(op.src, src)[None, :, None, None],
+                lo, hi, partial = intops.conv_bounds(intops.decode_weights(w, lv.ints) * live_cols(op.src, src)[None, :, None, None],
                                                      src.lo, src.hi)
                 bn = cb.bn
                 k = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
@@ -215,7 +211,7 @@ def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
                 if int(fc.mask.sum()) != fc.mask.numel():
                     raise ShiftPQError(f"{source.get('path', 'model')}: field 'model.fc.mask' prunes class outputs")
                 w, step, lv = _weight_index(fc, list(range(op.cout)), src.channels)
-                lo, hi, partial = intops.conv_bounds(_decode_signed(w, lv) * live_cols(op.src, src)[None, :],
+                lo, hi, partial = intops.conv_bounds(intops.decode_weights(w, lv.ints) * live_cols(op.src, src)[None, :],
                                                      src.lo, src.hi)
                 unit = step * float(src.gain[0])  # real logit per accumulator unit
                 bias_units = fc.bias.double().numpy() / unit

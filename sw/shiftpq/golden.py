@@ -36,8 +36,8 @@ class Golden:
                 grid = np.repeat(ints[:, None], len(tables.tensors[op["dst"]]["channels"]), axis=1)
                 self._luts[op["name"]] = self._requant_values(op, grid)
             if op["op"] in ("conv", "fc"):
-                w = tables.array(op, "weight").astype(np.int32)
-                self._weights[op["name"]] = np.sign(w) * self._dec[op["weight_levels"]][np.abs(w)]
+                self._weights[op["name"]] = intops.decode_weights(tables.array(op, "weight"),
+                                                                  self._dec[op["weight_levels"]]).astype(np.int32)
                 # the exactness of the BLAS dot products rests on this bound: recompute it from the
                 # weights rather than trust the manifest (which may count only live channels)
                 src = tables.tensors[op["src"]]

@@ -43,6 +43,12 @@ def unsigned_bits(hi: int) -> int:
     return max(1, int(hi).bit_length())
 
 
+def decode_weights(codes: np.ndarray, ints) -> np.ndarray:
+    """Weight codes (``sign * index``) -> their integer values ``sign * ints[index]`` (int64)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.sign(codes) * np.asarray(ints, dtype=np.int64)[np.abs(codes)]
+
+
 # -- constants (export) ------------------------------------------------------------------------
 def fold_thresholds(gain: np.ndarray, offset: np.ndarray, mids: np.ndarray, alpha: float,
                     bound: int) -> tuple[np.ndarray, np.ndarray]:

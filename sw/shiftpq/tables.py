@@ -68,9 +68,11 @@ class Tables:
     def array(self, op: dict, name: str) -> np.ndarray:
         return self.arrays[array_file(op["name"], name)]
 
-    def decode_table(self, levels_name: str) -> np.ndarray:
-        """Level index -> integer level value (unsigned sets; signed: index by magnitude)."""
-        return np.asarray(self.levels(levels_name)["ints"], dtype=np.int64)
+    def level_set(self, name: str):
+        """The LevelSet object of a level set named in the manifest."""
+        from .levels import level_set
+        d = self.levels(name)
+        return level_set(d["bits"], d["signed"])
 
 
 def array_file(op_name: str, field_name: str) -> str:
