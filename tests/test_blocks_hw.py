@@ -5,7 +5,7 @@ import numpy as np
 
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
-from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, FullyConnected, ShortcutPath
+from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, FullyConnected, MaxPool, ShortcutPath
 from streams import run_stream
 from test_export import images, random_net
 
@@ -57,3 +57,23 @@ def test_avgpool_requant_and_fc_equal_golden():
     scores = np.array([int(o.score) for o in out]).reshape(2, 10)
     assert np.array_equal(scores, env[fc["dst"]])
     assert [int(o.last) for o in out] == ([0] * 9 + [1]) * 2
+    c = len(t.tensors[act["dst"]]["channels"])
+    folded = FullyConnected(t.array(fc, "weight"), t.level_set(fc["weight_levels"]), t.level_set(act["levels"]),
+                            t.array(fc, "bias"), fc["shift"], simd=max(1, (c + 1) // 2))
+    out = run_stream(folded, [[int(v) for v in row] for row in env[act["dst"]]], n_out=20)
+    assert np.array_equal(np.array([int(o.score) for o in out]).reshape(2, 10), env[fc["dst"]])
+    assert folded.cycles_per_image == 10 * folded._chunks + 1 and folded.pes == max(1, (c + 1) // 2)
+
+
+def test_maxpool_equals_golden_on_vgg_maps():
+    t = export_model(random_net(4, "vgg16"), {"path": "random"})
+    x = images(2, 4)
+    _, env = Golden(t).run(x, trace=True)
+    for op in [o for o in t.ops if o["op"] == "maxpool"][:2]:  # 32x32 and 16x16 maps
+        src = t.tensors[op["src"]]
+        dut = MaxPool(t.level_set(src["levels"]), len(src["channels"]), src["hw"], op["size"])
+        pixels = [[int(v) for v in px] for px in env[op["src"]].reshape(-1, len(src["channels"]))]
+        want = env[op["dst"]].reshape(-1, len(src["channels"]))
+        got = run_stream(dut, pixels, seed=1, n_out=len(want))
+        assert np.array_equal(np.array([[int(v) for v in p] for p in got]), want), op["name"]
+        assert dut.cycles_per_image == src["hw"] ** 2

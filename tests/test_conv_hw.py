@@ -52,20 +52,23 @@ def run_engine(dut, frames: list[np.ndarray], residual: list[np.ndarray] | None 
 
 
 @pytest.mark.parametrize("seed,layer,fold", [(0, "layer1.0.conv1", "all"), (1, "layer2.0.conv1", "all"),
-                                             (6, "stem", "all"), (7, "stem", "half"),
+                                             (6, "stem", "all"), (7, "stem", "half"), (8, "stem", "simd"),
                                              (0, "layer1.0.conv2", "all"), (1, "layer2.0.conv2", "half"),
                                              (2, "layer3.0.conv2", "one"), (3, "layer1.0.conv2", "half"),
-                                             (2, "layer3.0.conv1", "one"), (3, "layer3.0.conv1", "half"),
-                                             (5, "layer2.0.conv1", "half")])
+                                             (4, "layer1.0.conv2", "simd"), (2, "layer3.0.conv1", "one"),
+                                             (3, "layer3.0.conv1", "half"), (5, "layer2.0.conv1", "half"),
+                                             (9, "layer2.0.conv1", "simd")])
 def test_conv_engine_equals_golden_and_its_cycle_model(seed, layer, fold):
     t = export_model(random_net(seed), {"path": "random"})
     conv = next(op for op in t.ops if op["name"] == layer)
     rq = next(op for op in t.ops if op["op"] in ("requant", "add") and conv["dst"] in (op.get("src"), *op.get("srcs", ())))
     kept = len(t.tensors[rq["dst"]]["channels"])
-    lanes = {"all": None, "one": 1, "half": max(1, kept // 2)}[fold]
+    c_in = len(conv["in_channels"])
+    lanes, simd = {"all": (None, None), "one": (1, 1), "half": (max(1, kept // 2), max(1, c_in // 2)),
+                   "simd": (None, max(1, (c_in + 1) // 3))}[fold]
     x = images(2, seed)
     _, env = Golden(t).run(x, trace=True)
-    dut = ConvRequant.from_tables(t, conv, rq, lanes)
+    dut = ConvRequant.from_tables(t, conv, rq, lanes, simd)
     residual = [env[rq["srcs"][1]][i] for i in range(len(x))] if rq["op"] == "add" else None
     outs, done_at = run_engine(dut, [env[conv["src"]][i] for i in range(len(x))], residual)
     for i in range(len(x)):
@@ -73,10 +76,11 @@ def test_conv_engine_equals_golden_and_its_cycle_model(seed, layer, fold):
         assert np.array_equal(outs[i], want), f"image {i}"
     # back to back, the second image takes exactly the modelled cycles
     assert done_at[1] - done_at[0] == dut.cycles_per_image
-    assert dut.pes == dut.lanes * len(conv["in_channels"])
+    assert dut.pes == dut.lanes * dut.simd
+    assert dut.cycles_per_image == conv["out_hw"] ** 2 * 9 * -(-kept // dut.lanes) * -(-c_in // dut.simd)
     if rq["op"] == "add":  # the fused add covers shortcut-only channels and conv-only channels
         assert kept >= len(conv["kept"])
-    assert fold == "all" and dut.groups == 1 or dut.groups > 1 or kept == 1
+    assert sum(free for _, free in dut.rows()) == conv["in_hw"]
 
 
 def test_conv_engine_rejects_bad_parameters():
@@ -85,6 +89,8 @@ def test_conv_engine_rejects_bad_parameters():
     rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
     with pytest.raises(ValueError, match="lanes must be in"):
         ConvRequant.from_tables(t, conv, rq, lanes=99)
+    with pytest.raises(ValueError, match="simd must be in"):
+        ConvRequant.from_tables(t, conv, rq, simd=0)
     with pytest.raises(ValueError, match="does not requantize"):
         ConvRequant.from_tables(t, conv, next(op for op in t.ops if op["name"] == "stem_act"))
 
@@ -101,7 +107,7 @@ def test_conv_engine_affine_requant_equals_intops():
     (mul,), bias, shift = intops.fold_affine([rng.uniform(5e-3, 2e-2, 3) * rng.choice([-1, 1], 3)],
                                              rng.uniform(-1, 1, 3), 255, 3.0)
     rq = {"mode": "affine", "mul": mul, "bias": bias, "shift": shift}
-    dut = ConvRequant(w, wl, al, ol, stride=1, padding=1, in_hw=8, requant=rq, partial_bound=partial, lanes=2)
+    dut = ConvRequant(w, wl, al, ol, stride=1, padding=1, in_hw=8, requant=rq, partial_bound=partial, lanes=2, simd=1)
     frames = [rng.integers(0, 16, (8, 8, 2)) for _ in range(2)]
     outs, done_at = run_engine(dut, frames)
     for f, got in zip(frames, outs):
@@ -109,4 +115,21 @@ def test_conv_engine_affine_requant_equals_intops():
         want = intops.requant_affine([(acc, mul)], bias, shift, 255)[0].reshape(-1, 3)
         assert np.array_equal(got, want)
         assert len(np.unique(want)) > 20  # spans the range, not a clamped constant
-    assert done_at[1] - done_at[0] == dut.cycles_per_image == 64 + 64 * 2 * 9
+    assert done_at[1] - done_at[0] == dut.cycles_per_image == 64 * 2 * 2 * 9
+
+
+def test_conv_engine_under_random_gaps_and_backpressure():
+    """A source that pauses and a sink that refuses at random: the line buffer, the row
+    bookkeeping and the stalled pipeline still give the golden model's pixels, over three images."""
+    from streams import run_stream
+    t = export_model(random_net(3), {"path": "random"})
+    conv = next(op for op in t.ops if op["name"] == "layer2.0.conv1")  # stride 2: eight row slots
+    rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
+    x = images(3, 3)
+    _, env = Golden(t).run(x, trace=True)
+    dut = ConvRequant.from_tables(t, conv, rq, lanes=1, simd=1)
+    assert dut.slots == 8
+    pixels = [[int(v) for v in px] for i in range(len(x)) for px in env[conv["src"]][i].reshape(-1, len(conv["in_channels"]))]
+    want = env[rq["dst"]].reshape(-1, len(t.tensors[rq["dst"]]["channels"]))
+    got = run_stream(dut, pixels, seed=5, gap=0.3, stall=0.3, n_out=len(want))
+    assert np.array_equal(np.array([[int(v) for v in p] for p in got]), want)

@@ -4,7 +4,6 @@ import tarfile
 import threading
 from functools import partial
 from http.server import HTTPServer, SimpleHTTPRequestHandler
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -19,16 +19,16 @@ from shiftpq_hw.verilog import verilator_lint_args
 from test_export import random_net
 
 
-def _conv():
+def _conv(simd=None):
     t = export_model(random_net(1), {"path": "random"})
     conv = next(op for op in t.ops if op["name"] == "layer2.0.conv1")
     rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
-    return ConvRequant.from_tables(t, conv, rq)
+    return ConvRequant.from_tables(t, conv, rq, lanes=1 if simd else None, simd=simd)
 
 
 def _blocks():
     from amaranth.lib import data
-    from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, Fork, FullyConnected, ShortcutPath
+    from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, Fork, FullyConnected, MaxPool, ShortcutPath
     from shiftpq_hw.pe import act_code_shape
     u8, a4 = level_set(8, False), level_set(4, False)
     px = data.ArrayLayout(act_code_shape(u8), 3)
@@ -36,7 +36,10 @@ def _blocks():
             "shortcut": (lambda: ShortcutPath(px, 8, 2), False),
             "codelut": (lambda: CodeLUT(np.arange(256)[:, None].repeat(3, 1) // 16, u8, a4), False),
             "avgpool": (lambda: AvgPoolRequant(u8, u8, 8, [1 << 20] * 3, [1 << 19] * 3, [26] * 3), True),
-            "fc": (lambda: FullyConnected(np.ones((10, 3), dtype=int), level_set(8, True), u8, np.zeros(10), 4), False)}
+            "fc": (lambda: FullyConnected(np.ones((10, 3), dtype=int), level_set(8, True), u8, np.zeros(10), 4), False),
+            "fc_folded": (lambda: FullyConnected(np.ones((10, 5), dtype=int), level_set(8, True), u8, np.zeros(10), 4,
+                                                 simd=2), False),
+            "maxpool": (lambda: MaxPool(a4, 3, 8, 2), False)}
 
 
 def _components():
@@ -46,10 +49,11 @@ def _components():
     return {"pe": (lambda: ShiftAddPE(level_set(4, True), lv), False),
             "threshold": (lambda: ThresholdRequant(th, sign, signed(13)), False),
             "affine": (lambda: AffineRequant([m0, m1], bias, shift, 255, [signed(20), unsigned(8)]), True),
-            "conv": (_conv, False), **_blocks()}
+            "conv": (_conv, False), "conv_folded": (lambda: _conv(simd=2), False), **_blocks()}
 
 
-@pytest.mark.parametrize("name", ["pe", "threshold", "affine", "conv", "fork", "shortcut", "codelut", "avgpool", "fc"])
+@pytest.mark.parametrize("name", ["pe", "threshold", "affine", "conv", "conv_folded", "fork", "shortcut", "codelut",
+                                  "avgpool", "fc", "fc_folded", "maxpool"])
 def test_component_lints_compiles_and_multiplies_only_where_meant(name, tmp_path):
     make, multiplies = _components()[name]
     (tmp_path / "top.v").write_text(verilog.convert(make(), name="top"))

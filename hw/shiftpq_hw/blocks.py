@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import act_code_shape, shift_add, weight_code_shape
+from .pe import act_code_shape, pack_words, shift_add, weight_code_shape
 from .requant import shift_clamp
 
 
@@ -49,18 +49,20 @@ class Fork(wiring.Component):
 
 class ShortcutPath(wiring.Component):
     """The option-A shortcut on a stream of pixels: keep the pixels on the ``stride`` grid (the
-    subsample; the channel padding is the fused add's business) and buffer them in a FIFO deep enough
-    for one whole map, until the block's second conv engine loads them beside its own input."""
+    subsample; the channel padding is the fused add's business) and buffer them in a FIFO until the
+    block's second conv engine loads them beside its own input. ``depth`` (default: one whole map)
+    must cover how far the block's first engine reads ahead of what it emits (``Network`` sizes it
+    from that engine's line buffer), or the fork before it stalls."""
 
-    def __init__(self, shape, in_hw: int, stride: int):
+    def __init__(self, shape, in_hw: int, stride: int, depth: int | None = None):
         self._shape, self._hw, self._s = shape, in_hw, stride
-        self._depth = (-(-in_hw // stride)) ** 2
+        self.depth = depth or (-(-in_hw // stride)) ** 2
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
 
     def elaborate(self, platform):
         m = Module()
         hw, s = self._hw, self._s
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self._shape).width, depth=self._depth)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self._shape).width, depth=self.depth)
         y, x = Signal(range(max(hw, 2))), Signal(range(max(hw, 2)))
         keep = ((y % s) == 0) & ((x % s) == 0) if s > 1 else Const(1)
         m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid & keep),
@@ -97,6 +99,58 @@ class CodeLUT(wiring.Component):
             for c in range(self._luts.shape[1]):
                 table = Array(Const(int(v), act_code_shape(self._ol)) for v in self._luts[:, c])
                 m.d.sync += self.o.payload[c].eq(table[self.i.payload[c]])
+        return m
+
+
+class MaxPool(wiring.Component):
+    """``size x size`` max pooling with stride ``size`` on a raster stream of code pixels (APoT and
+    uniform level sets are ascending, so the largest code is the largest value). A row memory holds
+    one partial maximum per output column; a pooled pixel leaves on the window's last input pixel.
+    One input pixel per cycle: ``in_hw**2`` cycles per image."""
+
+    def __init__(self, levels: LevelSet, channels: int, in_hw: int, size: int):
+        if list(levels.ints) != sorted(levels.ints):
+            _silence_and_raise(self, f"max pooling of codes needs ascending levels, got {levels!r}")
+        if size < 1 or in_hw % size:
+            _silence_and_raise(self, f"in_hw {in_hw} must be a multiple of the pool size {size}")
+        self._hw, self._k, self._c = in_hw, size, channels
+        shape = data.ArrayLayout(act_code_shape(levels), channels)
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    @property
+    def cycles_per_image(self) -> int:
+        return self._hw ** 2
+
+    def elaborate(self, platform):
+        m = Module()
+        hw, k, c = self._hw, self._k, self._c
+        ow = hw // k
+        shape = self.i.payload.shape()
+        m.submodules.rows = rows = Memory(shape=shape, depth=max(ow, 2), init=[])
+        rd, wr = rows.read_port(domain="comb"), rows.write_port()
+        x = Signal(range(max(hw, 2)))
+        wy, wx, col = Signal(range(max(k, 2))), Signal(range(max(k, 2))), Signal(range(max(ow, 2)))
+        run = Signal(shape)  # the window's maximum so far along this row
+        prev = Signal(shape)  # what the window holds before this pixel
+        best = Signal(shape)
+        m.d.comb += prev.eq(Mux(wx == 0, rd.data, run))
+        for j in range(c):
+            fresh = (wx == 0) & (wy == 0)
+            m.d.comb += best[j].eq(Mux(fresh | (self.i.payload[j] > prev[j]), self.i.payload[j], prev[j]))
+        en = self.o.ready | ~self.o.valid
+        take = self.i.valid & en
+        m.d.comb += [self.i.ready.eq(en), rd.addr.eq(col), wr.addr.eq(col), wr.data.eq(best),
+                     wr.en.eq(take & (wx == k - 1))]
+        with m.If(en):
+            m.d.sync += self.o.valid.eq(take & (wx == k - 1) & (wy == k - 1))
+        with m.If(take):
+            m.d.sync += [run.eq(best), self.o.payload.eq(best), x.eq(x + 1), wx.eq(wx + 1)]
+            with m.If(wx == k - 1):
+                m.d.sync += [wx.eq(0), col.eq(col + 1)]
+            with m.If(x == hw - 1):  # hw is a multiple of k: wy wraps at the end of every image
+                m.d.sync += [x.eq(0), col.eq(0), wy.eq(wy + 1)]
+                with m.If(wy == k - 1):
+                    m.d.sync += wy.eq(0)
         return m
 
 
@@ -155,40 +209,75 @@ class AvgPoolRequant(wiring.Component):
 
 
 class FullyConnected(wiring.Component):
-    """The 8-bit FC: one class per cycle, ``channels`` shift-add PEs and an adder tree, then
-    ``score = (acc << shift) + bias``. Output: one int32 score per beat, ``last`` on the final class."""
+    """The 8-bit FC, folded: ``simd`` shift-add PEs (default: one per input channel) and an adder
+    tree; one class takes ``chunks`` cycles, accumulating, then ``score = (acc << shift) + bias``.
+    Output: one int32 score per beat, ``last`` on the final class."""
 
-    def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, bias, shift: int):
+    def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, bias, shift: int,
+                 simd: int | None = None):
         self._w = np.asarray(weights, dtype=np.int64)
         self._wl, self._al = wlevels, alevels
         self._bias, self._shift = np.asarray(bias, dtype=np.int64), int(shift)
         k, c = self._w.shape
+        if simd is not None and not 1 <= simd <= c:
+            _silence_and_raise(self, f"simd must be in [1, {c}], got {simd!r}")
+        self._simd = simd or c
+        self._chunks = -(-c // self._simd)
         super().__init__({"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c))),
                           "o": Out(stream.Signature(data.StructLayout({"score": signed(32), "last": 1})))})
 
     @property
+    def pes(self) -> int:
+        return self._simd
+
+    @property
+    def macs_per_image(self) -> int:
+        return int(self._w.size)
+
+    @property
     def cycles_per_image(self) -> int:
-        return self._w.shape[0] + 1
+        return self._w.shape[0] * self._chunks + 1
 
     def elaborate(self, platform):
         m = Module()
         k, c = self._w.shape
+        simd, chunks = self._simd, self._chunks
         x = Signal(self.i.payload.shape())
         busy = Signal()
         cls = Signal(range(max(k, 2)))
-        m.submodules.wmem = wmem = Memory(shape=data.ArrayLayout(weight_code_shape(self._wl), c),
-                                          depth=max(k, 2), init=[[int(v) for v in row] for row in self._w])
+        ch = Signal(range(max(chunks, 2)))
+        w = np.zeros((k, chunks * simd), dtype=np.int64)
+        w[:, :c] = self._w
+        wcode = weight_code_shape(self._wl)
+        wshape = data.ArrayLayout(wcode, simd)
+        m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(k * chunks, 2),
+                                          init=pack_words(w.reshape(k * chunks, simd), wcode.width))
         rd = wmem.read_port(domain="comb")
-        m.d.comb += [rd.addr.eq(cls), self.i.ready.eq(~busy)]
+        wdata = wshape(rd.data)
+        addr = Signal(range(max(k * chunks, 2)))
+        m.d.comb += [rd.addr.eq(addr), self.i.ready.eq(~busy)]
         with m.If(self.i.valid & ~busy):
-            m.d.sync += [x.eq(self.i.payload), busy.eq(1), cls.eq(0)]
-        acc = sum(shift_add(m, rd.data[j], x[j], self._wl, self._al, name=f"fc{j}") for j in range(c))
+            m.d.sync += [x.eq(self.i.payload), busy.eq(1), cls.eq(0), ch.eq(0), addr.eq(0)]
+        acts = [Signal(act_code_shape(self._al), name=f"x{j}") for j in range(simd)]
+        with m.Switch(ch):
+            for q in range(chunks):
+                with (m.Case(q) if q < chunks - 1 else m.Default()):
+                    m.d.comb += [a.eq(x[q * simd + j] if q * simd + j < c else 0) for j, a in enumerate(acts)]
+        bound = int(np.abs(intops.decode_weights(self._w, self._wl.ints)).sum(1).max()) * max(self._al.ints)
+        acc_shape = signed(intops.signed_bits(-bound, bound))
+        acc, total = Signal(acc_shape), Signal(acc_shape)
+        m.d.comb += total.eq(acc + sum(shift_add(m, wdata[j], a, self._wl, self._al, name=f"fc{j}")
+                                       for j, a in enumerate(acts)))
         bias = _table([Const(int(v), signed(32)) for v in self._bias], cls)
         score = Signal(signed(32))
-        m.d.comb += score.eq((acc << self._shift) + bias[cls])
-        m.d.comb += [self.o.valid.eq(busy), self.o.payload.score.eq(score), self.o.payload.last.eq(cls == k - 1)]
-        with m.If(busy & self.o.ready):
-            m.d.sync += cls.eq(cls + 1)
+        m.d.comb += score.eq((total << self._shift) + bias[cls])
+        last_chunk = ch == chunks - 1
+        m.d.comb += [self.o.valid.eq(busy & last_chunk), self.o.payload.score.eq(score),
+                     self.o.payload.last.eq(cls == k - 1)]
+        with m.If(busy & ~last_chunk):
+            m.d.sync += [acc.eq(total), ch.eq(ch + 1), addr.eq(addr + 1)]
+        with m.If(busy & last_chunk & self.o.ready):
+            m.d.sync += [acc.eq(0), ch.eq(0), cls.eq(cls + 1), addr.eq(addr + 1)]
             with m.If(cls == k - 1):
                 m.d.sync += [busy.eq(0), cls.eq(0)]
         return m

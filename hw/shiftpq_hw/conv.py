@@ -1,22 +1,27 @@
-"""One convolution layer engine: a frame of input pixels in, requantized output pixels out.
+"""One convolution layer engine: a stream of input pixels in, requantized output pixels out.
 
-Dataflow of one image:
-- load: ``in_hw * in_hw`` input pixels (all channels of a pixel per beat) are written to a frame
-  buffer, one memory word per pixel, at address ``Cat(x, y)`` (CIFAR maps are powers of two);
-- compute: for every output pixel, every group of ``lanes`` output channels and every kernel tap,
-  one cycle: the tap's input pixel (zero outside the map: the padding) meets the tap's weight codes
-  of the group, ``lanes x channels`` shift-add PEs multiply, an adder tree sums over the input
-  channels and each lane accumulates over the taps. After the last tap the lanes requantize (the
-  layer's BatchNorm, ReLU and next quantizer: threshold bank or fixed-point multiply-add) and the
-  group's codes go into the output pixel, which leaves when its last group is done.
-Every pipeline register advances together when the output is free or taken (``en``), so the
-engine stalls as a whole under backpressure. Cycles per image with a source and a sink that never
-wait: ``in_hw**2 + out_hw**2 * groups * kernel**2`` (``cycles_per_image``).
+Dataflow, a line buffer and a folded MAC array:
+- load: input pixels (all channels of a pixel per beat, raster order) go into a circular buffer of
+  ``slots`` rows (a power of two, at least ``kernel + stride``), one memory word per pixel at address
+  ``Cat(x, slot)``; a row is loaded whenever a slot is free, so loading overlaps computing and runs
+  into the next image without a gap;
+- compute: for every output pixel, every group of ``lanes`` output channels, every kernel tap and
+  every chunk of ``simd`` input channels, one cycle: the tap's input pixel (zero outside the map: the
+  padding) meets the weight codes of that (group, tap, chunk), ``lanes x simd`` shift-add PEs
+  multiply, an adder tree sums the chunk and each lane accumulates. After the last tap and chunk the
+  lanes requantize (the layer's BatchNorm, ReLU and next quantizer: a threshold bank or a fixed-point
+  multiply-add) and the group's codes go into the output pixel, which leaves when its last group is
+  done. An output row starts once the input rows it reads are loaded; at its end the rows the next
+  output row no longer reads are freed.
+Every pipeline register advances together when the output is free or taken (``en``), so the engine
+stalls as a whole under backpressure. Cycles per image, in steady state with a source that keeps the
+buffer ahead and a sink that never waits: ``out_hw**2 * groups * chunks * kernel**2``
+(``cycles_per_image``): the MAC array never idles.
 """
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -24,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import IMAGE, act_code_shape, product_shape, shift_add, weight_code_shape
+from .pe import IMAGE, act_code_shape, pack_words, product_shape, shift_add, weight_code_shape
 from .requant import shift_clamp, threshold_code
 
 
@@ -33,29 +38,37 @@ def _counter(n: int) -> Signal:
     return Signal(range(max(n, 2)))
 
 
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 class ConvRequant(wiring.Component):
-    """Conv + requant of one layer, sized by its kept filters: ``lanes`` output channels at a time
-    (default: all of them), each with ``channels`` shift-add PEs."""
+    """Conv + requant of one layer, sized by its kept filters and folded: ``lanes`` output channels
+    at a time (default: all of them) times ``simd`` input channels at a time (default: all of them)
+    of shift-add PEs."""
 
     def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, olevels: LevelSet,
                  stride: int, padding: int, in_hw: int, requant: dict, partial_bound: int,
-                 lanes: int | None = None, residual: dict | None = None):
+                 lanes: int | None = None, residual: dict | None = None, simd: int | None = None):
         weights = np.asarray(weights, dtype=np.int64)
         k_out, c_in, k, k2 = weights.shape
         problems = []
         if k != k2:
             problems.append(f"square kernels only, got {weights.shape!r}")
-        if in_hw < 1 or in_hw & (in_hw - 1):
-            problems.append(f"in_hw must be a power of two (the frame buffer is addressed by Cat(x, y)), got {in_hw!r}")
+        if in_hw < 2 or in_hw & (in_hw - 1):
+            problems.append(f"in_hw must be a power of two >= 2 (the line buffer is addressed by Cat(x, slot)), "
+                            f"got {in_hw!r}")
         if lanes is not None and not 1 <= lanes <= k_out:
             problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
+        if simd is not None and not 1 <= simd <= c_in:
+            problems.append(f"simd must be in [1, {c_in}], got {simd!r}")
         if requant.get("mode") not in ("threshold", "affine"):
             problems.append(f"requant mode must be 'threshold' or 'affine', got {requant.get('mode')!r}")
-        if residual is not None and (stride != 1 or requant.get("mode") != "affine"
+        if residual is not None and (stride != 1 or 2 * padding != k - 1 or requant.get("mode") != "affine"
                                      or len(residual["index"]) != k_out
                                      or list(residual["levels"].ints) != list(range(len(residual["levels"].ints)))):
-            problems.append("a residual input needs stride 1, the affine requant, one shortcut index per output "
-                            "and a uniform (8-bit) stream")
+            problems.append("a residual input needs stride 1, 'same' padding, the affine requant, one shortcut "
+                            "index per output and a uniform (8-bit) stream")
         if problems:
             self._MustUse__silence = True
             raise ValueError("; ".join(problems))
@@ -65,6 +78,9 @@ class ConvRequant(wiring.Component):
         self._out_hw = (in_hw + 2 * padding - k) // stride + 1
         self._lanes = lanes or k_out
         self._groups = -(-k_out // self._lanes)
+        self._simd = simd or c_in
+        self._chunks = -(-c_in // self._simd)
+        self._slots = _pow2_at_least(k + stride)
         self._rq = requant
         self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
         if requant.get("mode") == "affine":
@@ -81,7 +97,8 @@ class ConvRequant(wiring.Component):
         super().__init__(ports)
 
     @classmethod
-    def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None) -> "ConvRequant":
+    def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None,
+                    simd: int | None = None) -> "ConvRequant":
         """The engine of one conv op and the requant op that reads its accumulators."""
         lv = tables.level_set
         src_levels = tables.tensors[conv_op["src"]].get("levels")
@@ -93,7 +110,7 @@ class ConvRequant(wiring.Component):
             weights = np.stack([weights[j] if j >= 0 else np.zeros_like(weights[0]) for j in ci])
             sc = tables.tensors[requant_op["srcs"][1]]
             residual = {"levels": lv(sc["levels"]), "channels": len(sc["channels"]),
-                        "index": requant_op["shortcut_index"], "mul": tables.array(requant_op, "shortcut_mul")}
+                        "index": requant_op["shortcut_index"], "filters": sum(j >= 0 for j in ci), "mul": tables.array(requant_op, "shortcut_mul")}
             rq = {"mode": "affine", **{f: tables.array(requant_op, f) for f in ("mul", "bias", "shift")}}
         elif requant_op["op"] == "requant" and requant_op["src"] == conv_op["dst"]:
             fields = ("thresholds", "sign") if requant_op["mode"] == "threshold" else ("mul", "bias", "shift")
@@ -102,7 +119,7 @@ class ConvRequant(wiring.Component):
             raise ValueError(f"{requant_op['name']!r} does not requantize {conv_op['name']!r}")
         return cls(weights, lv(conv_op["weight_levels"]), lv(src_levels) if src_levels else IMAGE,
                    lv(requant_op["levels"]), conv_op["stride"], conv_op["padding"], conv_op["in_hw"], rq,
-                   conv_op["partial_bound"], lanes, residual)
+                   conv_op["partial_bound"], lanes, residual, simd)
 
     # -- the analytic model the simulation must match --------------------------------------------
     @property
@@ -110,35 +127,58 @@ class ConvRequant(wiring.Component):
         return self._lanes
 
     @property
+    def simd(self) -> int:
+        return self._simd
+
+    @property
     def groups(self) -> int:
         return self._groups
 
     @property
+    def chunks(self) -> int:
+        return self._chunks
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
     def pes(self) -> int:
-        return self._lanes * self._w.shape[1]
+        return self._lanes * self._simd
 
     @property
     def cycles_per_image(self) -> int:
-        return self._in_hw ** 2 + self._out_hw ** 2 * self._groups * self._k ** 2
+        return self._out_hw ** 2 * self._groups * self._chunks * self._k ** 2
 
     @property
     def macs_per_image(self) -> int:
-        return int(self._w.size) * self._out_hw ** 2
+        """Useful MACs: the filters the conv has (not the fused add's shortcut-only channels) times
+        their weights times the output pixels."""
+        filters = self._res["filters"] if self._res else self._w.shape[0]
+        return filters * int(self._w[0].size) * self._out_hw ** 2
+
+    def rows(self) -> list[tuple[int, int]]:
+        """Per output row: (input rows it needs loaded, counted from the oldest held row; rows freed
+        when it is done). Over an image the freed rows add up to ``in_hw``."""
+        hw, k, s, p = self._in_hw, self._k, self._s, self._p
+        lo = [max(0, y * s - p) for y in range(self._out_hw)] + [hw]
+        out = []
+        for y in range(self._out_hw):
+            hi = min(hw - 1, y * s - p + k - 1)
+            free = lo[y + 1] - lo[y]
+            out.append((max(hi - lo[y] + 1, free), free))
+        return out
 
     # -- hardware ----------------------------------------------------------------------------------
-    def _lane_weights(self) -> list[dict]:
-        """Weight memory words, one per (group, tap): lanes x channels codes (zero past the last filter)."""
+    def _lane_weights(self) -> np.ndarray:
+        """Weight memory words, one per (group, tap, chunk), each lanes x simd codes (zero past the
+        last filter and the last input channel): an array [groups * taps * chunks, lanes * simd]."""
         k_out, c_in, k, _ = self._w.shape
-        words = []
-        for g in range(self._groups):
-            for t in range(k * k):
-                ky, kx = divmod(t, k)
-                lanes = []
-                for p in range(self._lanes):
-                    o = g * self._lanes + p
-                    lanes.append([int(self._w[o, c, ky, kx]) if o < k_out else 0 for c in range(c_in)])
-                words.append(lanes)
-        return words
+        lanes, simd, groups, chunks = self._lanes, self._simd, self._groups, self._chunks
+        w = np.zeros((groups * lanes, chunks * simd, k, k), dtype=np.int64)
+        w[:k_out, :c_in] = self._w
+        w = w.reshape(groups, lanes, chunks, simd, k * k)  # [g, lane, chunk, j, tap]
+        return w.transpose(0, 4, 2, 1, 3).reshape(groups * k * k * chunks, lanes * simd)
 
     def _requant_words(self, lane: int) -> tuple[data.StructLayout, list[dict]]:
         k_out = self._w.shape[0]
@@ -164,16 +204,20 @@ class ConvRequant(wiring.Component):
         m = Module()
         k_out, c_in, k, _ = self._w.shape
         hw, ohw, lanes, groups, taps = self._in_hw, self._out_hw, self._lanes, self._groups, k * k
-        ab = (hw - 1).bit_length()
+        simd, chunks, nslots = self._simd, self._chunks, self._slots
+        ab, sb = (hw - 1).bit_length(), max(1, (nslots - 1).bit_length())
         en = Signal()
         m.d.comb += en.eq(self.o.ready | ~self.o.valid)
 
-        # memories: the input frame, the weight codes, and each lane's requantization constants
-        m.submodules.frame = frame = Memory(shape=self.i.payload.shape(), depth=hw * hw, init=[])
-        fw, fr = frame.write_port(), frame.read_port()
-        wshape = data.ArrayLayout(data.ArrayLayout(weight_code_shape(self._wl), c_in), lanes)
-        m.submodules.wmem = wmem = Memory(shape=wshape, depth=max(groups * taps, 2), init=self._lane_weights())
+        # memories: the input rows, the weight codes, and each lane's requantization constants
+        m.submodules.rows = rows = Memory(shape=self.i.payload.shape(), depth=nslots * hw, init=[])
+        fw, fr = rows.write_port(), rows.read_port()
+        wcode = weight_code_shape(self._wl)
+        wshape = data.ArrayLayout(data.ArrayLayout(wcode, simd), lanes)
+        m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(groups * taps * chunks, 2),
+                                          init=pack_words(self._lane_weights(), wcode.width))
         wr = wmem.read_port()
+        wdata = wshape(wr.data)
         rq_ports = []
         for p in range(lanes):
             layout, words = self._requant_words(p)
@@ -182,75 +226,99 @@ class ConvRequant(wiring.Component):
             m.submodules[f"rq{p}"] = mem
             rq_ports.append(mem.read_port())
 
-        # stage 0: load a frame, then issue one tap per cycle
-        loading = Signal(init=1)
-        n_in = _counter(hw * hw)
-        take = Signal()
+        # the loader: a row goes into the slot after the newest held row while one is free
+        avail = Signal(range(nslots + 1))  # complete rows held
+        lslot = Signal(sb)
+        lx = _counter(hw)
+        take, row_loaded = Signal(), Signal()
+        can_load = avail < nslots
         if self._res is None:
-            m.d.comb += [self.i.ready.eq(en & loading), take.eq(self.i.valid & self.i.ready)]
+            m.d.comb += [self.i.ready.eq(can_load), take.eq(self.i.valid & can_load)]
         else:
             # both inputs move together: ready may depend on the other's valid, never the reverse
-            m.submodules.rframe = rframe = Memory(shape=self.r.payload.shape(), depth=hw * hw, init=[])
-            rw, rr = rframe.write_port(), rframe.read_port()
-            both = en & loading & self.i.valid & self.r.valid
+            m.submodules.rrows = rrows = Memory(shape=self.r.payload.shape(), depth=nslots * hw, init=[])
+            rw, rr = rrows.write_port(), rrows.read_port()
+            both = can_load & self.i.valid & self.r.valid
             m.d.comb += [self.i.ready.eq(both), self.r.ready.eq(both), take.eq(both),
-                         rw.addr.eq(n_in), rw.data.eq(self.r.payload), rw.en.eq(take)]
-        m.d.comb += [fw.addr.eq(n_in), fw.data.eq(self.i.payload), fw.en.eq(take)]
+                         rw.addr.eq(Cat(lx[:ab], lslot)), rw.data.eq(self.r.payload), rw.en.eq(take)]
+        m.d.comb += [fw.addr.eq(Cat(lx[:ab], lslot)), fw.data.eq(self.i.payload), fw.en.eq(take),
+                     row_loaded.eq(take & (lx == hw - 1))]
         with m.If(take):
-            m.d.sync += n_in.eq(n_in + 1)
-            with m.If(n_in == hw * hw - 1):
-                m.d.sync += [n_in.eq(0), loading.eq(0)]
+            m.d.sync += lx.eq(lx + 1)
+            with m.If(lx == hw - 1):
+                m.d.sync += [lx.eq(0), lslot.eq(lslot + 1)]
+
+        # stage 0: issue one (tap, chunk) per cycle once the output row's input rows are loaded
         oy, ox = _counter(ohw), _counter(ohw)
         by, bx = Signal(signed(ab + 2), init=-self._p), Signal(signed(ab + 2), init=-self._p)  # oy*s - p, ox*s - p
-        g, ky, kx = _counter(groups), _counter(k), _counter(k)
-        waddr = _counter(groups * taps)
+        lo = Signal(unsigned(ab + 1))  # the oldest held row, max(0, by)
+        cslot = Signal(sb)  # its slot
+        g, ky, kx, ch = _counter(groups), _counter(k), _counter(k), _counter(chunks)
+        waddr = _counter(groups * taps * chunks)
+        plan = self.rows()
+        need = Signal(range(nslots + 1))
+        free = Signal(range(nslots + 1))
+        with m.Switch(oy):
+            for y, (nd, fr_) in enumerate(plan):
+                with (m.Case(y) if y < ohw - 1 else m.Default()):
+                    m.d.comb += [need.eq(nd), free.eq(fr_)]
         iy, ix = Signal(signed(ab + 2)), Signal(signed(ab + 2))
         m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
         issue = Signal()
-        m.d.comb += issue.eq(en & ~loading)
+        m.d.comb += issue.eq(en & (avail >= need))
         pad = (iy < 0) | (iy >= hw) | (ix < 0) | (ix >= hw)
-        m.d.comb += [fr.en.eq(en), fr.addr.eq(Cat(ix[:ab], iy[:ab])), wr.en.eq(en), wr.addr.eq(waddr)]
-        last_tap = (ky == k - 1) & (kx == k - 1)
+        slot = Signal(sb)
+        m.d.comb += slot.eq(cslot + (iy - lo))
+        m.d.comb += [fr.en.eq(en), fr.addr.eq(Cat(ix[:ab], slot)), wr.en.eq(en), wr.addr.eq(waddr)]
+        last_tc = (ky == k - 1) & (kx == k - 1) & (ch == chunks - 1)
         last_group = g == groups - 1
+        row_done = Signal()
+        m.d.comb += row_done.eq(issue & last_tc & last_group & (ox == ohw - 1))
         with m.If(issue):
-            m.d.sync += waddr.eq(waddr + 1)
-            m.d.sync += kx.eq(kx + 1)
-            with m.If(kx == k - 1):
-                m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
-                with m.If(ky == k - 1):
-                    m.d.sync += [ky.eq(0), g.eq(g + 1)]
-                    with m.If(last_group):
-                        m.d.sync += [g.eq(0), waddr.eq(0), ox.eq(ox + 1), bx.eq(bx + self._s)]
-                        with m.If(ox == ohw - 1):
-                            m.d.sync += [ox.eq(0), bx.eq(-self._p), oy.eq(oy + 1), by.eq(by + self._s)]
-                            with m.If(oy == ohw - 1):
-                                m.d.sync += [oy.eq(0), by.eq(-self._p), loading.eq(1)]
+            m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1)]
+            with m.If(ch == chunks - 1):
+                m.d.sync += [ch.eq(0), kx.eq(kx + 1)]
+                with m.If(kx == k - 1):
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                    with m.If(ky == k - 1):
+                        m.d.sync += [ky.eq(0), g.eq(g + 1)]
+                        with m.If(last_group):
+                            m.d.sync += [g.eq(0), waddr.eq(0), ox.eq(ox + 1), bx.eq(bx + self._s)]
+                            with m.If(ox == ohw - 1):
+                                nby = by + self._s
+                                m.d.sync += [ox.eq(0), bx.eq(-self._p), oy.eq(oy + 1), by.eq(nby),
+                                             lo.eq(Mux(nby < 0, 0, nby)), cslot.eq(cslot + free)]
+                                with m.If(oy == ohw - 1):
+                                    m.d.sync += [oy.eq(0), by.eq(-self._p), lo.eq(0)]
+        m.d.sync += avail.eq(avail + row_loaded - Mux(row_done, free, 0))
 
         if self._res is not None:  # the shortcut pixel of the output pixel being computed
-            m.d.comb += [rr.en.eq(en), rr.addr.eq(Cat(ox[:ab], oy[:ab]))]
+            rslot = Signal(sb)
+            m.d.comb += [rslot.eq(cslot + (oy - lo)), rr.en.eq(en), rr.addr.eq(Cat(ox[:ab], rslot))]
             r2, r3 = Signal(self.r.payload.shape()), Signal(self.r.payload.shape())
 
-        # stage 1: memory data; the PEs and the adder tree over input channels
+        # stage 1: memory data; the PEs and the adder tree over the chunk's input channels
         v1, pad1, first1, last1, done1 = Signal(), Signal(), Signal(), Signal(), Signal()
-        g1 = _counter(groups)
+        g1, ch1 = _counter(groups), _counter(chunks)
         with m.If(en):
-            m.d.sync += [v1.eq(issue), pad1.eq(pad), first1.eq((ky == 0) & (kx == 0)), last1.eq(last_tap),
-                         g1.eq(g), done1.eq(last_tap & last_group)]
+            m.d.sync += [v1.eq(issue), pad1.eq(pad), first1.eq((ky == 0) & (kx == 0) & (ch == 0)),
+                         last1.eq(last_tc), g1.eq(g), ch1.eq(ch), done1.eq(last_tc & last_group)]
+        acts = [Signal(act_code_shape(self._al), name=f"a{j}") for j in range(simd)]
+        with m.If(~pad1):
+            with m.Switch(ch1):
+                for cj in range(chunks):
+                    with (m.Case(cj) if cj < chunks - 1 else m.Default()):
+                        for j, a in enumerate(acts):  # channels past the last are zero (complete cases)
+                            m.d.comb += a.eq(fr.data[cj * simd + j] if cj * simd + j < c_in else 0)
         tap_sums = []
         for p in range(lanes):
-            prods = []
-            for c in range(c_in):
-                a = Signal(act_code_shape(self._al), name=f"a{p}_{c}")
-                m.d.comb += a.eq(Const(0))
-                with m.If(~pad1):
-                    m.d.comb += a.eq(fr.data[c])
-                prods.append(shift_add(m, wr.data[p][c], a, self._wl, self._al, name=f"pe{p}_{c}"))
-            tap_sums.append(sum(prods))
+            tap_sums.append(sum(shift_add(m, wdata[p][j], a, self._wl, self._al, name=f"pe{p}_{j}")
+                                for j, a in enumerate(acts)))
 
-        # stage 2: accumulate over the taps
+        # stage 2: accumulate over the taps and chunks
         v2, first2, last2, done2 = Signal(), Signal(), Signal(), Signal()
         g2 = _counter(groups)
-        sums2 = [Signal(signed(product_shape(self._wl, self._al).width + c_in.bit_length()), name=f"sum{p}")
+        sums2 = [Signal(signed(product_shape(self._wl, self._al).width + simd.bit_length()), name=f"sum{p}")
                  for p in range(lanes)]
         with m.If(en):
             m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), g2.eq(g1), done2.eq(done1)]
@@ -273,7 +341,6 @@ class ConvRequant(wiring.Component):
                 m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
             m.d.sync += [v3.eq(v2 & last2), g3.eq(g2), done3.eq(v2 & done2)]
             m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, nexts)]
-
         # stage 3: requantize each lane, place the group's codes, emit a finished pixel
         codes = []
         for p, (fin, port) in enumerate(zip(fins, rq_ports)):

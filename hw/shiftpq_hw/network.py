@@ -4,7 +4,15 @@ Image bytes in (``s_axis_*``: raster order, three bytes R, G, B per pixel, ``tla
 class scores out (``m_axis_*``: ten int32 beats, ``tlast`` on the tenth), a free-running cycle counter.
 Each conv and the requant (or fused residual add) after it is one ``ConvRequant`` engine; a tensor
 read twice goes through a ``Fork``; the shortcut goes through a ``ShortcutPath`` FIFO.
+
+Folding (``par``): every engine works on its own image rows at once, so the throughput is one image
+per slowest block. ``par=None`` gives every conv all its lanes and input channels (fastest, largest);
+``par=P`` sets the target period to the largest conv's MACs / P and gives every conv and the FC the
+fewest PEs (lanes x simd, fewest lanes on a tie: each lane has its own requant) that meet it, so P
+is the PE count of the largest layer and the total PE count grows in proportion to P.
 """
+
+import math
 
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
@@ -12,9 +20,8 @@ from amaranth.lib.wiring import In, Out
 
 from shiftpq.golden import Golden
 
-from .blocks import AvgPoolRequant, CodeLUT, Fork, FullyConnected, ShortcutPath
+from .blocks import AvgPoolRequant, CodeLUT, Fork, FullyConnected, MaxPool, ShortcutPath
 from .conv import ConvRequant
-from .pe import IMAGE
 
 
 class PixelAssembler(wiring.Component):
@@ -41,6 +48,25 @@ class PixelAssembler(wiring.Component):
         return m
 
 
+def fold(out_ch: int, in_ch: int, steps: int, target: int) -> tuple[int, int]:
+    """(lanes, simd) with the fewest PEs, then the fewest lanes, whose cycles per image
+    ``steps * ceil(out_ch / lanes) * ceil(in_ch / simd)`` are at most ``target``; all of them when
+    none is fast enough."""
+    best = None
+    for lanes in range(1, out_ch + 1):
+        groups = -(-out_ch // lanes)
+        if lanes > 1 and -(-out_ch // (lanes - 1)) == groups:
+            continue  # the same cycles with fewer lanes
+        chunks = target // (steps * groups)
+        if chunks < 1:
+            continue
+        simd = -(-in_ch // min(chunks, in_ch))
+        key = (lanes * simd, lanes)
+        if best is None or key < best[0]:
+            best = (key, (lanes, simd))
+    return best[1] if best else (out_ch, in_ch)
+
+
 class Network(wiring.Component):
     s_axis_tdata: In(8)
     s_axis_tvalid: In(1)
@@ -52,10 +78,30 @@ class Network(wiring.Component):
     m_axis_tlast: Out(1)
     cycles: Out(32)
 
-    def __init__(self, tables, lanes=None):
-        self._t, self._lanes = tables, lanes
+    def __init__(self, tables, par: int | None = None):
+        if par is not None and par < 1:
+            self._MustUse__silence = True
+            raise ValueError(f"par must be a positive integer or None (fully parallel), got {par!r}")
+        self._t, self.par = tables, par
+        convs = [op for op in tables.ops if op["op"] == "conv"]
+        self.target = None if par is None else -(-max(self._work(op) * len(op["kept"]) * len(op["in_channels"])
+                                                        for op in convs) // par)
         self.blocks = self._plan()
+        for _, blk, _, _ in self.blocks:
+            blk._MustUse__silence = True  # elaborated with the network; the network itself still must be used
         super().__init__()
+
+    @property
+    def tables(self):
+        return self._t
+
+    @staticmethod
+    def _work(conv_op) -> int:
+        """Cycles of one lane on one input channel: output pixels x taps."""
+        return conv_op["out_hw"] ** 2 * conv_op["kernel"] ** 2
+
+    def _fold(self, out_ch: int, in_ch: int, steps: int) -> tuple[int | None, int | None]:
+        return (None, None) if self.target is None else fold(out_ch, in_ch, steps, self.target)
 
     def _plan(self) -> list[tuple[str, wiring.Component, list[tuple[str, str]], str]]:
         """(name, block, [(input port, tensor)], output tensor) in execution order."""
@@ -74,8 +120,9 @@ class Network(wiring.Component):
             if kind == "conv":
                 nxt = by_src[op["dst"]][0]
                 absorbed.add(nxt["name"])
-                lanes = None if self._lanes is None else min(self._lanes, len(t.tensors[nxt["dst"]]["channels"]))
-                eng = ConvRequant.from_tables(t, op, nxt, lanes)
+                lanes, simd = self._fold(len(t.tensors[nxt["dst"]]["channels"]), len(op["in_channels"]),
+                                         self._work(op))
+                eng = ConvRequant.from_tables(t, op, nxt, lanes, simd)
                 ins = [("i", op["src"])] + ([("r", nxt["srcs"][1])] if nxt["op"] == "add" else [])
                 plan.append((op["name"], eng, ins, nxt["dst"]))
             elif kind == "requant":
@@ -89,6 +136,10 @@ class Network(wiring.Component):
                 src = t.tensors[op["src"]]
                 shape = data.ArrayLayout(8, len(src["channels"]))
                 plan.append((op["name"], ShortcutPath(shape, src["hw"], op["stride"]), [("i", op["src"])], op["dst"]))
+            elif kind == "maxpool":
+                src = t.tensors[op["src"]]
+                blk = MaxPool(t.level_set(src["levels"]), len(src["channels"]), src["hw"], op["size"])
+                plan.append((op["name"], blk, [("i", op["src"])], op["dst"]))
             elif kind == "avgpool":
                 nxt = by_src[op["dst"]][0]
                 absorbed.add(nxt["name"])
@@ -98,8 +149,10 @@ class Network(wiring.Component):
                 plan.append((op["name"], blk, [("i", op["src"])], nxt["dst"]))
             elif kind == "fc":
                 src = t.tensors[op["src"]]
-                blk = FullyConnected(t.array(op, "weight"), t.level_set(op["weight_levels"]), t.level_set(src["levels"]),
-                                     t.array(op, "bias"), op["shift"])
+                w = t.array(op, "weight")
+                _, simd = self._fold(1, w.shape[1], w.shape[0])
+                blk = FullyConnected(w, t.level_set(op["weight_levels"]), t.level_set(src["levels"]),
+                                     t.array(op, "bias"), op["shift"], simd)
                 plan.append((op["name"], blk, [("i", op["src"])], op["dst"]))
             else:
                 raise ValueError(f"op {op['name']!r} ({kind}) has no hardware block yet")
@@ -114,7 +167,56 @@ class Network(wiring.Component):
                                                                  info["hw"], 1), [("i", tensor)], sp_out))
                     ins[ins.index((port, tensor))] = (port, sp_out)
             fixed.append((name, blk, ins, out))
+        # a shortcut FIFO holds what the block's first engine has read but not yet emitted: at most
+        # its line buffer's rows plus one (in shortcut rows), and a row of slack for the registers
+        # between (fork, code lookup) so the fork before it never waits
+        readers = {}
+        for _, blk, ins, out in fixed:
+            for _, tensor in ins:
+                readers.setdefault(tensor, []).append((blk, out))
+        for _, blk, ins, _ in fixed:
+            if isinstance(blk, ShortcutPath):
+                src = ins[0][1]
+                engines = [b for b, _ in readers[src] if isinstance(b, ConvRequant)]
+                engines += [b for c, o in readers[src] if isinstance(c, CodeLUT)
+                            for b, _ in readers.get(o, []) if isinstance(b, ConvRequant)]
+                if engines:
+                    out_hw = -(-blk._hw // blk._s)
+                    rows = max(-(-e.slots // blk._s) for e in engines) + 2
+                    blk.depth = min(out_hw * out_hw, rows * out_hw)
         return fixed
+
+    def layers(self) -> list[dict]:
+        """Per block: PEs, MACs and cycles per image (its steady-state period)."""
+        rows = [{"name": "input", "kind": "bytes", "pes": 0, "macs": 0,
+                 "cycles": math.prod(self._t.manifest["input"]["shape"])}]  # one byte per cycle
+        for name, blk, _, _ in self.blocks:
+            if isinstance(blk, (ConvRequant, FullyConnected)):
+                row = {"name": name, "kind": "conv" if isinstance(blk, ConvRequant) else "fc", "pes": blk.pes,
+                       "macs": blk.macs_per_image, "cycles": blk.cycles_per_image}
+                if isinstance(blk, ConvRequant):
+                    row.update(lanes=blk.lanes, simd=blk.simd, groups=blk.groups, chunks=blk.chunks)
+                else:
+                    row.update(simd=blk.pes)
+                rows.append(row)
+            elif isinstance(blk, (AvgPoolRequant, MaxPool)):
+                rows.append({"name": name, "kind": "avgpool" if isinstance(blk, AvgPoolRequant) else "maxpool",
+                             "pes": 0, "macs": 0, "cycles": blk.cycles_per_image})
+        return rows
+
+    @property
+    def cycles_per_image(self) -> int:
+        """The steady-state period: one image per slowest block."""
+        return max(r["cycles"] for r in self.layers())
+
+    @property
+    def pes(self) -> int:
+        return sum(r["pes"] for r in self.layers())
+
+    @property
+    def utilization(self) -> float:
+        """Useful MACs / (PEs x cycles per image)."""
+        return sum(r["macs"] for r in self.layers()) / (self.pes * self.cycles_per_image)
 
     def elaborate(self, platform):
         m = Module()

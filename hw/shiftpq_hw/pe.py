@@ -21,6 +21,17 @@ def weight_code_shape(levels: LevelSet) -> Shape:
     return signed((len(levels.ints) - 1).bit_length() + 1)
 
 
+def pack_words(codes: np.ndarray, bits: int) -> list[int]:
+    """Memory words from a [words, fields] array of (signed) codes: field j at bits [j*bits, (j+1)*bits)
+    in two's complement, the layout of an ``ArrayLayout`` of ``bits``-wide elements. Vectorized: a
+    large weight memory is initialized from integers, not element by element."""
+    codes = np.asarray(codes, dtype=np.int64)
+    n, f = codes.shape
+    bitplanes = (codes[:, :, None] >> np.arange(bits)) & 1  # two's complement bits, LSB first
+    packed = np.packbits(bitplanes.reshape(n, f * bits).astype(np.uint8), axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]
+
+
 IMAGE = None  # activation "levels" of the stem: the int8 image itself (pixel - 128)
 
 

@@ -51,6 +51,10 @@ def _positive(text: str) -> int:
     return v
 
 
+def _par(text: str) -> int | str:
+    return "max" if text == "max" else _positive(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .levels import ACT_BITS, WEIGHT_BITS
     from .models import MODEL_NAMES
@@ -123,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
     g.add_argument("--json", action="store_true", help="print a JSON report")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    gn = sub.add_parser("gen", help="generate the accelerator's Verilog and cycle model",
+                        description="Layer tables -> Amaranth -> Verilog: writes OUT/rtl/shiftpq_top.v, OUT/tables/ "
+                        "and OUT/cycles.json (PEs, cycles per image, utilization, per layer). Source: --tables, "
+                        "--checkpoint, or the model's default (the shipped models/<model>-ppq.pt, else a "
+                        "deterministic UNTRAINED model, labelled so in cycles.json).")
+    src = gn.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="CKPT", help="a quantized checkpoint (spq or ppq)")
+    src.add_argument("--tables", metavar="DIR", help="a layer tables directory (shiftpq export)")
+    gn.add_argument("--model", choices=MODEL_NAMES, help="the model whose default source to use")
+    gn.add_argument("--par", type=_par, default=None, metavar="N|max",
+                    help="PEs of the largest layer; every other layer gets the fewest PEs that keep up with it "
+                    "(default 32); max: every layer fully parallel")
+    gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
+    gn.add_argument("--force", action="store_true", help="replace OUT even if it is not a generator output")
+    gn.add_argument("--seed", type=int, default=0, help="seed of the untrained default model")
 
     d = sub.add_parser("data", help="CIFAR-10 data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -202,6 +222,28 @@ def cmd_golden(a) -> int:
     return 0
 
 
+def cmd_gen(a) -> int:
+    import time
+    from shiftpq_hw.gen import DEFAULT_PAR, generate, resolve_source
+    if not (a.model or a.checkpoint or a.tables):
+        raise ShiftPQError("give --model, --checkpoint or --tables")
+    t0 = time.perf_counter()
+    log = lambda s: print(f"shiftpq gen: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
+    name = tables.manifest["model"]
+    if a.model and name != a.model:
+        raise ShiftPQError(f"--model {a.model}, but the {'tables' if a.tables else 'checkpoint'} hold a {name}")
+    src = tables.manifest.get("source", {})
+    log(f"{name} from {src.get('path') or src.get('note')} ({time.perf_counter() - t0:.1f} s)")
+    par = None if a.par == "max" else (a.par or DEFAULT_PAR)
+    out = a.out or os.path.join("build", name)
+    model = generate(tables, out, par, force=a.force, log=log)
+    print(f"wrote {out}: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, utilization "
+          f"{model['utilization']:.1%}, {model['inferences_per_s']['100MHz']:.0f} inferences/s at 100 MHz "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def cmd_data(a) -> int:
     from .data import download
     out = download(a.out, a.url, a.md5, progress=sys.stderr.isatty())
@@ -212,7 +254,7 @@ def cmd_data(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
-               "data": cmd_data}[args.command]
+               "gen": cmd_gen, "data": cmd_data}[args.command]
     try:
         return handler(args)
     except (ShiftPQError, ValueError) as e:

@@ -250,3 +250,28 @@ def export_checkpoint(path: str | Path, physical: bool = True) -> Tables:
     source = {"path": str(Path(path).resolve()), "sha256": sha256_file(path), "epoch": meta.get("epoch"),
               "test_accuracy": meta.get("test_accuracy")}
     return export_model(model, source, physical)
+
+
+UNTRAINED_NOTE = ("UNTRAINED: random weights (seeded), 30% GM pruning per residual-stream group, quantizers "
+                  "calibrated on random images; for building and testing hardware, not for classifying")
+
+
+def untrained_tables(name: str, seed: int = 0, rate: float = 0.3) -> Tables:
+    """A deterministic, clearly labelled untrained model's tables: the structure and bit widths of the
+    real thing (``name`` at ``rate`` GM pruning, W4/A4, 8-bit first and last layer), random weights.
+    The generator's default where no trained checkpoint is shipped."""
+    from .models import ModelSpec
+    from .pruning import gm_prune, layer_rates, zero_pruned
+    from .train import calibrate_quantizers
+    spec = ModelSpec(name)
+    spec.validate()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Net(spec)
+    gm_prune(model, layer_rates(model, rate), incremental=True, grouped=True)
+    zero_pruned(model)
+    model.set_quant(True)
+    calibrate_quantizers(model, torch.randint(0, 256, (64, 3, 32, 32), generator=gen, dtype=torch.uint8))
+    source = {"path": None, "untrained": True, "seed": seed, "rate": rate, "note": UNTRAINED_NOTE}
+    return export_model(model.eval(), source)

@@ -9,14 +9,12 @@ first problem. docs/integer-semantics.md describes the meaning of every field.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_dir
 from .errors import ShiftPQError
 
 SCHEMA = "shiftpq-tables"
@@ -91,23 +89,11 @@ def save_tables(tables: Tables, out: str | Path, force: bool = False) -> Path:
     out = Path(out)
     if out.exists() and not force:
         raise ShiftPQError(f"{out}: already exists; choose another --out or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         for name in sorted(tables.arrays):
             with open(tmp / name, "wb") as f:
                 np.save(f, np.ascontiguousarray(tables.arrays[name]), allow_pickle=False)
         (tmp / MANIFEST).write_text(json.dumps(tables.manifest, indent=1, sort_keys=True) + "\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -237,7 +223,7 @@ def _validate(t: Tables, d: Path) -> None:
             for key, s in (("conv_index", srcs[0]), ("shortcut_index", srcs[1])):
                 idx = op[key]
                 if len(idx) != nout or any(not -1 <= j < len(s["channels"]) for j in idx):
-                    _fail(mpath, f"ops[{i}].{key}", f"must list, per output channel, a source channel or -1")
+                    _fail(mpath, f"ops[{i}].{key}", "must list, per output channel, a source channel or -1")
         known.add(op["dst"])
     if m["output"]["tensor"] not in known:
         _fail(mpath, "output.tensor", f"is {m['output']['tensor']!r}: no op computes it")
