@@ -16,7 +16,10 @@ RECIPE ?= fast
 OUT ?= runs/$(MODEL)-$(METHOD)
 ARGS ?=
 
-.PHONY: help setup iverilog test train metrics bench-train bench-golden gen clean
+SIM ?= verilator
+IMAGES ?= 100
+
+.PHONY: help setup iverilog test train metrics bench-train bench-golden gen sim sim-one clean
 
 help:
 	@echo "make test                         set up (venv, packages, iverilog, verilator wrapper) and run the tests"
@@ -25,6 +28,8 @@ help:
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=32|max]   Verilog + cycle model in build/MODEL/"
+	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N WAVES=1]   cocotb regression vs the golden model"
+	@echo "                                  (no MODEL: ResNet-20 x 100 images on Verilator, tiny on Icarus, 50 fuzz seeds)"
 
 setup: $(STAMP) $(VENV)/bin/verilator iverilog
 
@@ -65,6 +70,21 @@ bench-golden: $(STAMP)
 # CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 32), PAR=max: fully parallel.
 gen: $(STAMP)
 	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --out build/$(MODEL)
+
+# `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
+# when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json.
+sim: setup
+ifeq ($(origin MODEL),file)
+	$(MAKE) --no-print-directory sim-one MODEL=resnet20 SIM=verilator IMAGES=100
+	$(MAKE) --no-print-directory sim-one MODEL=tiny SIM=icarus IMAGES=2
+	$(VENV)/bin/shiftpq sim --fuzz 50 --simulator verilator
+else
+	$(MAKE) --no-print-directory sim-one
+endif
+
+sim-one:
+	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --simulator $(SIM) --images $(IMAGES) $(if $(WAVES),--waves)
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -7,6 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sw"))
 sys.path.insert(0, str(ROOT / "hw"))
+sys.path.insert(0, str(ROOT / "sim"))
 
 
 @pytest.fixture(scope="session")

@@ -17,35 +17,7 @@ from shiftpq.export import export_checkpoint, export_model
 from shiftpq.golden import Golden, GoldenError, predict
 from shiftpq.models import ModelSpec, Net, preprocess
 from shiftpq.tables import MANIFEST, array_file, load_tables, save_tables
-from shiftpq.train import calibrate_quantizers
-
-
-def random_net(seed: int, name: str = "tiny", layer_masks: bool = True) -> Net:
-    """A quantized network with random widths, weights, BatchNorm statistics and pruning masks
-    (kept filters down to 1; per-conv masks, so a shortcut can carry a channel its block pruned)."""
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    widths = tuple(sorted(int(v) for v in rng.integers(1, 7, 3))) if name == "tiny" else None
-    net = Net(ModelSpec(name, widths=widths))
-    for cb in net.prunable().values():
-        n = cb.conv.out_channels
-        keep = rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False) if layer_masks else np.arange(n)
-        mask = torch.zeros(n)
-        mask[torch.from_numpy(keep)] = 1
-        cb.conv.mask.copy_(mask)
-        bn = cb.bn
-        bn.running_mean.copy_(torch.from_numpy(rng.uniform(-0.3, 0.3, n)))
-        bn.running_var.copy_(torch.from_numpy(rng.uniform(0.3, 2.0, n)))
-        bn.weight.data.copy_(torch.from_numpy(rng.uniform(-1.5, 1.5, n)))  # negative scales too
-        bn.bias.data.copy_(torch.from_numpy(rng.uniform(-0.3, 0.3, n)))
-    net.fc.bias.data.copy_(torch.from_numpy(rng.uniform(-0.5, 0.5, 10)))
-    net.set_quant(True)
-    calibrate_quantizers(net, torch.from_numpy(rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)))
-    return net.eval()
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+from shiftpq_sim.fuzz import images, random_net  # noqa: F401 (other tests import them from here)
 
 
 # -- an independent, slow integer reference written from docs/integer-semantics.md ---------------

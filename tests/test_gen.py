@@ -11,17 +11,17 @@ from shiftpq.export import export_model
 from shiftpq.tables import save_tables
 from shiftpq_hw.gen import DEFAULT_PAR, generate
 from shiftpq_hw.network import Network, fold
-from shiftpq_hw.verilog import verilator_lint_args
+from shiftpq_hw.verilog import VERILATOR_BUILD_ARGS, verilator_lint_args
 from test_export import random_net
 
 
-def test_gen_tiny_default_is_labelled_untrained_deterministic_and_lints(tmp_path, capsys):
+def test_gen_tiny_default_is_labelled_untrained_deterministic_lints_and_builds(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["gen", "--model", "tiny", "--par", "2", "--out", str(a)]) == 0
     assert main(["gen", "--model", "tiny", "--par", "2", "--out", str(b)]) == 0
     assert "cycles per image" in capsys.readouterr().out
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert {"rtl/shiftpq_top.v", "cycles.json", "tables/manifest.json"} <= {str(f) for f in files}
+    assert {"rtl/shiftpq_top.v", "rtl/shiftpq_top.il", "cycles.json", "tables/manifest.json"} <= {str(f) for f in files}
     for f in files:  # the same source and PAR give byte-identical outputs
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     cyc = json.loads((a / "cycles.json").read_text())
@@ -36,6 +36,10 @@ def test_gen_tiny_default_is_labelled_untrained_deterministic_and_lints(tmp_path
     ivl = subprocess.run(["iverilog", "-o", str(tmp_path / "top.vvp"), "shiftpq_top.v"], cwd=rtl,
                          capture_output=True, text=True)
     assert ivl.returncode == 0, ivl.stderr[-3000:]
+    build = subprocess.run(["verilator", "--cc", "--build", "-j", "2", *VERILATOR_BUILD_ARGS, "--Mdir",
+                            str(tmp_path / "obj"), "shiftpq_top.v"], cwd=rtl, capture_output=True, text=True)
+    assert build.returncode == 0 and (tmp_path / "obj" / "Vshiftpq_top__ALL.a").is_file(), build.stderr[-3000:]
+    assert (rtl / "shiftpq_top.il").read_text().startswith("attribute")
     v = (rtl / "shiftpq_top.v").read_text()
     for port in ("s_axis_tdata", "s_axis_tvalid", "s_axis_tready", "s_axis_tlast",
                  "m_axis_tdata", "m_axis_tvalid", "m_axis_tready", "m_axis_tlast", "cycles"):

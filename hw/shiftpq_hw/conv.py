@@ -255,13 +255,12 @@ class ConvRequant(wiring.Component):
         cslot = Signal(sb)  # its slot
         g, ky, kx, ch = _counter(groups), _counter(k), _counter(k), _counter(chunks)
         waddr = _counter(groups * taps * chunks)
+        # the current output row's (rows needed, rows freed), registered: loaded with the next row's
+        # pair when a row ends (a combinational table of a register that rarely changes stays X in
+        # Icarus 11, which does not evaluate `always @*` at time zero)
         plan = self.rows()
-        need = Signal(range(nslots + 1))
-        free = Signal(range(nslots + 1))
-        with m.Switch(oy):
-            for y, (nd, fr_) in enumerate(plan):
-                with (m.Case(y) if y < ohw - 1 else m.Default()):
-                    m.d.comb += [need.eq(nd), free.eq(fr_)]
+        need = Signal(range(nslots + 1), init=plan[0][0])
+        free = Signal(range(nslots + 1), init=plan[0][1])
         iy, ix = Signal(signed(ab + 2)), Signal(signed(ab + 2))
         m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
         issue = Signal()
@@ -288,6 +287,11 @@ class ConvRequant(wiring.Component):
                                 nby = by + self._s
                                 m.d.sync += [ox.eq(0), bx.eq(-self._p), oy.eq(oy + 1), by.eq(nby),
                                              lo.eq(Mux(nby < 0, 0, nby)), cslot.eq(cslot + free)]
+                                with m.Switch(oy):
+                                    for y in range(ohw):
+                                        with (m.Case(y) if y < ohw - 1 else m.Default()):
+                                            nd, fr_ = plan[(y + 1) % ohw]
+                                            m.d.sync += [need.eq(nd), free.eq(fr_)]
                                 with m.If(oy == ohw - 1):
                                     m.d.sync += [oy.eq(0), by.eq(-self._p), lo.eq(0)]
         m.d.sync += avail.eq(avail + row_loaded - Mux(row_done, free, 0))

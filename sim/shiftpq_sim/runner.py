@@ -1,0 +1,130 @@
+"""Build the generated accelerator for Icarus or Verilator and run the network bench on it.
+
+``simulate(gen_dir, simulator, images)`` reads only the generator's output (``rtl/``, ``tables/``,
+``cycles.json``), computes the expected scores with the golden model from those tables, runs
+``tb_network`` through ``cocotb_tools.runner`` and returns (and writes to
+``<gen_dir>/sim/results-<simulator>.json`` and ``results.json``) what it measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shiftpq.errors import ShiftPQError
+from shiftpq.golden import Golden
+from shiftpq.tables import load_tables
+
+SIMULATORS = ("icarus", "verilator")
+TOP = "shiftpq_top"
+
+
+_TRIGGER = re.compile(r"^(\s*reg (\\\S*dump_module\S*) +=\s*0;)$", re.M)
+
+
+def icarus_source(rtl: Path, out: Path) -> Path:
+    """The RTL as Icarus 11 needs it. Yosys's Verilog puts a `reg ...dump_module$N = 0` into every
+    `always @*` so that the block runs once at time zero; Icarus 11 applies such declaration
+    initializers before the blocks wait, so a block whose inputs keep their initial values (a table
+    indexed by a counter that stays 0) stays X. One `initial #1` toggle of that reg per module runs
+    every such block once after time zero; the logic is untouched (the reg only appears in
+    sensitivity lists, with empty bodies)."""
+    text, n = _TRIGGER.subn(lambda m: f"{m.group(1)}\n  initial #1 {m.group(2)} = 1'b1;", rtl.read_text())
+    out.write_text(text)
+    return out
+
+
+def _build_args(simulator: str) -> list[str]:
+    return ["-Wno-fatal"] if simulator == "verilator" else []
+
+
+def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np.ndarray | None = None,
+             waves: bool = False, gap: float = 0.0, stall: float = 0.0, tag: str = "") -> dict:
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+    gen_dir = Path(gen_dir).resolve()
+    if simulator not in SIMULATORS:
+        raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
+    rtl, cyc_path = gen_dir / "rtl" / f"{TOP}.v", gen_dir / "cycles.json"
+    for p in (rtl, cyc_path, gen_dir / "tables"):
+        if not p.exists():
+            raise ShiftPQError(f"{p}: missing; run `shiftpq gen` (make gen) first")
+    cycles = json.loads(cyc_path.read_text())
+    tables = load_tables(gen_dir / "tables")
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    expected = Golden(tables).run(images)
+    build = gen_dir / "sim" / simulator / "build"  # one build per simulator, shared by every run
+    work = gen_dir / "sim" / simulator / (tag or "run")
+    work.mkdir(parents=True, exist_ok=True)
+    stim, measured, xml = work / "stimulus.npz", work / "measured.json", work / "results.xml"
+    np.savez(stim, images=images, expected=expected)
+    measured.unlink(missing_ok=True)
+    # the venv's bin holds the Verilator wrapper (Makefile), also when the venv is not activated
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if simulator == "verilator":  # cocotb runs make itself: pass the PCH fix as a make command-line variable
+        from shiftpq_hw.verilog import VERILATOR_PCH_MAKEVAR
+        os.environ["MAKEFLAGS"] = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), VERILATOR_PCH_MAKEVAR]))
+    runner = get_runner(simulator)
+    t0 = time.perf_counter()
+    src = icarus_source(rtl, build.parent / f"{TOP}.icarus.v") if simulator == "icarus" else rtl
+    runner.build(sources=[src], hdl_toplevel=TOP, build_dir=build, build_args=_build_args(simulator),
+                 timescale=("1ns", "1ps"), waves=waves, log_file=work / "build.log")
+    t_build = time.perf_counter() - t0
+    env = {"SHIFTPQ_STIMULUS": str(stim), "SHIFTPQ_RESULTS": str(measured),
+           "SHIFTPQ_CYCLES": str(cycles["cycles_per_image"]), "SHIFTPQ_GAP": str(gap), "SHIFTPQ_STALL": str(stall)}
+    try:
+        runner.test(test_module="shiftpq_sim.tb_network", hdl_toplevel=TOP, build_dir=build, test_dir=work,
+                    extra_env=env, waves=waves, results_xml=str(xml), log_file=work / "sim.log")
+    except SystemExit:  # the runner exits when a test failed; the results file says which and why
+        pass
+    if not xml.exists():
+        raise ShiftPQError(f"{simulator}: no test results; see {work / 'sim.log'}")
+    _, failed = get_results(xml)
+    if not measured.exists():
+        raise ShiftPQError(f"{simulator}: the bench ended before writing results; see {work / 'sim.log'}")
+    m = json.loads(measured.read_text())
+    hw_pred = expected.argmax(1)  # only meaningful where the hardware matched (mismatches == 0)
+    result = {"model": cycles["model"], "source": cycles.get("source"), "simulator": simulator,
+              "images": int(len(images)), "mismatches": m["mismatches"],
+              "cycles_per_image": m["cycles_per_image"], "model_cycles_per_image": cycles["cycles_per_image"],
+              "cycles_match_model": m["cycles_per_image"] == cycles["cycles_per_image"] if not (gap or stall) else None,
+              "passed": failed == 0 and m["mismatches"] == 0, "latency_cycles": m["latency_cycles"],
+              "build_s": round(t_build, 1), "sim_wall_s": m["wall_s"], "sim_cycles_per_s": m["sim_cycles_per_s"],
+              "wall_s_per_image": m["wall_s_per_image"], "gap": gap, "stall": stall, "wrong": m["wrong"],
+              "waves": str(next(work.rglob("*.fst"), "")) if waves else None}
+    if labels is not None and m["mismatches"] == 0:
+        result["accuracy"] = round(100.0 * float((hw_pred == np.asarray(labels)).mean()), 2)
+    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
+    (gen_dir / "sim" / f"results-{simulator}{'-' + tag if tag else ''}.json").write_text(text)
+    (gen_dir / "sim" / "results.json").write_text(text)
+    return result
+
+
+def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, log=print) -> list[dict]:
+    """Random small networks (random widths, kept filters down to 1, random bit widths, random
+    folding) through tables -> RTL -> simulation, each compared with its golden model. The seed of
+    every network is logged first, so a failure reproduces with ``--fuzz 1 --first-seed SEED``."""
+    import random as _random
+
+    from shiftpq.export import export_model
+    from shiftpq_hw.gen import generate
+
+    from .fuzz import images, random_net
+    results = []
+    for seed in seeds:
+        par = _random.Random(seed).choice([None, 1, 2, 4, 8])
+        log(f"fuzz seed {seed}: random tiny network, random bits, PAR={par or 'max'}, {simulator}")
+        tables = export_model(random_net(seed, random_bits=True), {"path": None, "fuzz_seed": seed})
+        out = Path(work) / f"seed{seed}"
+        generate(tables, out, par, force=True)
+        r = simulate(out, simulator, images(n_images, seed))
+        r["seed"], r["par"] = seed, par
+        results.append(r)
+        log(f"fuzz seed {seed}: {'PASS' if r['passed'] else 'FAIL'} ({r['mismatches']} mismatches, "
+            f"{r['cycles_per_image']} cycles per image, model {r['model_cycles_per_image']})")
+    return results

@@ -1,0 +1,59 @@
+"""The whole accelerator against the golden model: real images stream in back to back, every class
+score must equal the golden model's, and the interval between images must equal cycles.json.
+
+Configured by the runner through environment variables: ``SHIFTPQ_STIMULUS`` (an .npz with
+``images`` uint8 [N, 3, 32, 32] and ``expected`` int64 [N, 10]), ``SHIFTPQ_CYCLES`` (the modelled
+cycles per image), ``SHIFTPQ_RESULTS`` (where to write the measured figures as JSON),
+``SHIFTPQ_GAP`` / ``SHIFTPQ_STALL`` (random source pauses / sink backpressure probabilities)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles
+
+from shiftpq_sim.axis import AxisSink, AxisSource
+from shiftpq_sim.scoreboard import Scoreboard
+
+
+@cocotb.test()
+async def scores_equal_golden_and_cycles_equal_model(dut):
+    with np.load(os.environ["SHIFTPQ_STIMULUS"], allow_pickle=False) as f:
+        images, expected = f["images"], f["expected"]
+    model_cycles = int(os.environ["SHIFTPQ_CYCLES"])
+    gap, stall = float(os.environ.get("SHIFTPQ_GAP", 0)), float(os.environ.get("SHIFTPQ_STALL", 0))
+    n, classes = expected.shape
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    source = AxisSource(dut, "s_axis", dut.clk, gap=gap)
+    sink = AxisSink(dut, "m_axis", dut.clk, counter=dut.cycles, stall=stall)
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    t0 = time.perf_counter()
+    frames = [img.transpose(1, 2, 0).tobytes() for img in images]  # raster order, R G B per pixel
+    cocotb.start_soon(source.send(frames, log=dut._log if os.environ.get("SHIFTPQ_DEBUG") else None))
+    for i in range(n):
+        beats = await sink.collect((i + 1) * classes)
+        dut._log.info(f"image {i + 1}/{n}: scores out at cycle {beats[-1][2]}")
+    wall = time.perf_counter() - t0
+    board = Scoreboard(expected)
+    ends = []
+    for i in range(n):
+        b = beats[i * classes:(i + 1) * classes]
+        board.check(i, [d for d, _, _ in b], [last for _, last, _ in b])
+        ends.append(b[-1][2])
+    intervals = [e1 - e0 for e0, e1 in zip(ends, ends[1:])]
+    result = {"images": n, "mismatches": len(board.wrong), "wrong": board.wrong[:10],
+              "latency_cycles": ends[0], "intervals": intervals,
+              "cycles_per_image": intervals[-1] if intervals else None, "model_cycles_per_image": model_cycles,
+              "simulated_cycles": ends[-1], "wall_s": round(wall, 3),
+              "sim_cycles_per_s": round(ends[-1] / wall, 1), "wall_s_per_image": round(wall / n, 3)}
+    with open(os.environ["SHIFTPQ_RESULTS"], "w") as f:
+        json.dump(result, f, indent=1)
+    board.raise_if_wrong()
+    if not (gap or stall):  # a steady stream: from the second image on, exactly the modelled period
+        assert all(d == model_cycles for d in intervals), f"intervals {intervals} != model {model_cycles}"
