@@ -21,7 +21,6 @@ from shiftpq.golden import Golden
 from shiftpq.tables import load_tables
 
 SIMULATORS = ("icarus", "verilator")
-TOP = "shiftpq_top"
 
 
 _TRIGGER = re.compile(r"^(\s*reg (\\\S*dump_module\S*) +=\s*0;)$", re.M)
@@ -34,8 +33,7 @@ def icarus_source(rtl: Path, out: Path) -> Path:
     indexed by a counter that stays 0) stays X. One `initial #1` toggle of that reg per module runs
     every such block once after time zero; the logic is untouched (the reg only appears in
     sensitivity lists, with empty bodies)."""
-    text, n = _TRIGGER.subn(lambda m: f"{m.group(1)}\n  initial #1 {m.group(2)} = 1'b1;", rtl.read_text())
-    out.write_text(text)
+    out.write_text(_TRIGGER.sub(lambda m: f"{m.group(1)}\n  initial #1 {m.group(2)} = 1'b1;", rtl.read_text()))
     return out
 
 
@@ -47,6 +45,8 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
              waves: bool = False, gap: float = 0.0, stall: float = 0.0, tag: str = "") -> dict:
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
+
+    from shiftpq_hw.gen import TOP  # here, not at import: the CLI reads SIMULATORS without loading Amaranth
     gen_dir = Path(gen_dir).resolve()
     if simulator not in SIMULATORS:
         raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
@@ -88,7 +88,6 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     if not measured.exists():
         raise ShiftPQError(f"{simulator}: the bench ended before writing results; see {work / 'sim.log'}")
     m = json.loads(measured.read_text())
-    hw_pred = expected.argmax(1)  # only meaningful where the hardware matched (mismatches == 0)
     result = {"model": cycles["model"], "source": cycles.get("source"), "simulator": simulator,
               "images": int(len(images)), "mismatches": m["mismatches"],
               "cycles_per_image": m["cycles_per_image"], "model_cycles_per_image": cycles["cycles_per_image"],
@@ -97,8 +96,8 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
               "build_s": round(t_build, 1), "sim_wall_s": m["wall_s"], "sim_cycles_per_s": m["sim_cycles_per_s"],
               "wall_s_per_image": m["wall_s_per_image"], "gap": gap, "stall": stall, "wrong": m["wrong"],
               "waves": str(next(work.rglob("*.fst"), "")) if waves else None}
-    if labels is not None and m["mismatches"] == 0:
-        result["accuracy"] = round(100.0 * float((hw_pred == np.asarray(labels)).mean()), 2)
+    if labels is not None and m["mismatches"] == 0:  # the hardware's predictions are the golden model's
+        result["accuracy"] = round(100.0 * float((expected.argmax(1) == np.asarray(labels)).mean()), 2)
     text = json.dumps(result, indent=1, sort_keys=True) + "\n"
     (gen_dir / "sim" / f"results-{simulator}{'-' + tag if tag else ''}.json").write_text(text)
     (gen_dir / "sim" / "results.json").write_text(text)

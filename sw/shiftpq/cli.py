@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cycles per image must equal cycles.json. Writes GEN_DIR/sim/results.json. With --fuzz N: "
                         "N seeded random networks instead (tables -> RTL -> simulation).")
     sm.add_argument("--build", metavar="GEN_DIR", help="a `shiftpq gen` output directory (e.g. build/resnet20)")
-    sm.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
+    from shiftpq_sim.runner import SIMULATORS
+    sm.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     sm.add_argument("--images", type=_positive, default=10, metavar="N", help="first N test images (default 10)")
     sm.add_argument("--waves", action="store_true", help="write an FST waveform")
     sm.add_argument("--gap", type=float, default=0.0, help="probability that the image source pauses a cycle")
