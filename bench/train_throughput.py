@@ -4,7 +4,8 @@
                                      [--device cpu|cuda|all] [--compile] [--out FILE]
 
 Prints the figures and writes them as JSON (default bench/results/train_throughput-<device>.json).
-Each figure is the median over ``repeats`` timed runs of ``steps`` steps, after warm-up; the
+With --compile on CUDA it also checks that compiled QAT steps follow eager ones (losses from the
+same start). Each figure is the median over ``repeats`` timed runs of ``steps`` steps, after warm-up; the
 QAT/FP ratio compares the two in the same run. Absolute times are meaningful on a GPU only.
 """
 from __future__ import annotations
@@ -30,14 +31,15 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def time_steps(model_name: str, quant: bool, dev: torch.device, batch: int, steps: int, repeats: int,
-               compile_model: bool) -> dict:
+def make_step(model_name: str, quant: bool, dev: torch.device, batch: int, compile_model: bool):
+    """One training step of a 30%-pruned model (seed 0) on four fixed random batches; returns the loss."""
     torch.manual_seed(0)
     model = build_model(model_name).to(dev)
     gm_prune(model, layer_rates(model, 0.3), incremental=True)
     recipe = RECIPES["fast"]
-    images = torch.randint(0, 256, (batch * 4, 3, 32, 32), dtype=torch.uint8, device=dev)
-    labels = torch.randint(0, 10, (batch * 4,), device=dev)
+    gen_data = torch.Generator(device=dev).manual_seed(1)
+    images = torch.randint(0, 256, (batch * 4, 3, 32, 32), dtype=torch.uint8, device=dev, generator=gen_data)
+    labels = torch.randint(0, 10, (batch * 4,), device=dev, generator=gen_data)
     if quant:
         calibrate_quantizers(model, images[:batch])
     model.set_quant(quant)
@@ -57,7 +59,14 @@ def time_steps(model_name: str, quant: bool, dev: torch.device, batch: int, step
         loss.backward()
         opt.step()
         zero_pruned(model, opt)
+        return loss.detach()
 
+    return step
+
+
+def time_steps(model_name: str, quant: bool, dev: torch.device, batch: int, steps: int, repeats: int,
+               compile_model: bool) -> dict:
+    step = make_step(model_name, quant, dev, batch, compile_model)
     for i in range(max(3, steps // 4)):  # warm-up (and compilation)
         step(i)
     times = []
@@ -70,6 +79,17 @@ def time_steps(model_name: str, quant: bool, dev: torch.device, batch: int, step
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
     return {"seconds_per_step": med / steps, "images_per_s": batch * steps / med, "runs": times}
+
+
+def compiled_vs_eager(model_name: str, dev: torch.device, batch: int, steps: int = 40) -> dict:
+    """Correctness of the compiled QAT step: the losses of ``steps`` compiled and eager steps from the
+    same start on the same batches. They drift apart slowly (float reassociation flips a few
+    quantizer roundings); a broken compilation shows as a loss that stops falling."""
+    eager, comp = make_step(model_name, True, dev, batch, False), make_step(model_name, True, dev, batch, True)
+    le = [float(eager(i)) for i in range(steps)]
+    lc = [float(comp(i)) for i in range(steps)]
+    return {"steps": steps, "eager_loss": le, "compiled_loss": lc,
+            "eager_last4": statistics.mean(le[-4:]), "compiled_last4": statistics.mean(lc[-4:])}
 
 
 def main() -> int:
@@ -97,6 +117,10 @@ def main() -> int:
                    "torch": torch.__version__, "fp": fp, "qat": qat,
                    "qat_over_fp": qat["seconds_per_step"] / fp["seconds_per_step"],
                    "fp_epoch_seconds": 50000 / fp["images_per_s"], "qat_epoch_seconds": 50000 / qat["images_per_s"]}
+            if comp:
+                row["qat_compiled_vs_eager"] = chk = compiled_vs_eager(a.model, dev, a.batch)
+                print(f"  QAT loss after {chk['steps']} steps (mean of the last 4): eager {chk['eager_last4']:.3f}, "
+                      f"compiled {chk['compiled_last4']:.3f}")
             results.append(row)
             print(f"{row['device']:<28} compiled={comp!s:<5} FP {fp['images_per_s']:>9.0f} img/s "
                   f"({row['fp_epoch_seconds']:.2f} s/epoch)  QAT {qat['images_per_s']:>9.0f} img/s "

@@ -390,10 +390,11 @@ def test_golden_cli_reports_accuracy_and_agreement(tmp_path, cifar_dir, capsys):
     assert "source.sha256" in capsys.readouterr().err
 
 
-def test_shipped_resnet20_golden_model_agrees_with_its_fake_quant_model(tmp_path, cifar_dir, capsys):
-    """The trained ResNet-20 in models/: exported, the integer model classifies like the float one."""
+@pytest.mark.parametrize("method", ["ppq", "spq"])
+def test_shipped_resnet20_golden_model_agrees_with_its_fake_quant_model(tmp_path, cifar_dir, capsys, method):
+    """The trained ResNet-20s in models/: exported, the integer model classifies like the float one."""
     from pathlib import Path
-    ckpt = Path(__file__).resolve().parents[1] / "models" / "resnet20-ppq.pt"
+    ckpt = Path(__file__).resolve().parents[1] / "models" / f"resnet20-{method}.pt"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "t")]) == 0
     capsys.readouterr()
     assert main(["golden", "--tables", str(tmp_path / "t"), "--limit", "1000", "--json", "--data-dir", cifar_dir]) == 0

@@ -84,3 +84,45 @@ def test_pruned_filter_is_zero_after_quantization():
     conv.wq.enabled = True
     assert (conv.effective_weight()[2] == 0).all()
     assert (conv.effective_weight()[[0, 1, 3]] != 0).any()
+
+
+def test_fake_quant_ops_pass_opcheck_in_both_memory_formats():
+    """The custom ops' fake kernels promise what the real ones return (shapes, dtypes, strides)."""
+    from shiftpq.quant import fake_quant, fake_quant_backward
+    for bits, signed in ((4, True), (4, False), (8, False)):
+        q = Quantizer(bits, signed, 0.8)
+        for channels_last in (False, True):
+            x = torch.randn(2, 3, 4, 4)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            torch.library.opcheck(fake_quant, (x.clone().requires_grad_(True), q.alpha, q.vals, q.mids, signed))
+            torch.library.opcheck(fake_quant_backward, (torch.randn_like(x), x, q.alpha.detach(), q.vals, q.mids, signed))
+
+
+def test_compiled_graph_keeps_the_quantizer_opaque():
+    """torch.compile must call our fake-quant kernels, not lower them: Inductor's own CUDA lowering
+    of bucketize trained nothing (docs/experiments.md, round 6). The graphs AOTAutograd hands to the
+    compiler hold the shiftpq ops and no bucketize, forward and backward."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    seen = []
+
+    def grab(gm, example_inputs):
+        seen.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return make_boxed_func(gm.forward)
+
+    conv = QConv2d(3, 4, bits=4)
+    act = ActQuant(4)
+    conv.wq.enabled = act.enabled = True
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), act)
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=grab, bw_compiler=grab))
+    x = torch.randn(2, 3, 6, 6)
+    compiled(x).sum().backward()
+    torch._dynamo.reset()
+    assert len(seen) == 2
+    fw, bw = seen
+    assert "shiftpq.fake_quant.default" in fw and "shiftpq.fake_quant_backward.default" in bw
+    assert not any("bucketize" in t for t in fw | bw)
+    # and the compiled module computes what the eager one does
+    assert torch.equal(torch.compile(model, backend="aot_eager")(x), model(x))

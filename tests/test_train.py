@@ -81,3 +81,23 @@ def test_recipe_overrides_are_typed():
         recipe_with("fast", {"lrr": "1"})
     with pytest.raises(ShiftPQError, match="needs a int"):
         recipe_with("fast", {"epochs": "x"})
+
+
+def test_shipped_fp32_resnet20_classifies_and_checkpoints_are_readable(tmp_path, cifar_dir):
+    """models/resnet20-fp.pt (the FP32 baseline, 92.9 % on the whole test set) scores on the first
+    1,000 test images, and a checkpoint we write is readable by others (not mkstemp's 0600)."""
+    import os
+    import stat
+    from pathlib import Path
+
+    from shiftpq.checkpoint import save_checkpoint
+    from shiftpq.data import load_split
+    from shiftpq.train import evaluate
+    model, meta = load_model(Path(__file__).resolve().parents[1] / "models" / "resnet20-fp.pt")
+    assert not model.quantized and meta["config"]["method"] == "fp"
+    x, y = load_split(cifar_dir, "test", 1000)
+    assert evaluate(model, x[:1000], y[:1000]) >= 90.0
+    save_checkpoint(tmp_path / "c.pt", model, {"epoch": 0})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o666 & ~umask

@@ -35,6 +35,9 @@ def save_checkpoint(path: str | Path, model: Net, meta: dict, optimizer=None, te
     os.close(fd)
     try:
         torch.save(blob, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make every checkpoint private
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
     t.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (CUDA; compiled QAT is not yet verified on a GPU, docs/compression.md)")
+    t.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
     t.add_argument("--stop-after", type=_positive, default=None, metavar="EPOCHS",
                    help="stop (resumably) after this many epochs in this call")
     t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
@@ -193,7 +195,7 @@ def cmd_train(a) -> int:
                       train_limit=a.train_limit, test_limit=a.test_limit, init=a.init)
     resolve_data_dir(a.data_dir)
     train(cfg, a.out, device=_device(a.device), data_dir=a.data_dir, resume=a.resume, stop_after=a.stop_after,
-          time_limit=a.time_limit, progress=not a.no_progress and sys.stderr.isatty(), compile_model=a.compile,
+          time_limit=a.time_limit, progress=not a.no_progress and sys.stderr.isatty(), compile_model=a.compile, amp=not a.no_amp,
           log=lambda s: print(s, file=sys.stderr, flush=True))
     return 0
 

@@ -10,7 +10,9 @@ Schedules (SPQ/PPQ paper, sections III-C and III-D):
        After the last epoch the selection becomes a hard prune (weights and BatchNorm zeroed).
        Deviation from the paper, which sets the selected weights to zero and keeps updating them:
        a zeroed filter feeds BatchNorm a zero-variance channel whose gradient is scaled by
-       1/sqrt(eps), and that variant diverged (10% accuracy) in our first GPU run.
+       1/sqrt(eps), and that variant diverged (10% accuracy) in our first GPU run - a run made with
+       torch.compile, which later proved to break all compiled QAT on CUDA (docs/experiments.md,
+       round 6), so the paper's variant has not had a fair test yet.
 - ppq: ``epochs`` full-precision epochs with incremental hard GM pruning in ``prune_stages``
        stages (rate grows to the target; pruned filters never return), then ``qat_epochs`` epochs
        of APoT QAT of the pruned model at ``qat_lr``, optionally distilled from the pruned
@@ -249,10 +251,10 @@ def _progress(total: int, desc: str, enabled: bool):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: Path, device: str, data_dir: str | None,
-                 progress: bool = True, compile_model: bool = False):
+                 progress: bool = True, compile_model: bool = False, amp: bool = True):
         self.cfg, self.out, self.progress = cfg, out, progress
         self.device = torch.device(device)
-        self.amp = self.device.type == "cuda"
+        self.amp = amp and self.device.type == "cuda"
         xtr, ytr = load_split(data_dir, "train", cfg.train_limit)
         xte, yte = load_split(data_dir, "test", cfg.test_limit)
         self.xtr, self.ytr = xtr.to(self.device), ytr.to(self.device)
@@ -405,11 +407,11 @@ class Trainer:
 
 def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str | None = None,
           resume: bool = False, stop_after: int | None = None, time_limit: float | None = None,
-          progress: bool = True, compile_model: bool = False, log=print) -> dict:
+          progress: bool = True, compile_model: bool = False, amp: bool = True, log=print) -> dict:
     """Run (or continue) a training run in ``out``; returns the summary written to summary.json."""
     out = Path(out)
     last = out / "last.pt"
-    tr = Trainer(cfg, out, device, data_dir, progress, compile_model)
+    tr = Trainer(cfg, out, device, data_dir, progress, compile_model, amp)
     if resume and last.is_file():
         tr.resume(last)
         log(f"resumed {last} at epoch {tr.epoch}/{cfg.total_epochs}")
