@@ -97,9 +97,10 @@ def reference_run(t, image: np.ndarray) -> np.ndarray:
     return env[m["output"]["tensor"]]
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_golden_equals_slow_reference_on_random_networks(seed):
-    t = export_model(random_net(seed), {"path": "random"})
+@pytest.mark.parametrize("seed,arch", [(s, False) for s in range(4)] + [(s, True) for s in range(4)])
+def test_golden_equals_slow_reference_on_random_networks(seed, arch):
+    """arch: the fuzzer's random architectures (plain tinyvgg or residual tiny, 1-2 blocks per stage)."""
+    t = export_model(random_net(seed, random_arch=arch, random_bits=arch), {"path": "random"})
     g = Golden(t)
     x = images(2, seed)
     scores = g.run(x)

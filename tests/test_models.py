@@ -84,5 +84,21 @@ def test_tiny_takes_custom_widths_and_rejects_bad_ones():
     for bad in ((3, 2, 4), (0, 1, 2), (1, 2)):
         with pytest.raises(ValueError, match="widths"):
             Net(ModelSpec("tiny", widths=bad))
-    with pytest.raises(ValueError, match="only the tiny model"):
+    with pytest.raises(ValueError, match="only the tiny models"):
         Net(ModelSpec("resnet20", widths=(16, 32, 64)))
+
+
+def test_tiny_models_take_depth_and_the_plain_one_any_widths():
+    from shiftpq.graph import Add, MaxPool
+    deep = Net(ModelSpec("tiny", widths=(2, 3, 3), blocks=2))
+    assert [op.cout for op in deep.ops if isinstance(op, Conv)] == [2] + [2] * 4 + [3] * 8
+    assert [op.stride for op in deep.ops if isinstance(op, Conv)].count(2) == 2 and \
+        sum(isinstance(op, Add) for op in deep.ops) == 6
+    plain = Net(ModelSpec("tinyvgg", widths=(5, 2, 4), blocks=2))
+    assert [op.cout for op in plain.ops if isinstance(op, Conv)] == [5, 5, 2, 2, 4, 4]
+    assert sum(isinstance(op, MaxPool) for op in plain.ops) == 2 and not any(isinstance(op, Add) for op in plain.ops)
+    assert plain(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert ModelSpec.from_json(plain.spec.to_json()) == plain.spec
+    for bad in (dict(name="tiny", blocks=0), dict(name="resnet20", blocks=2)):
+        with pytest.raises(ValueError, match="blocks"):
+            Net(ModelSpec(**bad))

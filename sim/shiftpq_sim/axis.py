@@ -1,6 +1,8 @@
-"""AXI4-Stream driver and monitor for cocotb 2.x: a source that sends bytes (``tlast`` on a frame's
-last byte) and a sink that collects beats with the cycle they arrived in. Both can pause at random
-(``gap`` / ``stall`` probabilities from a seeded generator) to exercise backpressure."""
+"""AXI4-Stream driver and monitor for cocotb 2.x: a source that sends frames of words (``tlast`` on a
+frame's last word) and a sink that collects beats with the cycle they arrived in. Both can pause at
+random (``gap`` / ``stall`` probabilities from a seeded generator) to exercise backpressure.
+``style="amaranth"`` drives an Amaranth ``stream`` port instead (``i__payload``, ``i__valid``,
+``i__ready``, no ``last``): the unit benches use it on single components."""
 from __future__ import annotations
 
 import random
@@ -22,15 +24,23 @@ async def _sampled_high(signal, clk) -> bool:
     return high
 
 
+def _ports(dut, prefix: str, style: str):
+    """(data, valid, ready, last or None) handles of one stream port."""
+    if style == "axis":
+        return tuple(getattr(dut, f"{prefix}_{n}") for n in ("tdata", "tvalid", "tready", "tlast"))
+    if style == "amaranth":
+        return (*(getattr(dut, f"{prefix}__{n}") for n in ("payload", "valid", "ready")), None)
+    raise ValueError(f"stream style must be 'axis' or 'amaranth', got {style!r}")
+
+
 class AxisSource:
-    def __init__(self, dut, prefix: str, clk, gap: float = 0.0, seed: int = 0):
+    def __init__(self, dut, prefix: str, clk, gap: float = 0.0, seed: int = 0, style: str = "axis"):
         self.clk, self.gap, self.rng = clk, gap, random.Random(seed)
-        self.tdata, self.tvalid = getattr(dut, f"{prefix}_tdata"), getattr(dut, f"{prefix}_tvalid")
-        self.tready, self.tlast = getattr(dut, f"{prefix}_tready"), getattr(dut, f"{prefix}_tlast")
+        self.tdata, self.tvalid, self.tready, self.tlast = _ports(dut, prefix, style)
         self.tvalid.value = 0
 
-    async def send(self, frames: list[bytes], log=None) -> None:
-        """Each frame's bytes in order, back to back, ``tlast`` on its last byte."""
+    async def send(self, frames, log=None) -> None:
+        """Each frame's words (bytes, or ints) in order, back to back, ``tlast`` on its last word."""
         for i, frame in enumerate(frames):
             for j, b in enumerate(frame):
                 if log and j % 512 == 0:
@@ -39,7 +49,8 @@ class AxisSource:
                     self.tvalid.value = 0
                     await RisingEdge(self.clk)
                 self.tdata.value = b
-                self.tlast.value = int(j == len(frame) - 1)
+                if self.tlast is not None:
+                    self.tlast.value = int(j == len(frame) - 1)
                 self.tvalid.value = 1
                 while not await _sampled_high(self.tready, self.clk):
                     pass
@@ -49,10 +60,10 @@ class AxisSource:
 class AxisSink:
     """Collects ``(tdata, tlast, cycle)`` per beat; ``cycle`` is the DUT's free-running counter."""
 
-    def __init__(self, dut, prefix: str, clk, counter=None, stall: float = 0.0, seed: int = 1):
+    def __init__(self, dut, prefix: str, clk, counter=None, stall: float = 0.0, seed: int = 1,
+                 style: str = "axis"):
         self.clk, self.stall, self.rng = clk, stall, random.Random(seed)
-        self.tdata, self.tvalid = getattr(dut, f"{prefix}_tdata"), getattr(dut, f"{prefix}_tvalid")
-        self.tready, self.tlast = getattr(dut, f"{prefix}_tready"), getattr(dut, f"{prefix}_tlast")
+        self.tdata, self.tvalid, self.tready, self.tlast = _ports(dut, prefix, style)
         self.counter = counter
         self.beats: list[tuple[int, int, int]] = []
         self.tready.value = 0
@@ -73,6 +84,6 @@ class AxisSink:
                 v = self.tdata.value
                 data = v.to_signed() if signed else v.to_unsigned()
                 cyc = self.counter.value.to_unsigned() if self.counter is not None else -1
-                self.beats.append((data, int(self.tlast.value), cyc))
+                self.beats.append((data, int(self.tlast.value) if self.tlast is not None else 0, cyc))
             await RisingEdge(self.clk)
         return self.beats

@@ -1,6 +1,7 @@
 """Seeded random networks for bit-exactness tests and architecture fuzzing: random stage widths,
 random weights, BatchNorm statistics and pruning masks (kept filters down to 1), optionally random
-bit widths. The same seed always gives the same network."""
+bit widths and a random architecture (residual or plain, one or two blocks per stage). The same
+seed always gives the same network."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,10 +12,22 @@ from shiftpq.models import ModelSpec, Net
 from shiftpq.train import calibrate_quantizers
 
 
-def random_net(seed: int, name: str = "tiny", layer_masks: bool = True, random_bits: bool = False) -> Net:
+def random_spec(seed: int) -> ModelSpec:
+    """A random small architecture: residual (``tiny``, stride-2 blocks with option-A shortcuts) or
+    plain (``tinyvgg``, max pools), one or two blocks per stage, stage widths 1-6 (from a generator
+    of its own, so random_net's other draws do not depend on it)."""
+    rng = np.random.default_rng([seed, 1])
+    name = str(rng.choice(["tiny", "tinyvgg"]))
+    widths = [int(v) for v in rng.integers(1, 7, 3)]
+    return ModelSpec(name, widths=tuple(sorted(widths) if name == "tiny" else widths), blocks=int(rng.integers(1, 3)))
+
+
+def random_net(seed: int, name: str = "tiny", layer_masks: bool = True, random_bits: bool = False,
+               random_arch: bool = False) -> Net:
     """A quantized network with random widths, weights, BatchNorm statistics and pruning masks
     (per-conv masks, so a shortcut can carry a channel its block pruned). ``random_bits``: inner
-    weight and activation bit widths drawn from the supported ones (first and last layer stay 8-bit)."""
+    weight and activation bit widths drawn from the supported ones (first and last layer stay 8-bit).
+    ``random_arch``: the architecture of ``random_spec(seed)`` instead of ``name``."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     widths = tuple(sorted(int(v) for v in rng.integers(1, 7, 3))) if name == "tiny" else None
@@ -22,7 +35,9 @@ def random_net(seed: int, name: str = "tiny", layer_masks: bool = True, random_b
     if random_bits:
         bits = {"wbits": int(rng.choice([b for b in WEIGHT_BITS if b <= 5])),
                 "abits": int(rng.choice([b for b in ACT_BITS if b <= 5]))}
-    net = Net(ModelSpec(name, widths=widths, **bits))
+    spec = random_spec(seed) if random_arch else ModelSpec(name, widths=widths)
+    spec.wbits, spec.abits = bits.get("wbits", spec.wbits), bits.get("abits", spec.abits)
+    net = Net(spec)
     for cb in net.prunable().values():
         n = cb.conv.out_channels
         keep = rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False) if layer_masks else np.arange(n)

@@ -37,8 +37,18 @@ def icarus_source(rtl: Path, out: Path) -> Path:
     return out
 
 
-def _build_args(simulator: str) -> list[str]:
+def build_args(simulator: str) -> list[str]:
     return ["-Wno-fatal"] if simulator == "verilator" else []
+
+
+def prepare_env(simulator: str) -> None:
+    """The venv's bin (it holds the Verilator wrapper, Makefile) on PATH, also when the venv is not
+    activated; for Verilator the PCH fix as a make command-line variable (cocotb runs make itself)."""
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    if simulator == "verilator":
+        from shiftpq_hw.verilog import VERILATOR_PCH_MAKEVAR
+        if VERILATOR_PCH_MAKEVAR not in os.environ.get("MAKEFLAGS", ""):
+            os.environ["MAKEFLAGS"] = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), VERILATOR_PCH_MAKEVAR]))
 
 
 def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np.ndarray | None = None,
@@ -64,15 +74,11 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     stim, measured, xml = work / "stimulus.npz", work / "measured.json", work / "results.xml"
     np.savez(stim, images=images, expected=expected)
     measured.unlink(missing_ok=True)
-    # the venv's bin holds the Verilator wrapper (Makefile), also when the venv is not activated
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    if simulator == "verilator":  # cocotb runs make itself: pass the PCH fix as a make command-line variable
-        from shiftpq_hw.verilog import VERILATOR_PCH_MAKEVAR
-        os.environ["MAKEFLAGS"] = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), VERILATOR_PCH_MAKEVAR]))
+    prepare_env(simulator)
     runner = get_runner(simulator)
     t0 = time.perf_counter()
     src = icarus_source(rtl, build.parent / f"{TOP}.icarus.v") if simulator == "icarus" else rtl
-    runner.build(sources=[src], hdl_toplevel=TOP, build_dir=build, build_args=_build_args(simulator),
+    runner.build(sources=[src], hdl_toplevel=TOP, build_dir=build, build_args=build_args(simulator),
                  timescale=("1ns", "1ps"), waves=waves, log_file=work / "build.log")
     t_build = time.perf_counter() - t0
     env = {"SHIFTPQ_STIMULUS": str(stim), "SHIFTPQ_RESULTS": str(measured),
@@ -105,8 +111,8 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
 
 
 def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, log=print) -> list[dict]:
-    """Random small networks (random widths, kept filters down to 1, random bit widths, random
-    folding) through tables -> RTL -> simulation, each compared with its golden model. The seed of
+    """Random small networks (residual or plain, one or two blocks per stage, random widths, kept
+    filters down to 1, random bit widths, random folding) through tables -> RTL -> simulation, each compared with its golden model. The seed of
     every network is logged first, so a failure reproduces with ``--fuzz 1 --first-seed SEED``."""
     import random as _random
 
@@ -117,8 +123,11 @@ def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, 
     results = []
     for seed in seeds:
         par = _random.Random(seed).choice([None, 1, 2, 4, 8])
-        log(f"fuzz seed {seed}: random tiny network, random bits, PAR={par or 'max'}, {simulator}")
-        tables = export_model(random_net(seed, random_bits=True), {"path": None, "fuzz_seed": seed})
+        net = random_net(seed, random_bits=True, random_arch=True)
+        s = net.spec
+        log(f"fuzz seed {seed}: {s.name} widths {list(s.widths)} x{s.blocks} blocks, W{s.wbits}A{s.abits}, "
+            f"PAR={par or 'max'}, {simulator}")
+        tables = export_model(net, {"path": None, "fuzz_seed": seed})
         out = Path(work) / f"seed{seed}"
         generate(tables, out, par, force=True)
         r = simulate(out, simulator, images(n_images, seed))

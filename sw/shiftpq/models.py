@@ -1,5 +1,6 @@
-"""CIFAR-10 models: ResNet-20/32/56/110 (He et al. 2016, option-A shortcuts), VGG-16, and a tiny
-residual network for fast hardware tests.
+"""CIFAR-10 models: ResNet-20/32/56/110 (He et al. 2016, option-A shortcuts), VGG-16, and two tiny
+networks for fast hardware tests and architecture fuzzing: ``tiny`` (residual) and ``tinyvgg``
+(plain convs and max pools), each with three stage widths and a number of convs or blocks per stage.
 
 Every model is a set of modules plus a layer graph (graph.py) that its forward pass interprets.
 Quantization layout (the same in training, the golden model and the hardware):
@@ -28,7 +29,8 @@ NUM_CLASSES = 10
 EDGE_BITS = UNIFORM_BITS  # first conv, FC, and the FC's input
 
 RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
-MODEL_NAMES = (*RESNET_DEPTHS, "vgg16", "tiny")
+MODEL_NAMES = (*RESNET_DEPTHS, "vgg16", "tiny", "tinyvgg")
+TINY_MODELS = ("tiny", "tinyvgg")
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
 
@@ -40,7 +42,8 @@ class ModelSpec:
     abits: int = 4
     stream_bits: int = EDGE_BITS  # residual stream (ResNets)
     layer_bits: dict[str, int] = field(default_factory=dict)  # per-layer overrides, by module name
-    widths: tuple[int, int, int] | None = None  # tiny only: the three stage widths (default 4, 8, 16)
+    widths: tuple[int, int, int] | None = None  # tiny models only: the three stage widths (default 4, 8, 16)
+    blocks: int | None = None  # tiny models only: residual blocks (tiny) or convs (tinyvgg) per stage (default 1)
 
     def validate(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -50,23 +53,28 @@ class ModelSpec:
         for what, bits in (("activation", self.abits), ("residual stream", self.stream_bits)):
             if bits not in ACT_BITS:
                 raise ValueError(f"unsupported {what} bits {bits!r}; expected one of {ACT_BITS}")
-        if self.widths is not None and (self.name != "tiny" or len(self.widths) != 3 or min(self.widths) < 1
-                                        or list(self.widths) != sorted(self.widths)):
-            raise ValueError(f"widths {self.widths!r}: only the tiny model takes stage widths, three positive "
-                             "non-decreasing integers (the option-A shortcut pads channels, it cannot drop them)")
+        if self.widths is not None and (self.name not in TINY_MODELS or len(self.widths) != 3 or min(self.widths) < 1
+                                        or (self.name == "tiny" and list(self.widths) != sorted(self.widths))):
+            raise ValueError(f"widths {self.widths!r}: only the tiny models take stage widths, three positive "
+                             "integers, non-decreasing for tiny (the option-A shortcut pads channels, it cannot "
+                             "drop them)")
+        if self.blocks is not None and (self.name not in TINY_MODELS or self.blocks < 1):
+            raise ValueError(f"blocks {self.blocks!r}: only the tiny models take a number of blocks per stage (>= 1)")
 
     def to_json(self) -> dict:
         d = {"name": self.name, "wbits": self.wbits, "abits": self.abits, "stream_bits": self.stream_bits,
              "layer_bits": dict(self.layer_bits)}
         if self.widths is not None:
             d["widths"] = list(self.widths)
+        if self.blocks is not None:
+            d["blocks"] = self.blocks
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "ModelSpec":
         widths = d.get("widths")
         return cls(d["name"], d["wbits"], d["abits"], d["stream_bits"], dict(d["layer_bits"]),
-                   tuple(widths) if widths is not None else None)
+                   tuple(widths) if widths is not None else None, d.get("blocks"))
 
 
 class Net(nn.Module):
@@ -78,10 +86,14 @@ class Net(nn.Module):
         self.spec = spec
         self.ops: list[Op] = []
         self._used_overrides: set[str] = set()
+        tiny_widths, tiny_blocks = tuple(spec.widths or (4, 8, 16)), spec.blocks or 1
         if spec.name == "vgg16":
-            self._build_vgg()
+            self._build_vgg(VGG16_CFG)
+        elif spec.name == "tinyvgg":
+            w1, w2, w3 = tiny_widths
+            self._build_vgg((w1,) * tiny_blocks + ("M",) + (w2,) * tiny_blocks + ("M",) + (w3,) * tiny_blocks)
         elif spec.name == "tiny":
-            self._build_resnet(blocks=1, widths=tuple(spec.widths or (4, 8, 16)))
+            self._build_resnet(blocks=tiny_blocks, widths=tiny_widths)
         else:
             self._build_resnet(blocks=(RESNET_DEPTHS[spec.name] - 2) // 6, widths=(16, 32, 64))
         unknown = set(spec.layer_bits) - self._used_overrides
@@ -144,9 +156,10 @@ class Net(nn.Module):
                 cin, hw = width, out_hw
         self._head(x, cin, hw)
 
-    def _build_vgg(self) -> None:
+    def _build_vgg(self, cfg: tuple) -> None:
+        """Plain 3x3 convs (ints: filters) and 2x2 max pools ("M"), then the average-pool head."""
         hw, cin, x, i = 32, 3, "input", 0
-        for v in VGG16_CFG:
+        for v in cfg:
             if v == "M":
                 self.ops.append(MaxPool(f"pool{i}", x, f"pool{i}", 2))
                 x, hw = f"pool{i}", hw // 2

@@ -1,0 +1,67 @@
+"""Unit-level cocotb benches (sim/shiftpq_sim/unit.py) on the generated Verilog of single components:
+the PE exhaustively and the requantization units at every threshold boundary and at saturation,
+each against its reference model, with random input gaps and output backpressure."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.hdl import signed, unsigned
+
+from shiftpq import intops
+from shiftpq.errors import ShiftPQError
+from shiftpq.levels import level_set
+from shiftpq_hw.pe import ShiftAddPE, reference
+from shiftpq_hw.requant import AffineRequant, ThresholdRequant
+from shiftpq_sim.unit import run_unit
+
+
+@pytest.mark.parametrize("simulator", ["verilator", "icarus"])
+def test_pe_every_weight_code_times_every_activation_code(simulator, tmp_path):
+    wl, al = level_set(4, True), level_set(4, False)
+    n = len(wl.ints) - 1
+    pairs = [(w, a) for w in range(-n, n + 1) for a in range(len(al.ints))]  # both signs, zero, all codes
+    want = reference([w for w, _ in pairs], [a for _, a in pairs], wl, al)
+    r = run_unit(ShiftAddPE(wl, al), "pe", [{"w": w, "a": a} for w, a in pairs], [int(v) for v in want],
+                 tmp_path, simulator)
+    assert r["words"] == len(pairs) == 15 * 16 and r["mismatches"] == 0
+
+
+def test_threshold_requant_at_every_boundary(tmp_path):
+    """x = threshold - 1, threshold, threshold + 1 of every level of every channel (negative gains
+    and a constant channel included), and the input extremes."""
+    rng = np.random.default_rng(3)
+    c, bound = 4, 2000
+    gain = rng.uniform(-0.01, 0.01, c)
+    gain[0], gain[1] = -abs(gain[0]), 0.0
+    th, sign = intops.fold_thresholds(gain, rng.uniform(-0.5, 0.5, c), level_set(4, False).midpoints, 2.0, bound)
+    cases = [(int(x), ch) for ch in range(c) for t in th[ch] for x in (sign[ch] * (t - 1), sign[ch] * t, sign[ch] * (t + 1))
+             if -bound <= x <= bound] + [(x, ch) for ch in range(c) for x in (-bound, 0, bound)]
+    want = [int(intops.requant_threshold(np.array([[x]]), th[ch:ch + 1], sign[ch:ch + 1])[0, 0]) for x, ch in cases]
+    r = run_unit(ThresholdRequant(th, sign, signed(12)), "requant_th", [{"x": x, "c": ch} for x, ch in cases],
+                 want, tmp_path)
+    assert r["mismatches"] == 0 and set(want) == set(range(16))  # every output level is reached
+
+
+def test_affine_requant_saturates_both_ways(tmp_path):
+    rng = np.random.default_rng(5)
+    c = 3
+    muls, bias, shift = intops.fold_affine([rng.uniform(2e-4, 4e-4, c) * rng.choice([-1, 1], c), rng.uniform(0, 0.01, c)],
+                                           rng.uniform(-0.5, 1.0, c), 255, 3.0)
+    xs = [(x0, x1, ch) for ch in range(c) for x0 in (-(1 << 15), -1, 0, 1, (1 << 15) - 1) for x1 in (0, 1, 128, 255)]
+    xs += [(int(a), int(b), int(ch)) for a, b, ch in zip(rng.integers(-(1 << 15), 1 << 15, 200),
+                                                          rng.integers(0, 256, 200), rng.integers(0, c, 200))]
+    want = [int(intops.requant_affine([(np.array([[a]]), muls[0][ch:ch + 1]), (np.array([[b]]), muls[1][ch:ch + 1])],
+                                      bias[ch:ch + 1], shift[ch:ch + 1], 255)[0, 0]) for a, b, ch in xs]
+    r = run_unit(AffineRequant(muls, bias, shift, 255, [signed(16), unsigned(8)]), "requant_affine",
+                 [{"x0": a, "x1": b, "c": ch} for a, b, ch in xs], want, tmp_path)
+    assert r["mismatches"] == 0 and 0 in want and 255 in want
+
+
+def test_unit_bench_catches_a_wrong_reference(tmp_path):
+    """The bench can fail: one expected product changed by one is reported, with its index."""
+    wl, al = level_set(4, True), level_set(4, False)
+    pairs = [(w, a) for w in (-7, 3, 7) for a in (0, 5, 15)]
+    want = [int(v) for v in reference([w for w, _ in pairs], [a for _, a in pairs], wl, al)]
+    want[4] += 1
+    with pytest.raises(ShiftPQError, match=r"1 of 9 outputs differ.*'index': 4"):
+        run_unit(ShiftAddPE(wl, al), "pe", [{"w": w, "a": a} for w, a in pairs], want, tmp_path)
