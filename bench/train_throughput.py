@@ -5,8 +5,9 @@
 
 Prints the figures and writes them as JSON (default bench/results/train_throughput-<device>.json).
 With --compile on CUDA it also checks that compiled QAT steps follow eager ones (losses from the
-same start). Each figure is the median over ``repeats`` timed runs of ``steps`` steps, after warm-up; the
-QAT/FP ratio compares the two in the same run. Absolute times are meaningful on a GPU only.
+same start). Each figure is the median over ``repeats`` timed runs of ``steps`` steps, after
+warm-up; the QAT/FP ratio compares the two in the same run. Absolute times are meaningful on a GPU
+only.
 """
 from __future__ import annotations
 

@@ -13,13 +13,12 @@ from shiftpq.levels import level_set
 from shiftpq_hw.pe import ShiftAddPE, reference
 from shiftpq_hw.requant import AffineRequant, ThresholdRequant
 from shiftpq_sim.unit import run_unit
+from test_pe import all_codes
 
 
 @pytest.mark.parametrize("simulator", ["verilator", "icarus"])
 def test_pe_every_weight_code_times_every_activation_code(simulator, tmp_path):
-    wl, al = level_set(4, True), level_set(4, False)
-    n = len(wl.ints) - 1
-    pairs = [(w, a) for w in range(-n, n + 1) for a in range(len(al.ints))]  # both signs, zero, all codes
+    wl, al, pairs = all_codes(4, 4)  # both signs, zero, every code
     want = reference([w for w, _ in pairs], [a for _, a in pairs], wl, al)
     r = run_unit(ShiftAddPE(wl, al), "pe", [{"w": w, "a": a} for w, a in pairs], [int(v) for v in want],
                  tmp_path, simulator)

@@ -112,8 +112,9 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
 
 def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, log=print) -> list[dict]:
     """Random small networks (residual or plain, one or two blocks per stage, random widths, kept
-    filters down to 1, random bit widths, random folding) through tables -> RTL -> simulation, each compared with its golden model. The seed of
-    every network is logged first, so a failure reproduces with ``--fuzz 1 --first-seed SEED``."""
+    filters down to 1, random bit widths, random folding) through tables -> RTL -> simulation, each
+    compared with its golden model. The seed of every network is logged first, so a failure
+    reproduces with ``--fuzz 1 --first-seed SEED``."""
     import random as _random
 
     from shiftpq.export import export_model

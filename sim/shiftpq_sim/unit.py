@@ -35,6 +35,7 @@ def pack(layout, value) -> int:
 def run_unit(component, name: str, payloads: list, expected: list[int], work: str | Path,
              simulator: str = "verilator", gap: float = 0.2, stall: float = 0.2) -> dict:
     from amaranth.back import rtlil
+    from amaranth.hdl import Shape
     from cocotb_tools.runner import get_runner
 
     from shiftpq_hw.verilog import verilog_from_rtlil
@@ -42,7 +43,6 @@ def run_unit(component, name: str, payloads: list, expected: list[int], work: st
         raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    from amaranth.hdl import Shape
     layout = component.signature.members["i"].signature.members["payload"].shape
     out_shape = component.signature.members["o"].signature.members["payload"].shape
     words = [pack(layout, p) for p in payloads]

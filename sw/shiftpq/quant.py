@@ -41,10 +41,14 @@ def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t if t.stride() == like.stride() else torch.empty_like(like, dtype=t.dtype).copy_(t)
 
 
+def _level_index(mag: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
+    """Index of the level nearest each magnitude (clipped to [0, 1]); ties go to the larger level."""
+    return torch.bucketize(mag.clamp(0.0, 1.0), mids, right=True)
+
+
 def _levels_of(xs: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor, signed: bool) -> torch.Tensor:
     """The level (in [0, 1], signed for weights) nearest each element of ``xs = x / alpha``."""
-    mag = xs.abs() if signed else xs
-    q = vals[torch.bucketize(mag.clamp(0.0, 1.0), mids, right=True)]
+    q = vals[_level_index(xs.abs() if signed else xs, mids)]
     return q.copysign(xs) if signed else q
 
 
@@ -118,8 +122,7 @@ class Quantizer(nn.Module):
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Integer level magnitudes (signed for weights) of x, as used by the hardware."""
         xs = x.float() / self.alpha.detach()
-        idx = torch.bucketize(xs.abs().clamp(0.0, 1.0), self.mids, right=True)
-        ints = torch.tensor(self.levels.ints, device=x.device)[idx]
+        ints = torch.tensor(self.levels.ints, device=x.device)[_level_index(xs.abs(), self.mids)]
         return ints * xs.sign().long() if self.levels.signed else ints
 
     def extra_repr(self) -> str:
