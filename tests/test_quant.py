@@ -88,15 +88,15 @@ def test_pruned_filter_is_zero_after_quantization():
 
 def test_fake_quant_ops_pass_opcheck_in_both_memory_formats():
     """The custom ops' fake kernels promise what the real ones return (shapes, dtypes, strides)."""
-    from shiftpq.quant import fake_quant, fake_quant_backward
+    from shiftpq.quant import fake_quant_backward_op, fake_quant_op
     for bits, signed in ((4, True), (4, False), (8, False)):
         q = Quantizer(bits, signed, 0.8)
         for channels_last in (False, True):
             x = torch.randn(2, 3, 4, 4)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            torch.library.opcheck(fake_quant, (x.clone().requires_grad_(True), q.alpha, q.vals, q.mids, signed))
-            torch.library.opcheck(fake_quant_backward, (torch.randn_like(x), x, q.alpha.detach(), q.vals, q.mids, signed))
+            torch.library.opcheck(fake_quant_op, (x.clone().requires_grad_(True), q.alpha, q.vals, q.mids, signed))
+            torch.library.opcheck(fake_quant_backward_op, (torch.randn_like(x), x, q.alpha.detach(), q.vals, q.mids, signed))
 
 
 def test_compiled_graph_keeps_the_quantizer_opaque():
@@ -126,3 +126,26 @@ def test_compiled_graph_keeps_the_quantizer_opaque():
     assert not any("bucketize" in t for t in fw | bw)
     # and the compiled module computes what the eager one does
     assert torch.equal(torch.compile(model, backend="aot_eager")(x), model(x))
+
+
+def test_eager_and_compiled_quantizers_agree():
+    """The eager autograd.Function and the custom ops (what torch.compile calls) are two wrappers of
+    one computation: outputs and gradients (input and alpha) equal, both signs, both formats."""
+    from shiftpq.quant import _FakeQuant, fake_quant_op
+    torch.manual_seed(0)
+    for bits, signed in ((4, True), (4, False), (8, False), (8, True)):
+        q = Quantizer(bits, signed, 0.8)
+        for channels_last in (False, True):
+            x = torch.randn(2, 3, 5, 5) * 0.7
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            g = torch.randn_like(x)
+            outs = []
+            for f in (_FakeQuant.apply, fake_quant_op):
+                xi = x.clone().requires_grad_(True)
+                q.alpha.grad = None
+                y = f(xi, q.alpha, q.vals, q.mids, signed)
+                y.backward(g)
+                outs.append((y.detach(), xi.grad, q.alpha.grad.clone()))
+            for a, b in zip(*outs):
+                assert torch.equal(a, b)

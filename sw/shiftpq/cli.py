@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
     t.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     t.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (CUDA; compiled QAT is not yet verified on a GPU, docs/compression.md)")
+                   help="torch.compile the model (the fake quantizer stays an opaque custom op; docs/compression.md)")
     t.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
     t.add_argument("--stop-after", type=_positive, default=None, metavar="EPOCHS",
                    help="stop (resumably) after this many epochs in this call")

@@ -29,12 +29,14 @@ ALPHA_W_INIT = 3.0  # clipping of normalized weights, in standard deviations (AP
 ALPHA_A_INIT = 8.0  # activation clipping before calibration (APoT CIFAR code)
 
 
-# The fake quantizer is a pair of opaque custom ops (forward and backward) rather than an
-# autograd.Function: torch.compile then calls these eager kernels instead of lowering them. On CUDA,
-# Inductor replaces ``torch.bucketize`` with its own Triton lowering, and compiled QAT with it did not
-# learn at all (ResNet-20 SPQ: 25 % after 30 epochs compiled, 88.5 % eager; docs/experiments.md,
-# round 6); on the CPU the compiled step matched eager (Inductor seems to lower bucketize for
-# Triton only), which is why the CPU tests never saw it.
+# Two wrappers of the same math (``_fake_quant_forward``, ``_fake_quant_grads``):
+# - eager: an autograd.Function (the fastest eager path; 3.0x the FP step on an H200 against 4.2x
+#   through the custom ops, which add a stride-restoring copy per tensor);
+# - under torch.compile: a pair of opaque custom ops, so that Inductor calls these eager kernels
+#   instead of generating its own. Inductor's CUDA code for the quantizer trains nothing (ResNet-20
+#   SPQ: 25 % after 30 epochs compiled, 88.4 % eager; docs/experiments.md, rounds 6 and 7), and not
+#   because of bucketize alone: a version with the index found by compares and gathers failed the
+#   same way. On the CPU, Inductor's code matches eager, which is why the CPU tests never saw it.
 
 def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """t with like's strides (channels_last stays channels_last), as the fake kernels promise."""
@@ -52,36 +54,58 @@ def _levels_of(xs: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor, signed:
     return q.copysign(xs) if signed else q
 
 
-@torch.library.custom_op("shiftpq::fake_quant", mutates_args=())
-def fake_quant(x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor,
-               signed: bool) -> torch.Tensor:
+def _fake_quant_forward(x, alpha, vals, mids, signed: bool) -> torch.Tensor:
     """alpha * q(x / alpha) in x's dtype."""
-    return _strided_like((_levels_of(x.float() / alpha, vals, mids, signed) * alpha).to(x.dtype), x)
+    return (_levels_of(x.float() / alpha, vals, mids, signed) * alpha).to(x.dtype)
 
 
-@fake_quant.register_fake
+def _fake_quant_grads(g, x, alpha, vals, mids, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dalpha), recomputed from x (which the preceding ReLU or the weight already keeps
+    alive) instead of saving two more activation-sized tensors. Weights: straight-through, dL/dx = g."""
+    xs = x.float() / alpha
+    q = _levels_of(xs, vals, mids, signed)
+    if signed:
+        dalpha = torch.where(xs.abs() > 1, xs.sign(), q - xs)
+        gx = g
+    else:
+        over = xs > 1
+        dalpha = torch.where(over, torch.ones_like(xs), q - xs)
+        gx = g * (~over).to(g.dtype)
+    return gx, (g.float() * dalpha).sum().reshape(alpha.shape).to(alpha.dtype)
+
+
+class _FakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, vals, mids, signed: bool):
+        ctx.save_for_backward(x, alpha, vals, mids)
+        ctx.signed = signed
+        return _fake_quant_forward(x, alpha, vals, mids, signed)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, alpha, vals, mids = ctx.saved_tensors
+        return *_fake_quant_grads(g, x, alpha, vals, mids, ctx.signed), None, None, None
+
+
+@torch.library.custom_op("shiftpq::fake_quant", mutates_args=())
+def fake_quant_op(x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor,
+                  signed: bool) -> torch.Tensor:
+    return _strided_like(_fake_quant_forward(x, alpha, vals, mids, signed), x)
+
+
+@fake_quant_op.register_fake
 def _(x, alpha, vals, mids, signed):
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("shiftpq::fake_quant_backward", mutates_args=())
-def fake_quant_backward(g: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor,
-                        mids: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dalpha) of fake_quant, recomputed from x (which the preceding ReLU or the weight
-    already keeps alive) instead of saving two more activation-sized tensors."""
-    xs = x.float() / alpha
-    q = _levels_of(xs, vals, mids, signed)
-    if signed:
-        dalpha = torch.where(xs.abs() > 1, xs.sign(), q - xs)
-        gx = g.clone()  # straight-through for weights (a custom op may not return its input)
-    else:
-        over = xs > 1
-        dalpha = torch.where(over, torch.ones_like(xs), q - xs)
-        gx = g * (~over).to(g.dtype)
-    return _strided_like(gx, g), (g.float() * dalpha).sum().reshape(alpha.shape).to(alpha.dtype)
+def fake_quant_backward_op(g: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor,
+                           mids: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    gx, galpha = _fake_quant_grads(g, x, alpha, vals, mids, signed)
+    return _strided_like(gx.clone() if gx is g else gx, g), galpha  # a custom op may not return its input
 
 
-@fake_quant_backward.register_fake
+@fake_quant_backward_op.register_fake
 def _(g, x, alpha, vals, mids, signed):
     return torch.empty_like(g), torch.empty_like(alpha)
 
@@ -92,13 +116,22 @@ def _fake_quant_setup(ctx, inputs, output):
     ctx.signed = signed
 
 
-def _fake_quant_grad(ctx, g):
+def _fake_quant_op_grad(ctx, g):
     x, alpha, vals, mids = ctx.saved_tensors
-    gx, galpha = fake_quant_backward(g, x, alpha, vals, mids, ctx.signed)
+    gx, galpha = fake_quant_backward_op(g, x, alpha, vals, mids, ctx.signed)
     return gx, galpha, None, None, None
 
 
-fake_quant.register_autograd(_fake_quant_grad, setup_context=_fake_quant_setup)
+fake_quant_op.register_autograd(_fake_quant_op_grad, setup_context=_fake_quant_setup)
+
+
+def fake_quant(x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor,
+               signed: bool) -> torch.Tensor:
+    """alpha * q(x / alpha): x clipped and rounded to the nearest of the levels ``vals`` (in [0, 1],
+    midpoints ``mids``) and scaled back, with the APoT gradients (module docstring)."""
+    if torch.compiler.is_compiling():
+        return fake_quant_op(x, alpha, vals, mids, signed)
+    return _FakeQuant.apply(x, alpha, vals, mids, signed)
 
 
 class Quantizer(nn.Module):
