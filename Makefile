@@ -19,7 +19,7 @@ ARGS ?=
 SIM ?= verilator
 IMAGES ?= 100
 
-.PHONY: help setup iverilog test train metrics bench-train bench-golden gen sim sim-one clean
+.PHONY: help setup iverilog test train metrics bench-train bench-golden bench-pe gen sim sim-one synth report clean
 
 help:
 	@echo "make test                         set up (venv, packages, iverilog, verilator wrapper) and run the tests"
@@ -30,6 +30,9 @@ help:
 	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=32|max]   Verilog + cycle model in build/MODEL/"
 	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N WAVES=1]   cocotb regression vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on Verilator, tiny on Icarus, 50 fuzz seeds)"
+	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
+	@echo "make report MODEL=m [REPORT_IMAGES=1000]   build/m/report/index.html and report.md"
+	@echo "make bench-pe                     shift-add vs multiplier PE cost study (bench/results/)"
 
 setup: $(STAMP) $(VENV)/bin/verilator iverilog
 
@@ -85,6 +88,23 @@ endif
 sim-one:
 	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
 	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --simulator $(SIM) --images $(IMAGES) $(if $(WAVES),--waves)
+
+DEVICE ?= ecp5-85k
+FREQ ?= 100
+SEED ?= 1
+REPORT_IMAGES ?= 1000
+
+synth: $(STAMP)
+	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	$(VENV)/bin/shiftpq synth --build build/$(MODEL) --device $(DEVICE) --freq $(FREQ) --seed $(SEED)
+
+# the report uses sim/ and synth/ results when they exist; it does not run them
+report: $(STAMP)
+	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	$(VENV)/bin/shiftpq report --build build/$(MODEL) --images $(REPORT_IMAGES)
+
+bench-pe: $(STAMP)
+	$(PY) bench/pe_cost.py
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -164,6 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--fuzz-dir", default="build/fuzz", help="where the random networks are built")
     sm.add_argument("--json", action="store_true", help="print the results as JSON")
 
+    sy = sub.add_parser("synth", help="Yosys + nextpnr: resources, Fmax and inferences/s of the generated RTL",
+                        description="Synthesize a `shiftpq gen` output with YoWASP Yosys and place and route it with "
+                        "nextpnr (pinned seed). Writes GEN_DIR/synth/report.json (device, luts, ffs, brams, dsps, "
+                        "fmax_mhz, fits, inferences_per_s, latency) parsed from the tools' own reports. Exit code 1 "
+                        "when the design does not fit the device.")
+    sy.add_argument("--build", required=True, metavar="GEN_DIR", help="a `shiftpq gen` output directory")
+    from shiftpq_hw.synth import DEFAULT_DEVICE, DEVICES
+    sy.add_argument("--device", choices=list(DEVICES), default=DEFAULT_DEVICE, help=f"(default {DEFAULT_DEVICE})")
+    sy.add_argument("--freq", type=float, default=100.0, metavar="MHZ", help="clock constraint (default 100)")
+    sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+
+    rp = sub.add_parser("report", help="the compression and hardware report (Markdown and HTML with plots)",
+                        description="Render GEN_DIR/report/report.md and index.html from the layer tables, cycles.json "
+                        "and, when present, sim/results.json and synth/report.json of a `shiftpq gen` output.")
+    rp.add_argument("--build", required=True, metavar="GEN_DIR", help="a `shiftpq gen` output directory")
+    rp.add_argument("--images", type=_positive, default=1000, metavar="N",
+                    help="test images for the golden model's accuracy (default 1000; the full set is 10000)")
+    rp.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
+
     d = sub.add_parser("data", help="CIFAR-10 data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dl = dsub.add_parser("download", help="download the official binary archive, check its md5, unpack")
@@ -183,6 +202,11 @@ def _device(name: str) -> str:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise ShiftPQError(f"--device must be cpu, cuda or auto, got {name!r}")
     return name
+
+
+def _progress(command: str):
+    """A log function for progress lines on stderr, prefixed with the command."""
+    return lambda text: print(f"shiftpq {command}: {text}", file=sys.stderr, flush=True)
 
 
 def cmd_train(a) -> int:
@@ -248,7 +272,7 @@ def cmd_gen(a) -> int:
     if not (a.model or a.checkpoint or a.tables):
         raise ShiftPQError("give --model, --checkpoint or --tables")
     t0 = time.perf_counter()
-    log = lambda s: print(f"shiftpq gen: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    log = _progress("gen")
     tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
     name = tables.manifest["model"]
     if a.model and name != a.model:
@@ -266,7 +290,7 @@ def cmd_gen(a) -> int:
 
 def cmd_sim(a) -> int:
     from shiftpq_sim.runner import fuzz, simulate
-    log = lambda s: print(f"shiftpq sim: {s}", file=sys.stderr, flush=True)  # noqa: E731
+    log = _progress("sim")
     if a.fuzz:
         runs = fuzz(list(range(a.first_seed, a.first_seed + a.fuzz)), a.simulator, a.fuzz_dir, log=log)
         bad = [r["seed"] for r in runs if not r["passed"] or not r["cycles_match_model"]]
@@ -291,6 +315,29 @@ def cmd_sim(a) -> int:
     return 0 if r["passed"] and r["cycles_match_model"] is not False else 1
 
 
+def cmd_synth(a) -> int:
+    from shiftpq_hw.synth import synthesize
+    log = _progress("synth")
+    r = synthesize(a.build, a.device, a.freq, a.seed, log=log)
+    out = os.path.join(a.build, "synth", "report.json")
+    if not r["fits"]:
+        print(f"{r['model']} does not fit {r['device']}: {r['reason']} (report: {out})", file=sys.stderr)
+        return 1
+    lat = f", latency {r['latency_us']} us" if r["latency_us"] else " (latency: run make sim first)"
+    print(f"{r['model']} on {r['device']}: {r['luts']} LUTs, {r['ffs']} FFs, {r['brams']} BRAMs, {r['dsps']} DSPs; "
+          f"Fmax {r['fmax_mhz']} MHz (target {r['freq_target_mhz']:g}); {r['inferences_per_s']:.0f} inferences/s{lat}; "
+          f"wrote {out}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .report import build_report
+    log = _progress("report")
+    out = build_report(a.build, a.images, a.data_dir, log=log)
+    print(f"wrote {out / 'index.html'} and {out / 'report.md'}")
+    return 0
+
+
 def cmd_data(a) -> int:
     from .data import download
     out = download(a.out, a.url, a.md5, progress=sys.stderr.isatty())
@@ -301,7 +348,7 @@ def cmd_data(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
-               "gen": cmd_gen, "sim": cmd_sim, "data": cmd_data}[args.command]
+               "gen": cmd_gen, "sim": cmd_sim, "synth": cmd_synth, "report": cmd_report, "data": cmd_data}[args.command]
     try:
         return handler(args)
     except (ShiftPQError, ValueError) as e:

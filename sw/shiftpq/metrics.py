@@ -107,10 +107,36 @@ def model_metrics(model: Net, quantized: bool = True) -> dict:
     if not quantized:
         for l in layers:
             l.wbits = l.abits = FP_BITS
-    total, fp32 = _totals(layers), _totals(layer_costs(model, fp32=True))
-    return {"model": model.spec.name, "quantized": quantized, "total": total, "fp32": fp32,
+    return _summary(model.spec.name, quantized, layers, layer_costs(model, fp32=True))
+
+
+def _summary(name: str, quantized: bool, layers: list[LayerCost], fp32_layers: list[LayerCost]) -> dict:
+    total, fp32 = _totals(layers), _totals(fp32_layers)
+    return {"model": name, "quantized": quantized, "total": total, "fp32": fp32,
             "ratios": {"size": fp32["size_bits"] / total["size_bits"], "bops": fp32["bops"] / total["bops"]},
             "layers": [l.to_json() for l in layers]}
+
+
+def tables_metrics(tables) -> dict:
+    """``model_metrics`` of the model in exported layer tables (``shiftpq.tables.Tables``), counted
+    from the deployed weight arrays themselves; the FP32 reference is the unpruned model of the same
+    spec. Equals ``model_metrics`` of the exported model (tested)."""
+    from .models import ModelSpec
+    layers = []
+    for op in tables.ops:
+        if op["op"] not in ("conv", "fc"):
+            continue
+        w = tables.array(op, "weight")
+        src = tables.tensors[op["src"]]
+        abits = tables.levels(src["levels"])["bits"] if "levels" in src else src["bits"]
+        wbits = tables.levels(op["weight_levels"])["bits"]
+        if op["op"] == "conv":
+            layers.append(LayerCost(op["name"], "conv", op["filters"], w.shape[0], w.shape[1], w.size,
+                                    w.size * op["out_hw"] ** 2, wbits, abits))
+        else:
+            layers.append(LayerCost(op["name"], "fc", w.shape[0], w.shape[0], w.shape[1], w.size, w.size, wbits, abits))
+    fp32_layers = layer_costs(Net(ModelSpec.from_json(tables.manifest["spec"])), fp32=True)
+    return _summary(tables.manifest["model"], True, layers, fp32_layers)
 
 
 def format_table(m: dict) -> str:

@@ -1,0 +1,114 @@
+"""`shiftpq synth` (Yosys + nextpnr) and `shiftpq report` on a small generated network.
+
+The synthesized network is the smallest fuzz architecture (widths 1/2/5, PAR 1: 8 PEs): Yosys and
+nextpnr take about 100 s on it on 2 cores. The tiny model itself (136 PEs at PAR 32) takes about
+6 minutes (Yosys 54 s, nextpnr 318 s), too long for `make test`; `make synth MODEL=tiny` runs it.
+"""
+import json
+import shutil
+
+import jinja2
+import pytest
+
+from shiftpq.cli import main
+from shiftpq.export import export_model
+from shiftpq.metrics import model_metrics, tables_metrics
+from shiftpq.tables import load_tables
+from shiftpq.templating import render
+from shiftpq_hw.gen import generate
+from shiftpq_sim.fuzz import random_net
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A generated small network, synthesized for an ECP5-25k."""
+    out = tmp_path_factory.mktemp("synth") / "small"
+    generate(export_model(random_net(3), {"path": None, "untrained": True, "note": "UNTRAINED: a fuzz network"}),
+             out, 1, force=True)
+    assert main(["synth", "--build", str(out), "--device", "ecp5-25k", "--seed", "1"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_synth_report_numbers_come_from_the_tools_own_output(small):
+    d = small / "synth"
+    r = json.loads((d / "report.json").read_text())
+    pnr = json.loads((d / "pnr.json").read_text())
+    stat = json.loads((d / "stat.json").read_text())["design"]["num_cells_by_type"]
+    util = pnr["utilization"]
+    assert r["device"] == "ecp5-25k" and r["fits"] is True and r["reason"] is None
+    assert (r["luts"], r["ffs"], r["brams"], r["dsps"]) == (util["TRELLIS_COMB"]["used"], util["TRELLIS_FF"]["used"],
+                                                            util["DP16KD"]["used"], util["MULT18X18D"]["used"])
+    assert r["luts"] > 0 and r["ffs"] > 0
+    assert r["fmax_mhz"] == round(min(c["achieved"] for c in pnr["fmax"].values()), 2) > 0
+    assert r["yosys_cells"] == {k: v for k, v in stat.items() if not k.startswith("$scopeinfo")}
+    cycles = json.loads((small / "cycles.json").read_text())
+    assert r["cycles_per_image"] == cycles["cycles_per_image"]
+    assert r["inferences_per_s"] == round(r["fmax_mhz"] * 1e6 / cycles["cycles_per_image"], 1)
+    # the scripts were rendered from the templates, and nextpnr ran with the pinned seed
+    assert "read_rtlil ../rtl/shiftpq_top.il" in (d / "synth.ys").read_text()
+    assert 'FREQUENCY PORT "clk" 100.0 MHz;' in (d / "constraints.lpf").read_text()
+    assert " --seed 1 " in r["nextpnr_command"] and "--25k" in r["nextpnr_command"] and r["nextpnr_s"] > 0
+    assert not list(small.glob(".synth.*"))
+
+
+@pytest.mark.slow
+def test_a_design_too_large_for_the_device_gets_a_clear_message(small, tmp_path, capsys):
+    build = tmp_path / "b"
+    shutil.copytree(small, build, ignore=shutil.ignore_patterns("synth"))
+    capsys.readouterr()
+    assert main(["synth", "--build", str(build), "--device", "ice40-up5k"]) == 1
+    err = capsys.readouterr().err
+    r = json.loads((build / "synth" / "report.json").read_text())
+    # 80 port bits on a 39-pin package and 18 multipliers for 8 DSPs, by Yosys' own count
+    assert r["fits"] is False and r["nextpnr_s"] is None and r["yosys_cells"]["SB_MAC16"] == 18
+    assert "does not fit ice40-up5k" in err and "80 I/O pins > 39" in err and "18 DSP multipliers > 8" in err
+    assert r["fmax_mhz"] is None and r["inferences_per_s"] is None and "place and route skipped" in r["reason"]
+
+
+def test_synth_of_a_missing_build_names_the_file(tmp_path, capsys):
+    assert main(["synth", "--build", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "shiftpq_top.il is missing" in err and "shiftpq gen" in err
+    assert not (tmp_path / "nothing" / "synth").exists()
+
+
+def test_templates_refuse_missing_values():
+    with pytest.raises(jinja2.UndefinedError):
+        render("synth/ecp5.ys.j2", rtlil="x.il", top="t")  # no netlist, stat, device, dsp
+
+
+def test_tables_metrics_equal_model_metrics():
+    """The report counts size and BOPs from the exported tables; the same numbers as `shiftpq metrics`."""
+    for seed in range(6):
+        net = random_net(seed, random_bits=True, random_arch=True)
+        assert tables_metrics(export_model(net, {"path": None})) == model_metrics(net)
+
+
+@pytest.mark.slow
+def test_report_renders_every_section_deterministically(small, cifar_dir, capsys):
+    sim = {"simulator": "verilator", "images": 2, "mismatches": 0, "accuracy": 50.0, "cycles_per_image": 1,
+           "model_cycles_per_image": 1, "latency_cycles": 3}
+    (small / "sim").mkdir(exist_ok=True)
+    (small / "sim" / "results.json").write_text(json.dumps(sim))
+    outs = []
+    for _ in range(2):
+        assert main(["report", "--build", str(small), "--images", "50", "--data-dir", cifar_dir]) == 0
+        outs.append({p.name: p.read_bytes() for p in (small / "report").iterdir()})
+    assert outs[0] == outs[1]  # byte-identical, plots included
+    files = outs[0]
+    assert set(files) == {"index.html", "report.md", "layers.png", "weights.png", "pruning.png"}
+    html, md = files["index.html"].decode(), files["report.md"].decode()
+    assert html.count("data:image/png;base64,") == 3
+    for png in ("layers.png", "weights.png", "pruning.png"):
+        assert files[png].startswith(b"\x89PNG") and f"]({png})" in md
+    t = load_tables(small / "tables")
+    m = tables_metrics(t)
+    synth = json.loads((small / "synth" / "report.json").read_text())
+    for text in (html, md):
+        assert "{:,}".format(m["total"]["bops"]) in text and "{:,}".format(m["fp32"]["bops"]) in text
+        assert f"{synth['fmax_mhz']} MHz" in text and "ecp5-25k" in text
+        assert "UNTRAINED" in text and "2 images, 0 mismatches" in text.replace('<span class="">', "").replace("</span>", "")
+        for op in t.ops:
+            if op["op"] == "conv":
+                assert op["name"] in text
