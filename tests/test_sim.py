@@ -45,8 +45,10 @@ def test_icarus_and_verilator_agree_cycle_for_cycle(tiny):
 
 
 def test_tiny_network_under_random_gaps_and_backpressure(tiny):
-    r = simulate(tiny, "verilator", images(2, 3), gap=0.3, stall=0.3, tag="stalls")
-    assert r["passed"] and r["mismatches"] == 0
+    """Edge images too: all pixels 0 and all 255 (the extreme int8 input codes), then a random one."""
+    x = np.concatenate([np.zeros((1, 3, 32, 32), np.uint8), np.full((1, 3, 32, 32), 255, np.uint8), images(1, 3)])
+    r = simulate(tiny, "verilator", x, gap=0.3, stall=0.3, tag="stalls")
+    assert r["passed"] and r["mismatches"] == 0 and r["images"] == 3
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -95,3 +97,9 @@ def test_broken_generator_output_is_caught(mutation, tmp_path):
     save_tables(t, out / "tables", force=True)  # the bench's golden model reads the true tables
     r = simulate(out, "verilator", x)
     assert not r["passed"] and r["mismatches"] > 0, f"a broken RTL ({what}) went unnoticed"
+    # the diagnosis names the block the mutation is in: a requant after a conv is fused into its engine
+    f = r["first_wrong"]
+    mutated = next(o for o in t.ops if o["name"] == what.split("[")[0])
+    block = next((o["name"] for o in t.ops if o["op"] == "conv" and o["dst"] == mutated.get("src")
+                  and mutated["op"] == "requant"), mutated["name"])
+    assert f["block"] == block and f["got"] != f["want"] and f["image"] == r["wrong"][0]["image"], (what, f)

@@ -1,18 +1,24 @@
 """Unit-level cocotb benches (sim/shiftpq_sim/unit.py) on the generated Verilog of single components:
-the PE exhaustively and the requantization units at every threshold boundary and at saturation,
-each against its reference model, with random input gaps and output backpressure."""
+the PE exhaustively, the requantization units at every threshold boundary and at saturation, the
+option-A shortcut, the average pool and the FC against the golden model's trace, each with random
+input gaps and output backpressure."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
 
 from shiftpq import intops
 from shiftpq.errors import ShiftPQError
+from shiftpq.export import export_model
+from shiftpq.golden import Golden
 from shiftpq.levels import level_set
-from shiftpq_hw.pe import ShiftAddPE, reference
+from shiftpq_hw.blocks import AvgPoolRequant, FullyConnected, ShortcutPath
+from shiftpq_hw.pe import ShiftAddPE, act_code_shape, reference
 from shiftpq_hw.requant import AffineRequant, ThresholdRequant
-from shiftpq_sim.unit import run_unit
+from shiftpq_sim.fuzz import images, random_net
+from shiftpq_sim.unit import pack, run_unit
 from test_pe import all_codes
 
 
@@ -64,3 +70,46 @@ def test_unit_bench_catches_a_wrong_reference(tmp_path):
     want[4] += 1
     with pytest.raises(ShiftPQError, match=r"1 of 9 outputs differ.*'index': 4"):
         run_unit(ShiftAddPE(wl, al), "pe", [{"w": w, "a": a} for w, a in pairs], want, tmp_path)
+
+
+def _traced(seed: int):
+    """Tables of a random network and the golden model's trace of two images through it."""
+    t = export_model(random_net(seed), {"path": None})
+    _, env = Golden(t).run(images(2, seed), trace=True)
+    return t, env
+
+
+def _pixels(a: np.ndarray) -> list[list[int]]:
+    return [[int(v) for v in px] for px in a.reshape(-1, a.shape[-1])]
+
+
+def test_option_a_shortcut_subsamples_like_the_golden_model(tmp_path):
+    """The stride-2 shortcut keeps the pixels on the stride grid of both images, in order."""
+    t, env = _traced(1)
+    op = next(o for o in t.ops if o["op"] == "shortcut" and o["stride"] == 2)
+    src = env[op["src"]]
+    shape = data.ArrayLayout(act_code_shape(t.level_set(t.tensors[op["src"]]["levels"])), src.shape[-1])
+    want = [pack(shape, px) for px in _pixels(env[op["src"]][:, ::2, ::2])]
+    r = run_unit(ShortcutPath(shape, src.shape[1], 2), "shortcut", _pixels(src), want, tmp_path)
+    assert r["mismatches"] == 0 and r["words"] == 2 * (src.shape[1] // 2) ** 2
+
+
+def test_average_pool_and_fc_equal_the_golden_model(tmp_path):
+    """Average pool + requantization, then the 8-bit FC: the class scores of two images, `last` on
+    every tenth, against the golden model's trace."""
+    t, env = _traced(2)
+    pool = next(o for o in t.ops if o["op"] == "avgpool")
+    act = next(o for o in t.ops if o["op"] == "requant" and o["src"] == pool["dst"])
+    fc = next(o for o in t.ops if o["op"] == "fc")
+    dut = AvgPoolRequant(t.level_set(t.tensors[pool["src"]]["levels"]), t.level_set(act["levels"]), pool["hw"],
+                         t.array(act, "mul"), t.array(act, "bias"), t.array(act, "shift"))
+    out = dut.signature.members["o"].signature.members["payload"].shape
+    r = run_unit(dut, "avgpool", _pixels(env[pool["src"]]), [pack(out, row) for row in _pixels(env[act["dst"]])],
+                 tmp_path / "pool")
+    assert r["mismatches"] == 0 and r["words"] == 2
+    fcd = FullyConnected(t.array(fc, "weight"), t.level_set(fc["weight_levels"]), t.level_set(act["levels"]),
+                         t.array(fc, "bias"), fc["shift"])
+    out = fcd.signature.members["o"].signature.members["payload"].shape
+    want = [pack(out, {"score": int(s), "last": int(k == 9)}) for row in env[fc["dst"]] for k, s in enumerate(row)]
+    r = run_unit(fcd, "fc", _pixels(env[act["dst"]]), want, tmp_path / "fc")
+    assert r["mismatches"] == 0 and r["words"] == 20

@@ -3,7 +3,9 @@
 ``simulate(gen_dir, simulator, images)`` reads only the generator's output (``rtl/``, ``tables/``,
 ``cycles.json``), computes the expected scores with the golden model from those tables, runs
 ``tb_network`` through ``cocotb_tools.runner`` and returns (and writes to
-``<gen_dir>/sim/results-<simulator>.json`` and ``results.json``) what it measured.
+``<gen_dir>/sim/results-<simulator>.json`` and ``results.json``) what it measured. On a mismatch it
+runs the first wrong image again with every block's output stream recorded and names, under
+``first_wrong``, the first block, pixel and channel that differ from the golden model's trace.
 """
 from __future__ import annotations
 
@@ -51,8 +53,52 @@ def prepare_env(simulator: str) -> None:
             os.environ["MAKEFLAGS"] = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), VERILATOR_PCH_MAKEVAR]))
 
 
+def probe_points(tables, par) -> list[dict]:
+    """The network's blocks whose output stream carries one golden-model tensor, one beat per pixel
+    (an array of the tensor's channel codes), in execution order: ``instance``, ``tensor``, ``width``
+    (bits per code)."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import data
+
+    from shiftpq_hw.blocks import ShortcutPath
+    from shiftpq_hw.network import Network
+    net = Network(tables, par)
+    net._MustUse__silence = True  # planned for its block list, never elaborated
+    points = []
+    for name, blk, _, out in net.blocks:
+        shape = blk.signature.members["o"].signature.members["payload"].shape
+        if isinstance(blk, ShortcutPath) or not isinstance(shape, data.ArrayLayout) or out not in tables.tensors:
+            continue  # a shortcut FIFO carries its source's channels, checked where the add uses them
+        points.append({"instance": name.replace(".", "_"), "block": name, "tensor": out,
+                       "width": Shape.cast(shape.elem_shape).width})
+    return points
+
+
+def first_wrong_block(tables, image: np.ndarray, points: list[dict], probed: dict) -> dict:
+    """The first block (in execution order) whose recorded output differs from the golden model's
+    trace of ``image``: its name, tensor, pixel (y, x), channel, and the codes got and wanted."""
+    _, trace = Golden(tables).run(image[None], trace=True)
+    for p in points:
+        info = tables.tensors[p["tensor"]]
+        want = trace[p["tensor"]][0].reshape(-1, len(info["channels"]))
+        mask = (1 << p["width"]) - 1
+        got = np.array([[(w >> (k * p["width"])) & mask for k in range(want.shape[1])]
+                        for w in probed[p["instance"]]], dtype=np.int64).reshape(-1, want.shape[1])
+        n = min(len(got), len(want))
+        bad = np.argwhere(got[:n] != want[:n])
+        if len(bad) or len(got) != len(want):
+            pix, ch = (int(bad[0][0]), int(bad[0][1])) if len(bad) else (n, 0)
+            hw = info.get("hw", 1)
+            return {"block": p["block"], "tensor": p["tensor"], "pixel": [pix // hw, pix % hw],
+                    "channel": int(info["channels"][ch]) if ch < len(info["channels"]) else None,
+                    "got": int(got[pix, ch]) if pix < len(got) else None,
+                    "want": int(want[pix, ch]) if pix < len(want) else None,
+                    "beats": [len(got), len(want)]}
+    return {"block": None, "note": "every probed block matched the golden trace: the difference is after them"}
+
+
 def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np.ndarray | None = None,
-             waves: bool = False, gap: float = 0.0, stall: float = 0.0, tag: str = "") -> dict:
+             waves: bool = False, gap: float = 0.0, stall: float = 0.0, tag: str = "", diagnose: bool = True) -> dict:
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
@@ -71,9 +117,10 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     build = gen_dir / "sim" / simulator / "build"  # one build per simulator, shared by every run
     work = gen_dir / "sim" / simulator / (tag or "run")
     work.mkdir(parents=True, exist_ok=True)
-    stim, measured, xml = work / "stimulus.npz", work / "measured.json", work / "results.xml"
+    stim, measured = work / "stimulus.npz", work / "measured.json"
     np.savez(stim, images=images, expected=expected)
-    measured.unlink(missing_ok=True)
+    for f in (measured, work / "results.xml"):
+        f.unlink(missing_ok=True)
     prepare_env(simulator)
     runner = get_runner(simulator)
     t0 = time.perf_counter()
@@ -83,17 +130,21 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     t_build = time.perf_counter() - t0
     env = {"SHIFTPQ_STIMULUS": str(stim), "SHIFTPQ_RESULTS": str(measured),
            "SHIFTPQ_CYCLES": str(cycles["cycles_per_image"]), "SHIFTPQ_GAP": str(gap), "SHIFTPQ_STALL": str(stall)}
-    try:
-        runner.test(test_module="shiftpq_sim.tb_network", hdl_toplevel=TOP, build_dir=build, test_dir=work,
-                    extra_env=env, waves=waves, results_xml=str(xml), log_file=work / "sim.log")
-    except SystemExit:  # the runner exits when a test failed; the results file says which and why
-        pass
-    if not xml.exists():
-        raise ShiftPQError(f"{simulator}: no test results; see {work / 'sim.log'}")
-    _, failed = get_results(xml)
-    if not measured.exists():
-        raise ShiftPQError(f"{simulator}: the bench ended before writing results; see {work / 'sim.log'}")
-    m = json.loads(measured.read_text())
+
+    def bench(work: Path, env: dict) -> tuple[dict, int]:
+        xml, measured = work / "results.xml", Path(env["SHIFTPQ_RESULTS"])
+        try:
+            runner.test(test_module="shiftpq_sim.tb_network", hdl_toplevel=TOP, build_dir=build, test_dir=work,
+                        extra_env=env, waves=waves, results_xml=str(xml), log_file=work / "sim.log")
+        except SystemExit:  # the runner exits when a test failed; the results file says which and why
+            pass
+        if not xml.exists():
+            raise ShiftPQError(f"{simulator}: no test results; see {work / 'sim.log'}")
+        if not measured.exists():
+            raise ShiftPQError(f"{simulator}: the bench ended before writing results; see {work / 'sim.log'}")
+        return json.loads(measured.read_text()), get_results(xml)[1]
+
+    m, failed = bench(work, env)
     result = {"model": cycles["model"], "source": cycles.get("source"), "simulator": simulator,
               "images": int(len(images)), "mismatches": m["mismatches"],
               "cycles_per_image": m["cycles_per_image"], "model_cycles_per_image": cycles["cycles_per_image"],
@@ -102,6 +153,19 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
               "build_s": round(t_build, 1), "sim_wall_s": m["wall_s"], "sim_cycles_per_s": m["sim_cycles_per_s"],
               "wall_s_per_image": m["wall_s_per_image"], "gap": gap, "stall": stall, "wrong": m["wrong"],
               "waves": str(next(work.rglob("*.fst"), "")) if waves else None}
+    if m["mismatches"] and diagnose:  # name the first block whose output differs from the golden trace
+        i = m["wrong"][0]["image"]
+        dwork = work.parent / f"{work.name}-diagnosis"
+        dwork.mkdir(exist_ok=True)
+        blocks = probe_points(tables, cycles.get("par"))
+        dstim, dmeasured = dwork / "stimulus.npz", dwork / "measured.json"
+        np.savez(dstim, images=images[i:i + 1], expected=expected[i:i + 1])
+        dmeasured.unlink(missing_ok=True)
+        (dwork / "results.xml").unlink(missing_ok=True)
+        dm, _ = bench(dwork, {**env, "SHIFTPQ_STIMULUS": str(dstim), "SHIFTPQ_RESULTS": str(dmeasured),
+                              "SHIFTPQ_PROBES": json.dumps([b["instance"] for b in blocks])})
+        result["first_wrong"] = first_wrong_block(tables, images[i], blocks, dm["probed"])
+        result["first_wrong"]["image"] = int(i)
     if labels is not None and m["mismatches"] == 0:  # the hardware's predictions are the golden model's
         result["accuracy"] = round(100.0 * float((expected.argmax(1) == np.asarray(labels)).mean()), 2)
     text = json.dumps(result, indent=1, sort_keys=True) + "\n"

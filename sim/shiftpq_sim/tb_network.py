@@ -4,7 +4,9 @@ score must equal the golden model's, and the interval between images must equal 
 Configured by the runner through environment variables: ``SHIFTPQ_STIMULUS`` (an .npz with
 ``images`` uint8 [N, 3, 32, 32] and ``expected`` int64 [N, 10]), ``SHIFTPQ_CYCLES`` (the modelled
 cycles per image), ``SHIFTPQ_RESULTS`` (where to write the measured figures as JSON),
-``SHIFTPQ_GAP`` / ``SHIFTPQ_STALL`` (random source pauses / sink backpressure probabilities)."""
+``SHIFTPQ_GAP`` / ``SHIFTPQ_STALL`` (random source pauses / sink backpressure probabilities),
+``SHIFTPQ_PROBES`` (optional: a JSON list of block instance names whose output streams are recorded,
+every accepted beat, into ``SHIFTPQ_RESULTS`` under ``probed``: the mismatch diagnosis)."""
 from __future__ import annotations
 
 import json
@@ -14,10 +16,21 @@ import time
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from shiftpq_sim.axis import AxisSink, AxisSource
 from shiftpq_sim.scoreboard import Scoreboard
+
+
+async def probe(clk, block, words: list[int]) -> None:
+    """Record the payload of every beat that ``block``'s output stream hands over."""
+    valid, ready, payload = block.o__valid, block.o__ready, block.o__payload
+    while True:
+        await RisingEdge(clk)
+        await ReadOnly()
+        v = valid.value
+        if v.is_resolvable and int(v) and int(ready.value):
+            words.append(payload.value.to_unsigned())
 
 
 @cocotb.test()
@@ -31,6 +44,9 @@ async def scores_equal_golden_and_cycles_equal_model(dut):
     dut.rst.value = 1
     source = AxisSource(dut, "s_axis", dut.clk, gap=gap)
     sink = AxisSink(dut, "m_axis", dut.clk, counter=dut.cycles, stall=stall)
+    probed = {name: [] for name in json.loads(os.environ.get("SHIFTPQ_PROBES", "[]"))}
+    for name, words in probed.items():
+        cocotb.start_soon(probe(dut.clk, getattr(dut, name), words))
     await ClockCycles(dut.clk, 2)
     dut.rst.value = 0
     t0 = time.perf_counter()
@@ -51,7 +67,8 @@ async def scores_equal_golden_and_cycles_equal_model(dut):
               "latency_cycles": ends[0], "intervals": intervals,
               "cycles_per_image": intervals[-1] if intervals else None, "model_cycles_per_image": model_cycles,
               "simulated_cycles": ends[-1], "wall_s": round(wall, 3),
-              "sim_cycles_per_s": round(ends[-1] / wall, 1), "wall_s_per_image": round(wall / n, 3)}
+              "sim_cycles_per_s": round(ends[-1] / wall, 1), "wall_s_per_image": round(wall / n, 3),
+              **({"probed": probed} if probed else {})}
     with open(os.environ["SHIFTPQ_RESULTS"], "w") as f:
         json.dump(result, f, indent=1)
     board.raise_if_wrong()

@@ -1,8 +1,8 @@
 """Unit-level cocotb runs: one Amaranth stream component, converted to Verilog the way the
 generator converts the whole network (RTLIL, then Yosys), against its NumPy reference model.
 
-``run_unit(component, name, payloads, expected, work, simulator)`` packs each payload (a dict of
-field values, or an int) into the component's input layout, runs ``tb_unit`` on Icarus or
+``run_unit(component, name, payloads, expected, work, simulator)`` packs each payload (a dict or
+list of field values, or an int) into the component's input layout, runs ``tb_unit`` on Icarus or
 Verilator and returns ``{"words", "mismatches", "first_wrong"}``; a mismatch raises."""
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from .runner import SIMULATORS, build_args, icarus_source, prepare_env
 
 
 def pack(layout, value) -> int:
-    """An int with each field of a (nested) struct layout at its offset, two's complement per field."""
+    """An int with each field of a (nested) struct or array layout at its offset (a dict or a list of
+    field values), two's complement per field."""
     from amaranth.hdl import Shape
     from amaranth.lib import data
-    if isinstance(layout, data.StructLayout):
+    if isinstance(layout, data.Layout):
         word = 0
         for name, field in layout:
             word |= pack(field.shape, value[name]) << field.offset

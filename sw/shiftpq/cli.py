@@ -312,6 +312,13 @@ def cmd_sim(a) -> int:
               f"{'PASSED' if r['passed'] and r['cycles_match_model'] is not False else 'FAILED'}; "
               f"build {r['build_s']} s, {r['sim_cycles_per_s']:.0f} simulated cycles/s, "
               f"{r['wall_s_per_image']} s per image" + (f"; accuracy {r['accuracy']} %" if "accuracy" in r else ""))
+        f = r.get("first_wrong")
+        if f and f.get("block"):
+            print(f"first difference from the golden trace (image {f['image']}): block {f['block']} (tensor "
+                  f"{f['tensor']}), pixel (y, x) = {tuple(f['pixel'])}, channel {f['channel']}: got {f['got']}, "
+                  f"want {f['want']}")
+        elif f:
+            print(f"first wrong image {f['image']}: {f['note']}")
     return 0 if r["passed"] and r["cycles_match_model"] is not False else 1
 
 
