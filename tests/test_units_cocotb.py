@@ -1,7 +1,7 @@
 """Unit-level cocotb benches (sim/shiftpq_sim/unit.py) on the generated Verilog of single components:
 the PE exhaustively, the requantization units at every threshold boundary and at saturation, the
-option-A shortcut, the average pool and the FC against the golden model's trace, each with random
-input gaps and output backpressure."""
+option-A shortcut, a folded conv engine (the MAC array), the average pool and the FC against the
+golden model's trace, each with random input gaps and output backpressure."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +15,7 @@ from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq.levels import level_set
 from shiftpq_hw.blocks import AvgPoolRequant, FullyConnected, ShortcutPath
+from shiftpq_hw.conv import ConvRequant
 from shiftpq_hw.pe import ShiftAddPE, act_code_shape, reference
 from shiftpq_hw.requant import AffineRequant, ThresholdRequant
 from shiftpq_sim.fuzz import images, random_net
@@ -113,3 +114,19 @@ def test_average_pool_and_fc_equal_the_golden_model(tmp_path):
     want = [pack(out, {"score": int(s), "last": int(k == 9)}) for row in env[fc["dst"]] for k, s in enumerate(row)]
     r = run_unit(fcd, "fc", _pixels(env[act["dst"]]), want, tmp_path / "fc")
     assert r["mismatches"] == 0 and r["words"] == 20
+
+
+@pytest.mark.parametrize("layer", ["layer1.0.conv1", "layer3.0.conv1"])
+def test_folded_conv_engine_equals_the_golden_model(layer, tmp_path):
+    """A conv engine alone (line buffer, the MAC array of shift-add PEs folded over half the output
+    and half the input channels, threshold requantization; stride 1 and stride 2) on a real layer's
+    input maps of two images, against the golden model's trace."""
+    t, env = _traced(3)
+    conv = next(o for o in t.ops if o["name"] == layer)
+    rq = next(o for o in t.ops if o["op"] == "requant" and o["src"] == conv["dst"])
+    kept, c_in = len(t.tensors[rq["dst"]]["channels"]), len(conv["in_channels"])
+    dut = ConvRequant.from_tables(t, conv, rq, max(1, kept // 2), max(1, c_in // 2))
+    out = dut.signature.members["o"].signature.members["payload"].shape
+    want = [pack(out, px) for px in _pixels(env[rq["dst"]])]
+    r = run_unit(dut, "conv", _pixels(env[conv["src"]]), want, tmp_path)
+    assert r["mismatches"] == 0 and r["words"] == 2 * conv["out_hw"] ** 2
