@@ -33,7 +33,7 @@ def _sync(dev):
 
 
 def make_step(model_name: str, quant: bool, dev: torch.device, batch: int, compile_model: bool):
-    """One training step of a 30%-pruned model (seed 0) on four fixed random batches; returns the loss."""
+    """One training step of a 30%-pruned model (seed 0) on four fixed synthetic batches; returns the loss."""
     torch.manual_seed(0)
     model = build_model(model_name).to(dev)
     gm_prune(model, layer_rates(model, 0.3), incremental=True)

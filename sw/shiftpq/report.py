@@ -54,7 +54,7 @@ def _plots(t: Tables, layers: list[dict]) -> dict[str, bytes]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plt.rcParams.update({"font.size": 8, "svg.hashsalt": "shiftpq"})
+    plt.rcParams.update({"font.size": 8})
     plots = {}
     names = [l["name"] for l in layers]
     x = np.arange(len(names))
