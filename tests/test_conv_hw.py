@@ -83,6 +83,25 @@ def test_conv_engine_equals_golden_and_its_cycle_model(seed, layer, fold):
     assert sum(free for _, free in dut.rows()) == conv["in_hw"]
 
 
+@pytest.mark.parametrize("layer", ["layer3.0.conv1", "layer3.0.conv2"])
+def test_wide_engine_shares_several_requant_units(layer):
+    """12 lanes with all input channels at once finish a group every 9 cycles, more than one
+    requantization unit can take in turn: the engine runs two (six lanes each), threshold search
+    (conv1) and the fused residual add (conv2), and still equals the golden model at its modelled rate."""
+    t = export_model(random_net(0, widths=(2, 4, 12), layer_masks=False), {"path": "random"})
+    conv = next(op for op in t.ops if op["name"] == layer)
+    rq = next(op for op in t.ops if op["op"] in ("requant", "add") and conv["dst"] in (op.get("src"), *op.get("srcs", ())))
+    x = images(2, 0)
+    _, env = Golden(t).run(x, trace=True)
+    dut = ConvRequant.from_tables(t, conv, rq)
+    assert (dut.lanes, dut.requant_units) == (12, 2)
+    residual = [env[rq["srcs"][1]][i] for i in range(len(x))] if rq["op"] == "add" else None
+    outs, done_at = run_engine(dut, [env[conv["src"]][i] for i in range(len(x))], residual)
+    for i in range(len(x)):
+        assert np.array_equal(outs[i], env[rq["dst"]][i].reshape(-1, 12)), f"image {i}"
+    assert done_at[1] - done_at[0] == dut.cycles_per_image
+
+
 def test_conv_engine_rejects_bad_parameters():
     t = export_model(random_net(0), {"path": "random"})
     conv = next(op for op in t.ops if op["name"] == "layer1.0.conv1")

@@ -60,9 +60,10 @@ def test_a_design_too_large_for_the_device_gets_a_clear_message(small, tmp_path,
     assert main(["synth", "--build", str(build), "--device", "ice40-up5k"]) == 1
     err = capsys.readouterr().err
     r = json.loads((build / "synth" / "report.json").read_text())
-    # 80 port bits on a 39-pin package and 18 multipliers for 8 DSPs, by Yosys' own count
-    assert r["fits"] is False and r["nextpnr_s"] is None and r["yosys_cells"]["SB_MAC16"] == 18
-    assert "does not fit ice40-up5k" in err and "80 I/O pins > 39" in err and "18 DSP multipliers > 8" in err
+    # 80 port bits on a 39-pin package and more multipliers than the 8 DSPs, by Yosys' own count
+    macs = r["yosys_cells"]["SB_MAC16"]
+    assert r["fits"] is False and r["nextpnr_s"] is None and macs > 8
+    assert "does not fit ice40-up5k" in err and "80 I/O pins > 39" in err and f"{macs} DSP multipliers > 8" in err
     assert r["fmax_mhz"] is None and r["inferences_per_s"] is None and "place and route skipped" in r["reason"]
 
 

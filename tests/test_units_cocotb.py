@@ -1,7 +1,7 @@
 """Unit-level cocotb benches (sim/shiftpq_sim/unit.py) on the generated Verilog of single components:
 the PE exhaustively, the requantization units at every threshold boundary and at saturation, the
-option-A shortcut, a folded conv engine (the MAC array), the average pool and the FC against the
-golden model's trace, each with random input gaps and output backpressure."""
+option-A shortcut, a folded conv engine (the MAC array), the fused residual add (two input streams),
+the average pool and the FC against the golden model's trace, each with random input gaps and output backpressure."""
 from __future__ import annotations
 
 import numpy as np
@@ -130,3 +130,35 @@ def test_folded_conv_engine_equals_the_golden_model(layer, tmp_path):
     want = [pack(out, px) for px in _pixels(env[rq["dst"]])]
     r = run_unit(dut, "conv", _pixels(env[conv["src"]]), want, tmp_path)
     assert r["mismatches"] == 0 and r["words"] == 2 * conv["out_hw"] ** 2
+
+
+@pytest.mark.parametrize("block", ["layer1.0", "layer2.0"])
+def test_fused_residual_add_equals_the_golden_model(block, tmp_path):
+    """A block's second conv engine with the residual add fused into it (two input streams: the conv
+    input ``i`` and the shortcut ``r``, each with its own random gaps), folded over half the output
+    and input channels: the identity shortcut (layer1.0) and the stride-2 option-A shortcut with its
+    zero channels (layer2.0). Two real images' tensors from the golden trace, then edge cases run
+    through the golden model's own ops: both inputs all zero, both at the top code (saturation),
+    and each at the top with the other zero."""
+    t, env = _traced(4)
+    g = Golden(t)
+    add = next(o for o in t.ops if o["name"] == f"{block}.add")
+    conv = next(o for o in t.ops if o["dst"] == add["srcs"][0])
+    src, sc = conv["src"], add["srcs"][1]
+    kept, c_in = len(t.tensors[add["dst"]]["channels"]), len(conv["in_channels"])
+    dut = ConvRequant.from_tables(t, conv, add, max(1, kept // 2), max(1, c_in // 2))
+    tops = {n: len(t.levels(t.tensors[n]["levels"])["ints"]) - 1 for n in (src, sc)}
+    edge = {src: [], sc: []}
+    for top_i, top_r in ((0, 0), (1, 1), (1, 0), (0, 1)):
+        edge[src].append(np.full(env[src].shape[1:], top_i * tops[src], env[src].dtype))
+        edge[sc].append(np.full(env[sc].shape[1:], top_r * tops[sc], env[sc].dtype))
+    x = {n: np.concatenate([env[n], np.stack(edge[n])]) for n in (src, sc)}
+    x[conv["dst"]] = g.apply(conv, x)
+    want_codes = g.apply(add, x)
+    top_out = len(t.levels(add["levels"])["ints"]) - 1
+    assert {0, top_out} <= set(np.unique(want_codes))  # the edge cases reach both ends of the output
+    out = dut.signature.members["o"].signature.members["payload"].shape
+    r = run_unit(dut, "resadd", {"i": _pixels(x[src]), "r": _pixels(x[sc])},
+                 [pack(out, px) for px in _pixels(want_codes)], tmp_path)
+    assert r["mismatches"] == 0 and r["words"] == 6 * conv["out_hw"] ** 2
+    assert np.array_equal(want_codes[:2], env[add["dst"]])

@@ -16,8 +16,8 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import act_code_shape, pack_words, shift_add, weight_code_shape
-from .requant import shift_clamp
+from .pe import act_code_shape, act_value, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
+from .requant import Pipe, clamp
 
 
 def _table(items: list, index) -> Array:
@@ -156,8 +156,9 @@ class MaxPool(wiring.Component):
 
 class AvgPoolRequant(wiring.Component):
     """Global average pool and the 8-bit requant after it: per channel, the sum of the ``hw x hw``
-    values of a map, then ``clamp((sum * mul + bias) >> shift, 0, top)`` one channel per cycle (one
-    multiplier); the pooled vector leaves as one beat."""
+    values of a map, then ``clamp((sum * mul + bias) >> shift, 0, top)`` one channel per cycle through
+    one multiplier in a four-stage pipeline (select the channel's sum and constants; multiply-add;
+    shift; clamp); the pooled vector leaves as one beat."""
 
     def __init__(self, in_levels: LevelSet, out_levels: LevelSet, hw: int, mul, bias, shift):
         self._il, self._ol, self._hw = in_levels, out_levels, hw
@@ -168,7 +169,9 @@ class AvgPoolRequant(wiring.Component):
 
     @property
     def cycles_per_image(self) -> int:
-        return self._hw ** 2 + len(self._mul) + 1
+        return self._hw ** 2 + len(self._mul) + self.PIPELINE + 1
+
+    PIPELINE = 3  # cycles from a channel's selection to its code
 
     def elaborate(self, platform):
         m = Module()
@@ -178,7 +181,7 @@ class AvgPoolRequant(wiring.Component):
         sums = [Signal(sum_shape, name=f"sum{k}") for k in range(c)]
         decode = Array(Const(v, unsigned(max(1, top.bit_length()))) for v in self._il.ints)
         count = Signal(range(n + 1))
-        ch = Signal(range(max(c, 2)))
+        ch = Signal(range(c + self.PIPELINE))
         state = Signal(2)  # 0: accumulate, 1: requantize channel by channel, 2: output
         m.d.comb += self.i.ready.eq(state == 0)
         with m.If((state == 0) & self.i.valid):
@@ -191,17 +194,26 @@ class AvgPoolRequant(wiring.Component):
         bias = _table([Const(int(v), signed(max(2, intops.signed_bits(int(self._bias.min()), int(self._bias.max())))))
                        for v in self._bias], ch)
         shift = _table([Const(int(v), unsigned(max(1, int(self._shift.max()).bit_length()))) for v in self._shift], ch)
-        width = intops.affine_bits([top * n], [self._mul], self._bias)
-        y = Signal(signed(width))
-        m.d.comb += y.eq(_table(sums, ch)[ch] * mul[ch] + bias[ch])
-        code = shift_clamp(m, y, shift[ch], self._ol.denom, name="pool")
-        with m.If(state == 1):
-            with m.Switch(ch):
+        # stage 1: the channel's sum and constants; stage 2: multiply-add; then shift, clamp, store
+        sel = (state == 1) & (ch < c)
+        v1, ch1, s1 = Signal(), Signal.like(ch), Signal(sum_shape)
+        mul1, bias1, shift1 = Signal(mul[0].shape()), Signal(bias[0].shape()), Signal(shift[0].shape())
+        m.d.sync += [v1.eq(sel), ch1.eq(ch), s1.eq(_table(sums, ch)[ch]), mul1.eq(mul[ch]), bias1.eq(bias[ch]),
+                     shift1.eq(shift[ch])]
+        v2, ch2, shift2 = Signal(), Signal.like(ch), Signal.like(shift1)
+        y = Signal(signed(intops.affine_bits([top * n], [self._mul], self._bias)))
+        m.d.sync += [v2.eq(v1), ch2.eq(ch1), shift2.eq(shift1), y.eq(s1 * mul1 + bias1)]
+        v3, ch3, y3 = Signal(), Signal.like(ch), Signal.like(y)
+        m.d.sync += [v3.eq(v2), ch3.eq(ch2), y3.eq(y >> shift2)]
+        code = clamp(m, y3, self._ol.denom, name="pool")
+        with m.If(v3):
+            with m.Switch(ch3):
                 for k in range(c):
                     with (m.Case(k) if k < c - 1 else m.Default()):
                         m.d.sync += self.o.payload[k].eq(code)
+        with m.If(state == 1):
             m.d.sync += ch.eq(ch + 1)
-            with m.If(ch == c - 1):
+            with m.If(ch == c - 1 + self.PIPELINE):
                 m.d.sync += [state.eq(2), self.o.valid.eq(1)]
         with m.If((state == 2) & self.o.ready):
             m.d.sync += [state.eq(0), self.o.valid.eq(0)]
@@ -209,9 +221,15 @@ class AvgPoolRequant(wiring.Component):
 
 
 class FullyConnected(wiring.Component):
-    """The 8-bit FC, folded: ``simd`` shift-add PEs (default: one per input channel) and an adder
-    tree; one class takes ``chunks`` cycles, accumulating, then ``score = (acc << shift) + bias``.
-    Output: one int32 score per beat, ``last`` on the final class."""
+    """The 8-bit FC, folded: ``simd`` PEs (default: one per input channel; ``pe.product_terms``: the
+    DSP multiplier for the 8-bit uniform weights) and an adder tree; one class takes ``chunks``
+    cycles, accumulating, then ``score = (acc << shift) + bias``. A pipeline (weights and the chunk's
+    inputs registered, products registered, the tree and accumulator, the score registered) that
+    stalls as a whole when the output waits. Output: one int32 score per beat, ``last`` on the final
+    class. An image takes ``classes * chunks + LATENCY + 1`` cycles (the input beat, the steps, the
+    pipeline draining before the next image is taken)."""
+
+    LATENCY = 4  # cycles from a step's issue to its score on the output
 
     def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, bias, shift: int,
                  simd: int | None = None):
@@ -236,48 +254,69 @@ class FullyConnected(wiring.Component):
 
     @property
     def cycles_per_image(self) -> int:
-        return self._w.shape[0] * self._chunks + 1
+        return self._w.shape[0] * self._chunks + self.LATENCY + 1
 
     def elaborate(self, platform):
         m = Module()
         k, c = self._w.shape
-        simd, chunks = self._simd, self._chunks
-        x = Signal(self.i.payload.shape())
-        busy = Signal()
-        cls = Signal(range(max(k, 2)))
-        ch = Signal(range(max(chunks, 2)))
+        simd, chunks, steps = self._simd, self._chunks, self._w.shape[0] * self._chunks
+        en = Signal()
+        m.d.comb += en.eq(self.o.ready | ~self.o.valid)
+        stage = Pipe(m, en).stage
         w = np.zeros((k, chunks * simd), dtype=np.int64)
         w[:, :c] = self._w
-        wcode = weight_code_shape(self._wl)
-        wshape = data.ArrayLayout(wcode, simd)
-        m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(k * chunks, 2),
-                                          init=pack_words(w.reshape(k * chunks, simd), wcode.width))
-        rd = wmem.read_port(domain="comb")
-        wdata = wshape(rd.data)
-        addr = Signal(range(max(k * chunks, 2)))
-        m.d.comb += [rd.addr.eq(addr), self.i.ready.eq(~busy)]
+        wshape = data.ArrayLayout(weight_field_shape(self._wl), simd)
+        m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(steps, 2),
+                                          init=pack_words(weight_fields(self._wl, w.reshape(steps, simd)),
+                                                          weight_code_shape(self._wl).width))
+        rd = wmem.read_port()
+        # the input vector is held while its steps are issued; the next one is taken once the last
+        # score has left the pipeline
+        x = Signal(self.i.payload.shape())
+        busy, issuing = Signal(), Signal()
+        step, cls, ch = Signal(range(max(steps, 2))), Signal(range(max(k, 2))), Signal(range(max(chunks, 2)))
+        m.d.comb += self.i.ready.eq(~busy)
         with m.If(self.i.valid & ~busy):
-            m.d.sync += [x.eq(self.i.payload), busy.eq(1), cls.eq(0), ch.eq(0), addr.eq(0)]
+            m.d.sync += [x.eq(self.i.payload), busy.eq(1), issuing.eq(1), step.eq(0), cls.eq(0), ch.eq(0)]
+        issue = issuing & en
+        m.d.comb += [rd.en.eq(en), rd.addr.eq(step)]
+        with m.If(issue):
+            m.d.sync += [step.eq(step + 1), ch.eq(ch + 1)]
+            with m.If(ch == chunks - 1):
+                m.d.sync += [ch.eq(0), cls.eq(cls + 1)]
+            with m.If(step == steps - 1):
+                m.d.sync += issuing.eq(0)
+        # stage 1: the weight memory's word; the chunk's inputs beside it
         acts = [Signal(act_code_shape(self._al), name=f"x{j}") for j in range(simd)]
         with m.Switch(ch):
             for q in range(chunks):
                 with (m.Case(q) if q < chunks - 1 else m.Default()):
                     m.d.comb += [a.eq(x[q * simd + j] if q * simd + j < c else 0) for j, a in enumerate(acts)]
+        ctl = [issue, ch == 0, ch == chunks - 1, cls == k - 1]
+        acts = stage("fc_a", *[act_value(m, a, self._al, name=f"fc_x{j}") for j, a in enumerate(acts)])
+        ctl = stage("fc_c1_", *ctl)
+        # stage 2: the weights and inputs registered (the memory's output goes no further)
+        wflat, *acts = stage("fc_w", rd.data, *acts)
+        wdata = wshape(wflat)
+        ctl = stage("fc_c2_", *ctl)
+        # stage 3: the products registered
+        terms = [product_terms(m, wdata[j], a, self._wl, self._al, name=f"fc{j}") for j, a in enumerate(acts)]
+        prods = stage("fc_p", *[t for t, _ in terms], *[cr for _, cr in terms])
+        v3, first3, last3, final3 = stage("fc_c3_", *ctl)
+        # stage 4: the adder tree into the accumulator; the class's score leaves after its last chunk
         bound = int(np.abs(intops.decode_weights(self._w, self._wl.ints)).sum(1).max()) * max(self._al.ints)
         acc_shape = signed(intops.signed_bits(-bound, bound))
         acc, total = Signal(acc_shape), Signal(acc_shape)
-        m.d.comb += total.eq(acc + sum(shift_add(m, wdata[j], a, self._wl, self._al, name=f"fc{j}")
-                                       for j, a in enumerate(acts)))
-        bias = _table([Const(int(v), signed(32)) for v in self._bias], cls)
-        score = Signal(signed(32))
-        m.d.comb += score.eq((total << self._shift) + bias[cls])
-        last_chunk = ch == chunks - 1
-        m.d.comb += [self.o.valid.eq(busy & last_chunk), self.o.payload.score.eq(score),
-                     self.o.payload.last.eq(cls == k - 1)]
-        with m.If(busy & ~last_chunk):
-            m.d.sync += [acc.eq(total), ch.eq(ch + 1), addr.eq(addr + 1)]
-        with m.If(busy & last_chunk & self.o.ready):
-            m.d.sync += [acc.eq(0), ch.eq(0), cls.eq(cls + 1), addr.eq(addr + 1)]
-            with m.If(cls == k - 1):
-                m.d.sync += [busy.eq(0), cls.eq(0)]
+        m.d.comb += total.eq(Mux(first3, 0, acc) + sum(prods))
+        score_cls = Signal(range(max(k, 2)))
+        bias = _table([Const(int(v), signed(32)) for v in self._bias], score_cls)
+        with m.If(en):
+            with m.If(v3):
+                m.d.sync += acc.eq(total)
+            m.d.sync += [self.o.valid.eq(v3 & last3), self.o.payload.score.eq((total << self._shift) + bias[score_cls]),
+                         self.o.payload.last.eq(final3)]
+            with m.If(v3 & last3):
+                m.d.sync += score_cls.eq(Mux(final3, 0, score_cls + 1))
+        with m.If(self.o.valid & self.o.ready & self.o.payload.last):
+            m.d.sync += busy.eq(0)
         return m

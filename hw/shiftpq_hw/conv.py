@@ -8,15 +8,18 @@ Dataflow, a line buffer and a folded MAC array:
 - compute: for every output pixel, every group of ``lanes`` output channels, every kernel tap and
   every chunk of ``simd`` input channels, one cycle: the tap's input pixel (zero outside the map: the
   padding) meets the weight codes of that (group, tap, chunk), ``lanes x simd`` shift-add PEs
-  multiply, an adder tree sums the chunk and each lane accumulates. After the last tap and chunk the
-  lanes requantize (the layer's BatchNorm, ReLU and next quantizer: a threshold bank or a fixed-point
-  multiply-add) and the group's codes go into the output pixel, which leaves when its last group is
-  done. An output row starts once the input rows it reads are loaded; at its end the rows the next
-  output row no longer reads are freed.
+  multiply, an adder tree sums the chunk and each lane accumulates (stages: memory read;
+  activations and weights registered; products registered; adder tree registered; accumulate).
+  After the last tap and chunk the lanes' sums are held, and the engine's requantization units (the
+  layer's BatchNorm, ReLU and next quantizer: a binary threshold search or a fixed-point
+  multiply-add, requant.py) take the lanes in turn, one unit per ``kernel**2 * chunks`` lanes, before
+  the next group's sums arrive; the codes go into the output pixel, which leaves when its last group
+  is done. An output row starts once the input rows it reads are loaded; at its end the rows the
+  next output row no longer reads are freed.
 Every pipeline register advances together when the output is free or taken (``en``), so the engine
 stalls as a whole under backpressure. Cycles per image, in steady state with a source that keeps the
 buffer ahead and a sink that never waits: ``out_hw**2 * groups * chunks * kernel**2``
-(``cycles_per_image``): the MAC array never idles.
+(``cycles_per_image``): the MAC array never idles; the pipeline adds latency only.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import IMAGE, act_code_shape, pack_words, product_shape, shift_add, weight_code_shape
-from .requant import shift_clamp, threshold_code
+from .pe import (IMAGE, act_code_shape, act_value, pack_words, product_shape, product_terms, weight_code_shape,
+                 weight_field_shape, weight_fields)
+from .requant import Pipe, affine_unit, threshold_search
 
 
 def _counter(n: int) -> Signal:
@@ -83,12 +87,7 @@ class ConvRequant(wiring.Component):
         self._slots = _pow2_at_least(k + stride)
         self._rq = requant
         self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
-        if requant.get("mode") == "affine":
-            terms = [(partial_bound, requant["mul"])]
-            if residual is not None:
-                terms.append((residual["levels"].denom, residual["mul"]))
-            self._sum_w = intops.affine_bits([b for b, _ in terms], [np.asarray(mk) for _, mk in terms],
-                                             np.asarray(requant["bias"]))
+        self._partial_bound = partial_bound
         ports = {"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
                  "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out)))}
         if residual is not None:  # the shortcut tensor, pixel by pixel, loaded beside the input
@@ -180,25 +179,20 @@ class ConvRequant(wiring.Component):
         w = w.reshape(groups, lanes, chunks, simd, k * k)  # [g, lane, chunk, j, tap]
         return w.transpose(0, 4, 2, 1, 3).reshape(groups * k * k * chunks, lanes * simd)
 
-    def _requant_words(self, lane: int) -> tuple[data.StructLayout, list[dict]]:
+    @property
+    def requant_units(self) -> int:
+        """Requantization units: each serves ``lanes / units`` lanes in turn, within the
+        ``taps x chunks`` cycles before the lanes' next results."""
+        return -(-self._lanes // (self._k ** 2 * self._chunks))
+
+    def _unit_channels(self, unit: int, lane_bits: int) -> list[int | None]:
+        """The output channel of each row of a unit's constant tables, row ``g << lane_bits | j`` for
+        group g and the unit's j-th lane (None: no such channel; its row is padding)."""
+        per = -(-self._lanes // self.requant_units)
         k_out = self._w.shape[0]
-        chans = [g * self._lanes + lane for g in range(self._groups)]
-        rq = self._rq
-        if rq["mode"] == "threshold":
-            th, sign = np.asarray(rq["thresholds"]), np.asarray(rq["sign"])
-            w = max(2, intops.signed_bits(int(th.min()), int(th.max())))
-            layout = data.StructLayout({"neg": 1, "th": data.ArrayLayout(signed(w), th.shape[1])})
-            words = [{"neg": int(sign[c] < 0), "th": [int(v) for v in th[c]]} if c < k_out
-                     else {"neg": 0, "th": [0] * th.shape[1]} for c in chans]
-        else:
-            mul, bias, shift = (np.asarray(rq[f]) for f in ("mul", "bias", "shift"))
-            smul = np.asarray(self._res["mul"]) if self._res else np.zeros_like(mul)
-            layout = data.StructLayout({"mul": signed(intops.MUL_BITS), "smul": signed(intops.MUL_BITS),
-                                        "bias": signed(max(2, intops.signed_bits(int(bias.min()), int(bias.max())))),
-                                        "shift": unsigned(max(1, int(shift.max()).bit_length()))})
-            words = [{"mul": int(mul[c]), "smul": int(smul[c]), "bias": int(bias[c]), "shift": int(shift[c])}
-                     if c < k_out else {"mul": 0, "smul": 0, "bias": 0, "shift": 0} for c in chans]
-        return layout, words
+        return [g * self._lanes + unit * per + j if j < per and unit * per + j < self._lanes
+                and g * self._lanes + unit * per + j < k_out else None
+                for g in range(self._groups) for j in range(1 << lane_bits)]
 
     def elaborate(self, platform):
         m = Module()
@@ -212,20 +206,12 @@ class ConvRequant(wiring.Component):
         # memories: the input rows, the weight codes, and each lane's requantization constants
         m.submodules.rows = rows = Memory(shape=self.i.payload.shape(), depth=nslots * hw, init=[])
         fw, fr = rows.write_port(), rows.read_port()
-        wcode = weight_code_shape(self._wl)
-        wshape = data.ArrayLayout(data.ArrayLayout(wcode, simd), lanes)
+        wshape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(self._wl), simd), lanes)
         m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(groups * taps * chunks, 2),
-                                          init=pack_words(self._lane_weights(), wcode.width))
+                                          init=pack_words(weight_fields(self._wl, self._lane_weights()),
+                                                          weight_code_shape(self._wl).width))
         wr = wmem.read_port()
         wdata = wshape(wr.data)
-        rq_ports = []
-        for p in range(lanes):
-            layout, words = self._requant_words(p)
-            # at least two words: a one-word memory has a zero-width address
-            mem = Memory(shape=layout, depth=max(groups, 2), init=words)
-            m.submodules[f"rq{p}"] = mem
-            rq_ports.append(mem.read_port())
-
         # the loader: a row goes into the slot after the newest held row while one is free
         avail = Signal(range(nslots + 1))  # complete rows held
         lslot = Signal(sb)
@@ -299,11 +285,13 @@ class ConvRequant(wiring.Component):
         if self._res is not None:  # the shortcut pixel of the output pixel being computed
             rslot = Signal(sb)
             m.d.comb += [rslot.eq(cslot + (oy - lo)), rr.en.eq(en), rr.addr.eq(Cat(ox[:ab], rslot))]
-            r2, r3 = Signal(self.r.payload.shape()), Signal(self.r.payload.shape())
 
-        # stage 1: memory data; the PEs and the adder tree over the chunk's input channels
+        stage = Pipe(m, en).stage
+
+        # stage 1: memory data and the issue's control; the chunk's input channels (zero in the padding)
         v1, pad1, first1, last1, done1 = Signal(), Signal(), Signal(), Signal(), Signal()
-        g1, ch1 = _counter(groups), _counter(chunks)
+        g1 = _counter(groups)
+        ch1 = _counter(chunks)
         with m.If(en):
             m.d.sync += [v1.eq(issue), pad1.eq(pad), first1.eq((ky == 0) & (kx == 0) & (ch == 0)),
                          last1.eq(last_tc), g1.eq(g), ch1.eq(ch), done1.eq(last_tc & last_group)]
@@ -314,69 +302,107 @@ class ConvRequant(wiring.Component):
                     with (m.Case(cj) if cj < chunks - 1 else m.Default()):
                         for j, a in enumerate(acts):  # channels past the last are zero (complete cases)
                             m.d.comb += a.eq(fr.data[cj * simd + j] if cj * simd + j < c_in else 0)
-        tap_sums = []
-        for p in range(lanes):
-            tap_sums.append(sum(shift_add(m, wdata[p][j], a, self._wl, self._al, name=f"pe{p}_{j}")
-                                for j, a in enumerate(acts)))
-
-        # stage 2: accumulate over the taps and chunks
-        v2, first2, last2, done2 = Signal(), Signal(), Signal(), Signal()
-        g2 = _counter(groups)
-        sums2 = [Signal(signed(product_shape(self._wl, self._al).width + simd.bit_length()), name=f"sum{p}")
+        ctl = [v1, first1, last1, g1, done1]
+        if self._res is not None:
+            ctl.append(rr.data)
+        # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
+        # codes registered (the memories' outputs go no further)
+        avals = [act_value(m, a, self._al, name=f"act{j}") for j, a in enumerate(acts)]
+        *acts_a, wflat_a = stage("sa_act", *avals, wr.data)
+        wdata_a = wshape(wflat_a)
+        ctl = stage("sa_ctl", *ctl)
+        # stage B: the products, registered; one PE per (lane, input channel of the chunk)
+        terms = [product_terms(m, wdata_a[p][j], a, self._wl, self._al, name=f"pe{p}_{j}")
+                 for p in range(lanes) for j, a in enumerate(acts_a)]
+        prods = stage("sb_prod", *[t for t, _ in terms])
+        ones = stage("sb_ones", *[Cat(*[c for _, c in terms[p * simd:(p + 1) * simd]]) for p in range(lanes)])
+        ctl = stage("sb_ctl", *ctl)
+        # stage 2: each lane's adder tree and its negative weights' + 1s, registered; then accumulate
+        # over the taps and chunks
+        trees = [Signal(signed(product_shape(self._wl, self._al).width + simd.bit_length()), name=f"tree{p}")
                  for p in range(lanes)]
-        with m.If(en):
-            m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), g2.eq(g1), done2.eq(done1)]
-            if self._res is not None:
-                m.d.sync += [r2.eq(rr.data), r3.eq(r2)]
-            m.d.sync += [s.eq(t) for s, t in zip(sums2, tap_sums)]
+        m.d.comb += [t.eq(sum(prods[p * simd:(p + 1) * simd]) + sum(o[k] for k in range(len(o))))
+                     for p, (t, o) in enumerate(zip(trees, ones))]
+        sums2 = stage("sum", *trees)
+        v2, first2, last2, g2, done2, *r2 = stage("s2_ctl", *ctl)
         accs = [Signal(self._acc_shape, name=f"acc{p}") for p in range(lanes)]
         nexts = [Signal(self._acc_shape, name=f"acc_next{p}") for p in range(lanes)]
         for acc, nxt, s in zip(accs, nexts, sums2):
             m.d.comb += nxt.eq(s + acc)
             with m.If(first2):
                 m.d.comb += nxt.eq(s)
-        for port in rq_ports:
-            m.d.comb += [port.en.eq(en), port.addr.eq(g2)]
-        v3, done3 = Signal(), Signal()
-        g3 = _counter(groups)
+        # the lanes' results of a group, held while the requantization units take them in turn
+        units = self.requant_units
+        per = -(-lanes // units)
+        jb = max(1, (per - 1).bit_length())
         fins = [Signal(self._acc_shape, name=f"fin{p}") for p in range(lanes)]
+        busy, turn, gq, doneq = Signal(), Signal(jb), _counter(groups), Signal()
+        rhold = [Signal(r2[0].shape(), name="rhold")] if self._res is not None else []
         with m.If(en):
             with m.If(v2):
                 m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
-            m.d.sync += [v3.eq(v2 & last2), g3.eq(g2), done3.eq(v2 & done2)]
-            m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, nexts)]
-        # stage 3: requantize each lane, place the group's codes, emit a finished pixel
+            with m.If(v2 & last2):
+                m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, nexts)]
+                m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(g2), doneq.eq(done2)]
+                m.d.sync += [h.eq(r) for h, r in zip(rhold, r2)]
+            with m.Elif(busy):
+                m.d.sync += turn.eq(turn + 1)
+                with m.If(turn == per - 1):
+                    m.d.sync += busy.eq(0)
+        # stage 3: each unit takes lane `turn` of its lanes (table row Cat(turn, group)): the threshold
+        # search (one comparator per code bit) or the fixed-point multiply-add (the DSPs)
+        addr = Cat(turn, gq)
+        carry = [busy, turn, gq, doneq & (turn == per - 1)]
         codes = []
-        for p, (fin, port) in enumerate(zip(fins, rq_ports)):
-            if self._rq["mode"] == "threshold":
-                n_th = len(port.data.th)
-                codes.append(threshold_code(m, fin, port.data.neg, [port.data.th[j] for j in range(n_th)], name=f"rq{p}"))
+        for u in range(units):
+            chans = self._unit_channels(u, jb)
+            x = Signal(self._acc_shape, name=f"rq{u}_x")
+            with m.Switch(turn):
+                for jj in range(per):
+                    if u * per + jj < lanes:
+                        with m.Case(jj):
+                            m.d.comb += x.eq(fins[u * per + jj])
+                with m.Default():  # complete case statements (a padding turn: its code is dropped)
+                    m.d.comb += x.eq(0)
+            rq = self._rq
+            if rq["mode"] == "threshold":
+                th, sign = np.asarray(rq["thresholds"]), np.asarray(rq["sign"])
+                rows_th = np.stack([th[c] if c is not None else np.zeros_like(th[0]) for c in chans])
+                rows_sign = np.array([sign[c] if c is not None else 1 for c in chans])
+                code, out = threshold_search(m, Pipe(m, en), x, addr, rows_th, rows_sign, carry, name=f"rq{u}")
             else:
-                y = Signal(signed(self._sum_w), name=f"aff{p}_sum")
-                if self._res is None:
-                    m.d.comb += y.eq(fin * port.data.mul + port.data.bias)
-                else:
-                    v = Signal(act_code_shape(self._res["levels"]), name=f"sc{p}")
-                    with m.Switch(g3):
-                        for gi in range(groups):
-                            c = gi * lanes + p
-                            j = self._res["index"][c] if c < k_out else -1
-                            with (m.Case(gi) if gi < groups - 1 else m.Default()):
-                                m.d.comb += v.eq(r3[j] if j >= 0 else 0)
-                    m.d.comb += y.eq(fin * port.data.mul + v * port.data.smul + port.data.bias)
-                codes.append(shift_clamp(m, y, port.data.shift, self._ol.denom, name=f"aff{p}"))
+                pick = lambda a: np.array([int(np.asarray(a)[c]) if c is not None else 0 for c in chans])  # noqa: E731
+                xs, muls, bounds = [x], [pick(rq["mul"])], [self._partial_bound]
+                if self._res is not None:  # the shortcut value of the lane's channel
+                    v = Signal(act_code_shape(self._res["levels"]), name=f"rq{u}_sc")
+                    with m.Switch(addr):
+                        for row, c in enumerate(chans):
+                            if c is not None and self._res["index"][c] >= 0:
+                                with m.Case(row):
+                                    m.d.comb += v.eq(rhold[0][self._res["index"][c]])
+                        with m.Default():  # a zero channel of the option-A shortcut, or padding
+                            m.d.comb += v.eq(0)
+                    xs.append(v)
+                    muls.append(pick(self._res["mul"]))
+                    bounds.append(self._res["levels"].denom)
+                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(rq["bias"]), pick(rq["shift"]),
+                                        self._ol.denom, bounds, carry, name=f"rq{u}")
+            codes.append(code)
+        v4, j4, g4, done4 = out  # the units run in lockstep: any unit's carried control
+        # stage 4: place the codes into the output pixel; emit it after its last group's last lane
         buf = Signal(self.o.payload.shape())
         merged = Signal(self.o.payload.shape())
         m.d.comb += merged.eq(buf)
-        with m.Switch(g3):
-            for gi in range(groups):
-                # the last group is the default case, so the case statement is complete
-                with (m.Case(gi) if gi < groups - 1 else m.Default()):
-                    for p in range(lanes):
-                        if gi * lanes + p < k_out:
-                            m.d.comb += merged[gi * lanes + p].eq(codes[p])
+        tables = [self._unit_channels(u, jb) for u in range(units)]
+        rows = [row for row in range(groups << jb) if any(t[row] is not None for t in tables)]
+        with m.Switch(Cat(j4, g4)):
+            for row in rows:
+                with m.Case(row):
+                    m.d.comb += [merged[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
+            with m.Default():  # a padding turn places nothing
+                m.d.comb += merged.eq(buf)
         with m.If(en):
-            with m.If(v3):
+            with m.If(v4):
                 m.d.sync += buf.eq(merged)
-            m.d.sync += [self.o.valid.eq(done3), self.o.payload.eq(merged)]
+            m.d.sync += [self.o.valid.eq(v4 & done4), self.o.payload.eq(merged)]
         return m

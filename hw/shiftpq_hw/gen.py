@@ -81,7 +81,7 @@ def cycle_model(net: Network) -> dict:
         "inferences_per_s": {f"{mhz}MHz": round(mhz * 1e6 / period, 1) for mhz in REPORT_MHZ},
         "notes": "cycles_per_image is the steady-state period with images back to back and the score "
                  "stream always ready: one image per slowest block. A block's cycles: conv "
-                 "out_hw^2 * 9 * groups * chunks; fc classes * chunks + 1; avgpool hw^2 + channels + 1; "
+                 "out_hw^2 * 9 * groups * chunks; fc classes * chunks + 5; avgpool hw^2 + channels + 4; "
                  "input 3 bytes per pixel. utilization = useful MACs / (PEs x cycles_per_image).",
         "layers": layers,
     }

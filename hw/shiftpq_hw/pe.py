@@ -8,7 +8,7 @@ slot can take; an activation code is first decoded to its integer level (a 16-en
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -86,9 +86,9 @@ class ShiftAddPE(wiring.Component):
         return m
 
 
-def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> Signal:
-    """The combinational shift-add product ``w * a`` of a weight code and an activation code, added
-    to module ``m``; returns the product signal. The one home of the PE's arithmetic."""
+def act_value(m: Module, a, al: LevelSet | None, name: str = "pe") -> Signal:
+    """The integer level of an activation code (the int8 pixel itself for the stem; the code itself
+    for uniform levels; a 2^b-entry table for APoT levels), added to module ``m``."""
     if al is IMAGE:
         aval = Signal(signed(8), name=f"{name}_aval")
         m.d.comb += aval.eq(a)  # the stem reads pixel - 128 directly
@@ -104,8 +104,26 @@ def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> 
             if len(al.ints) < 1 << len(a):
                 with m.Default():
                     m.d.comb += aval.eq(0)
-    neg = w < 0
-    mag = Mux(neg, -w, w)
+    return aval
+
+
+def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> Signal:
+    """The combinational shift-add product ``w * a`` of a weight code (two's complement) and an
+    activation code, added to module ``m``; returns the product signal."""
+    neg = Signal(name=f"{name}_neg")
+    m.d.comb += neg.eq(w < 0)
+    p, c = shift_add_terms(m, Mux(neg, -w, w), neg, act_value(m, a, al, name), wl, al, name)
+    product = Signal(product_shape(wl, al), name=f"{name}_product")
+    m.d.comb += product.eq(p + c)
+    return product
+
+
+def shift_add_terms(m: Module, mag, neg, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> tuple[Signal, Value]:
+    """The PE's arithmetic, its one home: a weight given as magnitude index and sign times a decoded
+    activation value, as ``(p, neg)`` with ``w * a == p + neg``: the magnitude level's shifted
+    copies of ``aval`` summed, then inverted bit by bit for a negative weight (``-x == ~x + 1``).
+    An engine adds the ``+ 1`` of all its PEs once, after the adder tree (a count of the negative
+    weights), instead of a negation per product."""
     pshape = product_shape(wl, al)
     psum = Signal(pshape if al is IMAGE else unsigned(pshape.width - 1), name=f"{name}_mag")
     parts = []
@@ -120,6 +138,39 @@ def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> 
                 m.d.comb += part.eq(0)
         parts.append(part)
     m.d.comb += psum.eq(sum(parts))
-    product = Signal(pshape, name=f"{name}_product")
-    m.d.comb += product.eq(Mux(neg, -psum, psum))
-    return product
+    ext = Signal(pshape, name=f"{name}_ext")
+    m.d.comb += ext.eq(psum)
+    p = Signal(pshape, name=f"{name}_ones")
+    m.d.comb += p.eq(Mux(neg, ~ext, ext))
+    return p, neg
+
+
+def weight_field_shape(wl: LevelSet):
+    """How an engine stores a weight code in its memory: APoT weights as sign and magnitude index
+    (the PE needs no negation of the code), uniform weights as the signed weight (the multiplier's
+    operand)."""
+    if wl.kind == "apot":
+        return data.StructLayout({"mag": unsigned(weight_code_shape(wl).width - 1), "neg": 1})
+    return weight_code_shape(wl)
+
+
+def weight_fields(wl: LevelSet, codes: np.ndarray) -> np.ndarray:
+    """The integers of ``weight_field_shape`` for signed weight codes (for ``pack_words``)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    if wl.kind == "apot":
+        return np.abs(codes) | ((codes < 0).astype(np.int64) << (weight_code_shape(wl).width - 1))
+    return codes
+
+
+def product_terms(m: Module, w, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> tuple[Signal, Value]:
+    """``w * a == p + c`` as the engines compute it, for a weight field (``weight_field_shape``) and
+    a decoded activation (``act_value``): the shift-add PE for APoT weights (at most a few shifted
+    terms per level, no multiplier; ``c`` is the negative weight's ``+ 1``, ``shift_add_terms``), a
+    multiplication for uniform weights (``c = 0``; the 8-bit first conv and FC: a level has up to
+    seven terms, and the FPGA's 18x18 DSP multiplier is the smaller and faster unit for an 8 x 8-bit
+    product; for uniform sets the weight code is the weight)."""
+    if wl.kind == "apot":
+        return shift_add_terms(m, w.mag, w.neg, aval, wl, al, name)
+    out = Signal(product_shape(wl, al), name=f"{name}_product")
+    m.d.comb += out.eq(w * aval)
+    return out, Const(0, 1)

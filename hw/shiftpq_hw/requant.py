@@ -1,14 +1,18 @@
-"""Requantization units: an integer (accumulator, sum, or codes) and its channel in, a level index out.
+"""Requantization units: an integer (accumulator, sum, or codes) and a row of constants (its
+channel) in, a level index out. intops.py is their reference model.
 
-The constants come from the layer tables and sit in a memory indexed by channel; the arithmetic is
-intops.py's, which is also these units' reference model. Both are pipelines of stream stages that
-advance together when the output is free or taken (``en``): a channel's constants are read in the
-first stage (a synchronous memory read), the arithmetic happens in the second (and third) stage.
+- ``threshold_search``: APoT outputs, ``#{j : sign[c] * x >= thresholds[c, j]}`` as a pipelined
+  binary search (one comparator per code bit instead of one per threshold);
+- ``affine_unit``: uniform outputs and the fused residual add, ``clamp((sum_k x_k * mul_k[c] +
+  bias[c]) >> shift[c], 0, top)`` with registered products and sum.
+Both are pipelines of registers that advance together with an enable (``Pipe``) and read their
+constants from tables in logic (``rom``). The conv engines run one unit per engine over their lanes
+in turn; ``ThresholdRequant`` and ``AffineRequant`` wrap a unit as a stream component.
 """
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -28,22 +32,108 @@ def _signed_width(values: np.ndarray) -> int:
     return intops.signed_bits(int(values.min(initial=0)), int(values.max(initial=0)))
 
 
-def threshold_code(m: Module, x, neg, thresholds: list, name: str = "th") -> Signal:
-    """Combinational ``#{j : (-x if neg else x) >= thresholds[j]}``: a comparator bank and a popcount."""
-    sx = Signal(signed(len(x) + 1), name=f"{name}_sx")
-    m.d.comb += sx.eq(x)
-    with m.If(neg):
-        m.d.comb += sx.eq(-x)
-    code = Signal(_code_shape(len(thresholds)), name=f"{name}_code")
-    hits = Cat(*[sx >= t for t in thresholds])
-    m.d.comb += code.eq(sum(hits[j] for j in range(len(thresholds))))
-    return code
+class Pipe:
+    """The registers of a pipeline whose stages all advance together with ``en``."""
+
+    def __init__(self, m: Module, en):
+        self.m, self.en = m, en
+
+    def stage(self, name: str, *values) -> list[Signal]:
+        """Registered copies of ``values``: one pipeline stage."""
+        regs = [Signal(v.shape(), name=f"{name}{i}") for i, v in enumerate(values)]
+        with self.m.If(self.en):
+            self.m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+        return regs
 
 
-def shift_clamp(m: Module, acc, shift, top: int, name: str = "aff") -> Signal:
-    """Combinational ``clamp(acc >> shift, 0, top)`` with an arithmetic (floor) shift."""
-    y = Signal(signed(len(acc)), name=f"{name}_y")
-    m.d.comb += y.eq(acc >> shift)
+def rom(m: Module, name: str, shape, rows: list, addr) -> Signal:
+    """A constant table read combinationally at ``addr`` (logic: a few LUTs per bit), padded with
+    zero rows to every address so the lookup is complete."""
+    depth = max(2, 1 << len(addr))
+    if len(rows) > depth:
+        raise ValueError(f"{name}: {len(rows)} rows do not fit a {len(addr)}-bit address")
+    m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=list(rows) + [0] * (depth - len(rows)))
+    port = mem.read_port(domain="comb")
+    m.d.comb += port.addr.eq(addr)
+    return port.data
+
+
+def search_levels(n: int) -> int:
+    """Comparison levels of a binary search over ``n`` sorted thresholds."""
+    return max(1, n.bit_length())
+
+
+def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sign: np.ndarray,
+                     carry: list = (), name: str = "th") -> tuple[Signal, list]:
+    """``#{j : sign[c] * x >= thresholds[c, j]}`` of row ``c = addr``, by a pipelined binary search
+    over the row's ascending thresholds: ``b = search_levels(n)`` stages, one comparator each (level L
+    compares with the threshold that splits the codes whose first L bits were already decided), so the
+    code comes out one bit per stage, most significant first. Equal to the count because the rows are
+    ascending (the tables' loader checks it). Two stages before the search register the input and
+    its sign-corrected value. ``carry``: values staged alongside. Returns the code (valid after
+    ``b + 2`` stages) and the carried values."""
+    thresholds, sign = np.asarray(thresholds, dtype=np.int64), np.asarray(sign, dtype=np.int64)
+    rows, n = thresholds.shape
+    if n and np.any(np.diff(thresholds, axis=1) < 0):
+        raise ValueError(f"{name}: thresholds must be ascending in every row")
+    b = search_levels(n)
+    xw = len(x) + 1  # -x fits
+    never = (1 << (xw - 1)) + 1  # above any +-x: the padding past the last threshold
+    padded = np.full((rows, (1 << b) - 1), never, dtype=np.int64)
+    padded[:, :n] = thresholds
+    thw = max(intops.signed_bits(int(padded.min(initial=0)), int(padded.max(initial=0))), xw)
+    neg = rom(m, f"{name}_neg", unsigned(1), [int(v < 0) for v in sign], addr)
+    x, neg, addr, *carry = pipe.stage(f"{name}_in_", x, neg, addr, *carry)  # the input and its sign, registered
+    sx = Signal(signed(xw), name=f"{name}_sx")
+    m.d.comb += sx.eq(Mux(neg, -x, x))
+    sx, addr, *carry = pipe.stage(f"{name}_sx_", sx, addr, *carry)  # the signed value, registered
+    code = Const(0, 0)
+    for level in range(b):
+        span = 1 << (b - level)  # codes under one node of this level
+        table = [int(padded[r, (p * span) + span // 2 - 1]) for r in range(rows) for p in range(1 << level)]
+        th = rom(m, f"{name}_l{level}", signed(thw), table, Cat(code, addr) if level else addr)
+        hit = sx >= th
+        sx, addr, code, *carry = pipe.stage(f"{name}_s{level}_", sx, addr, Cat(hit, code), *carry)
+    return code, carry
+
+
+def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], bias: np.ndarray,
+                shift: np.ndarray, top: int, bounds: list[int], carry: list = (),
+                name: str = "aff") -> tuple[Signal, list]:
+    """``clamp((sum_k xs[k] * muls[k][c] + bias[c]) >> shift[c], 0, top)`` of row ``c = addr``: the
+    inputs and the row's constants registered, the products (the FPGA's multipliers; 25-bit
+    constants, intops.MUL_BITS)
+    registered, their sum and the bias registered, the arithmetic shift registered, then the clamp
+    (combinational). ``bounds``: |xs[k]| <= bounds[k]. Returns the code (valid after four stages)
+    and the carried values."""
+    muls = [np.asarray(mk, dtype=np.int64) for mk in muls]
+    bias, shift = np.asarray(bias, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    mshape = [signed(max(2, _signed_width(mk))) for mk in muls]
+    bshape = signed(max(2, _signed_width(bias)))
+    sshape = unsigned(max(1, int(shift.max(initial=0)).bit_length()))
+    consts = [rom(m, f"{name}_mul{k}", sh, [int(v) for v in mk], addr) for k, (sh, mk) in enumerate(zip(mshape, muls))]
+    b0 = rom(m, f"{name}_bias", bshape, [int(v) for v in bias], addr)
+    s0 = rom(m, f"{name}_shift", sshape, [int(v) for v in shift], addr)
+    # the inputs and the row's constants, registered
+    staged = pipe.stage(f"{name}_in_", b0, s0, *xs, *consts, *carry)
+    b0, s0, xs, consts, carry = (staged[0], staged[1], staged[2:2 + len(xs)], staged[2 + len(xs):2 + 2 * len(xs)],
+                                 staged[2 + 2 * len(xs):])
+    width = intops.affine_bits(bounds, muls, bias)
+    prods = [Signal(signed(width), name=f"{name}_p{k}") for k in range(len(xs))]
+    m.d.comb += [p.eq(x * c) for p, x, c in zip(prods, xs, consts)]
+    staged = pipe.stage(f"{name}_s0_", b0, s0, *prods, *carry)
+    b1, s1, prods, carry = staged[0], staged[1], staged[2:2 + len(xs)], staged[2 + len(xs):]
+    y = Signal(signed(width), name=f"{name}_y")
+    m.d.comb += y.eq(sum(prods) + b1)
+    y2, s2, *carry = pipe.stage(f"{name}_s1_", y, s1, *carry)
+    shifted = Signal(signed(width), name=f"{name}_shifted")
+    m.d.comb += shifted.eq(y2 >> s2)
+    y3, *carry = pipe.stage(f"{name}_s2_", shifted, *carry)
+    return clamp(m, y3, top, name), carry
+
+
+def clamp(m: Module, y, top: int, name: str = "aff") -> Signal:
+    """Combinational ``clamp(y, 0, top)`` of a signed value: the code of a uniform output."""
     code = Signal(_code_shape(top), name=f"{name}_code")
     with m.If(y < 0):
         m.d.comb += code.eq(0)
@@ -55,10 +145,8 @@ def shift_clamp(m: Module, acc, shift, top: int, name: str = "aff") -> Signal:
 
 
 class ThresholdRequant(wiring.Component):
-    """``code = #{j : sign[c] * x >= thresholds[c, j]}`` (APoT outputs); two-cycle latency.
-
-    All 2^b - 1 comparisons of a channel run in parallel against one memory word that packs the
-    channel's thresholds and sign (the word is as wide as a row: 15 x 21 bits for a ResNet-20 layer)."""
+    """``code = #{j : sign[c] * x >= thresholds[c, j]}`` (APoT outputs): the binary search of
+    ``threshold_search``, one stage per code bit, then the output register."""
 
     def __init__(self, thresholds: np.ndarray, sign: np.ndarray, in_shape: Shape):
         thresholds, sign = np.asarray(thresholds, dtype=np.int64), np.asarray(sign, dtype=np.int64)
@@ -67,39 +155,26 @@ class ThresholdRequant(wiring.Component):
             raise ValueError(f"thresholds must be [channels, levels - 1] and sign [channels], got "
                              f"{thresholds.shape!r} and {sign.shape!r}")
         self._th, self._sign, self._in = thresholds, sign, Shape.cast(in_shape)
-        self._thw = max(_signed_width(thresholds), self._in.width + 1)
         self._top = thresholds.shape[1]
-        channels = thresholds.shape[0]
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({"x": self._in, "c": _index_shape(channels)}))),
+            "i": In(stream.Signature(data.StructLayout({"x": self._in, "c": _index_shape(thresholds.shape[0])}))),
             "o": Out(stream.Signature(_code_shape(self._top))),
         })
 
     def elaborate(self, platform):
         m = Module()
-        c, n = self._th.shape
-        word = data.StructLayout({"neg": 1, "th": data.ArrayLayout(signed(self._thw), n)})
-        m.submodules.mem = mem = Memory(shape=word, depth=c, init=[
-            {"neg": int(self._sign[k] < 0), "th": [int(v) for v in self._th[k]]} for k in range(c)])
-        rd = mem.read_port()
         en = Signal()
-        m.d.comb += [en.eq(self.o.ready | ~self.o.valid), self.i.ready.eq(en),
-                     rd.en.eq(en), rd.addr.eq(self.i.payload.c)]
-        # stage 1: the memory read; the input waits beside it
-        valid1, x1 = Signal(), Signal(self._in)
+        m.d.comb += [en.eq(self.o.ready | ~self.o.valid), self.i.ready.eq(en)]
+        code, (valid,) = threshold_search(m, Pipe(m, en), self.i.payload.x, self.i.payload.c, self._th,
+                                          self._sign, [self.i.valid])
         with m.If(en):
-            m.d.sync += [valid1.eq(self.i.valid), x1.eq(self.i.payload.x)]
-        # stage 2: the comparator bank and its population count
-        count = threshold_code(m, x1, rd.data.neg, [rd.data.th[j] for j in range(n)])
-        with m.If(en):
-            m.d.sync += [self.o.valid.eq(valid1), self.o.payload.eq(count)]
+            m.d.sync += [self.o.valid.eq(valid), self.o.payload.eq(code)]
         return m
 
 
 class AffineRequant(wiring.Component):
     """``code = clamp((sum_k x_k * mul_k[c] + bias[c]) >> shift[c], 0, top)`` (uniform outputs, and the
-    residual add with two inputs); three-cycle latency. The products use the FPGA's multipliers
-    (25-bit constants: intops.MUL_BITS)."""
+    residual add with two inputs): ``affine_unit``, then the output register."""
 
     def __init__(self, muls: list[np.ndarray], bias: np.ndarray, shift: np.ndarray, top: int,
                  in_shapes: list[Shape]):
@@ -110,41 +185,19 @@ class AffineRequant(wiring.Component):
             raise ValueError(f"one multiplier array per input, all shaped like bias {bias.shape!r}")
         self._muls, self._bias, self._shift, self._top = muls, bias, shift, int(top)
         self._ins = [Shape.cast(s) for s in in_shapes]
-        channels = bias.shape[0]
         fields = {f"x{k}": s for k, s in enumerate(self._ins)}
-        fields["c"] = _index_shape(channels)
-        bounds = [1 << (s.width - 1) if s.signed else (1 << s.width) - 1 for s in self._ins]
-        self._sum_w = intops.affine_bits(bounds, muls, bias)
+        fields["c"] = _index_shape(bias.shape[0])
         super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),
                           "o": Out(stream.Signature(_code_shape(self._top)))})
 
     def elaborate(self, platform):
         m = Module()
-        c = self._bias.shape[0]
-        k_in = len(self._muls)
-        word = data.StructLayout({**{f"m{k}": signed(max(2, _signed_width(mk))) for k, mk in enumerate(self._muls)},
-                                  "bias": signed(max(2, _signed_width(self._bias))),
-                                  "shift": unsigned(max(1, int(self._shift.max(initial=0)).bit_length()))})
-        m.submodules.mem = mem = Memory(shape=word, depth=c, init=[
-            {**{f"m{k}": int(mk[ch]) for k, mk in enumerate(self._muls)}, "bias": int(self._bias[ch]),
-             "shift": int(self._shift[ch])} for ch in range(c)])
-        rd = mem.read_port()
         en = Signal()
-        m.d.comb += [en.eq(self.o.ready | ~self.o.valid), self.i.ready.eq(en),
-                     rd.en.eq(en), rd.addr.eq(self.i.payload.c)]
-        # stage 1: constants read; inputs wait
-        valid1 = Signal()
-        xs = [Signal(s, name=f"x{k}_1") for k, s in enumerate(self._ins)]
+        m.d.comb += [en.eq(self.o.ready | ~self.o.valid), self.i.ready.eq(en)]
+        bounds = [1 << (s.width - 1) if s.signed else (1 << s.width) - 1 for s in self._ins]
+        xs = [self.i.payload[f"x{k}"] for k in range(len(self._ins))]
+        code, (valid,) = affine_unit(m, Pipe(m, en), xs, self.i.payload.c, self._muls, self._bias, self._shift,
+                                     self._top, bounds, [self.i.valid])
         with m.If(en):
-            m.d.sync += valid1.eq(self.i.valid)
-            m.d.sync += [x.eq(self.i.payload[f"x{k}"]) for k, x in enumerate(xs)]
-        # stage 2: multiply-add (registered, so the DSP output register can absorb it)
-        valid2, acc, shift2 = Signal(), Signal(signed(self._sum_w)), Signal.like(rd.data.shift)
-        with m.If(en):
-            m.d.sync += [valid2.eq(valid1), shift2.eq(rd.data.shift),
-                         acc.eq(sum(xs[k] * rd.data[f"m{k}"] for k in range(k_in)) + rd.data.bias)]
-        # stage 3: arithmetic shift (a floor) and clamp to [0, top]
-        code = shift_clamp(m, acc, shift2, self._top)
-        with m.If(en):
-            m.d.sync += [self.o.valid.eq(valid2), self.o.payload.eq(code)]
+            m.d.sync += [self.o.valid.eq(valid), self.o.payload.eq(code)]
         return m

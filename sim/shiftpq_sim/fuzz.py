@@ -23,14 +23,16 @@ def random_spec(seed: int) -> ModelSpec:
 
 
 def random_net(seed: int, name: str = "tiny", layer_masks: bool = True, random_bits: bool = False,
-               random_arch: bool = False) -> Net:
+               random_arch: bool = False, widths: tuple[int, ...] | None = None) -> Net:
     """A quantized network with random widths, weights, BatchNorm statistics and pruning masks
     (per-conv masks, so a shortcut can carry a channel its block pruned). ``random_bits``: inner
     weight and activation bit widths drawn from the supported ones (first and last layer stay 8-bit).
-    ``random_arch``: the architecture of ``random_spec(seed)`` instead of ``name``."""
+    ``random_arch``: the architecture of ``random_spec(seed)`` instead of ``name``. ``widths``: these
+    stage widths instead of random ones."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    widths = tuple(sorted(int(v) for v in rng.integers(1, 7, 3))) if name == "tiny" else None
+    drawn = tuple(sorted(int(v) for v in rng.integers(1, 7, 3))) if name == "tiny" else None
+    widths = widths or drawn
     bits = {}
     if random_bits:
         bits = {"wbits": int(rng.choice([b for b in WEIGHT_BITS if b <= 5])),

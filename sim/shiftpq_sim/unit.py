@@ -3,13 +3,14 @@ generator converts the whole network (RTLIL, then Yosys), against its NumPy refe
 
 ``run_unit(component, name, payloads, expected, work, simulator)`` packs each payload (a dict or
 list of field values, or an int) into the component's input layout, runs ``tb_unit`` on Icarus or
-Verilator and returns ``{"words", "mismatches", "first_wrong"}``; a mismatch raises."""
+Verilator and returns ``{"words", "mismatches", "first_wrong"}``; a mismatch raises. ``payloads`` is
+the list of words for the input stream ``i``, or a dict of such lists by input port name for a
+component with several input streams (the fused residual add's ``i`` and ``r``), each driven by its
+own source with its own random gaps."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
 
 from shiftpq.errors import ShiftPQError
 
@@ -44,16 +45,19 @@ def run_unit(component, name: str, payloads: list, expected: list[int], work: st
         raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    layout = component.signature.members["i"].signature.members["payload"].shape
-    out_shape = component.signature.members["o"].signature.members["payload"].shape
-    words = [pack(layout, p) for p in payloads]
-    if max(words, default=0) >= 1 << 63:
-        raise ShiftPQError(f"{name}: input words wider than 63 bits are not supported by this bench")
+    members = component.signature.members
+    ports = sorted(n for n, m in members.items() if m.is_signature and m.flow.name == "In")
+    if not isinstance(payloads, dict):
+        payloads = {"i": payloads}
+    if sorted(payloads) != ports:
+        raise ShiftPQError(f"{name}: payloads for input streams {sorted(payloads)}, the component has {ports}")
+    words = {p: [pack(members[p].signature.members["payload"].shape, v) for v in vs] for p, vs in payloads.items()}
+    out_shape = members["o"].signature.members["payload"].shape
     rtl = work / f"{name}.v"
     rtl.write_text(verilog_from_rtlil(rtlil.convert(component, name=name)))
-    stim, res, xml = work / "stimulus.npz", work / "results.json", work / "results.xml"
-    np.savez(stim, inputs=np.array(words, dtype=np.int64), expected=np.array(expected, dtype=np.int64),
-             signed=np.array(Shape.cast(out_shape).signed))
+    stim, res, xml = work / "stimulus.json", work / "results.json", work / "results.xml"
+    stim.write_text(json.dumps({"inputs": words, "expected": [int(v) for v in expected],
+                                "signed": Shape.cast(out_shape).signed}))
     res.unlink(missing_ok=True)
     prepare_env(simulator)
     src = icarus_source(rtl, work / f"{name}.icarus.v") if simulator == "icarus" else rtl

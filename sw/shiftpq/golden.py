@@ -76,9 +76,15 @@ class Golden:
         m = self.t.manifest
         env = {m["input"]["tensor"]: images.transpose(0, 2, 3, 1).astype(np.int16) - m["input"]["offset"]}
         for op in self.t.ops:
-            env[op["dst"]] = self._check(op["dst"], getattr(self, "_" + op["op"])(op, env))
+            env[op["dst"]] = self.apply(op, env)
         out = env[m["output"]["tensor"]]
         return (out, env) if trace else out
+
+    def apply(self, op: dict, env: dict) -> np.ndarray:
+        """The output of one op of the tables on the tensors of ``env`` (by name, as in the trace),
+        range-checked against the manifest: how the unit benches get the expected output of a block
+        on inputs of their own."""
+        return self._check(op["dst"], getattr(self, "_" + op["op"])(op, env))
 
     # -- one method per op type ----------------------------------------------------------------
     def _conv(self, op, env):
