@@ -133,7 +133,8 @@ def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 10
     r["nextpnr_command"] = " ".join([f"yowasp-nextpnr-{dev.family}", *args])
     pnr_log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").is_file() else n.stdout + n.stderr
     if n.returncode != 0 or not (work / "pnr.json").is_file():
-        r["reason"] = "nextpnr failed: " + (" ".join(_errors(pnr_log)) or (n.stderr or pnr_log)[-1000:])
+        r["reason"] = (f"nextpnr failed (exit status {n.returncode}): "
+                       + (" ".join(_errors(pnr_log)) or (n.stderr or pnr_log)[-1000:]))
         return r
     pnr = json.loads((work / "pnr.json").read_text())
     util = pnr["utilization"]
