@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import act_code_shape, act_value, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
+from .pe import act_code_shape, act_value, adder_tree, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
 from .requant import Pipe, clamp
 
 
@@ -307,7 +307,7 @@ class FullyConnected(wiring.Component):
         bound = int(np.abs(intops.decode_weights(self._w, self._wl.ints)).sum(1).max()) * max(self._al.ints)
         acc_shape = signed(intops.signed_bits(-bound, bound))
         acc, total = Signal(acc_shape), Signal(acc_shape)
-        m.d.comb += total.eq(Mux(first3, 0, acc) + sum(prods))
+        m.d.comb += total.eq(Mux(first3, 0, acc) + adder_tree(prods))
         score_cls = Signal(range(max(k, 2)))
         bias = _table([Const(int(v), signed(32)) for v in self._bias], score_cls)
         with m.If(en):

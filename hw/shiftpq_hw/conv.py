@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import (IMAGE, act_code_shape, act_value, pack_words, product_shape, product_terms, weight_code_shape,
+from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
 from .requant import Pipe, affine_unit, threshold_search
 
@@ -315,14 +315,14 @@ class ConvRequant(wiring.Component):
         terms = [product_terms(m, wdata_a[p][j], a, self._wl, self._al, name=f"pe{p}_{j}")
                  for p in range(lanes) for j, a in enumerate(acts_a)]
         prods = stage("sb_prod", *[t for t, _ in terms])
-        ones = stage("sb_ones", *[Cat(*[c for _, c in terms[p * simd:(p + 1) * simd]]) for p in range(lanes)])
+        ones = stage("sb_ones", *[adder_tree([c for _, c in terms[p * simd:(p + 1) * simd]]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
-        # stage 2: each lane's adder tree and its negative weights' + 1s, registered; then accumulate
+        # stage 2: each lane's adder tree (balanced) with its count of negative weights (the + 1s,
+        # counted beside the products), registered; then accumulate
         # over the taps and chunks
         trees = [Signal(signed(product_shape(self._wl, self._al).width + simd.bit_length()), name=f"tree{p}")
                  for p in range(lanes)]
-        m.d.comb += [t.eq(sum(prods[p * simd:(p + 1) * simd]) + sum(o[k] for k in range(len(o))))
-                     for p, (t, o) in enumerate(zip(trees, ones))]
+        m.d.comb += [t.eq(adder_tree([*prods[p * simd:(p + 1) * simd], o])) for p, (t, o) in enumerate(zip(trees, ones))]
         sums2 = stage("sum", *trees)
         v2, first2, last2, g2, done2, *r2 = stage("s2_ctl", *ctl)
         accs = [Signal(self._acc_shape, name=f"acc{p}") for p in range(lanes)]

@@ -145,6 +145,15 @@ def shift_add_terms(m: Module, mag, neg, aval, wl: LevelSet, al: LevelSet, name:
     return p, neg
 
 
+def adder_tree(values: list) -> Value:
+    """The sum of ``values`` as a balanced tree of two-input adds (Python's ``sum`` builds a chain,
+    which Yosys keeps: a chain of 1-bit terms becomes a long path of LUTs)."""
+    vals = list(values)
+    while len(vals) > 1:
+        vals = [vals[i] + vals[i + 1] if i + 1 < len(vals) else vals[i] for i in range(0, len(vals), 2)]
+    return vals[0]
+
+
 def weight_field_shape(wl: LevelSet):
     """How an engine stores a weight code in its memory: APoT weights as sign and magnitude index
     (the PE needs no negation of the code), uniform weights as the signed weight (the multiplier's
