@@ -211,7 +211,6 @@ class ConvRequant(wiring.Component):
                                           init=pack_words(weight_fields(self._wl, self._lane_weights()),
                                                           weight_code_shape(self._wl).width))
         wr = wmem.read_port()
-        wdata = wshape(wr.data)
         # the loader: a row goes into the slot after the newest held row while one is free
         avail = Signal(range(nslots + 1))  # complete rows held
         lslot = Signal(sb)
