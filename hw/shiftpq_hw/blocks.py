@@ -50,9 +50,9 @@ class Fork(wiring.Component):
 class ShortcutPath(wiring.Component):
     """The option-A shortcut on a stream of pixels: keep the pixels on the ``stride`` grid (the
     subsample; the channel padding is the fused add's business) and buffer them in a FIFO until the
-    block's second conv engine loads them beside its own input. ``depth`` (default: one whole map)
-    must cover how far the block's first engine reads ahead of what it emits (``Network`` sizes it
-    from that engine's line buffer), or the fork before it stalls."""
+    block's second conv engine adds them, one as it requantizes each output pixel. ``depth``
+    (default: one whole map) must cover how far the block's input runs ahead of that (``Network``
+    sizes it from both engines' line buffers), or the fork before it stalls."""
 
     def __init__(self, shape, in_hw: int, stride: int, depth: int | None = None):
         self._shape, self._hw, self._s = shape, in_hw, stride

@@ -14,17 +14,22 @@ Dataflow, a line buffer and a folded MAC array:
   layer's BatchNorm, ReLU and next quantizer: a binary threshold search or a fixed-point
   multiply-add, requant.py) take the lanes in turn, one unit per ``kernel**2 * chunks`` lanes, before
   the next group's sums arrive; the codes go into the output pixel, which leaves when its last group
-  is done. An output row starts once the input rows it reads are loaded; at its end the rows the
-  next output row no longer reads are freed.
-Every pipeline register advances together when the output is free or taken (``en``), so the engine
-stalls as a whole under backpressure. Cycles per image, in steady state with a source that keeps the
-buffer ahead and a sink that never waits: ``out_hw**2 * groups * chunks * kernel**2``
-(``cycles_per_image``): the MAC array never idles; the pipeline adds latency only.
+  is done. A fused residual add takes one shortcut pixel (second input ``r``) per output pixel, from
+  a two-entry queue, as the pixel's first group is requantized. An output row starts once the input
+  rows it reads are loaded; at its end the rows the next output row no longer reads are freed.
+Every pipeline register advances together (``en``); the engine stalls as a whole only while a
+finished pixel waits for the output register, which still holds the one before. ``en`` depends on
+the engine's own registers, never on the sink's ready: in a whole network that ready is a chain
+through forks and FIFOs, and ``en`` fans out to every pipeline register (that path was the critical
+path of ResNet-20 on the ECP5-85k). Cycles per image, in steady state with a source that keeps the
+buffer ahead and a sink that takes each pixel before the next one is finished (``groups * chunks *
+kernel**2`` cycles later): ``out_hw**2 * groups * chunks * kernel**2`` (``cycles_per_image``): the
+MAC array never idles; the pipeline adds latency only.
 """
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -90,7 +95,7 @@ class ConvRequant(wiring.Component):
         self._partial_bound = partial_bound
         ports = {"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
                  "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out)))}
-        if residual is not None:  # the shortcut tensor, pixel by pixel, loaded beside the input
+        if residual is not None:  # the shortcut tensor, one pixel per output pixel as it is requantized
             ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(residual["levels"]),
                                                               residual["channels"])))
         super().__init__(ports)
@@ -200,8 +205,7 @@ class ConvRequant(wiring.Component):
         hw, ohw, lanes, groups, taps = self._in_hw, self._out_hw, self._lanes, self._groups, k * k
         simd, chunks, nslots = self._simd, self._chunks, self._slots
         ab, sb = (hw - 1).bit_length(), max(1, (nslots - 1).bit_length())
-        en = Signal()
-        m.d.comb += en.eq(self.o.ready | ~self.o.valid)
+        en = Signal()  # the pipeline advances (driven at the end, from the last stage and the output)
 
         # memories: the input rows, the weight codes, and each lane's requantization constants
         m.submodules.rows = rows = Memory(shape=self.i.payload.shape(), depth=nslots * hw, init=[])
@@ -217,15 +221,7 @@ class ConvRequant(wiring.Component):
         lx = _counter(hw)
         take, row_loaded = Signal(), Signal()
         can_load = avail < nslots
-        if self._res is None:
-            m.d.comb += [self.i.ready.eq(can_load), take.eq(self.i.valid & can_load)]
-        else:
-            # both inputs move together: ready may depend on the other's valid, never the reverse
-            m.submodules.rrows = rrows = Memory(shape=self.r.payload.shape(), depth=nslots * hw, init=[])
-            rw, rr = rrows.write_port(), rrows.read_port()
-            both = can_load & self.i.valid & self.r.valid
-            m.d.comb += [self.i.ready.eq(both), self.r.ready.eq(both), take.eq(both),
-                         rw.addr.eq(Cat(lx[:ab], lslot)), rw.data.eq(self.r.payload), rw.en.eq(take)]
+        m.d.comb += [self.i.ready.eq(can_load), take.eq(self.i.valid & can_load)]
         m.d.comb += [fw.addr.eq(Cat(lx[:ab], lslot)), fw.data.eq(self.i.payload), fw.en.eq(take),
                      row_loaded.eq(take & (lx == hw - 1))]
         with m.If(take):
@@ -250,6 +246,26 @@ class ConvRequant(wiring.Component):
         m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
         issue = Signal()
         m.d.comb += issue.eq(en & (avail >= need))
+        if self._res is not None:
+            # the shortcut stream: its pixels wait in a two-entry queue and are taken, one per output
+            # pixel, when the pixel's first group reaches the requantization units (and leave the
+            # queue a cycle later: `pop` is a register, so `en` reaches no wide multiplexer); an output
+            # pixel starts only with a shortcut pixel in the queue that no started pixel has claimed
+            rpix = [Signal(self.r.payload.shape(), name=f"rpix{j}") for j in range(2)]
+            rcount, claimed = Signal(range(3)), Signal(range(3))
+            push, pop, start = Signal(), Signal(), Signal()
+            m.d.sync += pop.eq(0)
+            m.d.comb += [self.r.ready.eq(rcount < 2), push.eq(self.r.valid & self.r.ready),
+                         start.eq(en & (g == 0) & (ky == 0) & (kx == 0) & (ch == 0)),
+                         issue.eq(en & (avail >= need) & (~start | (rcount > claimed)))]
+            with m.If(pop):
+                m.d.sync += rpix[0].eq(rpix[1])
+            with m.If(push):
+                with m.If(rcount - pop == 0):
+                    m.d.sync += rpix[0].eq(self.r.payload)
+                with m.Else():
+                    m.d.sync += rpix[1].eq(self.r.payload)
+            m.d.sync += [rcount.eq(rcount + push - pop), claimed.eq(claimed + (issue & start) - pop)]
         pad = (iy < 0) | (iy >= hw) | (ix < 0) | (ix >= hw)
         slot = Signal(sb)
         m.d.comb += slot.eq(cslot + (iy - lo))
@@ -281,10 +297,6 @@ class ConvRequant(wiring.Component):
                                     m.d.sync += [oy.eq(0), by.eq(-self._p), lo.eq(0)]
         m.d.sync += avail.eq(avail + row_loaded - Mux(row_done, free, 0))
 
-        if self._res is not None:  # the shortcut pixel of the output pixel being computed
-            rslot = Signal(sb)
-            m.d.comb += [rslot.eq(cslot + (oy - lo)), rr.en.eq(en), rr.addr.eq(Cat(ox[:ab], rslot))]
-
         stage = Pipe(m, en).stage
 
         # stage 1: memory data and the issue's control; the chunk's input channels (zero in the padding)
@@ -302,8 +314,6 @@ class ConvRequant(wiring.Component):
                         for j, a in enumerate(acts):  # channels past the last are zero (complete cases)
                             m.d.comb += a.eq(fr.data[cj * simd + j] if cj * simd + j < c_in else 0)
         ctl = [v1, first1, last1, g1, done1]
-        if self._res is not None:
-            ctl.append(rr.data)
         # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
         # codes registered (the memories' outputs go no further)
         avals = [act_value(m, a, self._al, name=f"act{j}") for j, a in enumerate(acts)]
@@ -323,7 +333,7 @@ class ConvRequant(wiring.Component):
                  for p in range(lanes)]
         m.d.comb += [t.eq(adder_tree([*prods[p * simd:(p + 1) * simd], o])) for p, (t, o) in enumerate(zip(trees, ones))]
         sums2 = stage("sum", *trees)
-        v2, first2, last2, g2, done2, *r2 = stage("s2_ctl", *ctl)
+        v2, first2, last2, g2, done2 = stage("s2_ctl", *ctl)
         accs = [Signal(self._acc_shape, name=f"acc{p}") for p in range(lanes)]
         nexts = [Signal(self._acc_shape, name=f"acc_next{p}") for p in range(lanes)]
         for acc, nxt, s in zip(accs, nexts, sums2):
@@ -336,14 +346,25 @@ class ConvRequant(wiring.Component):
         jb = max(1, (per - 1).bit_length())
         fins = [Signal(self._acc_shape, name=f"fin{p}") for p in range(lanes)]
         busy, turn, gq, doneq = Signal(), Signal(jb), _counter(groups), Signal()
-        rhold = [Signal(r2[0].shape(), name="rhold")] if self._res is not None else []
+        if self._res is not None:
+            # the shortcut values of the pixel in lane order (position q: channel q, zero for a zero
+            # channel of the option-A shortcut or past the last filter), loaded with its first group
+            # and moved on by one group at each next one: a unit picks its lane's value by its turn
+            # alone (a pick by channel is a mux as wide as the layer: the engine's critical path)
+            vshape = self.r.payload.shape().elem_shape
+            order = [self._res["index"][q] if q < k_out else -1 for q in range(groups * lanes)]
+            rsr = Signal(data.ArrayLayout(vshape, groups * lanes), name="rsr")
+            loaded = Cat(*[rpix[0][i] if i >= 0 else Const(0, vshape) for i in order])
+            moved = rsr.as_value()[lanes * Shape.cast(vshape).width:]
         with m.If(en):
             with m.If(v2):
                 m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
             with m.If(v2 & last2):
                 m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, nexts)]
                 m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(g2), doneq.eq(done2)]
-                m.d.sync += [h.eq(r) for h, r in zip(rhold, r2)]
+                if self._res is not None:
+                    m.d.sync += rsr.eq(Mux(g2 == 0, loaded, moved))
+                    m.d.sync += pop.eq(g2 == 0)
             with m.Elif(busy):
                 m.d.sync += turn.eq(turn + 1)
                 with m.If(turn == per - 1):
@@ -374,12 +395,12 @@ class ConvRequant(wiring.Component):
                 xs, muls, bounds = [x], [pick(rq["mul"])], [self._partial_bound]
                 if self._res is not None:  # the shortcut value of the lane's channel
                     v = Signal(act_code_shape(self._res["levels"]), name=f"rq{u}_sc")
-                    with m.Switch(addr):
-                        for row, c in enumerate(chans):
-                            if c is not None and self._res["index"][c] >= 0:
-                                with m.Case(row):
-                                    m.d.comb += v.eq(rhold[0][self._res["index"][c]])
-                        with m.Default():  # a zero channel of the option-A shortcut, or padding
+                    with m.Switch(turn):
+                        for jj in range(per):
+                            if u * per + jj < lanes:
+                                with m.Case(jj):
+                                    m.d.comb += v.eq(rsr[u * per + jj])
+                        with m.Default():  # a padding turn
                             m.d.comb += v.eq(0)
                     xs.append(v)
                     muls.append(pick(self._res["mul"]))
@@ -388,6 +409,9 @@ class ConvRequant(wiring.Component):
                                         self._ol.denom, bounds, carry, name=f"rq{u}")
             codes.append(code)
         v4, j4, g4, done4 = out  # the units run in lockstep: any unit's carried control
+        # the pipeline stops only while a finished pixel waits for the output register, which still
+        # holds the one before: registers of this engine alone, not the sink's ready, drive `en`
+        m.d.comb += en.eq(~(self.o.valid & v4 & done4))
         # stage 4: place the codes into the output pixel; emit it after its last group's last lane
         buf = Signal(self.o.payload.shape())
         merged = Signal(self.o.payload.shape())
@@ -400,8 +424,10 @@ class ConvRequant(wiring.Component):
                     m.d.comb += [merged[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
             with m.Default():  # a padding turn places nothing
                 m.d.comb += merged.eq(buf)
-        with m.If(en):
-            with m.If(v4):
-                m.d.sync += buf.eq(merged)
-            m.d.sync += [self.o.valid.eq(v4 & done4), self.o.payload.eq(merged)]
+        with m.If(en & v4):
+            m.d.sync += buf.eq(merged)
+        with m.If(en & v4 & done4):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(merged)]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
         return m

@@ -167,22 +167,24 @@ class Network(wiring.Component):
                                                                  info["hw"], 1), [("i", tensor)], sp_out))
                     ins[ins.index((port, tensor))] = (port, sp_out)
             fixed.append((name, blk, ins, out))
-        # a shortcut FIFO holds what the block's first engine has read but not yet emitted: at most
-        # its line buffer's rows plus one (in shortcut rows), and a row of slack for the registers
-        # between (fork, code lookup) so the fork before it never waits
+        # a shortcut FIFO holds what has entered the block but not yet been added: at most the
+        # first engine's line buffer rows plus one (in shortcut rows), the adding engine's line
+        # buffer rows (it takes a shortcut pixel as it requantizes the output pixel), and a row of
+        # slack for the registers between (fork, code lookup), so the fork before it never waits
         readers = {}
         for _, blk, ins, out in fixed:
             for _, tensor in ins:
                 readers.setdefault(tensor, []).append((blk, out))
-        for _, blk, ins, _ in fixed:
+        for _, blk, ins, out in fixed:
             if isinstance(blk, ShortcutPath):
                 src = ins[0][1]
                 engines = [b for b, _ in readers[src] if isinstance(b, ConvRequant)]
                 engines += [b for c, o in readers[src] if isinstance(c, CodeLUT)
                             for b, _ in readers.get(o, []) if isinstance(b, ConvRequant)]
+                adders = [b for b, _ in readers.get(out, []) if isinstance(b, ConvRequant)]
                 if engines:
                     out_hw = -(-blk._hw // blk._s)
-                    rows = max(-(-e.slots // blk._s) for e in engines) + 2
+                    rows = max(-(-e.slots // blk._s) for e in engines) + max((e.slots for e in adders), default=0) + 2
                     blk.depth = min(out_hw * out_hw, rows * out_hw)
         return fixed
 

@@ -6,8 +6,9 @@ channel) in, a level index out. intops.py is their reference model.
 - ``affine_unit``: uniform outputs and the fused residual add, ``clamp((sum_k x_k * mul_k[c] +
   bias[c]) >> shift[c], 0, top)`` with registered products and sum.
 Both are pipelines of registers that advance together with an enable (``Pipe``) and read their
-constants from tables in logic (``rom``). The conv engines run one unit per engine over their lanes
-in turn; ``ThresholdRequant`` and ``AffineRequant`` wrap a unit as a stream component.
+constants from tables in two stages (``rom``: block RAM or logic, as Yosys maps them). The conv
+engines run one unit per engine over their lanes in turn; ``ThresholdRequant`` and
+``AffineRequant`` wrap a unit as a stream component.
 """
 from __future__ import annotations
 
@@ -45,17 +46,27 @@ class Pipe:
             self.m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
         return regs
 
+    def rom(self, name: str, shape, rows: list, addr) -> Signal:
+        """Row ``addr`` of a constant table, two stages later (``rom``)."""
+        return rom(self.m, name, shape, rows, addr, self.en)
 
-def rom(m: Module, name: str, shape, rows: list, addr) -> Signal:
-    """A constant table read combinationally at ``addr`` (logic: a few LUTs per bit), padded with
-    zero rows to every address so the lookup is complete."""
+
+def rom(m: Module, name: str, shape, rows: list, addr, en) -> Signal:
+    """A constant table read in two stages: the row at ``addr`` comes out two cycles later, beside
+    the values two ``Pipe`` stages with the same ``en`` register from this cycle, and holds while
+    ``en`` is low. The memory's own read register, then one in logic: an ECP5 block RAM's clock to
+    output alone takes about 5.5 ns, too long to be followed by a comparator or an adder in the same
+    cycle. Padded with zero rows to every address; Yosys maps it to block RAM or to logic by size."""
     depth = max(2, 1 << len(addr))
     if len(rows) > depth:
         raise ValueError(f"{name}: {len(rows)} rows do not fit a {len(addr)}-bit address")
     m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=list(rows) + [0] * (depth - len(rows)))
-    port = mem.read_port(domain="comb")
-    m.d.comb += port.addr.eq(addr)
-    return port.data
+    port = mem.read_port()
+    m.d.comb += [port.addr.eq(addr), port.en.eq(en)]
+    out = Signal(shape, name=f"{name}_q")
+    with m.If(en):
+        m.d.sync += out.eq(port.data)
+    return out
 
 
 def search_levels(n: int) -> int:
@@ -69,9 +80,10 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
     over the row's ascending thresholds: ``b = search_levels(n)`` stages, one comparator each (level L
     compares with the threshold that splits the codes whose first L bits were already decided), so the
     code comes out one bit per stage, most significant first. Equal to the count because the rows are
-    ascending (the tables' loader checks it). Two stages before the search register the input and
-    its sign-corrected value. ``carry``: values staged alongside. Returns the code (valid after
-    ``b + 2`` stages) and the carried values."""
+    ascending (the tables' loader checks it). Three stages before the search register the input and
+    its sign-corrected value; each level but the last takes two stages, as the table holding the
+    next level's candidates is read (``rom``). ``carry``: values staged alongside. Returns the code
+    (valid after ``2 * b + 2`` stages) and the carried values."""
     thresholds, sign = np.asarray(thresholds, dtype=np.int64), np.asarray(sign, dtype=np.int64)
     rows, n = thresholds.shape
     if n and np.any(np.diff(thresholds, axis=1) < 0):
@@ -82,18 +94,33 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
     padded = np.full((rows, (1 << b) - 1), never, dtype=np.int64)
     padded[:, :n] = thresholds
     thw = max(intops.signed_bits(int(padded.min(initial=0)), int(padded.max(initial=0))), xw)
-    neg = rom(m, f"{name}_neg", unsigned(1), [int(v < 0) for v in sign], addr)
-    x, neg, addr, *carry = pipe.stage(f"{name}_in_", x, neg, addr, *carry)  # the input and its sign, registered
+    mask = (1 << thw) - 1
+
+    def node(r: int, level: int, p: int) -> int:  # the threshold of node p of a level: it splits its codes
+        span = 1 << (b - level)
+        return int(padded[r, p * span + span // 2 - 1])
+
+    # no table read waits on a comparison: the sign and level 0's threshold are read by the row,
+    # level L + 1's two candidates (the children of the node level L compares with) by the row and
+    # the code before level L, and level L's comparison picks one of them
+    neg = pipe.rom(f"{name}_neg", unsigned(1), [int(v < 0) for v in sign], addr)
+    x, addr, *carry = pipe.stage(f"{name}_in_", x, addr, *carry)  # the input, registered
+    th = pipe.rom(f"{name}_l0", signed(thw), [node(r, 0, 0) for r in range(rows)], addr)
+    x, addr, *carry = pipe.stage(f"{name}_in2_", x, addr, *carry)  # again, beside its sign
     sx = Signal(signed(xw), name=f"{name}_sx")
     m.d.comb += sx.eq(Mux(neg, -x, x))
     sx, addr, *carry = pipe.stage(f"{name}_sx_", sx, addr, *carry)  # the signed value, registered
     code = Const(0, 0)
     for level in range(b):
-        span = 1 << (b - level)  # codes under one node of this level
-        table = [int(padded[r, (p * span) + span // 2 - 1]) for r in range(rows) for p in range(1 << level)]
-        th = rom(m, f"{name}_l{level}", signed(thw), table, Cat(code, addr) if level else addr)
         hit = sx >= th
+        if level + 1 < b:
+            pairs = [(node(r, level + 1, 2 * p + 1) & mask) << thw | node(r, level + 1, 2 * p) & mask
+                     for r in range(rows) for p in range(1 << level)]
+            pair = pipe.rom(f"{name}_l{level + 1}", unsigned(2 * thw), pairs, Cat(code, addr))
         sx, addr, code, *carry = pipe.stage(f"{name}_s{level}_", sx, addr, Cat(hit, code), *carry)
+        if level + 1 < b:
+            sx, addr, code, *carry = pipe.stage(f"{name}_t{level}_", sx, addr, code, *carry)
+            th = Mux(code[0], pair[thw:].as_signed(), pair[:thw].as_signed())
     return code, carry
 
 
@@ -101,23 +128,22 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
                 shift: np.ndarray, top: int, bounds: list[int], carry: list = (),
                 name: str = "aff") -> tuple[Signal, list]:
     """``clamp((sum_k xs[k] * muls[k][c] + bias[c]) >> shift[c], 0, top)`` of row ``c = addr``: the
-    inputs and the row's constants registered, the products (the FPGA's multipliers; 25-bit
-    constants, intops.MUL_BITS)
-    registered, their sum and the bias registered, the arithmetic shift registered, then the clamp
-    (combinational). ``bounds``: |xs[k]| <= bounds[k]. Returns the code (valid after four stages)
-    and the carried values."""
+    inputs registered twice while the row's constants are read (``rom``), the products (the FPGA's
+    multipliers; 25-bit constants, intops.MUL_BITS) registered, their sum and the bias registered,
+    the arithmetic shift registered, the clamp registered. ``bounds``: |xs[k]| <= bounds[k]. Returns
+    the code (valid after six stages) and the carried values."""
     muls = [np.asarray(mk, dtype=np.int64) for mk in muls]
     bias, shift = np.asarray(bias, dtype=np.int64), np.asarray(shift, dtype=np.int64)
     mshape = [signed(max(2, _signed_width(mk))) for mk in muls]
     bshape = signed(max(2, _signed_width(bias)))
     sshape = unsigned(max(1, int(shift.max(initial=0)).bit_length()))
-    consts = [rom(m, f"{name}_mul{k}", sh, [int(v) for v in mk], addr) for k, (sh, mk) in enumerate(zip(mshape, muls))]
-    b0 = rom(m, f"{name}_bias", bshape, [int(v) for v in bias], addr)
-    s0 = rom(m, f"{name}_shift", sshape, [int(v) for v in shift], addr)
-    # the inputs and the row's constants, registered
-    staged = pipe.stage(f"{name}_in_", b0, s0, *xs, *consts, *carry)
-    b0, s0, xs, consts, carry = (staged[0], staged[1], staged[2:2 + len(xs)], staged[2 + len(xs):2 + 2 * len(xs)],
-                                 staged[2 + 2 * len(xs):])
+    # the inputs registered twice, then beside the row's constants
+    consts = [pipe.rom(f"{name}_mul{k}", sh, [int(v) for v in mk], addr) for k, (sh, mk) in enumerate(zip(mshape, muls))]
+    b0 = pipe.rom(f"{name}_bias", bshape, [int(v) for v in bias], addr)
+    s0 = pipe.rom(f"{name}_shift", sshape, [int(v) for v in shift], addr)
+    for st in ("in_", "in2_"):
+        staged = pipe.stage(f"{name}_{st}", *xs, *carry)
+        xs, carry = staged[:len(xs)], staged[len(xs):]
     width = intops.affine_bits(bounds, muls, bias)
     prods = [Signal(signed(width), name=f"{name}_p{k}") for k in range(len(xs))]
     m.d.comb += [p.eq(x * c) for p, x, c in zip(prods, xs, consts)]
@@ -129,7 +155,8 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     shifted = Signal(signed(width), name=f"{name}_shifted")
     m.d.comb += shifted.eq(y2 >> s2)
     y3, *carry = pipe.stage(f"{name}_s2_", shifted, *carry)
-    return clamp(m, y3, top, name), carry
+    code, *carry = pipe.stage(f"{name}_s3_", clamp(m, y3, top, name), *carry)
+    return code, carry
 
 
 def clamp(m: Module, y, top: int, name: str = "aff") -> Signal:
