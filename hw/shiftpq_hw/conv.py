@@ -248,13 +248,11 @@ class ConvRequant(wiring.Component):
         m.d.comb += issue.eq(en & (avail >= need))
         if self._res is not None:
             # the shortcut stream: its pixels wait in a two-entry queue and are taken, one per output
-            # pixel, when the pixel's first group reaches the requantization units (and leave the
-            # queue a cycle later: `pop` is a register, so `en` reaches no wide multiplexer); an output
-            # pixel starts only with a shortcut pixel in the queue that no started pixel has claimed
+            # pixel, when the pixel's first group reaches the requantization units; an output pixel
+            # starts only with a shortcut pixel in the queue that no started pixel has claimed
             rpix = [Signal(self.r.payload.shape(), name=f"rpix{j}") for j in range(2)]
             rcount, claimed = Signal(range(3)), Signal(range(3))
             push, pop, start = Signal(), Signal(), Signal()
-            m.d.sync += pop.eq(0)
             m.d.comb += [self.r.ready.eq(rcount < 2), push.eq(self.r.valid & self.r.ready),
                          start.eq(en & (g == 0) & (ky == 0) & (kx == 0) & (ch == 0)),
                          issue.eq(en & (avail >= need) & (~start | (rcount > claimed)))]
@@ -364,7 +362,7 @@ class ConvRequant(wiring.Component):
                 m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(g2), doneq.eq(done2)]
                 if self._res is not None:
                     m.d.sync += rsr.eq(Mux(g2 == 0, loaded, moved))
-                    m.d.sync += pop.eq(g2 == 0)
+                    m.d.comb += pop.eq(g2 == 0)
             with m.Elif(busy):
                 m.d.sync += turn.eq(turn + 1)
                 with m.If(turn == per - 1):
