@@ -173,7 +173,7 @@ def clamp(m: Module, y, top: int, name: str = "aff") -> Signal:
 
 class ThresholdRequant(wiring.Component):
     """``code = #{j : sign[c] * x >= thresholds[c, j]}`` (APoT outputs): the binary search of
-    ``threshold_search``, one stage per code bit, then the output register."""
+    ``threshold_search`` (two stages per code bit but the last), then the output register."""
 
     def __init__(self, thresholds: np.ndarray, sign: np.ndarray, in_shape: Shape):
         thresholds, sign = np.asarray(thresholds, dtype=np.int64), np.asarray(sign, dtype=np.int64)
