@@ -178,16 +178,25 @@ def test_physical_pruning_computes_what_the_masked_model_computes():
                 assert not rest.any(), f"{name}: a removed channel is not zero in the masked model"
 
 
-def test_export_is_byte_identical_and_round_trips(tmp_path):
+def test_export_is_byte_identical_and_round_trips(tmp_path, monkeypatch):
+    """The same checkpoint gives the same bytes, also from two copies of a project (its path is
+    recorded relative to the working directory), and the tables load back to what was exported."""
     net = random_net(1)
-    ckpt = tmp_path / "m.pt"
-    save_checkpoint(ckpt, net, {"epoch": 1})
-    a = save_tables(export_checkpoint(ckpt), tmp_path / "a")
-    b = save_tables(export_checkpoint(ckpt), tmp_path / "b")
+    for clone in ("one", "two"):
+        (tmp_path / clone / "models").mkdir(parents=True)
+        save_checkpoint(tmp_path / clone / "models" / "m.pt", net, {"epoch": 1})
+        monkeypatch.chdir(tmp_path / clone)
+        save_tables(export_checkpoint("models/m.pt"), tmp_path / clone / "tables")
+        assert load_tables(tmp_path / clone / "tables").manifest["source"]["path"] == "models/m.pt"
+    ckpt = tmp_path / "one" / "models" / "m.pt"
+    monkeypatch.chdir(tmp_path / "two")
+    assert export_checkpoint(ckpt).manifest["source"]["path"] == ckpt.resolve().as_posix()  # outside: absolute
+    a, b = tmp_path / "one" / "tables", tmp_path / "two" / "tables"
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir()) and MANIFEST in names
     for n in names:
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
+    monkeypatch.chdir(tmp_path / "one")
     t0, t1 = export_checkpoint(ckpt), load_tables(a)
     assert json.loads(json.dumps(t0.manifest)) == t1.manifest
     assert t0.arrays.keys() == t1.arrays.keys()

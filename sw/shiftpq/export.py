@@ -247,7 +247,12 @@ def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
 def export_checkpoint(path: str | Path, physical: bool = True) -> Tables:
     from .checkpoint import load_model
     model, meta = load_model(path)
-    source = {"path": str(Path(path).resolve()), "sha256": sha256_file(path), "epoch": meta.get("epoch"),
+    # the path relative to the working directory when it lies inside it (a project's own checkpoint:
+    # two clones export byte-identical tables), else absolute; sha256 names the content either way
+    where = Path(path).resolve()
+    if where.is_relative_to(Path.cwd().resolve()):
+        where = where.relative_to(Path.cwd().resolve())
+    source = {"path": where.as_posix(), "sha256": sha256_file(path), "epoch": meta.get("epoch"),
               "test_accuracy": meta.get("test_accuracy")}
     return export_model(model, source, physical)
 
