@@ -99,6 +99,25 @@ def test_fake_quant_ops_pass_opcheck_in_both_memory_formats():
             torch.library.opcheck(fake_quant_backward_op, (torch.randn_like(x), x, q.alpha.detach(), q.vals, q.mids, signed))
 
 
+def test_fake_quant_keeps_channels_last_without_copies():
+    """A channels_last activation (what CUDA training runs) comes out channels_last, with the same
+    values as its contiguous twin, and its gradient too: no layout copies around the quantizer,
+    none for the next conv. PyTorch warns when bucketize must copy its input: it must not."""
+    import warnings
+    q = ActQuant(4)
+    q.enabled = True
+    x = (torch.randn(2, 5, 6, 6) * 4).relu()
+    y0 = q(x.clone().requires_grad_(True))
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = q(xc)
+        y.backward(torch.ones_like(y))
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert xc.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, y0)
+
+
 def test_compiled_graph_keeps_the_quantizer_opaque():
     """torch.compile must call our fake-quant kernels, not lower them: Inductor's own CUDA lowering
     of bucketize trained nothing (docs/experiments.md, round 6). The graphs AOTAutograd hands to the
@@ -149,3 +168,20 @@ def test_eager_and_compiled_quantizers_agree():
                 outs.append((y.detach(), xi.grad, q.alpha.grad.clone()))
             for a, b in zip(*outs):
                 assert torch.equal(a, b)
+
+
+def test_inductor_diagnostic_runs_and_agrees_on_the_cpu():
+    """bench/inductor_quant.py (the CUDA miscompile hunt) works, and on the CPU every compiled piece
+    of the quantizer equals eager, element for element."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "inductor_quant.py"
+    spec = importlib.util.spec_from_file_location("inductor_quant", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.compare("cpu", (2, 3, 4, 5), dtypes=(torch.float32,))
+    assert {(r["quantizer"], r["piece"]) for r in rows} == {(q, p) for q in ("activation", "weight")
+                                                            for p in ("index", "levels", "forward", "grads")}
+    assert all(r["mismatches"] == 0 for r in rows)
+    assert all(r["alpha_grad_rel_diff"] < 1e-5 for r in rows if r["piece"] == "grads")
+    torch._dynamo.reset()

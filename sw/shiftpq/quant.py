@@ -49,7 +49,12 @@ def _level_index(mag: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
 
 
 def _levels_of(xs: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor, signed: bool) -> torch.Tensor:
-    """The level (in [0, 1], signed for weights) nearest each element of ``xs = x / alpha``."""
+    """The level (in [0, 1], signed for weights) nearest each element of ``xs = x / alpha``, in xs's
+    memory layout. bucketize and the table lookup compute in a contiguous layout: a channels_last
+    tensor goes through as its NHWC view (already contiguous), so it costs no copy in and the
+    result needs no copy back (nor the next conv a conversion)."""
+    if xs.dim() == 4 and not xs.is_contiguous() and xs.is_contiguous(memory_format=torch.channels_last):
+        return _levels_of(xs.permute(0, 2, 3, 1), vals, mids, signed).permute(0, 3, 1, 2)
     q = vals[_level_index(xs.abs() if signed else xs, mids)]
     return q.copysign(xs) if signed else q
 
