@@ -5,7 +5,13 @@
 Each array has N PEs fed from input registers, one product per PE per cycle (registered), an adder
 tree (registered) and an accumulator: the structure of one lane of the generator's conv engines.
 Variants:
-- apot4:   4-bit APoT weight code x 4-bit APoT activation code, shift-add PE (hw/shiftpq_hw/pe.py);
+- apot4:   4-bit APoT weight code x 4-bit APoT activation code, shift-add PE (hw/shiftpq_hw/pe.py),
+           the plain ``shift_add``: two's-complement weight code, decode and negation per product;
+- apot4-engine: the PE as the conv engines build it (``product_terms``): the weight stored as sign
+           and magnitude, the activation decoded and registered before the PE (an engine decodes
+           each input channel once for all its lanes; here every PE has its own channel), the
+           product in ones' complement and the negative weights' ``+ 1`` counted and added once
+           after the adder tree;
 - uint4:   uniform signed 4-bit weight x unsigned 4-bit activation, `*` (Yosys picks LUTs or DSPs);
 - uint4-lut: the same with DSP inference off (synth_ecp5 -nodsp): the multiplier in LUTs;
 - uint8:   uniform signed 8-bit x unsigned 8-bit, `*`.
@@ -25,12 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "sw"), str(ROOT / "hw")]
 
 from amaranth.back import rtlil  # noqa: E402
-from amaranth.hdl import Module, Signal, signed, unsigned  # noqa: E402
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned  # noqa: E402
 from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 
 from shiftpq.levels import level_set  # noqa: E402
-from shiftpq_hw.pe import act_code_shape, shift_add, weight_code_shape  # noqa: E402
+from shiftpq_hw.pe import (act_code_shape, act_value, adder_tree, product_terms, shift_add,  # noqa: E402
+                           weight_code_shape, weight_field_shape)
 from shiftpq_hw.synth import run_flow  # noqa: E402
 
 ACC_BITS = 24
@@ -41,7 +48,7 @@ class MacArray(wiring.Component):
 
     def __init__(self, n: int, kind: str):
         self.n, self.kind = n, kind
-        if kind == "apot4":
+        if kind.startswith("apot4"):
             self.wl, self.al = level_set(4, True), level_set(4, False)
             wshape, ashape = weight_code_shape(self.wl), act_code_shape(self.al)
         else:
@@ -57,10 +64,20 @@ class MacArray(wiring.Component):
         ar = Signal(len(self.a))
         m.d.sync += [wr.eq(self.w), ar.eq(self.a)]  # registered inputs: the paths start at flip-flops
         ww, aw = self._wshape.width, self._ashape.width
+        negs = []
         for i in range(self.n):
             w = wr[i * ww:(i + 1) * ww].as_signed()
             a = ar[i * aw:(i + 1) * aw]
-            if self.kind == "apot4":
+            if self.kind == "apot4-engine":
+                wf = Signal(weight_field_shape(self.wl), name=f"pe{i}_wf")  # the stored sign and magnitude
+                decoded = act_value(m, a, self.al, f"pe{i}")
+                aval = Signal.like(decoded, name=f"pe{i}_aval")
+                m.d.sync += [wf.mag.eq(Mux(w < 0, -w, w)), wf.neg.eq(w < 0), aval.eq(decoded)]
+                p, c = product_terms(m, wf, aval, self.wl, self.al, name=f"pe{i}")
+                neg = Signal(name=f"pe{i}_neg")
+                m.d.sync += neg.eq(c)
+                negs.append(neg)
+            elif self.kind == "apot4":
                 p = shift_add(m, w, a, self.wl, self.al, name=f"pe{i}")
             else:
                 p = Signal(signed(ww + aw + 1), name=f"pe{i}_product")
@@ -79,7 +96,16 @@ class MacArray(wiring.Component):
                 nxt.append(level[-1])
             level = nxt
         acc = Signal(signed(ACC_BITS))
-        m.d.sync += acc.eq(acc + level[0])
+        if negs:  # the negative weights' + 1, counted beside the tree and delayed to its sum
+            ones = Signal(range(self.n + 1))
+            m.d.sync += ones.eq(adder_tree(negs))
+            for k in range((self.n - 1).bit_length() - 1):  # the tree's levels but the first
+                delayed = Signal.like(ones, name=f"ones_d{k}")
+                m.d.sync += delayed.eq(ones)
+                ones = delayed
+            m.d.sync += acc.eq(acc + level[0] + ones)
+        else:
+            m.d.sync += acc.eq(acc + level[0])
         m.d.comb += self.acc.eq(acc)
         return m
 
@@ -90,7 +116,7 @@ def main() -> int:
     ap.add_argument("--device", default="ecp5-85k")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--freq", type=float, default=100.0)
-    ap.add_argument("--variants", default="apot4,uint4,uint4-lut,uint8")
+    ap.add_argument("--variants", default="apot4,apot4-engine,uint4,uint4-lut,uint8")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     rows = []

@@ -6,13 +6,15 @@ from amaranth.sim import Simulator
 
 
 def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: float = 0.2,
-               n_out: int | None = None) -> list:
+               n_out: int | None = None, cycles: list | None = None) -> list:
     """Every payload in ``payloads`` goes in, in order; returns the output payloads as integers.
     Inputs pause with probability ``gap`` and the sink refuses with probability ``stall``; the run
-    ends after ``n_out`` outputs (default: one per input)."""
+    ends after ``n_out`` outputs (default: one per input). ``cycles``, when given, receives the
+    cycle of each output."""
     n_out = len(payloads) if n_out is None else n_out
     rng = np.random.default_rng(seed)
     out = []
+    cycle = 0
 
     async def source(ctx):
         for p in payloads:
@@ -24,12 +26,16 @@ def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: floa
                 await ctx.tick()
 
     async def sink(ctx):
+        nonlocal cycle
         while len(out) < n_out:
             ready = int(rng.random() >= stall)
             ctx.set(dut.o.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            cycle += 1
             if valid and ready:
                 out.append(payload)
+                if cycles is not None:
+                    cycles.append(cycle)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
@@ -63,6 +64,37 @@ def test_avgpool_requant_and_fc_equal_golden():
     out = run_stream(folded, [[int(v) for v in row] for row in env[act["dst"]]], n_out=20)
     assert np.array_equal(np.array([int(o.score) for o in out]).reshape(2, 10), env[fc["dst"]])
     assert folded.cycles_per_image == 10 * folded._chunks + FullyConnected.LATENCY + 1 and folded.pes == max(1, (c + 1) // 2)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, "all"])
+def test_avgpool_requant_lanes_equal_golden_and_keep_their_period(lanes):
+    """The pool's ring of sums at 1, 2, 3 (not dividing the channels: padded) and all channels per
+    step: the golden model's pooled codes, and with the input always there and the output always
+    taken, one image every ``cycles_per_image`` cycles, as the cycle model counts it."""
+    t, g, env = _setup(3)
+    pool = next(o for o in t.ops if o["op"] == "avgpool")
+    act = next(o for o in t.ops if o["op"] == "requant" and o["src"] == pool["dst"])
+    c = len(t.tensors[pool["src"]]["channels"])
+    assert c % 3, "the test wants a channel count that 3 lanes do not divide"
+    lanes = c if lanes == "all" else lanes
+    make = lambda: AvgPoolRequant(t.level_set(t.tensors[pool["src"]]["levels"]), t.level_set(act["levels"]),
+                                  pool["hw"], t.array(act, "mul"), t.array(act, "bias"), t.array(act, "shift"), lanes)
+    pixels = [[int(v) for v in px] for px in env[pool["src"]].reshape(-1, c)]
+    got = run_stream(make(), pixels, seed=lanes, n_out=2)
+    assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[act["dst"]])
+    dut, times = make(), []
+    run_stream(dut, pixels * 2, gap=0, stall=0, n_out=4, cycles=times)
+    assert np.diff(times).tolist() == [dut.cycles_per_image] * 3
+    assert dut.steps == -(-c // lanes)
+
+
+def test_avgpool_lanes_are_the_fewest_that_keep_the_period():
+    """64 channels of an 8x8 map against a 3,072-cycle period (a 32x32x3 image's bytes): one lane
+    takes 4,167 cycles, two take 2,087; a period no lane count meets gets every channel at once."""
+    assert AvgPoolRequant.cycles(8, 64, 1) == 64 * 64 + 64 + 7 > 3072
+    assert AvgPoolRequant.fewest_lanes(8, 64, 3072) == 2 and AvgPoolRequant.cycles(8, 64, 2) == 2087
+    assert AvgPoolRequant.fewest_lanes(8, 64, 4167) == 1
+    assert AvgPoolRequant.fewest_lanes(8, 64, 100) == 64
 
 
 def test_maxpool_equals_golden_on_vgg_maps():

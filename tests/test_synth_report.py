@@ -1,7 +1,7 @@
 """`shiftpq synth` (Yosys + nextpnr) and `shiftpq report` on a small generated network.
 
 The synthesized network is the smallest fuzz architecture (widths 1/2/5, PAR 1: 8 PEs): Yosys and
-nextpnr take about 100 s on it on 2 cores. The tiny model itself (136 PEs at PAR 32) takes about
+nextpnr take about 100 s on it on 2 cores. The tiny model itself (136 PEs at PAR 32) took about
 6 minutes (Yosys 54 s, nextpnr 318 s), too long for `make test`; `make synth MODEL=tiny` runs it.
 """
 import json

@@ -7,7 +7,7 @@ are whole pixels (one code per channel). Their reference models are the golden m
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -17,7 +17,7 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .pe import act_code_shape, act_value, adder_tree, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
-from .requant import Pipe, clamp
+from .requant import Pipe, affine_unit
 
 
 def _table(items: list, index) -> Array:
@@ -155,66 +155,85 @@ class MaxPool(wiring.Component):
 
 
 class AvgPoolRequant(wiring.Component):
-    """Global average pool and the 8-bit requant after it: per channel, the sum of the ``hw x hw``
-    values of a map, then ``clamp((sum * mul + bias) >> shift, 0, top)`` one channel per cycle through
-    one multiplier in a four-stage pipeline (select the channel's sum and constants; multiply-add;
-    shift; clamp); the pooled vector leaves as one beat."""
+    """Global average pool and the 8-bit requant after it, ``lanes`` channels per cycle: per channel
+    the sum of the ``hw x hw`` codes' values of a map, then ``clamp((sum * mul + bias) >> shift, 0,
+    top)`` (``requant.affine_unit``, one per lane); the pooled vector leaves as one beat.
 
-    def __init__(self, in_levels: LevelSet, out_levels: LevelSet, hw: int, mul, bias, shift):
+    The channels' sums are a ring of registers, ``lanes`` to a step, that turns once per input
+    pixel: the step at the head takes its channels' codes from the held input pixel and enters the
+    tail (no adder per channel and no multiplexer over the sums). After the last pixel the ring turns
+    once more into the requant units, whose codes enter a ring of output registers the same way.
+    ``lanes`` (``Network`` picks the fewest that keep the pool off the critical period) trades
+    ``hw * hw * steps`` cycles per image against adders and multipliers."""
+
+    def __init__(self, in_levels: LevelSet, out_levels: LevelSet, hw: int, mul, bias, shift, lanes: int = 1):
         self._il, self._ol, self._hw = in_levels, out_levels, hw
         self._mul, self._bias, self._shift = (np.asarray(a, dtype=np.int64) for a in (mul, bias, shift))
         c = len(self._mul)
+        if not 1 <= lanes <= c:
+            _silence_and_raise(self, f"lanes must be in [1, {c}] (the channels), got {lanes}")
+        self.lanes, self.steps = lanes, -(-c // lanes)
         super().__init__({"i": In(stream.Signature(data.ArrayLayout(act_code_shape(in_levels), c))),
                           "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(out_levels), c)))})
 
+    LATENCY = 6  # requant.affine_unit's stages
+
+    @staticmethod
+    def cycles(hw: int, channels: int, lanes: int) -> int:
+        """Cycles per image with the input always there and the output always taken: a step per
+        pixel and ring position, one per position into the requant units, their latency, the beat out."""
+        steps = -(-channels // lanes)
+        return hw * hw * steps + steps + AvgPoolRequant.LATENCY + 1
+
+    @staticmethod
+    def fewest_lanes(hw: int, channels: int, period: int) -> int:
+        """The fewest lanes whose cycles per image stay within ``period`` (all channels if none do)."""
+        return next((k for k in range(1, channels) if AvgPoolRequant.cycles(hw, channels, k) <= period), channels)
+
     @property
     def cycles_per_image(self) -> int:
-        return self._hw ** 2 + len(self._mul) + self.PIPELINE + 1
-
-    PIPELINE = 3  # cycles from a channel's selection to its code
+        return self.cycles(self._hw, len(self._mul), self.lanes)
 
     def elaborate(self, platform):
         m = Module()
-        c, n = len(self._mul), self._hw ** 2
+        c, n, L, k = len(self._mul), self._hw ** 2, self.lanes, self.steps
         top = max(self._il.ints)
         sum_shape = unsigned(max(1, (top * n).bit_length()))
-        sums = [Signal(sum_shape, name=f"sum{k}") for k in range(c)]
         decode = Array(Const(v, unsigned(max(1, top.bit_length()))) for v in self._il.ints)
-        count = Signal(range(n + 1))
-        ch = Signal(range(c + self.PIPELINE))
-        state = Signal(2)  # 0: accumulate, 1: requantize channel by channel, 2: output
-        m.d.comb += self.i.ready.eq(state == 0)
-        with m.If((state == 0) & self.i.valid):
-            for k in range(c):
-                m.d.sync += sums[k].eq(Mux(count == 0, 0, sums[k]) + decode[self.i.payload[k]])
-            m.d.sync += count.eq(count + 1)
+        ring = [[Signal(sum_shape, name=f"sum{j}_{l}") for l in range(L)] for j in range(k)]
+        count = Signal(range(max(n, 2)))  # the pixel
+        step = Signal(range(k + 1))  # the ring position at the head
+        state = Signal(2)  # 0: accumulate, 1: requantize, 2: output
+        w = Shape.cast(act_code_shape(self._il)).width
+        # the channels past c that fill the last step: code 0 and constants 0, dropped at the output
+        codes = [self.i.payload[ch] if ch < c else Const(0, w) for ch in range(k * L)]
+        held = _table([Cat(*codes[j * L:(j + 1) * L]) for j in range(k)], step)[step]
+        accumulate = (state == 0) & self.i.valid
+        feed = (state == 1) & (step < k)
+        m.d.comb += self.i.ready.eq(accumulate & (step == k - 1))
+        with m.If(accumulate | feed):  # the ring turns: the head, plus its channels' codes, to the tail
+            m.d.sync += [ring[j][l].eq(ring[j + 1][l]) for j in range(k - 1) for l in range(L)]
+            m.d.sync += [ring[k - 1][l].eq(Mux(count == 0, 0, ring[0][l]) + decode[held[l * w:(l + 1) * w]])
+                         for l in range(L)]
+            m.d.sync += step.eq(step + 1)
+        with m.If(accumulate & (step == k - 1)):
+            m.d.sync += [step.eq(0), count.eq(count + 1)]
             with m.If(count == n - 1):
-                m.d.sync += [count.eq(0), state.eq(1), ch.eq(0)]
-        mul = _table([Const(int(v), signed(intops.MUL_BITS)) for v in self._mul], ch)
-        bias = _table([Const(int(v), signed(max(2, intops.signed_bits(int(self._bias.min()), int(self._bias.max())))))
-                       for v in self._bias], ch)
-        shift = _table([Const(int(v), unsigned(max(1, int(self._shift.max()).bit_length()))) for v in self._shift], ch)
-        # stage 1: the channel's sum and constants; stage 2: multiply-add; then shift, clamp, store
-        sel = (state == 1) & (ch < c)
-        v1, ch1, s1 = Signal(), Signal.like(ch), Signal(sum_shape)
-        mul1, bias1, shift1 = Signal(mul[0].shape()), Signal(bias[0].shape()), Signal(shift[0].shape())
-        m.d.sync += [v1.eq(sel), ch1.eq(ch), s1.eq(_table(sums, ch)[ch]), mul1.eq(mul[ch]), bias1.eq(bias[ch]),
-                     shift1.eq(shift[ch])]
-        v2, ch2, shift2 = Signal(), Signal.like(ch), Signal.like(shift1)
-        y = Signal(signed(intops.affine_bits([top * n], [self._mul], self._bias)))
-        m.d.sync += [v2.eq(v1), ch2.eq(ch1), shift2.eq(shift1), y.eq(s1 * mul1 + bias1)]
-        v3, ch3, y3 = Signal(), Signal.like(ch), Signal.like(y)
-        m.d.sync += [v3.eq(v2), ch3.eq(ch2), y3.eq(y >> shift2)]
-        code = clamp(m, y3, self._ol.denom, name="pool")
-        with m.If(v3):
-            with m.Switch(ch3):
-                for k in range(c):
-                    with (m.Case(k) if k < c - 1 else m.Default()):
-                        m.d.sync += self.o.payload[k].eq(code)
-        with m.If(state == 1):
-            m.d.sync += ch.eq(ch + 1)
-            with m.If(ch == c - 1 + self.PIPELINE):
-                m.d.sync += [state.eq(2), self.o.valid.eq(1)]
+                m.d.sync += [count.eq(0), state.eq(1)]
+        pipe = Pipe(m, Const(1))
+        outs = [[Signal(self.o.payload[0].shape(), name=f"out{j}_{l}") for l in range(L)] for j in range(k)]
+        done = Signal(range(max(k, 2)))
+        for l in range(L):  # lane l requantizes channels l, L + l, ...; its table row is the step
+            col = lambda a: np.array([a[j * L + l] if j * L + l < c else 0 for j in range(k)], dtype=np.int64)
+            code, (valid,) = affine_unit(m, pipe, [ring[0][l]], step, [col(self._mul)], col(self._bias),
+                                         col(self._shift), self._ol.denom, [top * n], [feed], name=f"pool{l}")
+            with m.If(valid):  # every lane's valid is the same
+                m.d.sync += [*(outs[j][l].eq(outs[j + 1][l]) for j in range(k - 1)), outs[k - 1][l].eq(code)]
+                if l == 0:
+                    m.d.sync += done.eq(done + 1)
+                    with m.If(done == k - 1):
+                        m.d.sync += [done.eq(0), step.eq(0), state.eq(2), self.o.valid.eq(1)]
+        m.d.comb += [self.o.payload[ch].eq(outs[ch // L][ch % L]) for ch in range(c)]
         with m.If((state == 2) & self.o.ready):
             m.d.sync += [state.eq(0), self.o.valid.eq(0)]
         return m

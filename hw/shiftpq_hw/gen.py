@@ -32,7 +32,9 @@ from .verilog import verilog_from_rtlil
 TOP = "shiftpq_top"
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models"
-DEFAULT_PAR = 32  # the largest layer gets 32 PEs: ResNet-20 at 41,472 cycles per image
+# the largest layer gets 22 PEs: ResNet-20 at 55,296 cycles per image, 405 PEs, the largest fold that
+# fits an ECP5-85k (`make synth`'s default device; PAR 32 does not fit, hw/README.md)
+DEFAULT_PAR = 22
 REPORT_MHZ = (50, 100, 150)
 
 

@@ -144,8 +144,12 @@ class Network(wiring.Component):
                 nxt = by_src[op["dst"]][0]
                 absorbed.add(nxt["name"])
                 src = t.tensors[op["src"]]
+                # the fewest lanes that keep the pool off the period the blocks before it set
+                period = max([math.prod(t.manifest["input"]["shape"])]
+                             + [getattr(b, "cycles_per_image", 0) for _, b, _, _ in plan])
+                lanes = AvgPoolRequant.fewest_lanes(op["hw"], len(src["channels"]), period)
                 blk = AvgPoolRequant(t.level_set(src["levels"]), t.level_set(nxt["levels"]), op["hw"],
-                                     t.array(nxt, "mul"), t.array(nxt, "bias"), t.array(nxt, "shift"))
+                                     t.array(nxt, "mul"), t.array(nxt, "bias"), t.array(nxt, "shift"), lanes)
                 plan.append((op["name"], blk, [("i", op["src"])], nxt["dst"]))
             elif kind == "fc":
                 src = t.tensors[op["src"]]
@@ -204,6 +208,8 @@ class Network(wiring.Component):
             elif isinstance(blk, (AvgPoolRequant, MaxPool)):
                 rows.append({"name": name, "kind": "avgpool" if isinstance(blk, AvgPoolRequant) else "maxpool",
                              "pes": 0, "macs": 0, "cycles": blk.cycles_per_image})
+                if isinstance(blk, AvgPoolRequant):
+                    rows[-1]["lanes"] = blk.lanes
         return rows
 
     @property

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--model", choices=MODEL_NAMES, help="the model whose default source to use")
     gn.add_argument("--par", type=_par, default=None, metavar="N|max",
                     help="PEs of the largest layer; every other layer gets the fewest PEs that keep up with it "
-                    "(default 32); max: every layer fully parallel")
+                    "(default 22: ResNet-20 fits an ECP5-85k); max: every layer fully parallel")
     gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
     gn.add_argument("--force", action="store_true", help="replace OUT even if it is not a generator output")
     gn.add_argument("--seed", type=int, default=0, help="seed of the untrained default model")
