@@ -17,7 +17,7 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .pe import act_code_shape, act_value, adder_tree, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
-from .requant import Pipe, affine_unit
+from .requant import AFFINE_STAGES, Pipe, affine_unit
 
 
 def _table(items: list, index) -> Array:
@@ -176,7 +176,7 @@ class AvgPoolRequant(wiring.Component):
         super().__init__({"i": In(stream.Signature(data.ArrayLayout(act_code_shape(in_levels), c))),
                           "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(out_levels), c)))})
 
-    LATENCY = 6  # requant.affine_unit's stages
+    LATENCY = AFFINE_STAGES  # the requant units' pipeline
 
     @staticmethod
     def cycles(hw: int, channels: int, lanes: int) -> int:

@@ -372,16 +372,23 @@ class ConvRequant(wiring.Component):
         addr = Cat(turn, gq)
         carry = [busy, turn, gq, doneq & (turn == per - 1)]
         codes = []
-        for u in range(units):
-            chans = self._unit_channels(u, jb)
-            x = Signal(self._acc_shape, name=f"rq{u}_x")
+
+        def by_turn(u: int, values: list, shape, name: str) -> Signal:
+            """Unit u's lane value at its turn; 0 on a padding turn (complete case statements; the
+            turn's code is dropped)."""
+            out = Signal(shape, name=name)
             with m.Switch(turn):
                 for jj in range(per):
                     if u * per + jj < lanes:
                         with m.Case(jj):
-                            m.d.comb += x.eq(fins[u * per + jj])
-                with m.Default():  # complete case statements (a padding turn: its code is dropped)
-                    m.d.comb += x.eq(0)
+                            m.d.comb += out.eq(values[u * per + jj])
+                with m.Default():
+                    m.d.comb += out.eq(0)
+            return out
+
+        for u in range(units):
+            chans = self._unit_channels(u, jb)
+            x = by_turn(u, fins, self._acc_shape, f"rq{u}_x")
             rq = self._rq
             if rq["mode"] == "threshold":
                 th, sign = np.asarray(rq["thresholds"]), np.asarray(rq["sign"])
@@ -392,15 +399,7 @@ class ConvRequant(wiring.Component):
                 pick = lambda a: np.array([int(np.asarray(a)[c]) if c is not None else 0 for c in chans])  # noqa: E731
                 xs, muls, bounds = [x], [pick(rq["mul"])], [self._partial_bound]
                 if self._res is not None:  # the shortcut value of the lane's channel
-                    v = Signal(act_code_shape(self._res["levels"]), name=f"rq{u}_sc")
-                    with m.Switch(turn):
-                        for jj in range(per):
-                            if u * per + jj < lanes:
-                                with m.Case(jj):
-                                    m.d.comb += v.eq(rsr[u * per + jj])
-                        with m.Default():  # a padding turn
-                            m.d.comb += v.eq(0)
-                    xs.append(v)
+                    xs.append(by_turn(u, rsr, act_code_shape(self._res["levels"]), f"rq{u}_sc"))
                     muls.append(pick(self._res["mul"]))
                     bounds.append(self._res["levels"].denom)
                 code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(rq["bias"]), pick(rq["shift"]),

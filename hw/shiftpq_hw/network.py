@@ -103,6 +103,10 @@ class Network(wiring.Component):
     def _fold(self, out_ch: int, in_ch: int, steps: int) -> tuple[int | None, int | None]:
         return (None, None) if self.target is None else fold(out_ch, in_ch, steps, self.target)
 
+    def _input_cycles(self) -> int:
+        """Cycles an image takes to enter: one byte per cycle."""
+        return math.prod(self._t.manifest["input"]["shape"])
+
     def _plan(self) -> list[tuple[str, wiring.Component, list[tuple[str, str]], str]]:
         """(name, block, [(input port, tensor)], output tensor) in execution order."""
         t = self._t
@@ -145,8 +149,7 @@ class Network(wiring.Component):
                 absorbed.add(nxt["name"])
                 src = t.tensors[op["src"]]
                 # the fewest lanes that keep the pool off the period the blocks before it set
-                period = max([math.prod(t.manifest["input"]["shape"])]
-                             + [getattr(b, "cycles_per_image", 0) for _, b, _, _ in plan])
+                period = max([self._input_cycles()] + [getattr(b, "cycles_per_image", 0) for _, b, _, _ in plan])
                 lanes = AvgPoolRequant.fewest_lanes(op["hw"], len(src["channels"]), period)
                 blk = AvgPoolRequant(t.level_set(src["levels"]), t.level_set(nxt["levels"]), op["hw"],
                                      t.array(nxt, "mul"), t.array(nxt, "bias"), t.array(nxt, "shift"), lanes)
@@ -194,8 +197,7 @@ class Network(wiring.Component):
 
     def layers(self) -> list[dict]:
         """Per block: PEs, MACs and cycles per image (its steady-state period)."""
-        rows = [{"name": "input", "kind": "bytes", "pes": 0, "macs": 0,
-                 "cycles": math.prod(self._t.manifest["input"]["shape"])}]  # one byte per cycle
+        rows = [{"name": "input", "kind": "bytes", "pes": 0, "macs": 0, "cycles": self._input_cycles()}]
         for name, blk, _, _ in self.blocks:
             if isinstance(blk, (ConvRequant, FullyConnected)):
                 row = {"name": name, "kind": "conv" if isinstance(blk, ConvRequant) else "fc", "pes": blk.pes,

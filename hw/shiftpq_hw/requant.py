@@ -124,6 +124,9 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
     return code, carry
 
 
+AFFINE_STAGES = 6  # affine_unit's pipeline: inputs twice (the tables' read), products, sum, shift, clamp
+
+
 def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], bias: np.ndarray,
                 shift: np.ndarray, top: int, bounds: list[int], carry: list = (),
                 name: str = "aff") -> tuple[Signal, list]:
@@ -131,7 +134,7 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     inputs registered twice while the row's constants are read (``rom``), the products (the FPGA's
     multipliers; 25-bit constants, intops.MUL_BITS) registered, their sum and the bias registered,
     the arithmetic shift registered, the clamp registered. ``bounds``: |xs[k]| <= bounds[k]. Returns
-    the code (valid after six stages) and the carried values."""
+    the code (valid after ``AFFINE_STAGES`` stages) and the carried values."""
     muls = [np.asarray(mk, dtype=np.int64) for mk in muls]
     bias, shift = np.asarray(bias, dtype=np.int64), np.asarray(shift, dtype=np.int64)
     mshape = [signed(max(2, _signed_width(mk))) for mk in muls]
