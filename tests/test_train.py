@@ -101,3 +101,38 @@ def test_shipped_fp32_resnet20_classifies_and_checkpoints_are_readable(tmp_path,
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_spq_revive_lets_selected_filters_train_and_return(tmp_path, cifar_dir):
+    """SPQ's paper variant (spq_revive): the filters GM selects at an epoch's end are zeroed (weights
+    only) and train again in the next epoch, so a later selection can differ (returned_filters > 0).
+    In the default masked variant a selected filter gets no gradient, which is why it never returned."""
+    from shiftpq.train import Trainer
+    cfg = _cfg("spq", epochs="3", batch_size="32", spq_revive="true")
+    cfg.spec, cfg.train_limit, cfg.test_limit = ModelSpec("tiny"), 128, 32
+    tr = Trainer(cfg, tmp_path, "cpu", cifar_dir, progress=False)
+    tr.fresh()
+    recs = [tr.train_epoch()]
+    sel = {n: cb.conv.mask == 0 for n, cb in tr.model.prunable().items()}
+    assert any(s.any() for s in sel.values())
+    for n, cb in tr.model.prunable().items():  # soft pruning: weights zeroed, BatchNorm kept
+        assert (cb.conv.weight[sel[n]] == 0).all() and (cb.bn.weight[sel[n]] != 0).all()
+    recs += [tr.train_epoch(), tr.train_epoch()]
+    assert sum(r["returned_filters"] for r in recs) > 0
+    assert any((cb.conv.weight[sel[n]] != 0).any() for n, cb in tr.model.prunable().items())  # they trained
+    for cb in tr.model.prunable().values():  # the last selection is a hard prune
+        dead = cb.conv.mask == 0
+        assert (cb.conv.weight[dead] == 0).all() and (cb.bn.weight[dead] == 0).all()
+
+
+def test_masked_spq_filters_get_no_gradient():
+    """Why the masked SPQ variant never brings a filter back: the mask multiplies the quantized
+    weights and the BatchNorm output, so a selected filter's gradient is exactly zero."""
+    from shiftpq.models import Net
+    torch.manual_seed(0)
+    model = Net(ModelSpec("tiny"))
+    model.set_quant(True)
+    cb = model.prunable()["stem"]
+    cb.conv.mask[[0, 2]] = 0
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert (cb.conv.weight.grad[[0, 2]] == 0).all() and (cb.conv.weight.grad[[1, 3]] != 0).any()

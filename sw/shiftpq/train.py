@@ -4,15 +4,20 @@ quantization (ppq), with the hyperparameters of each recipe in one place (RECIPE
 Schedules (SPQ/PPQ paper, sections III-C and III-D):
 - fp:  ``epochs`` epochs of full-precision training.
 - spq: ``epochs`` epochs of APoT QAT from the start. At the end of every epoch the GM criterion on
-       the full-precision weights of all filters picks int(N * rate) filters per conv, which the
-       next epoch's forward pass ignores (their output is exactly 0). The selection is redone
-       every epoch over all filters, so a pruned filter may return, with the weights it had.
-       After the last epoch the selection becomes a hard prune (weights and BatchNorm zeroed).
-       Deviation from the paper, which sets the selected weights to zero and keeps updating them:
-       a zeroed filter feeds BatchNorm a zero-variance channel whose gradient is scaled by
-       1/sqrt(eps), and that variant diverged (10% accuracy) in our first GPU run - a run made with
-       torch.compile, which later proved to break all compiled QAT on CUDA (docs/experiments.md,
-       round 6), so the paper's variant has not had a fair test yet.
+       the full-precision weights of all filters picks int(N * rate) filters per conv. The test
+       accuracy of every epoch is that of the pruned model (selected filters' outputs exactly 0), and
+       after the last epoch the selection becomes a hard prune (weights and BatchNorm zeroed).
+       Two ways to treat the selected filters during the next epoch (recipe field ``spq_revive``):
+       - masked (default): the next epoch's forward pass ignores them. They then get no gradient,
+         only weight decay, which shrinks them towards the geometric median's neighbourhood, so the
+         same filters are selected again every epoch: ``returned_filters`` is always 0, and this is
+         in effect "prune after epoch 1, then QAT" (90.57 % golden, docs/experiments.md round 7);
+       - revive (``--set spq_revive=true``, the paper's and FPGM's soft pruning): their weights are
+         set to zero and the next epoch trains all filters, so a selected filter is updated and may
+         return at the next selection (counted in ``returned_filters``). A zeroed filter feeds
+         BatchNorm a zero-variance channel whose gradient is scaled by 1/sqrt(eps); that variant
+         diverged in our first GPU run, a run with torch.compile, which then broke all compiled QAT
+         on CUDA (round 6), so it has yet to get a fair test.
 - ppq: ``epochs`` full-precision epochs with incremental hard GM pruning in ``prune_stages``
        stages (rate grows to the target; pruned filters never return), then ``qat_epochs`` epochs
        of APoT QAT of the pruned model at ``qat_lr``, optionally distilled from the pruned
@@ -67,6 +72,7 @@ class Recipe:
     alpha_weight_decay: float
     distill: float  # weight of the distillation loss from the full-precision model in ppq QAT (0: off)
     distill_temperature: float
+    spq_revive: bool = False  # spq: selected filters are zeroed and keep training (may return), not masked
 
 
 RECIPES: dict[str, Recipe] = {
@@ -115,6 +121,11 @@ def recipe_with(name: str, overrides: dict[str, str]) -> Recipe:
     return r
 
 
+def total_epochs(method: str, epochs: int, qat_epochs: int) -> int:
+    """Epochs of a run: ppq adds its QAT epochs to the pruning phase's."""
+    return epochs + (qat_epochs if method == "ppq" else 0)
+
+
 @dataclass
 class TrainConfig:
     """What defines a run (compared on --resume). Runtime options live in ``train()``'s arguments."""
@@ -137,7 +148,7 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        return self.recipe.epochs + (self.recipe.qat_epochs if self.method == "ppq" else 0)
+        return total_epochs(self.method, self.recipe.epochs, self.recipe.qat_epochs)
 
     def phase(self, epoch: int) -> str:
         if self.method == "ppq":
@@ -350,6 +361,11 @@ class Trainer:
             gm_prune(model, {n: v * stage_rate for n, v in self.rates.items()}, incremental=True,
                      grouped=self.grouped)
             zero_pruned(model, self.opt)
+        revive = phase == "spq" and r.spq_revive
+        selected = {n: cb.conv.mask.clone() for n, cb in model.prunable().items()}  # the last selection
+        if revive:  # the zeroed filters train with the others this epoch
+            for cb in model.prunable().values():
+                cb.conv.mask.fill_(1.0)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(cfg.seed * 1_000_003 + self.epoch)
         n, bs = len(self.ytr), min(r.batch_size, len(self.ytr))
@@ -388,12 +404,13 @@ class Trainer:
         returned = None
         if phase == "spq":
             # end of an SPQ epoch: GM on the full-precision weights of all filters (pruned ones
-            # included) selects the filters the next epoch ignores; the last selection is final
-            before = {n: cb.conv.mask.clone() for n, cb in model.prunable().items()}
+            # included) selects the filters to prune; the last selection is final
             gm_prune(model, self.rates, incremental=False, grouped=self.grouped)
-            returned = sum(int(((before[n] == 0) & (cb.conv.mask != 0)).sum()) for n, cb in model.prunable().items())
+            returned = sum(int(((selected[n] == 0) & (cb.conv.mask != 0)).sum()) for n, cb in model.prunable().items())
             if self.epoch == cfg.total_epochs:
                 zero_pruned(model, self.opt)
+            elif revive:
+                zero_pruned(model, weights_only=True)
         test_acc = evaluate(model, self.xte, self.yte, amp=self.amp)
         self.sched.end_epoch(test_acc)
         if self.device.type == "cuda":
@@ -422,8 +439,9 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str 
         tr.fresh()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
-    t_start, done_now = time.perf_counter(), 0
+    t_start, done_now, longest = time.perf_counter(), 0, 0.0
     while tr.epoch < cfg.total_epochs:
+        t_epoch = time.perf_counter()
         rec = tr.train_epoch()
         if tr.epoch < cfg.total_epochs and cfg.phase(tr.epoch) != rec["phase"]:
             tr._enter_phase(resumed=None)  # the checkpoint then already holds the new phase
@@ -436,8 +454,13 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str 
         if stop_after is not None and done_now >= stop_after and tr.epoch < cfg.total_epochs:
             log(f"stopping after {done_now} epochs as asked; continue with --resume")
             return {"finished": False, "epoch": tr.epoch}
-        if time_limit is not None and time.perf_counter() - t_start > time_limit and tr.epoch < cfg.total_epochs:
-            log(f"time limit reached after epoch {tr.epoch}; continue with --resume")
+        # stop before an epoch that would end past the limit, judged by the longest epoch of this call
+        # (its first includes compilation, so this errs on the early side)
+        longest = max(longest, time.perf_counter() - t_epoch)
+        if (time_limit is not None and time.perf_counter() - t_start + longest > time_limit
+                and tr.epoch < cfg.total_epochs):
+            log(f"time limit: stopping after epoch {tr.epoch} (the next would end past {time_limit:.0f} s); "
+                "continue with --resume")
             return {"finished": False, "epoch": tr.epoch}
     final_acc = evaluate(tr.model, tr.xte, tr.yte, amp=False)
     from .metrics import model_metrics
