@@ -136,3 +136,25 @@ def test_masked_spq_filters_get_no_gradient():
     cb.conv.mask[[0, 2]] = 0
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert (cb.conv.weight.grad[[0, 2]] == 0).all() and (cb.conv.weight.grad[[1, 3]] != 0).any()
+
+
+def test_teacher_distils_in_every_phase_and_resumes(tmp_path, cifar_dir):
+    """--teacher: a fixed model's logits enter the loss of an fp (or any) phase; a run resumed from
+    its checkpoint keeps the same teacher (bit-equal to the uninterrupted run)."""
+    def cfg(teacher=None, epochs="2"):
+        c = _cfg("fp", epochs=epochs, batch_size="32", distill="0.5")
+        c.spec, c.train_limit, c.test_limit, c.teacher = ModelSpec("tiny"), 64, 32, teacher
+        return c
+    _run(cfg(epochs="1"), tmp_path / "t", cifar_dir)
+    teacher = str(tmp_path / "t" / "final.pt")
+    _run(cfg(teacher), tmp_path / "a", cifar_dir)
+    _run(cfg(teacher), tmp_path / "b", cifar_dir, stop_after=1)
+    _run(cfg(teacher), tmp_path / "b", cifar_dir, resume=True)
+    _run(cfg(), tmp_path / "c", cifar_dir)
+    a, b, c = (read_checkpoint(tmp_path / n / "final.pt")[0]["model"] for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    bad = cfg(teacher)
+    bad.spec = ModelSpec("tinyvgg")
+    with pytest.raises(ShiftPQError, match="field 'meta.spec.name' is 'tiny'"):
+        _run(bad, tmp_path / "d", cifar_dir)

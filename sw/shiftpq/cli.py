@@ -97,6 +97,9 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
                    help="stop (resumably) before an epoch that would end past this wall time, judged by the "
                    "longest epoch so far in this call")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="distil from this checkpoint's model (same architecture, e.g. the unpruned FP32 model) in "
+                   "every phase, weight: recipe field distill (default: only ppq's QAT, from the pruned FP model)")
     t.add_argument("--compiled-quantizer", choices=COMPILED_QUANTIZERS, default=None,
                    help="with --compile: fused (element-wise ops Inductor fuses; default) or ops (opaque custom "
                    "ops around the eager kernels)")
@@ -232,7 +235,7 @@ def cmd_train(a) -> int:
     spec = ModelSpec(a.model, a.wbits, a.abits, a.stream_bits, dict(a.layer_bits))
     cfg = TrainConfig(method=a.method, spec=spec, recipe=recipe_with(a.recipe, dict(a.overrides)),
                       recipe_name=a.recipe, rate=a.rate, layer_rates=dict(a.layer_rate), residual_pruning=a.residual_pruning, seed=a.seed,
-                      train_limit=a.train_limit, test_limit=a.test_limit, init=a.init)
+                      train_limit=a.train_limit, test_limit=a.test_limit, init=a.init, teacher=a.teacher)
     resolve_data_dir(a.data_dir)
     if a.compiled_quantizer:
         from .quant import set_compiled_quantizer

@@ -22,6 +22,9 @@ Schedules (SPQ/PPQ paper, sections III-C and III-D):
        stages (rate grows to the target; pruned filters never return), then ``qat_epochs`` epochs
        of APoT QAT of the pruned model at ``qat_lr``, optionally distilled from the pruned
        full-precision model.
+Distillation (weight ``distill``, temperature ``distill_temperature``): by default only ppq's QAT
+phase, from the pruned FP model; with ``teacher`` (``--teacher CKPT``, e.g. the unpruned FP32
+model) every phase of every method, from that fixed model.
 
 Reproducibility: the batch order and augmentation of epoch e come from a generator seeded with
 (seed, e), and every checkpoint holds the optimizer and schedule state, so ``--resume`` continues
@@ -140,6 +143,7 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     init: str | None = None
+    teacher: str | None = None  # distil from this checkpoint's model in every phase (recipe.distill)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -283,6 +287,8 @@ class Trainer:
         self.model = Net(copy.deepcopy(cfg.spec))
         if cfg.init:
             self._load_init(cfg.init)
+        if cfg.teacher:
+            self._load_teacher(cfg.teacher)
         self.rates = layer_rates(self.model, cfg.rate, cfg.layer_rates)
         self.model.to(self.device)
         self.epoch = 0
@@ -300,6 +306,19 @@ class Trainer:
         if missing or unexpected:
             raise ShiftPQError(f"--init {path}: field 'model' does not fit {name}: missing {missing}, "
                                f"unexpected {unexpected}")
+
+    def _load_teacher(self, path: str) -> None:
+        """A fixed teacher for distillation (e.g. the unpruned FP32 model), same architecture."""
+        from .checkpoint import load_model
+        if self.cfg.recipe.distill <= 0:
+            raise ShiftPQError(f"--teacher {path}: recipe field 'distill' is {self.cfg.recipe.distill}, expected > 0")
+        teacher, meta = load_model(path)
+        if meta["spec"]["name"] != self.cfg.spec.name:
+            raise ShiftPQError(f"--teacher {path}: field 'meta.spec.name' is {meta['spec']['name']!r}, "
+                               f"expected {self.cfg.spec.name!r}")
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
 
     def resume(self, path: Path) -> None:
         blob, meta = read_checkpoint(path)
@@ -322,7 +341,7 @@ class Trainer:
         start = 0 if phase != "qat" else cfg.recipe.epochs
         quant = phase in ("spq", "qat")
         if quant and resumed is None:
-            if phase == "qat" and cfg.recipe.distill > 0:
+            if phase == "qat" and cfg.recipe.distill > 0 and not cfg.teacher:
                 self.teacher = copy.deepcopy(model).eval()
                 for p in self.teacher.parameters():
                     p.requires_grad_(False)
@@ -387,7 +406,7 @@ class Trainer:
                 with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
                     logits = self.forward(x)
                     t_logits = None
-                    if self.teacher is not None and phase == "qat":
+                    if self.teacher is not None and (phase == "qat" or cfg.teacher):
                         with torch.no_grad():
                             t_logits = self.teacher(x)
                     loss = _loss(logits, y, r, t_logits)
