@@ -27,7 +27,6 @@ run the plan for a fixed time, return the run states. docs/experiments.md gives 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -52,14 +51,6 @@ CIFAR10_FILES_MD5 = {
 CALL_MIB = 64  # what one device call carries: the working tree plus the carried paths
 PART_BYTES = 15 << 20  # one file back through $OUT: at most 16 MiB
 DEFAULT_DATA = "/tmp/shiftpq-cifar10"  # outside the repository copy, which each call replaces
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fail(msg: str) -> None:
@@ -109,6 +100,7 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_stage(a) -> int:
+    from shiftpq.data import _md5
     src, data = Path(a.folder), Path(a.data)
     files = sorted(p for p in src.glob("*.bin")) if src.is_dir() else []
     if not files:

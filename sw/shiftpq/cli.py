@@ -374,8 +374,8 @@ def cmd_data(a) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
     from .sweep import cmd_sweep
     handler = {"train": cmd_train, "sweep": cmd_sweep, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
                "gen": cmd_gen, "sim": cmd_sim, "synth": cmd_synth, "report": cmd_report, "data": cmd_data}[args.command]

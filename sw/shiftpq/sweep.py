@@ -453,33 +453,16 @@ def cmd_sweep(a) -> int:
     return 1 if state["counts"]["failed"] else 0
 
 
-def train_main(argv: list[str]) -> int:
-    """``shiftpq train`` from this module (what the sweep's children run)."""
-    from .cli import cmd_train
-    try:
-        return cmd_train(train_parser().parse_args(argv))
-    except _ArgError as e:
-        print(f"shiftpq train: error: {e}", file=sys.stderr)
-        return 2
-    except (ShiftPQError, ValueError) as e:
-        print(f"shiftpq: error: {e}", file=sys.stderr)
-        return 2
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shiftpq.sweep PLAN ...`` (= shiftpq sweep) or ``python -m shiftpq.sweep train ...``
-    (= shiftpq train): both without importing the hardware packages (Amaranth, cocotb)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
-        return train_main(argv[1:])
-    p = argparse.ArgumentParser(prog="shiftpq sweep", description=SWEEP_DESCRIPTION)
-    add_sweep_arguments(p)
-    a = p.parse_args(argv)
-    try:
-        return cmd_sweep(a)
-    except (ShiftPQError, ValueError) as e:
-        print(f"shiftpq: error: {e}", file=sys.stderr)
-        return 2
+    """``python -m shiftpq.sweep train ...`` / ``python -m shiftpq.sweep sweep PLAN ...``: shiftpq with
+    only these two commands, so that it runs without the hardware packages (Amaranth, cocotb) on a
+    bare GPU machine; the sweep's children run this way. Errors as in ``shiftpq``: one line, exit 2."""
+    from .cli import add_train_arguments, main as cli_main
+    p = argparse.ArgumentParser(prog="shiftpq", description="shiftpq train and sweep, without the hardware packages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_arguments(sub.add_parser("train", help="train a model (shiftpq train --help)"))
+    add_sweep_arguments(sub.add_parser("sweep", help="run a plan (shiftpq sweep --help)", description=SWEEP_DESCRIPTION))
+    return cli_main(argv, parser=p)
 
 
 if __name__ == "__main__":
