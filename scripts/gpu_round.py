@@ -119,13 +119,13 @@ def cmd_stage(a) -> int:
     return 0
 
 
-def _check_compiled(model: str, batch: int, steps: int, out: Path) -> dict:
+def _check_compiled(model: str, batch: int, steps: int, out: Path, device: str = "cuda") -> dict:
     """Does the compiled fused quantizer train like eager? (bench/train_throughput.py's check)"""
     sys.path.insert(0, str(ROOT / "bench"))
     import torch
     from train_throughput import compiled_vs_eager
     t = time.monotonic()
-    chk = compiled_vs_eager(model, torch.device("cuda"), batch, steps)
+    chk = compiled_vs_eager(model, torch.device(device), batch, steps)
     first = chk["eager_loss"][0]
     # a compiled quantizer that trains drifts from eager by float reassociation only; the miscompile of
     # rounds 6-7 left the loss near its start (2.28 vs eager 0.58 after 40 steps)
