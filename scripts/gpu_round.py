@@ -256,10 +256,15 @@ def cmd_run(a) -> int:
     print(f"gpu_round: torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'no CUDA'}; "
           f"plan {a.plan}: {len(plan.runs)} runs", flush=True)
     if cuda and a.check_steps:
-        chk = _check_compiled(a.check_model, a.check_batch, a.check_steps, out)
-        print(f"gpu_round: compiled fused quantizer {'trains' if chk['ok'] else 'DOES NOT train'}: QAT loss after "
-              f"{chk['steps']} steps eager {chk['eager_last4']:.3f}, compiled {chk['compiled_last4']:.3f} "
-              f"({chk['seconds']} s)", flush=True)
+        try:
+            chk = _check_compiled(a.check_model, a.check_batch, a.check_steps, out)
+            print(f"gpu_round: compiled fused quantizer {'trains' if chk['ok'] else 'DOES NOT train'}: QAT loss after "
+                  f"{chk['steps']} steps eager {chk['eager_last4']:.3f}, compiled {chk['compiled_last4']:.3f} "
+                  f"({chk['seconds']} s)", flush=True)
+        except Exception as e:  # a compiler crash must not cost the stretch: fall back, record it, go on
+            chk = {"quantizer": "fused", "ok": False, "error": f"{type(e).__name__}: {e}"}
+            (out / "check.json").write_text(json.dumps(chk, indent=1) + "\n")
+            print(f"gpu_round: the compiled check failed ({chk['error'][:300]})", flush=True)
         if not chk["ok"]:
             extra.append("--compiled-quantizer=ops")
     if cuda and a.bench:
