@@ -9,6 +9,7 @@ run the plan for a fixed time, return the run states. docs/experiments.md gives 
     python3 scripts/gpu_round.py stage .gpu/stage3 && python3 scripts/gpu_round.py run --time-limit 540
     # here, after the round: finished phases into plans/done/<plan>/ (commit them), the rest into runs/gpu/
     python scripts/gpu_round.py adopt /work/.device/.../runs.tar.gz
+    python scripts/gpu_round.py curves          # docs/results-curves.png from the committed phases
 
 ``run`` needs only PyTorch, NumPy and tqdm (a bare GPU machine: it runs shiftpq from ``sw/``):
 1. the six .bin files staged in --data (md5 checked; a missing one is named);
@@ -222,6 +223,43 @@ def cmd_adopt(a) -> int:
     return 0
 
 
+def cmd_curves(a) -> int:
+    """Here: the training curves of the plan's committed phases, one panel per model, each phase
+    drawn after the phase it starts from (``init``), as one PNG (docs/results.md)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from shiftpq.report import _png
+    from shiftpq.sweep import load_plan
+    plan, src = load_plan(a.plan), done_dir(a.plan, a.done_dir)
+    logs = {r.name: [json.loads(l) for l in (src / r.name / "log.jsonl").read_text().splitlines() if l.strip()]
+            for r in plan.runs if (src / r.name / "log.jsonl").is_file()}
+    if not logs:
+        fail(f"{src}: no finished phase of {a.plan} (field 'log.jsonl' of a run directory) to plot")
+    runs = plan.by_name()
+    model = {n: json.loads((src / n / "config.json").read_text())["spec"]["name"] for n in logs}
+
+    def offset(n: str) -> int:
+        i = runs[n].init
+        return offset(i) + len(logs[i]) if i in logs else 0
+
+    models = sorted(set(model.values()))
+    fig, axes = plt.subplots(len(models), 1, figsize=(7, 2.8 * len(models)), squeeze=False)
+    for ax, m in zip(axes[:, 0], models):
+        for n in (r.name for r in plan.runs if model.get(r.name) == m):
+            ax.plot([offset(n) + k + 1 for k in range(len(logs[n]))], [r["test_acc"] for r in logs[n]], lw=1, label=n)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("epoch (each phase after the one it starts from)", fontsize=8)
+        ax.set_ylabel("test top-1 (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(_png(fig))
+    print(f"wrote {out}: {len(logs)} phases of {', '.join(models)}")
+    return 0
+
+
 def _seed_runs(src: Path, runs_dir: Path) -> list[str]:
     """Copy the plan's committed finished phases into the run directories, where the sweep skips them
     and their dependants find their final.pt."""
@@ -314,9 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--plan", default=str(ROOT / "plans" / "table2.toml"))
     d.add_argument("--runs-dir", default="runs/gpu", help="where unfinished runs go (default runs/gpu)")
     d.add_argument("--done-dir", default=None, help="where finished phases go (default plans/done/<plan stem>)")
+    c = sub.add_parser("curves", help="here: a PNG of the committed phases' training curves")
+    c.add_argument("--plan", default=str(ROOT / "plans" / "table2.toml"))
+    c.add_argument("--done-dir", default=None, help="the plan's committed phases (default plans/done/<plan stem>)")
+    c.add_argument("--out", default=str(ROOT / "docs" / "results-curves.png"))
     a = ap.parse_args(argv)
     try:
-        return {"prepare": cmd_prepare, "stage": cmd_stage, "run": cmd_run, "adopt": cmd_adopt}[a.cmd](a)
+        return {"prepare": cmd_prepare, "stage": cmd_stage, "run": cmd_run, "adopt": cmd_adopt,
+                "curves": cmd_curves}[a.cmd](a)
     except Exception as e:  # ShiftPQError and friends: one line, exit 2
         from shiftpq.errors import ShiftPQError
         if isinstance(e, (ShiftPQError, ValueError)):

@@ -87,6 +87,10 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "prune_stages=1", "--se
                     "--done-dir", str(tmp_path / "done"), "--runs-dir", str(tmp_path / "partial")]) == 0
     blob = torch.load(tmp_path / "done" / "qat" / "final.pt", weights_only=True)
     assert "optimizer" not in blob and "model" in blob
+    curves = [tmp_path / f"c{k}.png" for k in (1, 2)]
+    for c in curves:
+        assert gr.main(["curves", "--plan", str(plan), "--done-dir", str(tmp_path / "done"), "--out", str(c)]) == 0
+    assert curves[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves[0].read_bytes() == curves[1].read_bytes()
     # the next stretch, on a fresh machine: the adopted phases are copied in and skipped
     capsys.readouterr()
     assert gr.main(["run", *common, "--runs-dir", "runs/b", "--out", str(tmp_path / "out2")]) == 0
