@@ -317,6 +317,8 @@ class Trainer:
             raise ShiftPQError(f"--teacher {path}: field 'meta.spec.name' is {meta['spec']['name']!r}, "
                                f"expected {self.cfg.spec.name!r}")
         self.teacher = teacher.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.teacher.to(memory_format=torch.channels_last)  # the layout the student's inputs have
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
