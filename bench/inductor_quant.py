@@ -5,7 +5,7 @@
 Round 7 (docs/experiments.md) found that Inductor's CUDA code for the quantizer trains nothing, and
 not because of bucketize alone; training therefore calls the quantizer as opaque custom ops. This
 script narrows it down for a bug report: each piece of ``shiftpq.quant`` (the level index, the
-level values, the forward, the gradients) runs eagerly and compiled (Inductor, ``fullgraph``) on
+level values, the forward, the gradients, and the fused quantizer's forward and gradients) runs eagerly and compiled (Inductor, ``fullgraph``) on
 the same inputs (activations, unsigned, and weights, signed; float32 and bfloat16; channels_last),
 and the elements that differ are counted. Element-wise outputs must agree exactly; the alpha
 gradient is a sum, where a different summation order is legitimate, so its relative difference is
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sw"))
-from shiftpq.quant import ALPHA_A_INIT, _fake_quant_forward, _fake_quant_grads, _level_index, _levels_of  # noqa: E402
+from shiftpq.quant import (ALPHA_A_INIT, _fake_quant_forward, _fake_quant_grads, _fused_levels,  # noqa: E402
+                           _level_index, _levels_of, _quant_grads, fused_consts)
 from shiftpq.levels import level_set  # noqa: E402
 
 
@@ -30,13 +31,17 @@ def _mag(xs: torch.Tensor, signed: bool) -> torch.Tensor:
     return xs.abs() if signed else xs
 
 
-def _pieces(signed: bool, vals: torch.Tensor, mids: torch.Tensor) -> dict:
+def _pieces(signed: bool, vals: torch.Tensor, mids: torch.Tensor, consts: tuple) -> dict:
     """name -> function of (x, alpha, g): the quantizer's steps, each ending in what the next takes."""
     return {
         "index": lambda x, alpha, g: _level_index(_mag(x.float() / alpha, signed).permute(0, 2, 3, 1), mids),
         "levels": lambda x, alpha, g: _levels_of(x.float() / alpha, vals, mids, signed),
         "forward": lambda x, alpha, g: _fake_quant_forward(x, alpha, vals, mids, signed),
         "grads": lambda x, alpha, g: _fake_quant_grads(g, x, alpha, vals, mids, signed),
+        # the fused quantizer (what shiftpq train --compile traces by default), forward and gradients
+        "fused_forward": lambda x, alpha, g: (_fused_levels(x.float() / alpha, consts, signed) * alpha).to(x.dtype),
+        "fused_grads": lambda x, alpha, g: _quant_grads(g, x.float() / alpha, _fused_levels(x.float() / alpha, consts,
+                                                                                             signed), alpha, signed),
     }
 
 
@@ -56,7 +61,7 @@ def compare(device: str, shape: tuple[int, ...], seed: int = 0,
         alpha = torch.tensor(ALPHA_A_INIT if not signed else 3.0, device=dev)
         for dtype in dtypes:
             x, g = x32.to(dtype), g32.to(dtype)
-            for name, fn in _pieces(signed, vals, mids).items():
+            for name, fn in _pieces(signed, vals, mids, fused_consts(lv)).items():
                 want = fn(x, alpha, g)
                 torch._dynamo.reset()
                 got = torch.compile(fn, fullgraph=True)(x, alpha, g)

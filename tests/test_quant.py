@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from shiftpq.levels import level_set
@@ -119,7 +120,7 @@ def test_fake_quant_keeps_channels_last_without_copies():
 
 
 def test_compiled_graph_keeps_the_quantizer_opaque():
-    """torch.compile must call our fake-quant kernels, not lower them: Inductor's own CUDA lowering
+    """With the "ops" compiled quantizer, torch.compile must call our fake-quant kernels, not lower them: Inductor's own CUDA lowering
     of bucketize trained nothing (docs/experiments.md, round 6). The graphs AOTAutograd hands to the
     compiler hold the shiftpq ops and no bucketize, forward and backward."""
     from functorch.compile import make_boxed_func
@@ -131,14 +132,19 @@ def test_compiled_graph_keeps_the_quantizer_opaque():
         seen.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
         return make_boxed_func(gm.forward)
 
+    from shiftpq.quant import set_compiled_quantizer
     conv = QConv2d(3, 4, bits=4)
     act = ActQuant(4)
     conv.wq.enabled = act.enabled = True
     model = torch.nn.Sequential(conv, torch.nn.ReLU(), act)
     compiled = torch.compile(model, backend=aot_autograd(fw_compiler=grab, bw_compiler=grab))
     x = torch.randn(2, 3, 6, 6)
-    compiled(x).sum().backward()
-    torch._dynamo.reset()
+    set_compiled_quantizer("ops")
+    try:
+        compiled(x).sum().backward()
+    finally:
+        set_compiled_quantizer("fused")
+        torch._dynamo.reset()
     assert len(seen) == 2
     fw, bw = seen
     assert "shiftpq.fake_quant.default" in fw and "shiftpq.fake_quant_backward.default" in bw
@@ -181,7 +187,130 @@ def test_inductor_diagnostic_runs_and_agrees_on_the_cpu():
     spec.loader.exec_module(mod)
     rows = mod.compare("cpu", (2, 3, 4, 5), dtypes=(torch.float32,))
     assert {(r["quantizer"], r["piece"]) for r in rows} == {(q, p) for q in ("activation", "weight")
-                                                            for p in ("index", "levels", "forward", "grads")}
+                                                            for p in ("index", "levels", "forward", "grads",
+                                                                      "fused_forward", "fused_grads")}
     assert all(r["mismatches"] == 0 for r in rows)
-    assert all(r["alpha_grad_rel_diff"] < 1e-5 for r in rows if r["piece"] == "grads")
+    assert all(r["alpha_grad_rel_diff"] < 1e-5 for r in rows if r["piece"].endswith("grads"))
     torch._dynamo.reset()
+
+
+# -- the fused quantizer (what torch.compile traces by default) ------------------------------------
+# Level sets by (bits, signed): APoT 2-5 bits both ways and the 8-bit uniform sets.
+FUSED_SETS = ((2, True), (3, False), (4, True), (4, False), (5, True), (5, False), (8, True), (8, False))
+
+
+def _probe(bits: int, signed: bool, alpha: float, shape=(4, 4, 9, 9)) -> torch.Tensor:
+    """Random values over and past the clipping range, plus every midpoint (a tie), the floats
+    just below and above it, and every level, where a fused index goes wrong first; both signs for
+    weights. ``alpha`` must be a power of two so that x / alpha lands on them exactly."""
+    from shiftpq.levels import level_set
+    lv = level_set(bits, signed)
+    n = 1
+    for d in shape:
+        n *= d
+    mids = torch.tensor(lv.midpoints, dtype=torch.float32)
+    edges = torch.cat([mids, mids.nextafter(torch.zeros(())), mids.nextafter(torch.ones(())),
+                       torch.tensor(lv.values, dtype=torch.float32), torch.tensor([1.0, 1.5, 1e-9])]) * alpha
+    if signed:
+        edges = torch.cat([edges, -edges])
+    x = torch.randn(n) * alpha * 0.6
+    x = x if signed else x.abs() * torch.where(torch.rand(n) < 0.05, -1.0, 1.0)  # a few negatives (pre-ReLU)
+    x[:min(n, len(edges))] = edges[:n]
+    return x.reshape(shape)
+
+
+def _grads(fn, x, alpha, g):
+    xi = x.clone().requires_grad_(True)
+    a = alpha.clone().requires_grad_(True)
+    y = fn(xi, a)
+    y.backward(g)
+    return y.detach(), xi.grad, a.grad
+
+
+def test_fused_constants_reproduce_every_level_table():
+    """The fused quantizer's baked constants are the level table's float32 values, and the uniform
+    path's arithmetic (checked inside fused_consts) holds for every set we can build."""
+    from shiftpq.levels import ACT_BITS, WEIGHT_BITS, level_set
+    from shiftpq.quant import fused_consts
+    for signed, widths in ((True, WEIGHT_BITS), (False, ACT_BITS)):
+        for bits in widths:
+            lv = level_set(bits, signed)
+            n, mids, vals = fused_consts(lv)
+            assert torch.equal(torch.tensor(vals), torch.tensor(lv.values, dtype=torch.float32))
+            assert torch.equal(torch.tensor(mids), torch.tensor(lv.midpoints, dtype=torch.float32))
+            assert (n != 0) == (lv.kind == "uniform")
+
+
+def test_fused_quantizer_equals_the_custom_op_eager():
+    """Element for element: forward, input gradient and alpha gradient of the fused quantizer equal
+    the custom op's (bucketize + table), every level set, float32 and bf16, both memory formats."""
+    from shiftpq.quant import _FusedFakeQuant, fake_quant_op
+    torch.manual_seed(4)
+    for bits, signed in FUSED_SETS:
+        q = Quantizer(bits, signed, 0.5)
+        for dtype in (torch.float32, torch.bfloat16):
+            for channels_last in (False, True):
+                x = _probe(bits, signed, 0.5).to(dtype)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                g = torch.randn(x.shape).to(dtype)
+                want = _grads(lambda xi, a: fake_quant_op(xi, a, q.vals, q.mids, signed), x, q.alpha.detach(), g)
+                got = _grads(lambda xi, a: _FusedFakeQuant.apply(xi, a, q.consts, signed), x, q.alpha.detach(), g)
+                for name, w, c in zip(("forward", "input grad", "alpha grad"), want, got):
+                    assert w.dtype == c.dtype and torch.equal(w, c), (bits, signed, dtype, channels_last, name)
+                assert got[0].stride() == x.stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_quantizer_compiled_equals_the_custom_op(dtype):
+    """torch.compile (Inductor, one graph for several quantizers, weights and activations) computes
+    the fused quantizer's forward and input gradients exactly as the eager custom op does; the alpha
+    gradient, a sum, up to summation order. The traced graphs hold neither bucketize, nor a gather
+    or index, nor our custom ops."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.compile_fx import compile_fx
+    from shiftpq.quant import fake_quant, fake_quant_op
+
+    torch.manual_seed(5)
+    qs = [Quantizer(bits, signed, 0.5) for bits, signed in FUSED_SETS]
+    xs = [_probe(b, s, 0.5).to(dtype).contiguous(memory_format=torch.channels_last) for b, s in FUSED_SETS]
+    gs = [torch.randn(x.shape).to(dtype) for x in xs]
+
+    def many(*args):
+        n = len(qs)
+        return [fake_quant(x, a, q.vals, q.mids, q.levels.signed, q.consts)
+                for q, x, a in zip(qs, args[:n], args[n:])]
+
+    seen = []
+
+    def grab(gm, example_inputs):
+        seen.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return make_boxed_func(gm.forward)
+
+    def run(fn):
+        ins = [x.clone().requires_grad_(True) for x in xs] + [q.alpha.detach().clone().requires_grad_(True) for q in qs]
+        ys = fn(*ins)
+        torch.autograd.backward(ys, gs)
+        return [y.detach() for y in ys], [t.grad for t in ins]
+
+    torch._dynamo.reset()
+    try:
+        want_y, want_g = run(lambda *a: [fake_quant_op(x, al, q.vals, q.mids, q.levels.signed)
+                                         for q, x, al in zip(qs, a[:len(qs)], a[len(qs):])])
+        got_y, got_g = run(torch.compile(many, fullgraph=True))
+        torch._dynamo.reset()
+        run(torch.compile(many, fullgraph=True, backend=aot_autograd(fw_compiler=grab, bw_compiler=grab)))
+    finally:
+        torch._dynamo.reset()
+    for (bits, signed), w, c in zip(FUSED_SETS, want_y, got_y):
+        assert torch.equal(w, c), ("forward", bits, signed)
+    for i, (w, c) in enumerate(zip(want_g, got_g)):
+        bits, signed = FUSED_SETS[i % len(qs)]
+        if i < len(qs):
+            assert torch.equal(w, c), ("input grad", bits, signed)
+        else:
+            torch.testing.assert_close(c, w, rtol=1e-5, atol=1e-6, msg=f"alpha grad {bits} {signed}")
+    assert len(seen) == 2
+    ops = seen[0] | seen[1]
+    assert not [t for t in ops if "bucketize" in t or "gather" in t or "index" in t or "shiftpq" in t], ops

@@ -101,3 +101,60 @@ def test_shipped_fp32_resnet20_classifies_and_checkpoints_are_readable(tmp_path,
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_spq_revive_lets_selected_filters_train_and_return(tmp_path, cifar_dir):
+    """SPQ's paper variant (spq_revive): the filters GM selects at an epoch's end are zeroed (weights
+    only) and train again in the next epoch, so a later selection can differ (returned_filters > 0).
+    In the default masked variant a selected filter gets no gradient, which is why it never returned."""
+    from shiftpq.train import Trainer
+    cfg = _cfg("spq", epochs="3", batch_size="32", spq_revive="true")
+    cfg.spec, cfg.train_limit, cfg.test_limit = ModelSpec("tiny"), 128, 32
+    tr = Trainer(cfg, tmp_path, "cpu", cifar_dir, progress=False)
+    tr.fresh()
+    recs = [tr.train_epoch()]
+    sel = {n: cb.conv.mask == 0 for n, cb in tr.model.prunable().items()}
+    assert any(s.any() for s in sel.values())
+    for n, cb in tr.model.prunable().items():  # soft pruning: weights zeroed, BatchNorm kept
+        assert (cb.conv.weight[sel[n]] == 0).all() and (cb.bn.weight[sel[n]] != 0).all()
+    recs += [tr.train_epoch(), tr.train_epoch()]
+    assert sum(r["returned_filters"] for r in recs) > 0
+    assert any((cb.conv.weight[sel[n]] != 0).any() for n, cb in tr.model.prunable().items())  # they trained
+    for cb in tr.model.prunable().values():  # the last selection is a hard prune
+        dead = cb.conv.mask == 0
+        assert (cb.conv.weight[dead] == 0).all() and (cb.bn.weight[dead] == 0).all()
+
+
+def test_masked_spq_filters_get_no_gradient():
+    """Why the masked SPQ variant never brings a filter back: the mask multiplies the quantized
+    weights and the BatchNorm output, so a selected filter's gradient is exactly zero."""
+    from shiftpq.models import Net
+    torch.manual_seed(0)
+    model = Net(ModelSpec("tiny"))
+    model.set_quant(True)
+    cb = model.prunable()["stem"]
+    cb.conv.mask[[0, 2]] = 0
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert (cb.conv.weight.grad[[0, 2]] == 0).all() and (cb.conv.weight.grad[[1, 3]] != 0).any()
+
+
+def test_teacher_distils_in_every_phase_and_resumes(tmp_path, cifar_dir):
+    """--teacher: a fixed model's logits enter the loss of an fp (or any) phase; a run resumed from
+    its checkpoint keeps the same teacher (bit-equal to the uninterrupted run)."""
+    def cfg(teacher=None, epochs="2"):
+        c = _cfg("fp", epochs=epochs, batch_size="32", distill="0.5")
+        c.spec, c.train_limit, c.test_limit, c.teacher = ModelSpec("tiny"), 64, 32, teacher
+        return c
+    _run(cfg(epochs="1"), tmp_path / "t", cifar_dir)
+    teacher = str(tmp_path / "t" / "final.pt")
+    _run(cfg(teacher), tmp_path / "a", cifar_dir)
+    _run(cfg(teacher), tmp_path / "b", cifar_dir, stop_after=1)
+    _run(cfg(teacher), tmp_path / "b", cifar_dir, resume=True)
+    _run(cfg(), tmp_path / "c", cifar_dir)
+    a, b, c = (read_checkpoint(tmp_path / n / "final.pt")[0]["model"] for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    bad = cfg(teacher)
+    bad.spec = ModelSpec("tinyvgg")
+    with pytest.raises(ShiftPQError, match="field 'meta.spec.name' is 'tiny'"):
+        _run(bad, tmp_path / "d", cifar_dir)

@@ -55,18 +55,13 @@ def _par(text: str) -> int | str:
     return "max" if text == "max" else _positive(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """The arguments of ``shiftpq train`` (also what a sweep plan's runs pass)."""
     from .levels import ACT_BITS, WEIGHT_BITS
     from .models import MODEL_NAMES
+    from .quant import COMPILED_QUANTIZERS
     from .train import METHODS, RECIPES, RESIDUAL_PRUNING
 
-    p = argparse.ArgumentParser(prog="shiftpq", description="ShiftPQ: compress CIFAR-10 CNNs with GM filter "
-                                "pruning and APoT quantization (SPQ/PPQ), and compile them to shift-add hardware.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    t = sub.add_parser("train", help="train a model: fp baseline, SPQ or PPQ",
-                       description="Train on CIFAR-10. Checkpoints every epoch to OUT/last.pt, writes OUT/final.pt, "
-                       "OUT/log.jsonl (one JSON line per epoch) and OUT/summary.json.")
     t.add_argument("--model", required=True, choices=MODEL_NAMES)
     t.add_argument("--method", required=True, choices=METHODS,
                    help="fp: full precision; spq: simultaneous pruning + QAT; ppq: prune, then QAT")
@@ -99,8 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=_positive, default=None, metavar="EPOCHS",
                    help="stop (resumably) after this many epochs in this call")
     t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                   help="stop (resumably) after the epoch that passes this wall time")
+                   help="stop (resumably) before an epoch that would end past this wall time, judged by the "
+                   "longest epoch so far in this call")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="distil from this checkpoint's model (same architecture, e.g. the unpruned FP32 model) in "
+                   "every phase, weight: recipe field distill (default: only ppq's QAT, from the pruned FP model)")
+    t.add_argument("--compiled-quantizer", choices=COMPILED_QUANTIZERS, default=None,
+                   help="with --compile: fused (element-wise ops Inductor fuses; default) or ops (opaque custom "
+                   "ops around the eager kernels)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import MODEL_NAMES
+    from .sweep import SWEEP_DESCRIPTION
+
+    p = argparse.ArgumentParser(prog="shiftpq", description="ShiftPQ: compress CIFAR-10 CNNs with GM filter "
+                                "pruning and APoT quantization (SPQ/PPQ), and compile them to shift-add hardware.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model: fp baseline, SPQ or PPQ",
+                       description="Train on CIFAR-10. Checkpoints every epoch to OUT/last.pt, writes OUT/final.pt, "
+                       "OUT/log.jsonl (one JSON line per epoch) and OUT/summary.json.")
+    add_train_arguments(t)
+    from .sweep import add_sweep_arguments
+    add_sweep_arguments(sub.add_parser("sweep", help="run a plan of trainings: several at once, resumable, within a time limit",
+                                       description=SWEEP_DESCRIPTION))
 
     m = sub.add_parser("metrics", help="model size (eq. 5) and BOPs (eq. 6) per layer and in total",
                        description="Without --checkpoint: the unpruned FP32 model. With it: the compressed model as "
@@ -216,8 +235,11 @@ def cmd_train(a) -> int:
     spec = ModelSpec(a.model, a.wbits, a.abits, a.stream_bits, dict(a.layer_bits))
     cfg = TrainConfig(method=a.method, spec=spec, recipe=recipe_with(a.recipe, dict(a.overrides)),
                       recipe_name=a.recipe, rate=a.rate, layer_rates=dict(a.layer_rate), residual_pruning=a.residual_pruning, seed=a.seed,
-                      train_limit=a.train_limit, test_limit=a.test_limit, init=a.init)
+                      train_limit=a.train_limit, test_limit=a.test_limit, init=a.init, teacher=a.teacher)
     resolve_data_dir(a.data_dir)
+    if a.compiled_quantizer:
+        from .quant import set_compiled_quantizer
+        set_compiled_quantizer(a.compiled_quantizer)
     train(cfg, a.out, device=_device(a.device), data_dir=a.data_dir, resume=a.resume, stop_after=a.stop_after,
           time_limit=a.time_limit, progress=not a.no_progress and sys.stderr.isatty(), compile_model=a.compile, amp=not a.no_amp,
           log=lambda s: print(s, file=sys.stderr, flush=True))
@@ -352,9 +374,10 @@ def cmd_data(a) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
+    from .sweep import cmd_sweep
+    handler = {"train": cmd_train, "sweep": cmd_sweep, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
                "gen": cmd_gen, "sim": cmd_sim, "synth": cmd_synth, "report": cmd_report, "data": cmd_data}[args.command]
     try:
         return handler(args)

@@ -161,12 +161,16 @@ def gm_prune(model: Net, rates: dict[str, float], incremental: bool, grouped: bo
 
 
 @torch.no_grad()
-def zero_pruned(model: Net, optimizer: torch.optim.Optimizer | None = None) -> None:
+def zero_pruned(model: Net, optimizer: torch.optim.Optimizer | None = None, weights_only: bool = False) -> None:
     """Hard pruning: write exact zeros into pruned filters, their BatchNorm scale and shift and
-    (with an optimizer) their momentum, so that neither momentum nor weight decay revives them."""
+    (with an optimizer) their momentum, so that neither momentum nor weight decay revives them.
+    ``weights_only`` (soft pruning, SPQ's revive variant): zero the filters' weights alone, which
+    leaves them free to grow back."""
     for cb in model.prunable().values():
         keep = cb.conv.mask
-        for p, shape in ((cb.conv.weight, (-1, 1, 1, 1)), (cb.bn.weight, (-1,)), (cb.bn.bias, (-1,))):
+        params = ((cb.conv.weight, (-1, 1, 1, 1)),) if weights_only else \
+            ((cb.conv.weight, (-1, 1, 1, 1)), (cb.bn.weight, (-1,)), (cb.bn.bias, (-1,)))
+        for p, shape in params:
             p.mul_(keep.view(shape))
             if optimizer is not None and p in optimizer.state:
                 for v in optimizer.state[p].values():

@@ -19,24 +19,38 @@ Conventions, written once and used by every quantized layer:
 """
 from __future__ import annotations
 
+import os
+from functools import lru_cache
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .levels import level_set
+from .levels import LevelSet, level_set
 
 ALPHA_W_INIT = 3.0  # clipping of normalized weights, in standard deviations (APoT CIFAR code)
 ALPHA_A_INIT = 8.0  # activation clipping before calibration (APoT CIFAR code)
 
 
-# Two wrappers of the same math (``_fake_quant_forward``, ``_fake_quant_grads``):
-# - eager: an autograd.Function (the fastest eager path; 3.0x the FP step on an H200 against 4.2x
-#   through the custom ops, which add a stride-restoring copy per tensor);
-# - under torch.compile: a pair of opaque custom ops, so that Inductor calls these eager kernels
-#   instead of generating its own. Inductor's CUDA code for the quantizer trains nothing (ResNet-20
-#   SPQ: 25 % after 30 epochs compiled, 88.4 % eager; docs/experiments.md, rounds 6 and 7), and not
-#   because of bucketize alone: a version with the index found by compares and gathers failed the
-#   same way. On the CPU, Inductor's code matches eager, which is why the CPU tests never saw it.
+# Three wrappers of the same math (the level nearest x / alpha, then ``_quant_grads``):
+# - eager: an autograd.Function over bucketize and a table lookup (the fastest eager path; 3.0x the
+#   FP step on an H200 against 4.2x through the custom ops, which add a stride-restoring copy per tensor);
+# - under torch.compile, by default (``COMPILED_QUANTIZERS[0]``, "fused"): ``_FusedFakeQuant``, an
+#   autograd.Function of plain element-wise ops that Dynamo traces and Inductor fuses into the
+#   surrounding kernels: no bucketize, no gather, no table tensor. An APoT level is chosen by a chain of
+#   compares against the midpoints (at most 15 for 16 levels), each selecting the next level's exact
+#   float32 value (a float sum of the steps would round differently from the level table); the 8-bit
+#   uniform set's index is round(x * n) corrected by one compare on each side against the arithmetic
+#   midpoints (2k +- 1) / 2n. Equal to the eager path element for element, forward and backward
+#   (tests/test_quant.py; the float32 level and midpoint arithmetic is checked exact for every level set);
+# - under torch.compile with "ops": a pair of opaque custom ops, so that Inductor calls the eager
+#   kernels instead of generating its own. Inductor's CUDA code for the quantizer once trained nothing
+#   (ResNet-20 SPQ: 25 % after 30 epochs compiled, 88.4 % eager; docs/experiments.md, rounds 6 and 7),
+#   and not because of bucketize alone: a version with the index found by compares and *gathers*
+#   failed the same way. On the CPU, Inductor's code matches eager, which is why the CPU tests never
+#   saw it. The fused quantizer has no gather; whether CUDA gets it right is checked at the start of
+#   every GPU round (scripts/gpu_round.sh), which falls back to "ops" if not.
 
 def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """t with like's strides (channels_last stays channels_last), as the fake kernels promise."""
@@ -68,7 +82,11 @@ def _fake_quant_grads(g, x, alpha, vals, mids, signed: bool) -> tuple[torch.Tens
     """(dL/dx, dL/dalpha), recomputed from x (which the preceding ReLU or the weight already keeps
     alive) instead of saving two more activation-sized tensors. Weights: straight-through, dL/dx = g."""
     xs = x.float() / alpha
-    q = _levels_of(xs, vals, mids, signed)
+    return _quant_grads(g, xs, _levels_of(xs, vals, mids, signed), alpha, signed)
+
+
+def _quant_grads(g, xs, q, alpha, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dalpha) from xs = x / alpha and its level q (module docstring)."""
     if signed:
         dalpha = torch.where(xs.abs() > 1, xs.sign(), q - xs)
         gx = g
@@ -90,6 +108,70 @@ class _FakeQuant(torch.autograd.Function):
     def backward(ctx, g):
         x, alpha, vals, mids = ctx.saved_tensors
         return *_fake_quant_grads(g, x, alpha, vals, mids, ctx.signed), None, None, None
+
+
+FusedConsts = tuple  # (n, mids, vals): n = top integer level of a uniform set (0 for APoT),
+#                       mids and vals the float32 midpoints and levels as Python floats
+
+
+@lru_cache(maxsize=None)
+def fused_consts(levels: LevelSet) -> FusedConsts:
+    """The constants the fused quantizer bakes into its kernel for one level set. The uniform
+    path's arithmetic (``(2k +- 1) / 2n`` and ``k / n`` in float32) must reproduce the level table
+    bit for bit; that is checked here, once per level set."""
+    vals = np.asarray(levels.values, dtype=np.float32)
+    mids = np.asarray(levels.midpoints, dtype=np.float32)
+    n = levels.denom if levels.kind == "uniform" else 0
+    if n:
+        k = np.arange(n + 1, dtype=np.float32)
+        if not (np.array_equal(k / np.float32(n), vals)
+                and np.array_equal((2 * k[:-1] + 1) / np.float32(2 * n), mids)):
+            raise AssertionError(f"uniform level set {levels.bits} bits: float32 arithmetic differs from the table")
+    return n, tuple(float(m) for m in mids), tuple(float(v) for v in vals)
+
+
+def _fused_levels(xs: torch.Tensor, consts: FusedConsts, signed: bool) -> torch.Tensor:
+    """``_levels_of`` as element-wise ops only (no bucketize, no gather): the same values, ties to
+    the larger magnitude, in xs's layout."""
+    n, mids, vals = consts
+    mag = (xs.abs() if signed else xs).clamp(0.0, 1.0)
+    if n:  # uniform: k = round(mag * n), off by at most one, corrected against the exact midpoints
+        k = torch.floor(mag * n + 0.5).clamp(0, n)
+        k = k - (mag < (2 * k - 1) / (2 * n)).to(k.dtype) + (mag >= (2 * k + 1) / (2 * n)).to(k.dtype)
+        q = k / n
+    else:  # APoT: the last midpoint passed selects its level (count of midpoints <= mag)
+        q = torch.zeros_like(mag)
+        for m, v in zip(mids, vals[1:]):
+            q = torch.where(mag >= m, v, q)
+    return q.copysign(xs) if signed else q
+
+
+class _FusedFakeQuant(torch.autograd.Function):
+    """alpha * q(x / alpha) with the APoT gradients, traceable by Dynamo (what torch.compile runs)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, consts: FusedConsts, signed: bool):
+        ctx.save_for_backward(x, alpha)
+        ctx.consts, ctx.signed = consts, signed
+        return (_fused_levels(x.float() / alpha, consts, signed) * alpha).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, alpha = ctx.saved_tensors
+        xs = x.float() / alpha
+        return *_quant_grads(g, xs, _fused_levels(xs, ctx.consts, ctx.signed), alpha, ctx.signed), None, None
+
+
+COMPILED_QUANTIZERS = ("fused", "ops")
+_compiled = {"kind": os.environ.get("SHIFTPQ_COMPILED_QUANTIZER", COMPILED_QUANTIZERS[0])}
+
+
+def set_compiled_quantizer(kind: str) -> None:
+    """Which quantizer torch.compile traces: "fused" (element-wise ops, fused by Inductor) or "ops"
+    (the opaque custom ops around the eager kernels). Default: $SHIFTPQ_COMPILED_QUANTIZER or fused."""
+    if kind not in COMPILED_QUANTIZERS:
+        raise ValueError(f"compiled quantizer must be one of {COMPILED_QUANTIZERS}, got {kind!r}")
+    _compiled["kind"] = kind
 
 
 @torch.library.custom_op("shiftpq::fake_quant", mutates_args=())
@@ -131,10 +213,13 @@ fake_quant_op.register_autograd(_fake_quant_op_grad, setup_context=_fake_quant_s
 
 
 def fake_quant(x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor,
-               signed: bool) -> torch.Tensor:
+               signed: bool, consts: FusedConsts | None = None) -> torch.Tensor:
     """alpha * q(x / alpha): x clipped and rounded to the nearest of the levels ``vals`` (in [0, 1],
-    midpoints ``mids``) and scaled back, with the APoT gradients (module docstring)."""
+    midpoints ``mids``) and scaled back, with the APoT gradients (module docstring). ``consts``
+    (``fused_consts`` of the same level set) lets torch.compile trace the fused quantizer."""
     if torch.compiler.is_compiling():
+        if consts is not None and _compiled["kind"] == "fused":
+            return _FusedFakeQuant.apply(x, alpha, consts, signed)
         return fake_quant_op(x, alpha, vals, mids, signed)
     return _FakeQuant.apply(x, alpha, vals, mids, signed)
 
@@ -148,6 +233,7 @@ class Quantizer(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.register_buffer("vals", torch.tensor(self.levels.values, dtype=torch.float32), persistent=False)
         self.register_buffer("mids", torch.tensor(self.levels.midpoints, dtype=torch.float32), persistent=False)
+        self.consts = fused_consts(self.levels)
         self.enabled = False
 
     @property
@@ -155,7 +241,7 @@ class Quantizer(nn.Module):
         return self.levels.bits
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quant(x, self.alpha, self.vals, self.mids, self.levels.signed)
+        return fake_quant(x, self.alpha, self.vals, self.mids, self.levels.signed, self.consts)
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Integer level magnitudes (signed for weights) of x, as used by the hardware."""

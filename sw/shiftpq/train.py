@@ -4,19 +4,27 @@ quantization (ppq), with the hyperparameters of each recipe in one place (RECIPE
 Schedules (SPQ/PPQ paper, sections III-C and III-D):
 - fp:  ``epochs`` epochs of full-precision training.
 - spq: ``epochs`` epochs of APoT QAT from the start. At the end of every epoch the GM criterion on
-       the full-precision weights of all filters picks int(N * rate) filters per conv, which the
-       next epoch's forward pass ignores (their output is exactly 0). The selection is redone
-       every epoch over all filters, so a pruned filter may return, with the weights it had.
-       After the last epoch the selection becomes a hard prune (weights and BatchNorm zeroed).
-       Deviation from the paper, which sets the selected weights to zero and keeps updating them:
-       a zeroed filter feeds BatchNorm a zero-variance channel whose gradient is scaled by
-       1/sqrt(eps), and that variant diverged (10% accuracy) in our first GPU run - a run made with
-       torch.compile, which later proved to break all compiled QAT on CUDA (docs/experiments.md,
-       round 6), so the paper's variant has not had a fair test yet.
+       the full-precision weights of all filters picks int(N * rate) filters per conv. The test
+       accuracy of every epoch is that of the pruned model (selected filters' outputs exactly 0), and
+       after the last epoch the selection becomes a hard prune (weights and BatchNorm zeroed).
+       Two ways to treat the selected filters during the next epoch (recipe field ``spq_revive``):
+       - masked (default): the next epoch's forward pass ignores them. They then get no gradient,
+         only weight decay, which shrinks them towards the geometric median's neighbourhood, so the
+         same filters are selected again every epoch: ``returned_filters`` is always 0, and this is
+         in effect "prune after epoch 1, then QAT" (90.57 % golden, docs/experiments.md round 7);
+       - revive (``--set spq_revive=true``, the paper's and FPGM's soft pruning): their weights are
+         set to zero and the next epoch trains all filters, so a selected filter is updated and may
+         return at the next selection (counted in ``returned_filters``). A zeroed filter feeds
+         BatchNorm a zero-variance channel whose gradient is scaled by 1/sqrt(eps); that variant
+         diverged in our first GPU run, a run with torch.compile, which then broke all compiled QAT
+         on CUDA (round 6), so it has yet to get a fair test.
 - ppq: ``epochs`` full-precision epochs with incremental hard GM pruning in ``prune_stages``
        stages (rate grows to the target; pruned filters never return), then ``qat_epochs`` epochs
        of APoT QAT of the pruned model at ``qat_lr``, optionally distilled from the pruned
        full-precision model.
+Distillation (weight ``distill``, temperature ``distill_temperature``): by default only ppq's QAT
+phase, from the pruned FP model; with ``teacher`` (``--teacher CKPT``, e.g. the unpruned FP32
+model) every phase of every method, from that fixed model.
 
 Reproducibility: the batch order and augmentation of epoch e come from a generator seeded with
 (seed, e), and every checkpoint holds the optimizer and schedule state, so ``--resume`` continues
@@ -67,6 +75,7 @@ class Recipe:
     alpha_weight_decay: float
     distill: float  # weight of the distillation loss from the full-precision model in ppq QAT (0: off)
     distill_temperature: float
+    spq_revive: bool = False  # spq: selected filters are zeroed and keep training (may return), not masked
 
 
 RECIPES: dict[str, Recipe] = {
@@ -115,6 +124,11 @@ def recipe_with(name: str, overrides: dict[str, str]) -> Recipe:
     return r
 
 
+def total_epochs(method: str, epochs: int, qat_epochs: int) -> int:
+    """Epochs of a run: ppq adds its QAT epochs to the pruning phase's."""
+    return epochs + (qat_epochs if method == "ppq" else 0)
+
+
 @dataclass
 class TrainConfig:
     """What defines a run (compared on --resume). Runtime options live in ``train()``'s arguments."""
@@ -129,6 +143,7 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     init: str | None = None
+    teacher: str | None = None  # distil from this checkpoint's model in every phase (recipe.distill)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -137,7 +152,7 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        return self.recipe.epochs + (self.recipe.qat_epochs if self.method == "ppq" else 0)
+        return total_epochs(self.method, self.recipe.epochs, self.recipe.qat_epochs)
 
     def phase(self, epoch: int) -> str:
         if self.method == "ppq":
@@ -272,6 +287,8 @@ class Trainer:
         self.model = Net(copy.deepcopy(cfg.spec))
         if cfg.init:
             self._load_init(cfg.init)
+        if cfg.teacher:
+            self._load_teacher(cfg.teacher)
         self.rates = layer_rates(self.model, cfg.rate, cfg.layer_rates)
         self.model.to(self.device)
         self.epoch = 0
@@ -289,6 +306,21 @@ class Trainer:
         if missing or unexpected:
             raise ShiftPQError(f"--init {path}: field 'model' does not fit {name}: missing {missing}, "
                                f"unexpected {unexpected}")
+
+    def _load_teacher(self, path: str) -> None:
+        """A fixed teacher for distillation (e.g. the unpruned FP32 model), same architecture."""
+        from .checkpoint import load_model
+        if self.cfg.recipe.distill <= 0:
+            raise ShiftPQError(f"--teacher {path}: recipe field 'distill' is {self.cfg.recipe.distill}, expected > 0")
+        teacher, meta = load_model(path)
+        if meta["spec"]["name"] != self.cfg.spec.name:
+            raise ShiftPQError(f"--teacher {path}: field 'meta.spec.name' is {meta['spec']['name']!r}, "
+                               f"expected {self.cfg.spec.name!r}")
+        self.teacher = teacher.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.teacher.to(memory_format=torch.channels_last)  # the layout the student's inputs have
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
 
     def resume(self, path: Path) -> None:
         blob, meta = read_checkpoint(path)
@@ -311,7 +343,7 @@ class Trainer:
         start = 0 if phase != "qat" else cfg.recipe.epochs
         quant = phase in ("spq", "qat")
         if quant and resumed is None:
-            if phase == "qat" and cfg.recipe.distill > 0:
+            if phase == "qat" and cfg.recipe.distill > 0 and not cfg.teacher:
                 self.teacher = copy.deepcopy(model).eval()
                 for p in self.teacher.parameters():
                     p.requires_grad_(False)
@@ -350,6 +382,11 @@ class Trainer:
             gm_prune(model, {n: v * stage_rate for n, v in self.rates.items()}, incremental=True,
                      grouped=self.grouped)
             zero_pruned(model, self.opt)
+        revive = phase == "spq" and r.spq_revive
+        selected = {n: cb.conv.mask.clone() for n, cb in model.prunable().items()}  # the last selection
+        if revive:  # the zeroed filters train with the others this epoch
+            for cb in model.prunable().values():
+                cb.conv.mask.fill_(1.0)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(cfg.seed * 1_000_003 + self.epoch)
         n, bs = len(self.ytr), min(r.batch_size, len(self.ytr))
@@ -371,7 +408,7 @@ class Trainer:
                 with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
                     logits = self.forward(x)
                     t_logits = None
-                    if self.teacher is not None and phase == "qat":
+                    if self.teacher is not None and (phase == "qat" or cfg.teacher):
                         with torch.no_grad():
                             t_logits = self.teacher(x)
                     loss = _loss(logits, y, r, t_logits)
@@ -388,12 +425,13 @@ class Trainer:
         returned = None
         if phase == "spq":
             # end of an SPQ epoch: GM on the full-precision weights of all filters (pruned ones
-            # included) selects the filters the next epoch ignores; the last selection is final
-            before = {n: cb.conv.mask.clone() for n, cb in model.prunable().items()}
+            # included) selects the filters to prune; the last selection is final
             gm_prune(model, self.rates, incremental=False, grouped=self.grouped)
-            returned = sum(int(((before[n] == 0) & (cb.conv.mask != 0)).sum()) for n, cb in model.prunable().items())
+            returned = sum(int(((selected[n] == 0) & (cb.conv.mask != 0)).sum()) for n, cb in model.prunable().items())
             if self.epoch == cfg.total_epochs:
                 zero_pruned(model, self.opt)
+            elif revive:
+                zero_pruned(model, weights_only=True)
         test_acc = evaluate(model, self.xte, self.yte, amp=self.amp)
         self.sched.end_epoch(test_acc)
         if self.device.type == "cuda":
@@ -422,8 +460,9 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str 
         tr.fresh()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
-    t_start, done_now = time.perf_counter(), 0
+    t_start, done_now, longest = time.perf_counter(), 0, 0.0
     while tr.epoch < cfg.total_epochs:
+        t_epoch = time.perf_counter()
         rec = tr.train_epoch()
         if tr.epoch < cfg.total_epochs and cfg.phase(tr.epoch) != rec["phase"]:
             tr._enter_phase(resumed=None)  # the checkpoint then already holds the new phase
@@ -436,8 +475,13 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str 
         if stop_after is not None and done_now >= stop_after and tr.epoch < cfg.total_epochs:
             log(f"stopping after {done_now} epochs as asked; continue with --resume")
             return {"finished": False, "epoch": tr.epoch}
-        if time_limit is not None and time.perf_counter() - t_start > time_limit and tr.epoch < cfg.total_epochs:
-            log(f"time limit reached after epoch {tr.epoch}; continue with --resume")
+        # stop before an epoch that would end past the limit, judged by the longest epoch of this call
+        # (its first includes compilation, so this errs on the early side)
+        longest = max(longest, time.perf_counter() - t_epoch)
+        if (time_limit is not None and time.perf_counter() - t_start + longest > time_limit
+                and tr.epoch < cfg.total_epochs):
+            log(f"time limit: stopping after epoch {tr.epoch} (the next would end past {time_limit:.0f} s); "
+                "continue with --resume")
             return {"finished": False, "epoch": tr.epoch}
     final_acc = evaluate(tr.model, tr.xte, tr.yte, amp=False)
     from .metrics import model_metrics

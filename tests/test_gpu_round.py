@@ -1,0 +1,101 @@
+"""scripts/gpu_round.py end to end on the CPU with tiny settings: the same script a GPU stretch runs
+(prepare -> stage -> run -> adopt -> the next stretch skips the adopted phases)."""
+import hashlib
+import importlib.util
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gr():
+    spec = importlib.util.spec_from_file_location("gpu_round", ROOT / "scripts" / "gpu_round.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_shipped_plan_is_valid():
+    from shiftpq.sweep import load_plan
+    plan = load_plan(ROOT / "plans" / "table2.toml")
+    names = [r.name for r in plan.runs]
+    assert names[0].startswith("r20-") and any(n.startswith("r56-ppq-qat") for n in names)
+    for r in plan.runs:  # shipped inits exist; run inits precede their dependants
+        for a, b in zip(r.args, r.args[1:]):
+            if a == "--init":
+                assert (ROOT / b).is_file(), b
+        assert all(names.index(d) < names.index(r.name) for d in r.needs)
+
+
+def test_prepare_and_stage(gr, tmp_path, capsys, monkeypatch):
+    """prepare packs whole files into as few calls as the per-call budget allows, next to the tree;
+    stage checks each file's md5 and names the one that is wrong."""
+    src = tmp_path / "src"
+    src.mkdir()
+    md5 = {}
+    for i, name in enumerate(gr.CIFAR10_FILES_MD5):
+        data = bytes([i]) * (1 << 20)
+        (src / name).write_bytes(data)
+        md5[name] = hashlib.md5(data).hexdigest()
+    tree_mib = gr.tree_bytes(ROOT) / 2**20
+    budget = int(tree_mib) + 4  # room for 2 (not 3) one-MiB files after the tree and a spare MiB
+    assert gr.main(["prepare", "--data-dir", str(src), "--dest", str(tmp_path / "g"), "--call-mib", str(budget)]) == 0
+    out = capsys.readouterr().out
+    stages = sorted(p.name for p in (tmp_path / "g").iterdir())
+    assert stages == ["stage1", "stage2", "stage3"] and "3 staging calls of at most 2 files" in out
+    assert out.count("run(carry=") == 3 and "gpu_round.py run" in out.splitlines()[-1]
+    with pytest.raises(SystemExit) as e:  # the real md5s: our fake files are refused
+        gr.main(["stage", str(tmp_path / "g" / "stage1"), "--data", str(tmp_path / "d")])
+    assert e.value.code == 2 and "data_batch_1.bin: md5" in capsys.readouterr().err
+    monkeypatch.setattr(gr, "CIFAR10_FILES_MD5", md5)
+    for k in (1, 2, 3):
+        assert gr.main(["stage", str(tmp_path / "g" / f"stage{k}"), "--data", str(tmp_path / "d")]) == 0
+    assert "6 of 6 files there" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(md5)
+
+
+def test_round_on_the_cpu_then_adopt_then_the_next_round_skips(gr, tmp_path, cifar_dir, capsys, monkeypatch):
+    monkeypatch.setenv("CIFAR10_DIR", cifar_dir)
+    monkeypatch.chdir(tmp_path)
+    plan = tmp_path / "tiny.toml"
+    tiny = ["--model", "tiny", "--recipe", "paper", "--device", "cpu", "--train-limit", "64", "--test-limit", "32",
+            "--set", "batch_size=32"]
+    plan.write_text(f"args = {json.dumps(tiny)}\n" + '''
+[[run]]
+name = "fp"
+args = ["--method", "fp", "--set", "epochs=1"]
+[[run]]
+name = "qat"
+init = "fp"
+args = ["--method", "ppq", "--set", "epochs=1", "--set", "prune_stages=1", "--set", "qat_epochs=1"]
+''')
+    common = ["--plan", str(plan), "--data", cifar_dir, "--done-dir", str(tmp_path / "done"), "--concurrent", "2",
+              "--time-limit", "400"]
+    assert gr.main(["run", *common, "--runs-dir", "runs/a", "--out", str(tmp_path / "out")]) == 0
+    state = json.loads((tmp_path / "out" / "state.json").read_text())
+    assert state["counts"] == {"done": 2, "failed": 0, "not started": 0, "partial": 0}
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
+        names = tar.getnames()
+        assert {"a/fp/final.pt", "a/qat/final.pt", "a/qat/log.jsonl", "a/sweep-state.json"} <= set(names)
+        assert all(m.mtime == 0 for m in tar.getmembers())
+    assert gr.main(["adopt", str(tmp_path / "out" / "runs.tar.gz"), "--plan", str(plan),
+                    "--done-dir", str(tmp_path / "done"), "--runs-dir", str(tmp_path / "partial")]) == 0
+    blob = torch.load(tmp_path / "done" / "qat" / "final.pt", weights_only=True)
+    assert "optimizer" not in blob and "model" in blob
+    curves = [tmp_path / f"c{k}.png" for k in (1, 2)]
+    for c in curves:
+        assert gr.main(["curves", "--plan", str(plan), "--done-dir", str(tmp_path / "done"), "--out", str(c)]) == 0
+    assert curves[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves[0].read_bytes() == curves[1].read_bytes()
+    # the next stretch, on a fresh machine: the adopted phases are copied in and skipped
+    capsys.readouterr()
+    assert gr.main(["run", *common, "--runs-dir", "runs/b", "--out", str(tmp_path / "out2")]) == 0
+    out = capsys.readouterr().out
+    assert "finished phases from" in out and "2 of 2 runs already done" in out
+    again = json.loads((tmp_path / "out2" / "state.json").read_text())
+    assert again["counts"]["done"] == 2
+    assert again["runs"]["qat"]["test_accuracy"] == state["runs"]["qat"]["test_accuracy"]
