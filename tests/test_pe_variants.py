@@ -29,7 +29,7 @@ def run_array(dut: MacArray, w_codes: np.ndarray, a_codes: np.ndarray) -> np.nda
     accs = []
 
     async def bench(ctx):
-        for t in range(steps + dut.LATENCY + 1):
+        for t in range(steps + dut.latency + 1):
             ctx.set(dut.w.as_value(), words_w[t] if t < steps else 0)
             ctx.set(dut.a.as_value(), words_a[t] if t < steps else 0)
             await ctx.tick()
@@ -40,9 +40,9 @@ def run_array(dut: MacArray, w_codes: np.ndarray, a_codes: np.ndarray) -> np.nda
     sim.add_testbench(bench)
     sim.run()
     acc = np.asarray(accs, dtype=np.int64)
-    # acc read after the (t + 1)-th tick holds the inputs of cycles 0 .. t - LATENCY + 1; a step is
+    # acc read after the (t + 1)-th tick holds the inputs of cycles 0 .. t - latency + 1; a step is
     # taken modulo the accumulator's width (a long run wraps it), then read as signed
-    acc = np.concatenate([np.zeros((1, dut.lanes), dtype=np.int64), acc[dut.LATENCY - 1:]])
+    acc = np.concatenate([np.zeros((1, dut.lanes), dtype=np.int64), acc[dut.latency - 1:]])
     step = np.diff(acc, axis=0)[:steps] & ((1 << accbits) - 1)
     return np.where(step >= 1 << (accbits - 1), step - (1 << accbits), step)
 
@@ -86,14 +86,16 @@ def test_dsp_pair_every_code_quadruple():
     assert (run_array(dut, w, a) == dut.reference(a, w)).all()
 
 
-@pytest.mark.parametrize("kind,lanes,simd", [(k, 2, 5) for k in VARIANTS] + [("dsp2", 3, 4), ("multiples", 1, 12)])
-def test_array_sums_random_streams(kind, lanes, simd):
-    """Several lanes and channels (an odd simd: dsp2's last pair has one channel): the lane sums with
-    their + 1s, cycle by cycle."""
+@pytest.mark.parametrize("kind,lanes,simd,tree", [(k, 2, 5, "comb") for k in VARIANTS]
+                         + [("dsp2", 3, 4, "comb"), ("multiples", 1, 12, "comb"), ("xy", 2, 5, "registered"),
+                            ("dsp2", 1, 7, "registered")])
+def test_array_sums_random_streams(kind, lanes, simd, tree):
+    """Several lanes and channels (an odd simd: dsp2's last pair has one channel), both kinds of
+    adder tree: the lane sums with their + 1s, cycle by cycle."""
     rng = np.random.default_rng(lanes * 100 + simd)
     wc = rng.integers(-N, N + 1, size=(40, lanes, simd))
     ac = rng.integers(0, len(AL.ints), size=(40, simd))
-    dut = MacArray(kind, WL, AL, lanes, simd)
+    dut = MacArray(kind, WL, AL, lanes, simd, tree=tree)
     assert (run_array(dut, wc, ac) == dut.reference(ac, wc)).all()
 
 

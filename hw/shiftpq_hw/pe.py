@@ -446,17 +446,20 @@ class MacArray(wiring.Component):
     channels, ``variant_fields``) in, registered (the engine's memory outputs); the values shared by
     the lanes computed once per channel and registered with the weights; the products registered
     with the count of their ``+ 1``s; each lane's balanced adder tree registered; each lane's
-    accumulator ``acc`` (from reset): ``LATENCY`` registers from an input to ``acc``. Uniform variant: the codes are the values (signed weight, unsigned
-    activation)."""
+    accumulator ``acc`` (from reset): ``latency`` registers from an input to ``acc``. Uniform
+    variant: the codes are the values (signed weight, unsigned activation).
 
-    LATENCY = 5
+    ``tree="comb"``: each lane's tree one registered expression, as the engines build it (Yosys
+    merges the adds into one multi-operand sum, mapped to full adders in LUTs); ``"registered"``:
+    every level of two-input adds registered (each add a carry chain)."""
 
-    def __init__(self, kind: str, wl: LevelSet, al: LevelSet, lanes: int, simd: int, acc_bits: int | None = None):
-        if kind not in VARIANTS or lanes < 1 or simd < 1:
+    def __init__(self, kind: str, wl: LevelSet, al: LevelSet, lanes: int, simd: int, acc_bits: int | None = None,
+                 tree: str = "comb"):
+        if kind not in VARIANTS or lanes < 1 or simd < 1 or tree not in ("comb", "registered"):
             self._MustUse__silence = True
-            raise ValueError(f"MacArray needs a variant in {VARIANTS} and lanes, simd >= 1, "
-                             f"got {kind!r}, {lanes!r}, {simd!r}")
-        self.kind, self.wl, self.al, self.lanes, self.simd = kind, wl, al, lanes, simd
+            raise ValueError(f"MacArray needs a variant in {VARIANTS}, lanes, simd >= 1 and tree 'comb' or "
+                             f"'registered', got {kind!r}, {lanes!r}, {simd!r}, {tree!r}")
+        self.kind, self.wl, self.al, self.lanes, self.simd, self.tree = kind, wl, al, lanes, simd, tree
         if kind == "dsp2":
             dsp_pair_layout(wl, al)  # raises when two products do not fit
         self.fields = -(-simd // 2) if kind == "dsp2" else simd
@@ -467,6 +470,8 @@ class MacArray(wiring.Component):
         else:
             self.pshape = product_shape(wl, al)
         self.tree_shape = signed(self.pshape.width + self.fields.bit_length())
+        # input, shared, product, tree (one register per level when registered), accumulator
+        self.latency = 4 + (max(1, self.fields.bit_length()) if tree == "registered" else 1)
         self.acc_shape = signed(acc_bits or self.tree_shape.width + 8)
         super().__init__({
             "a": In(data.ArrayLayout(act_code_shape(al), simd)),
@@ -510,8 +515,19 @@ class MacArray(wiring.Component):
             ones.append(one)
         # stage C: each lane's tree; then the accumulators
         for p in range(self.lanes):
-            tree = Signal(self.tree_shape, name=f"tree{p}")
-            m.d.sync += tree.eq(adder_tree([*prods[p], ones[p]]))
+            if self.tree == "comb":
+                tree = Signal(self.tree_shape, name=f"tree{p}")
+                m.d.sync += tree.eq(adder_tree([*prods[p], ones[p]]))
+            else:
+                level, depth = [*prods[p], ones[p]], 0
+                while len(level) > 1:
+                    nxt = []
+                    for i in range(0, len(level), 2):
+                        s = Signal(self.tree_shape, name=f"tree{p}_{depth}_{i // 2}")
+                        m.d.sync += s.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
+                        nxt.append(s)
+                    level, depth = nxt, depth + 1
+                tree = level[0]
             acc = Signal(self.acc_shape, name=f"acc{p}")
             m.d.sync += acc.eq(acc + tree)
             m.d.comb += self.acc[p].eq(acc)
