@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import operator
 import shutil
 import sys
 import tempfile
@@ -43,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "sw"), str(ROOT / "hw")]
 
 from amaranth.back import rtlil  # noqa: E402
-from amaranth.hdl import Module, Signal  # noqa: E402
+from amaranth.hdl import Cat, Module, Signal  # noqa: E402
 from amaranth.lib import data, wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -59,11 +58,16 @@ WEIGHT_BITS = {"uniform-lut": 4, "uniform-dsp": 4, "shift-add": 4, "multiples": 
 
 class SharedPart(wiring.Component):
     """The part of a variant the lanes share: ``simd`` activation codes in (registered), each
-    channel's shared values out, registered; synthesized alone to size the shared part."""
+    channel's shared values registered and out; synthesized alone (Yosys only: the ports need no
+    pins) to size the shared part."""
 
     def __init__(self, kind: str, wl, al, simd: int):
         self.kind, self.wl, self.al, self.simd = kind, wl, al, simd
-        super().__init__({"a": In(data.ArrayLayout(act_code_shape(al), simd)), "o": Out(1)})
+        m = Module()  # the shared values' widths, for the output port (a scratch module, never elaborated)
+        m._MustUse__silence = True
+        width = sum(len(v) for j in range(simd) for v in shared_values(m, kind, Signal(act_code_shape(al)), wl, al,
+                                                                       f"ch{j}").values())
+        super().__init__({"a": In(data.ArrayLayout(act_code_shape(al), simd)), "o": Out(width)})
 
     def elaborate(self, platform):
         m = Module()
@@ -75,8 +79,27 @@ class SharedPart(wiring.Component):
                 r = Signal(v.shape(), name=f"ch{j}_s{key}")
                 m.d.sync += r.eq(v)
                 outs.append(r)
-        # every shared bit reaches the port (an XOR of all of them), so none is optimized away
-        m.d.comb += self.o.eq(functools.reduce(operator.xor, [o.xor() for o in outs]))
+        m.d.comb += self.o.eq(Cat(*outs))
+        return m
+
+
+class PinLimited(wiring.Component):
+    """The array as it sits inside an engine, not on the package's pins (an 8x8 array's ports alone
+    are more than the ECP5-85k's 205 user I/O): its weight and activation inputs are a shift register
+    loaded one bit per cycle from ``din`` (flip-flops only, no logic), and each lane's accumulator
+    shows its top bit (which depends on every lower bit, so no logic is removed)."""
+
+    def __init__(self, array: MacArray):
+        self.array = array
+        super().__init__({"din": In(1), "msb": Out(array.lanes)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.array = arr = self.array
+        sr = Signal(len(arr.w.as_value()) + len(arr.a.as_value()))
+        m.d.sync += sr.eq(Cat(self.din, sr[:-1]))
+        m.d.comb += [arr.w.as_value().eq(sr[:len(arr.w.as_value())]), arr.a.as_value().eq(sr[len(arr.w.as_value()):])]
+        m.d.comb += self.msb.eq(Cat(*[arr.acc[p][-1] for p in range(arr.lanes)]))
         return m
 
 
@@ -107,7 +130,7 @@ def measure(variant: str, lanes: int, simd: int, tree: str, device: str, freq: f
     wl, al = level_set(4, True), level_set(4, False)
     work = Path(tempfile.mkdtemp(prefix=f"pe_cost-{variant}-"))
     try:
-        arr = MacArray(_kind(variant), wl, al, lanes, simd, tree=tree)
+        arr = PinLimited(MacArray(_kind(variant), wl, al, lanes, simd, tree=tree))
         (work / "top.il").write_text(rtlil.convert(arr, name="top", emit_src=False))
         r = run_flow(work, "top.il", "top", device, freq, seed, log=log, dsp=variant != BASELINE)
     finally:
@@ -115,7 +138,7 @@ def measure(variant: str, lanes: int, simd: int, tree: str, device: str, freq: f
     macs = lanes * simd
     shared = _shared_cells(variant, simd, device)
     return {"variant": variant, "lanes": lanes, "simd": simd, "tree": tree, "macs": macs,
-            **{k: r[k] for k in ("luts", "ffs", "dsps", "fmax_mhz", "yosys_cells")},
+            **{k: r[k] for k in ("luts", "ffs", "dsps", "fmax_mhz", "yosys_cells", "reason")},
             "luts_per_mac": round(r["luts"] / macs, 2) if r["luts"] is not None else None,
             "shared_cells": shared, "shared_per_mac": round(shared / macs, 2),
             "dsps_per_mac": round((r["dsps"] or 0) / macs, 3), "weight_bits": WEIGHT_BITS[variant]}
@@ -164,6 +187,9 @@ def main() -> int:
             bar.set_postfix_str(f"{variant} {lanes}x{simd}")
             row = measure(variant, lanes, simd, a.tree, a.device, a.freq, a.seed, log=lambda s: None)
             rows.append(row)
+            if row["luts"] is None:
+                tqdm.write(f"{variant} {lanes}x{simd}: no placement: {row['reason']}")
+                continue
             tqdm.write(f"{variant:<12} {lanes}x{simd}: {row['luts']} cells ({row['luts_per_mac']}/MAC, shared "
                        f"{row['shared_per_mac']}/MAC), {row['ffs']} FFs, {row['dsps']} DSPs, Fmax {row['fmax_mhz']} MHz")
     for row in rows:
