@@ -445,7 +445,8 @@ class MacArray(wiring.Component):
     (``w``, ``variant_field_shape``, as the weight memory gives it; ``dsp2``: a field per pair of
     channels, ``variant_fields``) in, registered (the engine's memory outputs); the values shared by
     the lanes computed once per channel and registered with the weights; the products registered
-    with the count of their ``+ 1``s; each lane's balanced adder tree registered; each lane's
+    with the count of their ``+ 1``s (``dsp2``: its borrow bits registered, counted in the tree's
+    stage); each lane's balanced adder tree registered; each lane's
     accumulator ``acc`` (from reset): ``latency`` registers from an input to ``acc``. Uniform
     variant: the codes are the values (signed weight, unsigned activation).
 
@@ -509,8 +510,15 @@ class MacArray(wiring.Component):
                     terms.append(variant_product(m, kind, w_a[p][f], shared[f], wl, al, name))
             lane_p = [Signal(self.pshape, name=f"prod{p}_{f}") for f in range(self.fields)]
             m.d.sync += [r.eq(t) for r, (t, _) in zip(lane_p, terms)]
-            one = Signal(range(self.fields + 1), name=f"ones{p}")
-            m.d.sync += one.eq(adder_tree([c for _, c in terms]))
+            if kind == "dsp2":
+                # the borrow bits come out of the multiplier: registered as they are, counted in the
+                # tree's stage (counted beside the products they were the arrays' critical path)
+                bits = Signal(self.fields, name=f"borrows{p}")
+                m.d.sync += bits.eq(Cat(*[c for _, c in terms]))
+                one = adder_tree(list(bits))
+            else:  # a negative weight's + 1 comes from the weight register: counted beside the products
+                one = Signal(range(self.fields + 1), name=f"ones{p}")
+                m.d.sync += one.eq(adder_tree([c for _, c in terms]))
             prods.append(lane_p)
             ones.append(one)
         # stage C: each lane's tree; then the accumulators
