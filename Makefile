@@ -32,7 +32,7 @@ help:
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on Verilator, tiny on Icarus, 50 fuzz seeds)"
 	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
 	@echo "make report MODEL=m [REPORT_IMAGES=1000]   build/m/report/index.html and report.md"
-	@echo "make bench-pe                     shift-add vs multiplier PE cost study (bench/results/)"
+	@echo "make bench-pe                     APoT PE variants vs a LUT 4x4 multiplier, DSP packing (bench/results/)"
 
 setup: $(STAMP) $(VENV)/bin/verilator iverilog
 
@@ -105,6 +105,7 @@ report: $(STAMP)
 
 bench-pe: $(STAMP)
 	$(PY) bench/pe_cost.py
+	$(PY) bench/pe_cost.py --shapes 2x12,1x23 --tree registered
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -1,26 +1,37 @@
-"""PE cost study: the same MAC array with the APoT shift-add PE and with multiplier PEs.
+"""PE cost study: the same engine-shaped MAC array with every PE variant, against the uniform 4x4
+multiplier mapped to LUTs.
 
-    python bench/pe_cost.py [--pes 16] [--device ecp5-85k] [--seed 1] [--freq 100] [--out FILE]
+    python bench/pe_cost.py [--shapes 2x12,1x23,8x8] [--variants ...] [--tree comb|registered]
+                            [--device ecp5-85k] [--seed 1] [--freq 100] [--out FILE]
 
-Each array has N PEs fed from input registers, one product per PE per cycle (registered), an adder
-tree (registered) and an accumulator: the structure of one lane of the generator's conv engines.
-Variants:
-- apot4:   4-bit APoT weight code x 4-bit APoT activation code, shift-add PE (hw/shiftpq_hw/pe.py),
-           the plain ``shift_add``: two's-complement weight code, decode and negation per product;
-- apot4-engine: the PE as the conv engines build it (``product_terms``): the weight stored as sign
-           and magnitude, the activation decoded and registered before the PE (an engine decodes
-           each input channel once for all its lanes; here every PE has its own channel), the
-           product in ones' complement and the negative weights' ``+ 1`` counted and added once
-           after the adder tree;
-- uint4:   uniform signed 4-bit weight x unsigned 4-bit activation, `*` (Yosys picks LUTs or DSPs);
-- uint4-lut: the same with DSP inference off (synth_ecp5 -nodsp): the multiplier in LUTs;
-- uint8:   uniform signed 8-bit x unsigned 8-bit, `*`.
-Every figure comes from Yosys' stat and nextpnr's report (shiftpq_hw.synth.run_flow), with a pinned
-seed; written as JSON (default bench/results/pe_cost-<device>.json).
+The array is ``shiftpq_hw.pe.MacArray``: ``lanes x simd`` PEs as in a conv engine (inputs
+registered as the memories give them; the values shared by the lanes computed once per input
+channel and registered; products registered with their ``+ 1`` count; each lane's balanced adder
+tree registered; each lane's accumulator). Shapes: ``LxS`` (lanes x simd); the default ones are the
+ResNet-20 engines at the default fold (2x12: layer1, 1x23: layers 2 and 3; build/resnet20/cycles.json)
+and a lane-heavy 8x8, where the shared part is divided over more lanes. Variants (pe.py, ``VARIANTS``):
+
+- uniform-lut: signed 4-bit x unsigned 4-bit ``*``, DSP inference off (``synth_ecp5 -nodsp``): the
+  LUT-mapped uniform 4x4 multiplier every other row is compared with;
+- uniform-dsp: the same with ``*`` on the DSPs (one MULT18X18D per product);
+- shift-add: the engines' APoT PE (``product_terms``), the activation decoded once per channel;
+- multiples: shared a, 3a, 5a per channel, a PE is a select of a shifted multiple and a sign;
+- xy: shared a, 6a; the weight stored as two slot selects ({0, a, 6a} + {0, 2a, 4a}) and a sign;
+- table: no decode, a (weight magnitude, activation code) product table per PE;
+- dsp2: two channels' products summed in one MULT18X18D (exact packing, ``pe.dsp_pair``).
+
+Every figure comes from Yosys' ``stat`` and nextpnr's report (``shiftpq_hw.synth.run_flow``, a pinned
+seed): logic cells are nextpnr's TRELLIS_COMB (a LUT4 one, a carry cell two). The shared part of a
+variant (its per-channel values and their registers) is synthesized alone (Yosys' count) to say how
+much of a MAC's cost it is. ``--tree registered`` registers every level of the lanes' adder trees
+(the engines build each tree as one expression). Written as JSON (default
+bench/results/pe_cost-<device>.json, ``-registered-tree`` added for registered trees),
+byte-identical for the same tools and arguments.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -31,116 +42,164 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "sw"), str(ROOT / "hw")]
 
 from amaranth.back import rtlil  # noqa: E402
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned  # noqa: E402
-from amaranth.lib import wiring  # noqa: E402
+from amaranth.hdl import Cat, Module, Signal  # noqa: E402
+from amaranth.lib import data, wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from shiftpq.levels import level_set  # noqa: E402
-from shiftpq_hw.pe import (act_code_shape, act_value, adder_tree, product_terms, shift_add,  # noqa: E402
-                           weight_code_shape, weight_field_shape)
+from shiftpq_hw.pe import MacArray, act_code_shape, shared_values  # noqa: E402
 from shiftpq_hw.synth import run_flow  # noqa: E402
 
-ACC_BITS = 24
+BASELINE = "uniform-lut"
+ALL = (BASELINE, "uniform-dsp", "shift-add", "multiples", "xy", "table", "dsp2")
+WEIGHT_BITS = {"uniform-lut": 4, "uniform-dsp": 4, "shift-add": 4, "multiples": 4, "xy": 5, "table": 4, "dsp2": 5}
 
 
-class MacArray(wiring.Component):
-    """N PEs + registered adder tree + accumulator; ``kind`` picks the PE."""
+class SharedPart(wiring.Component):
+    """The part of a variant the lanes share: ``simd`` activation codes in (registered), each
+    channel's shared values registered and out; synthesized alone (Yosys only: the ports need no
+    pins) to size the shared part."""
 
-    def __init__(self, n: int, kind: str):
-        self.n, self.kind = n, kind
-        if kind.startswith("apot4"):
-            self.wl, self.al = level_set(4, True), level_set(4, False)
-            wshape, ashape = weight_code_shape(self.wl), act_code_shape(self.al)
-        else:
-            bits = 8 if kind == "uint8" else 4
-            wshape, ashape = signed(bits), unsigned(bits)
-        super().__init__({"w": In(wshape.width * n), "a": In(ashape.width * n), "acc": Out(signed(ACC_BITS))})
-        self._wshape, self._ashape = wshape, ashape
+    def __init__(self, kind: str, wl, al, simd: int):
+        self.kind, self.wl, self.al, self.simd = kind, wl, al, simd
+        m = Module()  # the shared values' widths, for the output port (a scratch module, never elaborated)
+        m._MustUse__silence = True
+        width = sum(len(v) for j in range(simd) for v in shared_values(m, kind, Signal(act_code_shape(al)), wl, al,
+                                                                       f"ch{j}").values())
+        super().__init__({"a": In(data.ArrayLayout(act_code_shape(al), simd)), "o": Out(width)})
 
     def elaborate(self, platform):
         m = Module()
-        products = []
-        wr = Signal(len(self.w))
-        ar = Signal(len(self.a))
-        m.d.sync += [wr.eq(self.w), ar.eq(self.a)]  # registered inputs: the paths start at flip-flops
-        ww, aw = self._wshape.width, self._ashape.width
-        negs = []
-        for i in range(self.n):
-            w = wr[i * ww:(i + 1) * ww].as_signed()
-            a = ar[i * aw:(i + 1) * aw]
-            if self.kind == "apot4-engine":
-                wf = Signal(weight_field_shape(self.wl), name=f"pe{i}_wf")  # the stored sign and magnitude
-                decoded = act_value(m, a, self.al, f"pe{i}")
-                aval = Signal.like(decoded, name=f"pe{i}_aval")
-                m.d.sync += [wf.mag.eq(Mux(w < 0, -w, w)), wf.neg.eq(w < 0), aval.eq(decoded)]
-                p, c = product_terms(m, wf, aval, self.wl, self.al, name=f"pe{i}")
-                neg = Signal(name=f"pe{i}_neg")
-                m.d.sync += neg.eq(c)
-                negs.append(neg)
-            elif self.kind == "apot4":
-                p = shift_add(m, w, a, self.wl, self.al, name=f"pe{i}")
-            else:
-                p = Signal(signed(ww + aw + 1), name=f"pe{i}_product")
-                m.d.comb += p.eq(w * a)
-            reg = Signal(signed(ACC_BITS), name=f"p{i}")
-            m.d.sync += reg.eq(p)
-            products.append(reg)
-        level = products
-        while len(level) > 1:  # registered binary adder tree
-            nxt = []
-            for j in range(0, len(level) - 1, 2):
-                s = Signal(signed(ACC_BITS), name=f"t{len(level)}_{j}")
-                m.d.sync += s.eq(level[j] + level[j + 1])
-                nxt.append(s)
-            if len(level) % 2:
-                nxt.append(level[-1])
-            level = nxt
-        acc = Signal(signed(ACC_BITS))
-        if negs:  # the negative weights' + 1, counted beside the tree and delayed to its sum
-            ones = Signal(range(self.n + 1))
-            m.d.sync += ones.eq(adder_tree(negs))
-            for k in range((self.n - 1).bit_length() - 1):  # the tree's levels but the first
-                delayed = Signal.like(ones, name=f"ones_d{k}")
-                m.d.sync += delayed.eq(ones)
-                ones = delayed
-            m.d.sync += acc.eq(acc + level[0] + ones)
-        else:
-            m.d.sync += acc.eq(acc + level[0])
-        m.d.comb += self.acc.eq(acc)
+        a_in = Signal.like(self.a)
+        m.d.sync += a_in.eq(self.a)
+        outs = []
+        for j in range(self.simd):
+            for key, v in shared_values(m, self.kind, a_in[j], self.wl, self.al, f"ch{j}").items():
+                r = Signal(v.shape(), name=f"ch{j}_s{key}")
+                m.d.sync += r.eq(v)
+                outs.append(r)
+        m.d.comb += self.o.eq(Cat(*outs))
         return m
+
+
+class PinLimited(wiring.Component):
+    """The array as it sits inside an engine, not on the package's pins (an 8x8 array's ports alone
+    are more than the ECP5-85k's 205 user I/O): its weight and activation inputs are a shift register
+    loaded one bit per cycle from ``din`` (flip-flops only, no logic), and each lane's accumulator
+    shows its top bit (which depends on every lower bit, so no logic is removed)."""
+
+    def __init__(self, array: MacArray):
+        self.array = array
+        super().__init__({"din": In(1), "msb": Out(array.lanes)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.array = arr = self.array
+        sr = Signal(len(arr.w.as_value()) + len(arr.a.as_value()))
+        m.d.sync += sr.eq(Cat(self.din, sr[:-1]))
+        m.d.comb += [arr.w.as_value().eq(sr[:len(arr.w.as_value())]), arr.a.as_value().eq(sr[len(arr.w.as_value()):])]
+        m.d.comb += self.msb.eq(Cat(*[arr.acc[p][-1] for p in range(arr.lanes)]))
+        return m
+
+
+def _kind(variant: str) -> str:
+    return "uniform" if variant.startswith("uniform") else variant
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_cells(variant: str, simd: int, device: str) -> int:
+    """Logic cells of the shared part by Yosys' count (LUT4 + 2 x CCU2C; 0: the variant shares
+    nothing). Yosys only: placed alone, a block of registers fed straight from I/O pins takes logic
+    cells of its own that it would not take inside an engine. It depends on the channels, not the
+    lanes: measured once per (variant, simd)."""
+    kind = _kind(variant)
+    if kind in ("uniform", "table"):
+        return 0
+    wl, al = level_set(4, True), level_set(4, False)
+    work = Path(tempfile.mkdtemp(prefix=f"pe_cost-shared-{variant}-"))
+    try:
+        comp = SharedPart("shift-add" if kind == "dsp2" else kind, wl, al, simd)
+        (work / "top.il").write_text(rtlil.convert(comp, name="top", emit_src=False))
+        return run_flow(work, "top.il", "top", device, log=lambda s: None, place=False)["min_logic_cells"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(variant: str, lanes: int, simd: int, tree: str, device: str, freq: float, seed: int, log) -> dict:
+    wl, al = level_set(4, True), level_set(4, False)
+    work = Path(tempfile.mkdtemp(prefix=f"pe_cost-{variant}-"))
+    try:
+        arr = PinLimited(MacArray(_kind(variant), wl, al, lanes, simd, tree=tree))
+        (work / "top.il").write_text(rtlil.convert(arr, name="top", emit_src=False))
+        r = run_flow(work, "top.il", "top", device, freq, seed, log=log, dsp=variant != BASELINE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    macs = lanes * simd
+    shared = _shared_cells(variant, simd, device)
+    return {"variant": variant, "lanes": lanes, "simd": simd, "tree": tree, "macs": macs,
+            **{k: r[k] for k in ("luts", "ffs", "dsps", "fmax_mhz", "yosys_cells", "reason")},
+            "luts_per_mac": round(r["luts"] / macs, 2) if r["luts"] is not None else None,
+            "shared_cells": shared, "shared_per_mac": round(shared / macs, 2),
+            "dsps_per_mac": round((r["dsps"] or 0) / macs, 3), "weight_bits": WEIGHT_BITS[variant]}
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in text.split(","):
+        try:
+            lanes, simd = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--shapes: {item!r} is not LANESxSIMD (e.g. 2x12)") from None
+        if lanes < 1 or simd < 1:
+            raise ValueError(f"--shapes: {item!r} needs lanes and simd >= 1")
+        shapes.append((lanes, simd))
+    return shapes
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pes", type=int, default=16)
+    ap.add_argument("--shapes", default="2x12,1x23,8x8", help="comma-separated LANESxSIMD arrays (default %(default)s)")
+    ap.add_argument("--variants", default=",".join(ALL), help="comma-separated, from: " + ", ".join(ALL))
+    ap.add_argument("--tree", default="comb", choices=("comb", "registered"),
+                    help="each lane's adder tree: one expression as in the engines (comb), or every level registered")
     ap.add_argument("--device", default="ecp5-85k")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--freq", type=float, default=100.0)
-    ap.add_argument("--variants", default="apot4,apot4-engine,uint4,uint4-lut,uint8")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    try:
+        shapes = parse_shapes(a.shapes)
+    except ValueError as e:
+        print(f"pe_cost.py: {e}", file=sys.stderr)
+        return 2
+    variants = a.variants.split(",")
+    bad = [v for v in variants if v not in ALL]
+    if bad:
+        print(f"pe_cost.py: --variants: unknown {', '.join(bad)}; expected some of {', '.join(ALL)}", file=sys.stderr)
+        return 2
+    if BASELINE not in variants:
+        variants.insert(0, BASELINE)  # every ratio is to the LUT multiplier in the same array
     rows = []
-    for variant in a.variants.split(","):
-        kind = variant.removesuffix("-lut")
-        work = Path(tempfile.mkdtemp(prefix=f"pe_cost-{variant}-"))
-        try:
-            (work / "top.il").write_text(rtlil.convert(MacArray(a.pes, kind), name="top", emit_src=False))
-            r = run_flow(work, "top.il", "top", a.device, a.freq, a.seed, log=lambda s: print(f"  {variant}: {s}"),
-                         dsp=not variant.endswith("-lut"))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        row = {"variant": variant, "pes": a.pes, **{k: r[k] for k in ("luts", "ffs", "dsps", "fmax_mhz", "yosys_cells")},
-               "luts_per_pe": r["luts"] / a.pes if r["luts"] is not None else None}
-        rows.append(row)
-        print(f"{variant:<10} {a.pes} PEs: {r['luts']} LUTs ({row['luts_per_pe']:.1f}/PE), {r['ffs']} FFs, "
-              f"{r['dsps']} DSPs, Fmax {r['fmax_mhz']} MHz", flush=True)
-    base = rows[0]
-    for row in rows[1:]:
-        if base["luts"] and row["luts"]:
-            row["luts_vs_" + base["variant"]] = round(row["luts"] / base["luts"], 3)
-    out = Path(a.out or ROOT / "bench" / "results" / f"pe_cost-{a.device}.json")
+    runs = [(s, v) for s in shapes for v in variants]
+    with tqdm(runs, desc="pe_cost", unit="run") as bar:
+        for (lanes, simd), variant in bar:
+            bar.set_postfix_str(f"{variant} {lanes}x{simd}")
+            row = measure(variant, lanes, simd, a.tree, a.device, a.freq, a.seed, log=lambda s: None)
+            rows.append(row)
+            if row["luts"] is None:
+                tqdm.write(f"{variant} {lanes}x{simd}: no placement: {row['reason']}")
+                continue
+            tqdm.write(f"{variant:<12} {lanes}x{simd}: {row['luts']} cells ({row['luts_per_mac']}/MAC, shared "
+                       f"{row['shared_per_mac']}/MAC), {row['ffs']} FFs, {row['dsps']} DSPs, Fmax {row['fmax_mhz']} MHz")
+    for row in rows:
+        base = next(r for r in rows if r["variant"] == BASELINE and (r["lanes"], r["simd"]) == (row["lanes"], row["simd"]))
+        row["vs_uniform_lut"] = round(row["luts"] / base["luts"], 3) if base["luts"] and row["luts"] else None
+    suffix = "" if a.tree == "comb" else "-registered-tree"
+    out = Path(a.out or ROOT / "bench" / "results" / f"pe_cost-{a.device}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": a.device, "seed": a.seed, "freq_target_mhz": a.freq, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({"device": a.device, "seed": a.seed, "freq_target_mhz": a.freq, "tree": a.tree,
+                               "baseline": BASELINE, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

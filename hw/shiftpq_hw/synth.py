@@ -96,10 +96,11 @@ def _errors(log: str) -> list[str]:
 
 
 def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 100.0, seed: int = 1,
-             log=print, dsp: bool = True) -> dict:
+             log=print, dsp: bool = True, place: bool = True) -> dict:
     """Yosys and nextpnr in directory ``work`` on the RTLIL file ``rtlil`` (relative to ``work``);
-    returns the figures parsed from the tools' own reports. ``dsp=False``: multipliers in LUTs.
-    Used by ``synthesize`` and the PE cost benchmark."""
+    returns the figures parsed from the tools' own reports. ``dsp=False``: multipliers in LUTs;
+    ``place=False``: Yosys only (``min_logic_cells`` and ``yosys_cells``). Used by ``synthesize``
+    and the PE cost benchmark."""
     if device not in DEVICES:
         raise ShiftPQError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
     dev = DEVICES[device]
@@ -128,6 +129,9 @@ def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 10
          "nextpnr_command": None}
     if over:
         r["reason"] = f"by Yosys' count the design needs {', '.join(over)} on {device}: place and route skipped"
+        return r
+    if not place:
+        r["reason"] = "place and route not asked for"
         return r
     t1 = time.perf_counter()
     log(f"nextpnr: placing and routing for {device} (seed {seed}; minutes for large designs) ...")
