@@ -200,3 +200,18 @@ def test_directives_follow_the_hardware_plan(tiny_hls):
     depths = {int(d) for d in re.findall(r"#pragma HLS STREAM variable=\w+ depth=(\d+)", body)}
     fifo = {blk.depth for _, blk, _, _ in net.blocks if type(blk).__name__ == "ShortcutPath"}
     assert fifo and fifo <= depths
+
+
+def test_widths_are_those_of_the_integer_semantics(tiny_hls):
+    """Under a vendor tool each conv accumulator is ap_int<acc_bits>, each code ap_uint<index bits>
+    (docs/integer-semantics.md), the FC's accumulator ap_int<acc_bits>; scores leave as int32."""
+    tables = load_tables(tiny_hls / "tables")
+    types = (tiny_hls / HLS_DIR / "shiftpq_types.h").read_text().split("#else")[0]
+    width = {name: int(bits) for bits, name in re.findall(r"typedef ap_u?int<(\d+)> (\w+);", types)}
+    ops = [op for op in tables.ops if op["op"] in ("conv", "fc")]
+    assert ops and all(width[re.sub(r"\W", "_", op["name"]) + "_acc_t"] == op["acc_bits"] for op in ops)
+    for name, info in tables.tensors.items():
+        key = re.sub(r"\W", "_", name) + "_code_t"
+        if info["kind"] == "codes" and key in width:
+            assert width[key] == (len(tables.levels(info["levels"])["ints"]) - 1).bit_length(), name
+    assert "typedef ap_axis<32, 0, 0, 0> out_beat_t;" in types

@@ -230,12 +230,13 @@ class Design:
         wl = t.levels(conv["weight_levels"])
         wcode = self.types.signed(f"{fid}_w_t", -(len(wl["ints"]) - 1), len(wl["ints"]) - 1)
         self.consts.append(_const(f"W_{fid}", wcode, worder))
-        # accumulator: the manifest's range, widened to what these weights can reach from this input
+        # accumulator: acc_bits, the manifest's range, widened if these weights can reach further from
+        # this input's range (every partial sum lies between a channel's lo and hi: 0 is in the range)
         wval = intops.decode_weights(w, wl["ints"])
-        lo, hi, partial = intops.conv_bounds(wval, min(src["lo"], 0), src["hi"])
+        lo, hi, _ = intops.conv_bounds(wval, min(src["lo"], 0), src["hi"])
         acc_info = t.tensors[conv["dst"]]
-        acc = self.types.signed(f"{fid}_acc_t", min(int(lo.min(initial=0)), acc_info["lo"], -partial),
-                                max(int(hi.max(initial=0)), acc_info["hi"], partial))
+        accs = (min(int(lo.min(initial=0)), acc_info["lo"]), max(int(hi.max(initial=0)), acc_info["hi"]))
+        acc = self.types.signed(f"{fid}_acc_t", *accs)
         shift_add = wl["kind"] == "apot" and src["lo"] >= 0
         terms = self.terms(conv["weight_levels"]) if shift_add else None
         d = {"kind": "conv", "fn": f"conv_{fid}", "name": name, "in": self._in(name, "i"), "out": self._out(out),
@@ -246,7 +247,6 @@ class Design:
              **_rows(conv["in_hw"], conv["out_hw"], k, conv["stride"], conv["padding"]),
              "shift_add": shift_add, "terms": terms, "residual": None,
              "cycles": blk.cycles_per_image}
-        accs = (min(int(lo.min(initial=0)), acc_info["lo"]), max(int(hi.max(initial=0)), acc_info["hi"]))
         if rq["op"] == "add":
             sc = self.tensor(rq["srcs"][1])
             smul = t.array(rq, "shortcut_mul")
@@ -311,10 +311,9 @@ class Design:
 
     def _threshold(self, fid: str, rq: dict, accs: tuple[int, int], n: int) -> dict:
         th, sign = self.t.array(rq, "thresholds"), self.t.array(rq, "sign")
-        bound = max(-accs[0], accs[1])
-        lo = min(int(th.min(initial=0)), -bound)
-        hi = max(int(th.max(initial=0)), bound)
-        cty = self.types.signed(f"{fid}_cmp_t", lo, hi)
+        # the comparison's width: the thresholds, the accumulator and its negation
+        cty = self.types.signed(f"{fid}_cmp_t", min(int(th.min(initial=0)), accs[0], -accs[1]),
+                                max(int(th.max(initial=0)), accs[1], -accs[0]))
         self.consts.append(_const(f"TH_{fid}", cty, self._pad(th, n)))
         self.consts.append(_const(f"NEG_{fid}", "bool", self._pad(sign < 0, n)))
         return {"mode": "threshold", "cmp": cty, "levels": th.shape[1], "th": f"TH_{fid}", "neg": f"NEG_{fid}"}
@@ -371,16 +370,20 @@ class Design:
         wval = intops.decode_weights(wp, wl["ints"])
         wty = self.types.signed(f"{fid}_w_t", int(wval.min(initial=0)), int(wval.max(initial=0)))
         self.consts.append(_const(f"W_{fid}", wty, wval.reshape(classes, chunks, simd)))
-        lo, hi, partial = intops.conv_bounds(wval[:, :, None, None], min(src["lo"], 0), src["hi"])
-        aty = self.types.signed(f"{fid}_acc_t", min(int(lo.min()), -partial), max(int(hi.max()), partial))
+        lo, hi, _ = intops.conv_bounds(wval[:, :, None, None], min(src["lo"], 0), src["hi"])
+        alo = min(int(lo.min()), -(1 << (op["acc_bits"] - 1)))
+        ahi = max(int(hi.max()), (1 << (op["acc_bits"] - 1)) - 1)
+        aty = self.types.signed(f"{fid}_acc_t", alo, ahi)
         bias = t.array(op, "bias")
         bty = self.types.signed(f"{fid}_bias_t", min(int(bias.min()), 0), max(int(bias.max()), 0))
         self.consts.append(_const(f"BIAS_{fid}", bty, bias))
-        big = max(-int(lo.min()), int(hi.max()), partial) << op["shift"]
-        wide = self.types.signed(f"{fid}_wide_t", -big - abs(int(bias.min())), big + abs(int(bias.max())))
-        info = t.tensors[op["dst"]]
-        if info["lo"] < -(1 << 31) or info["hi"] > (1 << 31) - 1:
-            raise ShiftPQError(f"HLS backend: scores of {name!r} span [{info['lo']}, {info['hi']}], beyond int32")
+        # (acc << shift) and (acc << shift) + bias
+        s = 1 << op["shift"]
+        wide = self.types.signed(f"{fid}_wide_t", min(alo * s, alo * s + min(int(bias.min()), 0)),
+                                 max(ahi * s, ahi * s + max(int(bias.max()), 0)))
+        scores = t.tensors[op["dst"]]
+        if scores["lo"] < -(1 << 31) or scores["hi"] > (1 << 31) - 1:
+            raise ShiftPQError(f"HLS backend: scores of {name!r} span [{scores['lo']}, {scores['hi']}], beyond int32")
         return {"kind": "fc", "fn": f"fc_{fid}", "name": name, "in": self._in(name, "i"), "out_tensor": out,
                 "src": src, "classes": classes, "cin": cin, "cin_pad": chunks * simd, "simd": simd, "chunks": chunks,
                 "acc": aty, "wide": wide, "shift": int(op["shift"]), "W": f"W_{fid}", "bias": f"BIAS_{fid}"}
