@@ -103,6 +103,9 @@ def test_a_mutated_weight_in_the_generated_cpp_is_caught(tiny_hls, tmp_path, cif
     save_tables(tables, out / "tables")
     r = simulate_hls(out, imgs, jobs=1, progress=False)
     assert r["mismatches"] == differ and not r["passed"]
+    # the first wrong image, traced, names the mutated engine: every stream before it matched
+    f = r["first_wrong"]
+    assert f["block"] == conv["name"] and f["image"] == r["wrong"][0]["image"] and f["got"] != f["want"], f
     assert main(["sim", "--backend", "hls", "--build", str(out), "--images", "4", "--data-dir", cifar_dir]) == 1
 
 

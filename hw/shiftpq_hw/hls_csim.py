@@ -7,7 +7,9 @@ hash covers every generated source, the flags and the compiler's version, so an 
 never rebuilt and a changed one always is); runs it on ``jobs`` shards of the images in parallel;
 compares every score vector with the golden model's from the same tables; writes
 ``GEN_DIR/sim/results-hls.json`` (images, mismatches, accuracy, wall_s, shards: the fields of the RTL
-simulation's results) and returns it.
+simulation's results) and returns it. On a mismatch it runs the first wrong image again with every
+stream between blocks recorded (the g++ stream's ``SHIFTPQ_TRACE_DIR``) and names, under
+``first_wrong``, the first block, pixel and channel whose output differs from the golden model's trace.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden, predict, run_batched
 from shiftpq.tables import load_tables
 
-from .hls import FILES, HLS_DIR
+from .hls import FILES, HLS_DIR, Design, _outputs
 
 RESULTS = "results-hls.json"
 WRONG_LISTED = 20  # mismatching images named in the results
@@ -120,7 +122,7 @@ def run_csim(exe: Path, images: np.ndarray, work: Path, jobs: int, classes: int,
 
 
 def simulate_hls(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = None,
-                 jobs: int | None = None, progress: bool = True, log=lambda s: None) -> dict:
+                 jobs: int | None = None, progress: bool = True, diagnose: bool = True, log=lambda s: None) -> dict:
     gen_dir = Path(gen_dir)
     cyc_path = gen_dir / "cycles.json"
     for p in (gen_dir / HLS_DIR, cyc_path, gen_dir / "tables"):
@@ -153,7 +155,46 @@ def simulate_hls(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | N
               "build_s": round(build_s, 1), "build_cached": cached, "golden_s": round(golden_s, 2),
               "wrong": [{"image": int(i), "got": got[i].tolist(), "want": want[i].tolist()}
                         for i in bad[:WRONG_LISTED]]}
+    if len(bad) and diagnose:
+        result["first_wrong"] = first_wrong_block(exe, tables, cycles.get("par"), images[bad[0]], work / "trace")
+        result["first_wrong"]["image"] = int(bad[0])
     if labels is not None and len(labels):
         result["accuracy"] = round(100.0 * float((predict(got) == np.asarray(labels)).mean()), 2)
     (gen_dir / "sim" / RESULTS).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
+
+
+def first_wrong_block(exe: Path, tables, par, image: np.ndarray, work: Path) -> dict:
+    """The first block (in the DATAFLOW region's order) whose output stream, recorded while ``image``
+    runs alone, differs from the golden model's trace: its name, tensor, stream, pixel (y, x), channel
+    (logical), and the codes got and wanted."""
+    design = Design(tables, par)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "image.bin").write_bytes(image_bytes(image[None]))
+    r = subprocess.run([str(exe), str(work / "image.bin"), str(work / "scores.bin")], capture_output=True, text=True,
+                       env={**os.environ, "SHIFTPQ_TRACE_DIR": str(work)})
+    if r.returncode != 0:
+        return {"block": None, "note": f"the traced run failed (exit {r.returncode}): {r.stderr.strip()[-500:]}"}
+    _, trace = Golden(tables).run(image[None], trace=True)
+    for b in design.blocks:
+        for s in _outputs(b):
+            tensor = design.streams[s]["tensor"].split("@")[0]
+            info, px = tables.tensors[tensor], design.tensor(tensor)
+            dtype = np.dtype(design.types.defs[px["code"]]["gxx"].removesuffix("_t"))
+            f = work / f"{s}.bin"
+            got = np.fromfile(f, dtype=dtype) if f.is_file() else np.zeros(0, dtype=dtype)
+            want = trace[tensor][0].reshape(-1, px["channels"])
+            got = got[:len(got) // px["channels"] * px["channels"]].reshape(-1, px["channels"])
+            n = min(len(got), len(want))
+            diff = np.argwhere(got[:n] != want[:n])
+            if len(diff) or len(got) != len(want):
+                pix, ch = (int(diff[0][0]), int(diff[0][1])) if len(diff) else (n, 0)
+                hw = info.get("hw", 1)
+                return {"block": b["name"], "tensor": tensor, "stream": s, "pixel": [pix // hw, pix % hw],
+                        "channel": int(info["channels"][ch]),
+                        "got": int(got[pix, ch]) if pix < len(got) else None,
+                        "want": int(want[pix, ch]) if pix < len(want) else None, "beats": [len(got), len(want)]}
+    fc = design.blocks[-1]
+    return {"block": fc["name"], "tensor": tables.manifest["output"]["tensor"],
+            "note": "every stream between blocks matched the golden trace: the last block's scores differ"}

@@ -316,6 +316,11 @@ def cmd_sim_hls(a) -> int:
           f"{r['model']} HLS C++ in g++ C simulation ({r['shards']} shards): {r['images']} images, {r['mismatches']} "
           f"mismatches with the golden model, {'PASSED' if r['passed'] else 'FAILED'}; {r['wall_s']} s, "
           f"{r['images_per_s']} images/s" + (f"; accuracy {r['accuracy']} %" if "accuracy" in r else ""))
+    f = r.get("first_wrong")
+    if f and not a.json:
+        print(f"first difference from the golden trace (image {f['image']}): block {f['block']}" +
+              (f" (tensor {f['tensor']}), pixel (y, x) = {tuple(f['pixel'])}, channel {f['channel']}: got {f['got']}, "
+               f"want {f['want']}" if "pixel" in f else f": {f.get('note')}"))
     return 0 if r["passed"] else 1
 
 
