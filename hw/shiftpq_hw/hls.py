@@ -152,7 +152,7 @@ class Design:
     def _build(self):
         t = self.t
         inp = t.manifest["input"]["tensor"]
-        readers: dict[str, list[tuple[str, str, int]]] = {}  # tensor -> [(reader block, port, depth)]
+        readers: dict[str, list[tuple[str, str]]] = {}  # tensor -> [(reader block, port)]
         for name, blk, ins, out in self.net.blocks:
             for port, tensor in ins:
                 readers.setdefault(tensor, []).append((name, port))
@@ -402,21 +402,23 @@ class Design:
                 "design_files": list(DESIGN_FILES)}
 
 
-def _inputs(b: dict) -> list[str]:
+def block_inputs(b: dict) -> list[str]:
+    """The streams a block reads."""
     return [s for s in (b.get("in"), (b.get("residual") or {}).get("in")) if s]
 
 
-def _outputs(b: dict) -> list[str]:
+def block_outputs(b: dict) -> list[str]:
+    """The streams a block writes (none for the FC: it writes the top level's score port)."""
     return b.get("outs") or ([b["out"]] if b.get("out") else [])
 
 
 def _topological(blocks: list[dict]) -> list[dict]:
     """The blocks with every one after the producers of its input streams (else in the plan's order):
     the order of the DATAFLOW region, in which a C simulation runs them one after another."""
-    producer = {s: i for i, b in enumerate(blocks) for s in _outputs(b)}
+    producer = {s: i for i, b in enumerate(blocks) for s in block_outputs(b)}
     done, order = set(), []
     while len(order) < len(blocks):
-        ready = [i for i, b in enumerate(blocks) if i not in done and all(producer[s] in done for s in _inputs(b))]
+        ready = [i for i, b in enumerate(blocks) if i not in done and all(producer[s] in done for s in block_inputs(b))]
         if not ready:
             raise ShiftPQError("HLS backend: the blocks' streams form a cycle")
         done.add(ready[0])
@@ -431,12 +433,6 @@ def _rows(hw: int, out_hw: int, k: int, stride: int, pad: int) -> dict:
     need = [min(stride * oy + k - 1 - pad, hw - 1) for oy in range(out_hw)]
     loads = [need[0] + 1] + [b - a for a, b in zip(need, need[1:])]
     return {"need_offset": k - 1 - pad, "load_rows": max(loads), "drain_rows": hw - 1 - need[-1]}
-
-
-def render_files(tables: Tables, par: int | None) -> dict[str, str]:
-    """The generated HLS sources, by file name."""
-    ctx = Design(tables, par).context()
-    return {f: render(f"hls/{f}.j2", **ctx) for f in FILES}
 
 
 def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool = False,

@@ -29,7 +29,7 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden, predict, run_batched
 from shiftpq.tables import load_tables
 
-from .hls import FILES, HLS_DIR, Design, _outputs
+from .hls import FILES, HLS_DIR, Design, block_outputs
 
 RESULTS = "results-hls.json"
 WRONG_LISTED = 20  # mismatching images named in the results
@@ -178,7 +178,7 @@ def first_wrong_block(exe: Path, tables, par, image: np.ndarray, work: Path) -> 
         return {"block": None, "note": f"the traced run failed (exit {r.returncode}): {r.stderr.strip()[-500:]}"}
     _, trace = Golden(tables).run(image[None], trace=True)
     for b in design.blocks:
-        for s in _outputs(b):
+        for s in block_outputs(b):
             tensor = design.streams[s]["tensor"].split("@")[0]
             info, px = tables.tensors[tensor], design.tensor(tensor)
             dtype = np.dtype(design.types.defs[px["code"]]["gxx"].removesuffix("_t"))
