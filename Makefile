@@ -16,10 +16,11 @@ RECIPE ?= fast
 OUT ?= runs/$(MODEL)-$(METHOD)
 ARGS ?=
 
+BACKEND ?= rtl
 SIM ?= verilator
 IMAGES ?= 100
 
-.PHONY: help setup iverilog test train metrics bench-train bench-golden bench-pe gen sim sim-one synth report clean
+.PHONY: help setup iverilog test train metrics bench-train bench-golden bench-hls bench-pe gen sim sim-one synth report clean
 
 help:
 	@echo "make test                         set up (venv, packages, iverilog, verilator wrapper) and run the tests"
@@ -27,7 +28,8 @@ help:
 	@echo "make metrics MODEL=resnet20 [CKPT=path]   size and BOPs per layer"
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
-	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max]   Verilog + cycle model in build/MODEL/"
+	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
+	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max] [BACKEND=rtl|hls]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
 	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N WAVES=1]   cocotb regression vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on Verilator, tiny on Icarus, 50 fuzz seeds)"
 	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
@@ -69,10 +71,13 @@ bench-train: $(STAMP)
 bench-golden: $(STAMP)
 	$(PY) bench/golden_throughput.py $(if $(TABLES),--tables $(TABLES))
 
+bench-hls: $(STAMP)
+	$(PY) bench/hls_throughput.py $(if $(BUILD),--build $(BUILD))
+
 # MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
 # CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 22), PAR=max: fully parallel.
 gen: $(STAMP)
-	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --out build/$(MODEL)
+	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --backend $(BACKEND) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
 # when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json.

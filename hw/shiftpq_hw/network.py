@@ -67,6 +67,15 @@ def fold(out_ch: int, in_ch: int, steps: int, target: int) -> tuple[int, int]:
     return best[1] if best else (out_ch, in_ch)
 
 
+def plan(tables, par: int | None) -> "Network":
+    """The planned network, never elaborated: its blocks (``Network.blocks``: each engine's fold, each
+    shortcut FIFO's depth) and cycle model, for a backend that follows the same plan without building
+    this RTL (the HLS C++ backend)."""
+    net = Network(tables, par)
+    net._MustUse__silence = True  # read for its plan only
+    return net
+
+
 class Network(wiring.Component):
     s_axis_tdata: In(8)
     s_axis_tvalid: In(1)

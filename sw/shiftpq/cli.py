@@ -51,6 +51,11 @@ def _positive(text: str) -> int:
     return v
 
 
+def _images(text: str) -> int | None:
+    """``--images``: a positive count, or ``all`` (None: the whole test set)."""
+    return None if text == "all" else _positive(text)
+
+
 def _par(text: str) -> int | str:
     return "max" if text == "max" else _positive(text)
 
@@ -164,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
     gn.add_argument("--force", action="store_true", help="replace OUT even if it is not a generator output")
     gn.add_argument("--seed", type=int, default=0, help="seed of the untrained default model")
+    gn.add_argument("--backend", choices=("rtl", "hls"), default="rtl",
+                    help="rtl (default): Amaranth -> OUT/rtl/; hls: C++ for vendor HLS tools (Vitis HLS) -> OUT/hls/, "
+                    "with a g++ C simulation testbench and a Vitis run script (docs/hls.md)")
 
     sm = sub.add_parser("sim", help="simulate the generated accelerator against the golden model (cocotb)",
                         description="Build the generated RTL for Icarus or Verilator and stream CIFAR-10 test images "
@@ -173,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--build", metavar="GEN_DIR", help="a `shiftpq gen` output directory (e.g. build/resnet20)")
     from shiftpq_sim.runner import SIMULATORS
     sm.add_argument("--simulator", choices=SIMULATORS, default="verilator")
-    sm.add_argument("--images", type=_positive, default=10, metavar="N", help="first N test images (default 10)")
+    sm.add_argument("--backend", choices=("rtl", "hls"), default="rtl",
+                    help="rtl (default): the RTL; hls: the HLS C++ of `gen --backend hls` in g++ C simulation, "
+                    "written to GEN_DIR/sim/results-hls.json")
+    sm.add_argument("--images", type=_images, default=10, metavar="N|all",
+                    help="the first N test images, or all 10,000 (default 10)")
+    sm.add_argument("--jobs", type=_positive, default=None, metavar="N",
+                    help="processes, each on a contiguous shard of the images (default: the cores; HLS C simulation)")
     sm.add_argument("--waves", action="store_true", help="write an FST waveform")
     sm.add_argument("--gap", type=float, default=0.0, help="probability that the image source pauses a cycle")
     sm.add_argument("--stall", type=float, default=0.0, help="probability that the score sink refuses a cycle")
@@ -291,6 +305,8 @@ def cmd_golden(a) -> int:
 def cmd_gen(a) -> int:
     import time
     from shiftpq_hw.gen import DEFAULT_PAR, generate, resolve_source
+    if a.backend == "hls":
+        from shiftpq_hw.hls import generate_hls as generate
     if not (a.model or a.checkpoint or a.tables):
         raise ShiftPQError("give --model, --checkpoint or --tables")
     t0 = time.perf_counter()
@@ -310,7 +326,29 @@ def cmd_gen(a) -> int:
     return 0
 
 
+def cmd_sim_hls(a) -> int:
+    from shiftpq_hw.hls_csim import simulate_hls
+
+    from .data import load_split
+    if a.fuzz or not a.build:
+        raise ShiftPQError("--backend hls: give --build GEN_DIR (a `shiftpq gen --backend hls` output); no --fuzz")
+    images, labels = load_split(a.data_dir, "test", a.images)
+    r = simulate_hls(a.build, images.numpy(), labels.numpy(), a.jobs, progress=sys.stderr.isatty(), log=_progress("sim"))
+    print(json.dumps(r, indent=1, sort_keys=True) if a.json else
+          f"{r['model']} HLS C++ in g++ C simulation ({r['shards']} shards): {r['images']} images, {r['mismatches']} "
+          f"mismatches with the golden model, {'PASSED' if r['passed'] else 'FAILED'}; {r['wall_s']} s, "
+          f"{r['images_per_s']} images/s" + (f"; accuracy {r['accuracy']} %" if "accuracy" in r else ""))
+    f = r.get("first_wrong")
+    if f and not a.json:
+        print(f"first difference from the golden trace (image {f['image']}): block {f['block']}" +
+              (f" (tensor {f['tensor']}), pixel (y, x) = {tuple(f['pixel'])}, channel {f['channel']}: got {f['got']}, "
+               f"want {f['want']}" if "pixel" in f else f": {f.get('note')}"))
+    return 0 if r["passed"] else 1
+
+
 def cmd_sim(a) -> int:
+    if a.backend == "hls":
+        return cmd_sim_hls(a)
     from shiftpq_sim.runner import fuzz, simulate
     log = _progress("sim")
     if a.fuzz:
