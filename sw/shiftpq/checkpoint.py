@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -51,8 +52,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise ShiftPQError(f"{path}: checkpoint not found")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # PyTorch's message suggests weights_only=False, i.e. running the file's code: never repeat that
+        raise ShiftPQError(f"{path}: not a ShiftPQ checkpoint: it holds Python objects or code beyond tensors "
+                           "and plain data, which were refused (nothing in it was run)") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise ShiftPQError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ShiftPQError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ShiftPQError(f"{path}: field 'format' is not {FORMAT!r} (not a ShiftPQ checkpoint)")
     if blob.get("version") != VERSION:
@@ -61,6 +67,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         meta = json.loads(blob["meta"])
     except (KeyError, TypeError, ValueError) as e:
         raise ShiftPQError(f"{path}: field 'meta' is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("spec", {}), dict):
+        raise ShiftPQError(f"{path}: field 'meta' is not a JSON object with an object 'spec'")
+    for key in ("model", "optimizer", "teacher"):
+        state = blob.get(key, {})
+        if not isinstance(state, dict) or (key != "optimizer" and not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+            raise ShiftPQError(f"{path}: field {key!r} is not a state dict (names -> tensors)")
     return blob, meta
 
 
@@ -69,12 +82,12 @@ def model_from_state(spec: dict, state: dict, quantized: bool, source: str = "ch
         model = Net(ModelSpec.from_json(spec))
     except KeyError as e:
         raise ShiftPQError(f"{source}: field 'meta.spec' lacks the key {e} (a checkpoint of an older layout?)") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:
         raise ShiftPQError(f"{source}: field 'meta.spec' is invalid ({e})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ShiftPQError(f"{source}: field 'model' does not fit {spec['name']}: {e}") from None
+        raise ShiftPQError(f"{source}: field 'model' does not fit {spec['name']}: {' '.join(str(e).split())[:300]}") from None
     model.set_quant(quantized)
     return model
 

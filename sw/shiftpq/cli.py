@@ -55,12 +55,29 @@ def _par(text: str) -> int | str:
     return "max" if text == "max" else _positive(text)
 
 
+def _percent(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}") from None
+    if not 0.0 <= v <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``shiftpq CMD: error: ... (see shiftpq CMD --help)``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .levels import ACT_BITS, WEIGHT_BITS
     from .models import MODEL_NAMES
     from .train import METHODS, RECIPES, RESIDUAL_PRUNING
 
-    p = argparse.ArgumentParser(prog="shiftpq", description="ShiftPQ: compress CIFAR-10 CNNs with GM filter "
+    p = _Parser(prog="shiftpq", description="ShiftPQ: compress CIFAR-10 CNNs with GM filter "
                                 "pruning and APoT quantization (SPQ/PPQ), and compile them to shift-add hardware.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -116,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "requantization constants). Semantics: docs/integer-semantics.md.")
     e.add_argument("--checkpoint", required=True, metavar="CKPT")
     e.add_argument("--out", required=True, metavar="DIR", help="tables directory to create")
-    e.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    e.add_argument("--force", action="store_true", help="replace DIR if it exists (its contents are lost)")
 
     g = sub.add_parser("golden", help="run the integer golden model from layer tables on the CIFAR-10 test set",
                        description="Accuracy of the integer-only golden model and its top-1 agreement with the "
@@ -127,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the source checkpoint (default: the path recorded in the tables; its sha256 is checked)")
     g.add_argument("--no-compare", action="store_true", help="skip the fake-quant comparison")
     g.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
+    g.add_argument("--min-agreement", type=_percent, default=None, metavar="PERCENT",
+                   help="exit 1 when the top-1 agreement with the fake-quant model is below PERCENT")
     g.add_argument("--json", action="store_true", help="print a JSON report")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -143,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="PEs of the largest layer; every other layer gets the fewest PEs that keep up with it "
                     "(default 22: ResNet-20 fits an ECP5-85k); max: every layer fully parallel")
     gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
-    gn.add_argument("--force", action="store_true", help="replace OUT even if it is not a generator output")
+    gn.add_argument("--force", action="store_true",
+                    help="replace OUT if it exists (its sim/, synth/ and report/ results are lost)")
     gn.add_argument("--seed", type=int, default=0, help="seed of the untrained default model")
 
     sm = sub.add_parser("sim", help="simulate the generated accelerator against the golden model (cocotb)",
@@ -238,8 +258,10 @@ def cmd_metrics(a) -> int:
 
 
 def cmd_export(a) -> int:
+    from .atomic import prepare_output
     from .export import export_checkpoint
     from .tables import save_tables
+    prepare_output(a.out, a.force)  # before the work
     tables = export_checkpoint(a.checkpoint)
     out = save_tables(tables, a.out, force=a.force)
     n_ops = len(tables.ops)
@@ -251,6 +273,8 @@ def cmd_golden(a) -> int:
     from .data import load_split
     from .golden import evaluate_tables
     from .tables import load_tables
+    if a.min_agreement is not None and a.no_compare:
+        raise ShiftPQError("--min-agreement needs the fake-quant comparison: drop --no-compare")
     tables = load_tables(a.tables)
     images, labels = load_split(a.data_dir, "test", a.limit)
     r = evaluate_tables(tables, images.numpy(), labels.numpy(), a.checkpoint, compare=not a.no_compare,
@@ -263,6 +287,10 @@ def cmd_golden(a) -> int:
         if r["agreement"] is not None:
             print(f"fake-quant model: {r['fakequant_accuracy']:.2f}%; top-1 agreement {r['agreement']:.2f}%, "
                   f"accuracy difference {r['accuracy_difference']:+.2f} points")
+    if a.min_agreement is not None and r["agreement"] < a.min_agreement:
+        print(f"shiftpq golden: FAILED: top-1 agreement {r['agreement']:.2f}% on {r['images']} images is below "
+              f"--min-agreement {a.min_agreement:g}%", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -271,6 +299,9 @@ def cmd_gen(a) -> int:
     from shiftpq_hw.gen import DEFAULT_PAR, generate, resolve_source
     if not (a.model or a.checkpoint or a.tables):
         raise ShiftPQError("give --model, --checkpoint or --tables")
+    from .atomic import prepare_output
+    if a.out or a.model:  # the output is known: check it before the work
+        prepare_output(a.out or os.path.join("build", a.model), a.force)
     t0 = time.perf_counter()
     log = _progress("gen")
     tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
@@ -352,15 +383,48 @@ def cmd_data(a) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception, so that every ``finally`` and cleanup handler runs (atomic.atomic_dir)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
-               "gen": cmd_gen, "sim": cmd_sim, "synth": cmd_synth, "report": cmd_report, "data": cmd_data}[args.command]
+    """Exit codes: 0 done, 1 a check failed (a mismatch, agreement below --min-agreement, a design
+    that does not fit), 2 bad input (one line naming the file, field or option), 130 Ctrl-C, 143 SIGTERM."""
+    import signal
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"train": cmd_train, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
+                   "gen": cmd_gen, "sim": cmd_sim, "synth": cmd_synth, "report": cmd_report,
+                   "data": cmd_data}[args.command]
         return handler(args)
     except (ShiftPQError, ValueError) as e:
-        print(f"shiftpq: error: {e}", file=sys.stderr)
+        print(f"shiftpq: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused (a file where a directory should be, no permission, full)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"shiftpq: error: {where}{_one_line(e.strerror or e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shiftpq: interrupted (nothing half-written is left)", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("shiftpq: terminated by SIGTERM (nothing half-written is left)", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

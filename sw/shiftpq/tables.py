@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, prepare_output
 from .errors import ShiftPQError
 
 SCHEMA = "shiftpq-tables"
@@ -87,9 +87,7 @@ def expected_arrays(op: dict) -> dict[str, str]:
 # -- save ------------------------------------------------------------------------------------------
 def save_tables(tables: Tables, out: str | Path, force: bool = False) -> Path:
     """Write to a temporary sibling directory, then rename: never a half-written tables directory."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise ShiftPQError(f"{out}: already exists; choose another --out or pass --force to replace it")
+    out = prepare_output(out, force)
     with atomic_dir(out) as tmp:
         for name in sorted(tables.arrays):
             with open(tmp / name, "wb") as f:
@@ -127,8 +125,8 @@ def _same(a, b) -> bool:
 class _Checker:
     """Type, range and consistency checks of a manifest; each failure names the file and the field."""
 
-    def __init__(self, d: Path):
-        self.d, self.mpath = d, d / MANIFEST
+    def __init__(self, d: Path, mpath: Path | str | None = None):
+        self.d, self.mpath = d, mpath or d / MANIFEST
 
     def fail(self, fld: str, msg: str, path: Path | None = None):
         raise ShiftPQError(f"{path or self.mpath}: field '{fld}' {msg}")
@@ -254,6 +252,22 @@ def load_tables(d: str | Path) -> Tables:
 
     _validate(m, c, read)
     return Tables(m, arrays)
+
+
+def validate_tables(t: Tables, where: str) -> None:
+    """The checks of load_tables on tables in memory (export runs them before writing anything)."""
+    wanted = {array_file(op["name"], f): dt for op in t.ops for f, dt in expected_arrays(op).items()}
+    for name in sorted(set(t.arrays) ^ set(wanted)):
+        raise ShiftPQError(f"{where}: array {name} {'is missing' if name in wanted else 'belongs to no op'}")
+
+    def read(op: dict, fld: str, shape: tuple[int, ...]) -> np.ndarray:
+        name = array_file(op["name"], fld)
+        a = t.arrays[name]
+        if a.dtype != np.dtype(wanted[name]) or tuple(a.shape) != tuple(shape):
+            raise ShiftPQError(f"{where}: array {name} is {a.dtype} {tuple(a.shape)}, expected {wanted[name]} "
+                               f"{tuple(shape)}")
+        return a
+    _validate(t.manifest, _Checker(Path(where), where), read)
 
 
 def _validate(m: dict, c: _Checker, read) -> None:
