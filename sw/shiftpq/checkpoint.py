@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import tempfile
 from pathlib import Path
 
@@ -51,11 +52,16 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     if not path.is_file():
         raise ShiftPQError(f"{path}: checkpoint not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():  # PyTorch warns about pickle protocols on stderr: the error says it all
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
         # PyTorch's message suggests weights_only=False, i.e. running the file's code: never repeat that
-        raise ShiftPQError(f"{path}: not a ShiftPQ checkpoint: it holds Python objects or code beyond tensors "
-                           "and plain data, which were refused (nothing in it was run)") from None
+        inner = " ".join(str(e.__context__ or "").split())[:160]
+        what = ("it refers to Python code or objects" if "GLOBAL" in inner else
+                "it is not a file of tensors and plain data")
+        raise ShiftPQError(f"{path}: not a ShiftPQ checkpoint: {what} ({inner or 'unreadable'}); objects and code "
+                           "in a checkpoint are refused, never run") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ShiftPQError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None

@@ -102,7 +102,7 @@ def save_tables(tables: Tables, out: str | Path, force: bool = False) -> Path:
 # shapes, channels, value ranges and widths, accumulator bounds, channel indices of the add, level
 # sets) is recomputed from the weights, the constants and the shapes and must equal the declared one.
 # What is not checked is read by no consumer (alpha, scale, filters, bn_folded_into, source, ...).
-NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")  # op and model names become file names
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")  # op names name files and RTL instances, tensors RTL signals
 IMAGE_LEVEL_SET = {"kind": "image", "bits": 8, "signed": True, "offset": 128, "ints": None, "denom": 128}
 INPUT = {"tensor": "input", "shape": [3, 32, 32], "dtype": "uint8", "offset": 128}
 IMAGE_TENSOR = {"kind": "image", "channels": [0, 1, 2], "hw": 32, "lo": -128, "hi": 127, "bits": 8}
@@ -223,18 +223,19 @@ def load_tables(d: str | Path) -> Tables:
     for i, op in enumerate(ops):
         c.typed(op, f"ops[{i}]", dict)
         kind = op.get("op")
-        if kind not in OP_ARRAYS:
+        if not isinstance(kind, str) or kind not in OP_ARRAYS:
             c.fail(f"ops[{i}].op", f"is {kind!r}: unsupported layer type; expected one of {', '.join(OP_ARRAYS)}")
         for key in ("name", "dst") + OP_KEYS[kind]:
             if key not in op:
                 c.fail(f"ops[{i}].{key}", f"is missing ({kind} {op.get('name')!r})")
         name = c.typed(op["name"], f"ops[{i}].name", str)
         if not NAME_RE.match(name) or ".." in name:
-            c.fail(f"ops[{i}].name", f"is {name!r}, expected letters, digits, '_', '.' or '-' (it names files)")
-        if name in names:
-            c.fail(f"ops[{i}].name", f"is {name!r}, which an earlier op already uses")
-        names.add(name)
-        if kind == "requant" and op["mode"] not in REQUANT_ARRAYS:
+            c.fail(f"ops[{i}].name", f"is {name!r}, expected a letter or '_', then letters, digits, '_' or '.' "
+                   "(it names files and RTL instances)")
+        if name.replace(".", "_") in names:
+            c.fail(f"ops[{i}].name", f"is {name!r}, which an earlier op already uses (with '.' read as '_')")
+        names.add(name.replace(".", "_"))
+        if kind == "requant" and (not isinstance(op["mode"], str) or op["mode"] not in REQUANT_ARRAYS):
             c.fail(f"ops[{i}].mode", f"is {op['mode']!r}, expected one of {', '.join(REQUANT_ARRAYS)}")
         for fld, dtype in expected_arrays(op).items():
             wanted[array_file(name, fld)] = (op, fld, dtype)
@@ -312,6 +313,11 @@ def _validate(m: dict, c: _Checker, read) -> None:
                    f"'levels' ({', '.join(n for n, s in sets.items() if s.signed == signed)})")
         return sets[v]
 
+    output = c.key(m, "output", "", dict)
+    last = m["ops"][-1] if m["ops"] else None
+    if last is None or last["op"] != "fc":
+        c.fail("ops", "do not end with an fc op (the class scores)")
+    c.equal(output.get("tensor"), last["dst"], "output.tensor", "the last op's output")
     declared = c.key(m, "tensors", "", dict)
     c.equal(c.key(declared, "input", "tensors", dict), IMAGE_TENSOR, "tensors.input", "the input image")
     known = {"input": dict(IMAGE_TENSOR)}
@@ -366,6 +372,8 @@ def _validate(m: dict, c: _Checker, read) -> None:
     for i, op in enumerate(m["ops"]):
         kind, name, f = op["op"], op["name"], f"ops[{i}]"
         dst = c.typed(op["dst"], f"{f}.dst", str)
+        if not NAME_RE.match(dst):
+            c.fail(f"{f}.dst", f"is {dst!r}, expected a letter or '_', then letters, digits, '_' or '.'")
         if dst in known or dst not in declared:
             c.fail(f"{f}.dst", f"is {dst!r}: expected a new tensor of 'tensors' (each computed once)")
         if dst != m.get("output", {}).get("tensor") and not readers.get(dst):
@@ -495,8 +503,3 @@ def _validate(m: dict, c: _Checker, read) -> None:
     for name in declared:
         if name not in known:
             c.fail(f"tensors.{name}", "is computed by no op")
-    output = c.key(m, "output", "", dict)
-    last = m["ops"][-1] if m["ops"] else None
-    if last is None or last["op"] != "fc":
-        c.fail("ops", "do not end with an fc op (the class scores)")
-    c.equal(output.get("tensor"), last["dst"], "output.tensor", "the last op's output")
