@@ -442,6 +442,7 @@ def _fingerprint(t, x):
     cycles = cycle_model(net)
     cycles["layers"] = [{k: v for k, v in r.items() if k != "name"} for r in cycles["layers"]]
     cycles["bottleneck"] = len(cycles["bottleneck"])
+    del cycles["source"]  # the tables' provenance, copied as it is (informational)
     return Golden(t).run(x).tolist(), blocks, cycles
 
 

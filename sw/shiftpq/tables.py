@@ -284,7 +284,11 @@ def _validate(m: dict, c: _Checker, read) -> None:
         c.fail("model", f"is {model!r}, expected one of {', '.join(MODEL_NAMES)}")
     spec = c.key(m, "spec", "", dict)
     c.equal(spec.get("name"), model, "spec.name", "the field 'model'")
-    c.typed(m.get("source", {}), "source", dict)
+    source = c.typed(m.get("source", {}), "source", dict)  # provenance: golden finds the checkpoint by it
+    if source.get("path") is not None:
+        c.typed(source["path"], "source.path", str)
+    if source.get("sha256") is not None and not re.fullmatch(r"[0-9a-f]{64}", str(source["sha256"])):
+        c.fail("source.sha256", f"is {source['sha256']!r}, expected 64 hexadecimal digits")
     c.equal(c.key(m, "input", "", dict), INPUT, "input", "the uint8 CIFAR-10 image the hardware reads, "
             "pixel - 128")
     levels = c.key(m, "levels", "", dict)
