@@ -391,8 +391,17 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-def _one_line(text: str) -> str:
+def _one_line(text) -> str:
     return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int) -> int:
+    """Print the one line of a failed run; from here on no warnings: half-built objects collected at
+    exit (Amaranth's UnusedElaboratable) must not bury that line under a page of noise."""
+    import warnings
+    warnings.simplefilter("ignore")
+    print(message, file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,18 +419,14 @@ def main(argv: list[str] | None = None) -> int:
                    "data": cmd_data}[args.command]
         return handler(args)
     except (ShiftPQError, ValueError) as e:
-        print(f"shiftpq: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _fail(f"shiftpq: error: {_one_line(e)}", 2)
     except OSError as e:  # the file system refused (a file where a directory should be, no permission, full)
         where = f"{e.filename}: " if e.filename else ""
-        print(f"shiftpq: error: {where}{_one_line(e.strerror or e)}", file=sys.stderr)
-        return 2
+        return _fail(f"shiftpq: error: {where}{_one_line(e.strerror or e)}", 2)
     except KeyboardInterrupt:
-        print("shiftpq: interrupted (nothing half-written is left)", file=sys.stderr)
-        return 130
+        return _fail("shiftpq: interrupted (nothing half-written is left)", 130)
     except Terminated:
-        print("shiftpq: terminated by SIGTERM (nothing half-written is left)", file=sys.stderr)
-        return 143
+        return _fail("shiftpq: terminated by SIGTERM (nothing half-written is left)", 143)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
