@@ -271,6 +271,27 @@ def validate_tables(t: Tables, where: str) -> None:
     _validate(t.manifest, _Checker(Path(where), where), read)
 
 
+def _check_spec(m: dict, c: _Checker, model: str):
+    """The model spec (the report prints its bit widths): JSON types, then ModelSpec's own checks."""
+    from .models import ModelSpec
+    spec = c.key(m, "spec", "", dict)
+    c.equal(spec.get("name"), model, "spec.name", "the field 'model'")
+    for k in ("wbits", "abits", "stream_bits"):
+        c.key(spec, k, "spec", int)
+    for k, v in c.key(spec, "layer_bits", "spec", dict).items():
+        c.typed(v, f"spec.layer_bits.{k}", int)
+    if spec.get("widths") is not None:
+        c.int_list(spec, "widths", "spec", 1, 1 << 16)
+    if spec.get("blocks") is not None:
+        c.int_in(spec, "blocks", "spec", 1, 1 << 10)
+    try:
+        ms = ModelSpec.from_json(spec)
+        ms.validate()
+    except ValueError as e:
+        c.fail("spec", f"is not a valid model spec: {e}")
+    return ms
+
+
 def _validate(m: dict, c: _Checker, read) -> None:
     """Walk the ops in order, recompute every tensor's description and every derived field from the
     arrays (``read(op, field, shape)`` loads one, its shape checked from the header) and compare."""
@@ -282,8 +303,7 @@ def _validate(m: dict, c: _Checker, read) -> None:
     model = c.key(m, "model", "", str)
     if model not in MODEL_NAMES:
         c.fail("model", f"is {model!r}, expected one of {', '.join(MODEL_NAMES)}")
-    spec = c.key(m, "spec", "", dict)
-    c.equal(spec.get("name"), model, "spec.name", "the field 'model'")
+    spec = _check_spec(m, c, model)
     source = c.typed(m.get("source", {}), "source", dict)  # provenance: golden finds the checkpoint by it
     if source.get("path") is not None:
         c.typed(source["path"], "source.path", str)
@@ -373,6 +393,7 @@ def _validate(m: dict, c: _Checker, read) -> None:
         c.equal(op[fld_bits], bits, f"ops[{i}].{fld_bits}", "the width of x * mul + bias, recomputed")
 
     n_ops = len(m["ops"])
+    first_conv = next((op["name"] for op in m["ops"] if op["op"] == "conv"), None)
     for i, op in enumerate(m["ops"]):
         kind, name, f = op["op"], op["name"], f"ops[{i}]"
         dst = c.typed(op["dst"], f"{f}.dst", str)
@@ -399,6 +420,9 @@ def _validate(m: dict, c: _Checker, read) -> None:
             if kept != sorted(set(kept)):
                 c.fail(f"{f}.kept", f"is {kept!r}, expected ascending distinct filter indices")
             lv = level_ref(op["weight_levels"], f"{f}.weight_levels", True)
+            if name != first_conv and lv.bits != spec.layer_bits.get(name, spec.wbits):
+                c.fail(f"{f}.weight_levels", f"is {op['weight_levels']!r}, but 'spec' gives {name} "
+                       f"{spec.layer_bits.get(name, spec.wbits)}-bit weights")
             w = weights(i, op, (len(kept), len(src["channels"]), k, k), lv)
             lo, hi, partial = intops.conv_bounds(w, src["lo"], src["hi"])
             lo, hi = int(lo.min(initial=0)), int(hi.max(initial=0))
@@ -438,8 +462,9 @@ def _validate(m: dict, c: _Checker, read) -> None:
                 c.fail(f"{f}.srcs[1]", f"is {srcs[1]!r} of levels {sc['levels']!r}, expected an 8-bit uniform stream")
             c.equal(acc["hw"], sc["hw"], f"tensors.{srcs[1]}.hw", f"the height of {srcs[0]!r}, which it is added to")
             lv = level_ref(op["levels"], f"{f}.levels", False)
-            if lv.kind != "uniform":
-                c.fail(f"{f}.levels", f"is {op['levels']!r}, expected an 8-bit uniform stream")
+            if lv.kind != "uniform" or lv.bits != spec.stream_bits:
+                c.fail(f"{f}.levels", f"is {op['levels']!r}, expected the {spec.stream_bits}-bit uniform stream of "
+                       "'spec.stream_bits' (export needs an 8-bit one)")
             c.number(op, "alpha", f)
             c.typed(op["requant"], f"{f}.requant", str)
             channels = sorted(set(acc["channels"]) | set(sc["channels"]))
