@@ -400,6 +400,15 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(base, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "o"]  # ...but the next run removes it
 
 
+def test_checkpoint_temporary_of_a_killed_run_is_removed_by_the_next_save(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer exists
+    stale = tmp_path / f".c.pt.tmp-{gone.pid}-x"
+    stale.write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "c.pt", random_net(SEED), {"epoch": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
 # -- property: one corrupted manifest field at a time --------------------------------------------------
 def _leaves(x, path=()):
     """Every (path, value) of a JSON document, containers included."""

@@ -82,6 +82,20 @@ def prepare_output(out: str | Path, force: bool = False, what: str = "--out") ->
     return out
 
 
+def remove_stale_temporaries(out: str | Path) -> None:
+    """Remove the temporaries (directories or files) a killed run left beside ``out``."""
+    for p in stale_temporaries(out):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def temporary_prefix(out: str | Path) -> str:
+    """The name prefix of this process's temporaries beside ``out`` (``stale_temporaries`` reads it)."""
+    return f".{Path(out).name}.tmp-{os.getpid()}-"
+
+
 @contextmanager
 def atomic_dir(out: str | Path):
     """Yields an empty temporary directory beside ``out``; on success it replaces ``out`` (the old
@@ -89,9 +103,8 @@ def atomic_dir(out: str | Path):
     The caller decides beforehand whether replacing ``out`` is allowed (``prepare_output``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for p in stale_temporaries(out):
-        shutil.rmtree(p, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=temporary_prefix(out)))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp

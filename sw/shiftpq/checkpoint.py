@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import warnings
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
+from .atomic import remove_stale_temporaries, temporary_prefix
 from .errors import ShiftPQError
 from .models import ModelSpec, Net
 
@@ -33,7 +34,8 @@ def save_checkpoint(path: str | Path, model: Net, meta: dict, optimizer=None, te
     if teacher is not None:
         blob["teacher"] = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    remove_stale_temporaries(path)  # left by a run killed while saving
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path))
     os.close(fd)
     try:
         torch.save(blob, tmp)
