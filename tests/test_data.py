@@ -61,8 +61,10 @@ def test_download_from_local_server(tmp_path, server):
     md5 = hashlib.md5((root / "cifar-10-binary.tar.gz").read_bytes()).hexdigest()
     out = download(tmp_path / "cifar", url, md5, progress=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(TRAIN_FILES + TEST_FILES)
-    x, y = load_split(out, "train")
-    assert x.shape == (15, 3, 32, 32)
+    x, y = load_split(out, "train", limit=3)  # 3-record files: a subset only through the limit
+    assert x.shape == (3, 3, 32, 32)
+    with pytest.raises(ShiftPQError, match="data_batch_1.bin: 3 records, expected 10000"):
+        load_split(out, "train")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar", "www"]  # no temporary leftovers
 
 

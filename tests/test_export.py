@@ -346,7 +346,7 @@ CORRUPTIONS = {
                                 "expected within [-7, 7]"),
     "pickled array": (lambda d: np.save(d / array_file("stem", "weight"), np.array([object()]), allow_pickle=True),
                       "stem.weight.npy: not a readable"),
-    "negative shift": (_resave(array_file("layer1.0.add", "shift"), lambda a: a * 0 - 1), "expected within [0, 62]"),
+    "negative shift": (_resave(array_file("layer1.0.add", "shift"), lambda a: a * 0 - 1), "expected within [0, 40]"),
     "thresholds not ascending": (_resave(array_file("layer1.0.act1", "thresholds"), lambda a: a[:, ::-1].copy()),
                                  "not ascending"),
 }

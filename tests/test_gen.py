@@ -95,7 +95,7 @@ def test_gen_bad_input_gives_clear_errors(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("user data")
     assert main(["gen", "--model", "tiny", "--out", str(tmp_path / "mine")]) == 2
-    assert "not a generator output" in capsys.readouterr().err
+    assert "already exists and holds keep.txt" in capsys.readouterr().err
     assert (tmp_path / "mine" / "keep.txt").read_text() == "user data"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written left behind
     with pytest.raises(SystemExit) as e:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
-from shiftpq.atomic import atomic_dir
+from shiftpq.atomic import atomic_dir, prepare_output
 from shiftpq.errors import ShiftPQError
 from shiftpq.tables import Tables, load_tables, save_tables
 
@@ -92,9 +92,7 @@ def cycle_model(net: Network) -> dict:
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
              log=lambda s: None) -> dict:
     """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json."""
-    out = Path(out)
-    if out.exists() and not force and not (out / "cycles.json").is_file():
-        raise ShiftPQError(f"{out}: exists and is not a generator output; choose another --out or pass --force")
+    out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked
     t0 = time.perf_counter()
     net = Network(tables, par)
     model = cycle_model(net)

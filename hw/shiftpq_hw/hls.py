@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from shiftpq import intops
-from shiftpq.atomic import atomic_dir
+from shiftpq.atomic import atomic_dir, prepare_output
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden
 from shiftpq.tables import Tables, save_tables
@@ -440,24 +440,28 @@ def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool =
     """Write ``<out>/hls/`` (and ``<out>/tables/``, ``<out>/cycles.json``); returns cycles.json.
 
     An existing generator output built from the same tables and ``par`` (an RTL build, say) keeps its
-    other files and gets ``hls/`` added or replaced; anything else is replaced as a whole, atomically."""
+    other files and gets ``hls/`` added (replacing an existing ``hls/`` needs ``force``); any other
+    existing ``out`` is replaced as a whole, atomically, and only with ``force`` (atomic.prepare_output)."""
     from .gen import cycle_model
     out = Path(out)
-    if out.exists() and not force and not (out / "cycles.json").is_file():
-        raise ShiftPQError(f"{out}: exists and is not a generator output; choose another --out or pass --force")
+    prepare_output(out, force=True)  # writable; whether replacing is allowed is decided below
     t0 = time.perf_counter()
     design = Design(tables, par)
     model = cycle_model(design.net)
-    ctx = design.context()
-    files = {f: render(f"hls/{f}.j2", **ctx) for f in FILES}
-    log(f"rendered {len(files)} HLS files, {sum(len(v) for v in files.values()) / 1e6:.1f} MB, "
-        f"{len(design.blocks)} blocks ({time.perf_counter() - t0:.1f} s)")
     cyc_text = json.dumps(model, indent=1, sort_keys=True) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tables.") as scratch:
         save_tables(tables, Path(scratch) / "tables")  # the tables exactly as an RTL build holds them
         same = (out / "cycles.json").is_file() and (out / "cycles.json").read_text() == cyc_text and \
             _same_tree(Path(scratch) / "tables", out / "tables")
+    if same and (out / HLS_DIR).exists() and not force:
+        raise ShiftPQError(f"{out / HLS_DIR}: already exists; pass --force to replace it (its contents are lost)")
+    if not same:
+        prepare_output(out, force)  # another design (or not a generator output): replaced only with --force
+    ctx = design.context()
+    files = {f: render(f"hls/{f}.j2", **ctx) for f in FILES}
+    log(f"rendered {len(files)} HLS files, {sum(len(v) for v in files.values()) / 1e6:.1f} MB, "
+        f"{len(design.blocks)} blocks ({time.perf_counter() - t0:.1f} s)")
     if same:  # an output of the same tables and fold: add hls/ beside what is there
         with atomic_dir(out / HLS_DIR) as hls:
             _write(hls, files)

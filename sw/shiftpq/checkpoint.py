@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
+from .atomic import remove_stale_temporaries, temporary_prefix
 from .errors import ShiftPQError
 from .models import ModelSpec, Net
 
@@ -31,7 +34,8 @@ def save_checkpoint(path: str | Path, model: Net, meta: dict, optimizer=None, te
     if teacher is not None:
         blob["teacher"] = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    remove_stale_temporaries(path)  # left by a run killed while saving
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path))
     os.close(fd)
     try:
         torch.save(blob, tmp)
@@ -50,9 +54,19 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     if not path.is_file():
         raise ShiftPQError(f"{path}: checkpoint not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # PyTorch warns about pickle protocols on stderr: the error says it all
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # PyTorch's message suggests weights_only=False, i.e. running the file's code: never repeat that
+        inner = " ".join(str(e.__context__ or "").split())[:160]
+        what = ("it refers to Python code or objects" if "GLOBAL" in inner else
+                "it is not a file of tensors and plain data")
+        raise ShiftPQError(f"{path}: not a ShiftPQ checkpoint: {what} ({inner or 'unreadable'}); objects and code "
+                           "in a checkpoint are refused, never run") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise ShiftPQError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ShiftPQError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ShiftPQError(f"{path}: field 'format' is not {FORMAT!r} (not a ShiftPQ checkpoint)")
     if blob.get("version") != VERSION:
@@ -61,6 +75,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         meta = json.loads(blob["meta"])
     except (KeyError, TypeError, ValueError) as e:
         raise ShiftPQError(f"{path}: field 'meta' is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("spec", {}), dict):
+        raise ShiftPQError(f"{path}: field 'meta' is not a JSON object with an object 'spec'")
+    for key in ("model", "optimizer", "teacher"):
+        state = blob.get(key, {})
+        if not isinstance(state, dict) or (key != "optimizer" and not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+            raise ShiftPQError(f"{path}: field {key!r} is not a state dict (names -> tensors)")
     return blob, meta
 
 
@@ -69,12 +90,12 @@ def model_from_state(spec: dict, state: dict, quantized: bool, source: str = "ch
         model = Net(ModelSpec.from_json(spec))
     except KeyError as e:
         raise ShiftPQError(f"{source}: field 'meta.spec' lacks the key {e} (a checkpoint of an older layout?)") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:
         raise ShiftPQError(f"{source}: field 'meta.spec' is invalid ({e})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ShiftPQError(f"{source}: field 'model' does not fit {spec['name']}: {e}") from None
+        raise ShiftPQError(f"{source}: field 'model' does not fit {spec['name']}: {' '.join(str(e).split())[:300]}") from None
     model.set_quant(quantized)
     return model
 

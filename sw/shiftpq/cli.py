@@ -60,6 +60,23 @@ def _par(text: str) -> int | str:
     return "max" if text == "max" else _positive(text)
 
 
+def _percent(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}") from None
+    if not 0.0 <= v <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}")
+    return v
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``shiftpq CMD: error: ... (see shiftpq CMD --help)``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
     """The arguments of ``shiftpq train`` (also what a sweep plan's runs pass)."""
     from .levels import ACT_BITS, WEIGHT_BITS
@@ -114,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import MODEL_NAMES
     from .sweep import SWEEP_DESCRIPTION
 
-    p = argparse.ArgumentParser(prog="shiftpq", description="ShiftPQ: compress CIFAR-10 CNNs with GM filter "
+    p = Parser(prog="shiftpq", description="ShiftPQ: compress CIFAR-10 CNNs with GM filter "
                                 "pruning and APoT quantization (SPQ/PPQ), and compile them to shift-add hardware.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -140,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "requantization constants). Semantics: docs/integer-semantics.md.")
     e.add_argument("--checkpoint", required=True, metavar="CKPT")
     e.add_argument("--out", required=True, metavar="DIR", help="tables directory to create")
-    e.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    e.add_argument("--force", action="store_true", help="replace DIR if it exists (its contents are lost)")
 
     g = sub.add_parser("golden", help="run the integer golden model from layer tables on the CIFAR-10 test set",
                        description="Accuracy of the integer-only golden model and its top-1 agreement with the "
@@ -151,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the source checkpoint (default: the path recorded in the tables; its sha256 is checked)")
     g.add_argument("--no-compare", action="store_true", help="skip the fake-quant comparison")
     g.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
+    g.add_argument("--min-agreement", type=_percent, default=None, metavar="PERCENT",
+                   help="exit 1 when the top-1 agreement with the fake-quant model is below PERCENT")
     g.add_argument("--json", action="store_true", help="print a JSON report")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -167,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="PEs of the largest layer; every other layer gets the fewest PEs that keep up with it "
                     "(default 22: ResNet-20 fits an ECP5-85k); max: every layer fully parallel")
     gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
-    gn.add_argument("--force", action="store_true", help="replace OUT even if it is not a generator output")
+    gn.add_argument("--force", action="store_true",
+                    help="replace OUT if it exists (its sim/, synth/ and report/ results are lost)")
     gn.add_argument("--seed", type=int, default=0, help="seed of the untrained default model")
     gn.add_argument("--backend", choices=("rtl", "hls"), default="rtl",
                     help="rtl (default): Amaranth -> OUT/rtl/; hls: C++ for vendor HLS tools (Vitis HLS) -> OUT/hls/, "
@@ -274,8 +294,10 @@ def cmd_metrics(a) -> int:
 
 
 def cmd_export(a) -> int:
+    from .atomic import prepare_output
     from .export import export_checkpoint
     from .tables import save_tables
+    prepare_output(a.out, a.force)  # before the work
     tables = export_checkpoint(a.checkpoint)
     out = save_tables(tables, a.out, force=a.force)
     n_ops = len(tables.ops)
@@ -287,6 +309,8 @@ def cmd_golden(a) -> int:
     from .data import load_split
     from .golden import evaluate_tables
     from .tables import load_tables
+    if a.min_agreement is not None and a.no_compare:
+        raise ShiftPQError("--min-agreement needs the fake-quant comparison: drop --no-compare")
     tables = load_tables(a.tables)
     images, labels = load_split(a.data_dir, "test", a.limit)
     r = evaluate_tables(tables, images.numpy(), labels.numpy(), a.checkpoint, compare=not a.no_compare,
@@ -299,6 +323,10 @@ def cmd_golden(a) -> int:
         if r["agreement"] is not None:
             print(f"fake-quant model: {r['fakequant_accuracy']:.2f}%; top-1 agreement {r['agreement']:.2f}%, "
                   f"accuracy difference {r['accuracy_difference']:+.2f} points")
+    if a.min_agreement is not None and r["agreement"] < a.min_agreement:
+        print(f"shiftpq golden: FAILED: top-1 agreement {r['agreement']:.2f}% on {r['images']} images is below "
+              f"--min-agreement {a.min_agreement:g}%", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -309,6 +337,10 @@ def cmd_gen(a) -> int:
         from shiftpq_hw.hls import generate_hls as generate
     if not (a.model or a.checkpoint or a.tables):
         raise ShiftPQError("give --model, --checkpoint or --tables")
+    from .atomic import prepare_output
+    if a.out or a.model:  # the output is known: check it before the work
+        # (the HLS backend may add hls/ to an RTL build of the same design: generate_hls decides)
+        prepare_output(a.out or os.path.join("build", a.model), a.force or a.backend == "hls")
     t0 = time.perf_counter()
     log = _progress("gen")
     tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
@@ -412,16 +444,55 @@ def cmd_data(a) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception, so that every ``finally`` and cleanup handler runs (atomic.atomic_dir)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int) -> int:
+    """Print the one line of a failed run; from here on no warnings: half-built objects collected at
+    exit (Amaranth's UnusedElaboratable) must not bury that line under a page of noise."""
+    import warnings
+    warnings.simplefilter("ignore")
+    print(message, file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
-    args = (parser or build_parser()).parse_args(argv)
-    from .sweep import cmd_sweep
-    handler = {"train": cmd_train, "sweep": cmd_sweep, "metrics": cmd_metrics, "export": cmd_export, "golden": cmd_golden,
-               "gen": cmd_gen, "sim": cmd_sim, "synth": cmd_synth, "report": cmd_report, "data": cmd_data}[args.command]
+    """Exit codes: 0 done, 1 a check failed (a mismatch, agreement below --min-agreement, a design
+    that does not fit), 2 bad input (one line naming the file, field or option), 130 Ctrl-C, 143 SIGTERM.
+    ``parser``: another command set (``python -m shiftpq.sweep``: train and sweep only)."""
+    import signal
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        args = (parser or build_parser()).parse_args(argv)
+        from .sweep import cmd_sweep
+        handler = {"train": cmd_train, "sweep": cmd_sweep, "metrics": cmd_metrics, "export": cmd_export,
+                   "golden": cmd_golden, "gen": cmd_gen, "sim": cmd_sim, "synth": cmd_synth, "report": cmd_report,
+                   "data": cmd_data}[args.command]
         return handler(args)
     except (ShiftPQError, ValueError) as e:
-        print(f"shiftpq: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"shiftpq: error: {_one_line(e)}", 2)
+    except OSError as e:  # the file system refused (a file where a directory should be, no permission, full)
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"shiftpq: error: {where}{_one_line(e.strerror or e)}", 2)
+    except KeyboardInterrupt:
+        return _fail("shiftpq: interrupted (nothing half-written is left)", 130)
+    except Terminated:
+        return _fail("shiftpq: terminated by SIGTERM (nothing half-written is left)", 143)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

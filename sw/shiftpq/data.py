@@ -21,6 +21,7 @@ ARCHIVE_DIR = "cifar-10-batches-bin"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILES = ("test_batch.bin",)
 RECORD = 1 + 3 * 32 * 32
+RECORDS_PER_FILE = 10_000  # every official .bin file, train and test
 PAD = 4  # random-crop padding, pixels
 PAD_VALUE = 128  # the centered input's zero (see models.preprocess)
 
@@ -64,6 +65,12 @@ def load_split(data_dir: str | Path | None, split: str, limit: int | None = None
     have = 0
     for name in files:
         x, y = read_batch_file(root / name)
+        # a cut file would be evaluated as if complete: a subset is asked for with a limit, never implied
+        need = RECORDS_PER_FILE if limit is None else min(RECORDS_PER_FILE, limit - have)
+        if len(y) < need or len(y) > RECORDS_PER_FILE:
+            raise ShiftPQError(f"{root / name}: {len(y)} records, expected {RECORDS_PER_FILE} (the official "
+                               f"CIFAR-10 file; a truncated or altered copy?)"
+                               + ("" if limit is None else f"; --limit {limit} needs {need} of them"))
         images.append(x)
         labels.append(y)
         have += len(y)

@@ -22,7 +22,7 @@ from .graph import Act, Add, AvgPool, Conv, Linear, MaxPool, ShortcutA
 from .levels import LevelSet
 from .metrics import nonzero_channels
 from .models import Net
-from .tables import IMAGE_LEVELS, SCHEMA, VERSION, Tables, array_file
+from .tables import IMAGE_LEVELS, SCHEMA, VERSION, Tables, array_file, validate_tables
 
 FC_SCORE_BITS = 32  # class scores are int32
 FC_MAX_SHIFT = 16
@@ -73,6 +73,28 @@ def _weight_index(layer, keep: list[int], cols: list[int]) -> tuple[np.ndarray, 
     return (np.sign(v) * idx).astype(np.int8), float(step), lv
 
 
+def check_parameters(model: Net, where: str) -> None:
+    """Refuse parameters no integer table can represent, naming the tensor: NaN or inf anywhere
+    (weights, clipping thresholds, BatchNorm statistics), a negative BatchNorm variance, a pruning
+    mask outside {0, 1}, a conv with every filter pruned (a clipping threshold <= 0: ``quantizer`` below)."""
+    for key, v in model.state_dict().items():
+        if not torch.is_floating_point(v):
+            continue
+        fld = f"{where}: field 'model.{key}'"
+        if not bool(torch.isfinite(v).all()):
+            bad = v[~torch.isfinite(v)].flatten()[0].item()
+            raise ShiftPQError(f"{fld} holds {bad} ({int((~torch.isfinite(v)).sum())} of {v.numel()} values), "
+                               "expected finite numbers")
+        if key.endswith("running_var") and bool((v < 0).any()):
+            raise ShiftPQError(f"{fld} holds {v.min().item():g}, expected a non-negative BatchNorm variance")
+        if key.endswith(".mask"):
+            if not bool(((v == 0) | (v == 1)).all()):
+                odd = v[(v != 0) & (v != 1)].flatten()[0].item()
+                raise ShiftPQError(f"{fld} holds {odd:g}, expected a pruning mask of 0 and 1 only")
+            if v.numel() and not bool(v.any()):
+                raise ShiftPQError(f"{fld} prunes every filter of {key[:-len('.mask')]}, expected at least one kept")
+
+
 def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
     """The integer tables of a quantized model. ``physical=False`` keeps pruned filters and channels
     (as zero weights and zero constants): the same function, for testing that removal is exact."""
@@ -80,6 +102,7 @@ def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
         raise ShiftPQError(f"{source.get('path', 'model')}: field 'meta.quantized' is false: a full-precision "
                            "checkpoint has no quantizers; export a QAT checkpoint (train --method spq or ppq)")
     model = model.cpu().eval()
+    check_parameters(model, source.get("path") or "model")
     nz = nonzero_channels(model, fp32=not physical)
     live = nonzero_channels(model)  # bounds count only channels that can be non-zero, in both modes
 
@@ -102,7 +125,7 @@ def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
     def quantizer(op: Act):
         q = model.get_submodule(op.name)
         alpha = float(q.alpha)
-        if not alpha > 0:
+        if not (np.isfinite(alpha) and alpha > 0):
             raise ShiftPQError(f"{source.get('path', 'model')}: field 'model.{op.name}.alpha' is {alpha}, "
                                "expected a positive clipping threshold")
         return q, q.levels, alpha, use_levels(q.levels)
@@ -241,7 +264,10 @@ def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
                 "input": {"tensor": "input", "shape": [3, 32, 32], "dtype": "uint8", "offset": IMAGE_OFFSET},
                 "output": {"tensor": model.ops[-1].dst, "classes": model.ops[-1].cout},
                 "tensors": {n: t.json() for n, t in tensors.items()}, "ops": ops}
-    return Tables(manifest, arrays)
+    tables = Tables(manifest, arrays)
+    if physical:  # what load_tables will accept, checked before anything is written
+        validate_tables(tables, f"{source.get('path') or 'model'} (its exported tables)")
+    return tables
 
 
 def export_checkpoint(path: str | Path, physical: bool = True) -> Tables:

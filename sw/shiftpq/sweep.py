@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m shiftpq.sweep train ...`` / ``python -m shiftpq.sweep sweep PLAN ...``: shiftpq with
     only these two commands, so that it runs without the hardware packages (Amaranth, cocotb) on a
     bare GPU machine; the sweep's children run this way. Errors as in ``shiftpq``: one line, exit 2."""
-    from .cli import add_train_arguments, main as cli_main
-    p = argparse.ArgumentParser(prog="shiftpq", description="shiftpq train and sweep, without the hardware packages")
+    from .cli import Parser, add_train_arguments, main as cli_main
+    p = Parser(prog="shiftpq", description="shiftpq train and sweep, without the hardware packages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_arguments(sub.add_parser("train", help="train a model (shiftpq train --help)"))
     add_sweep_arguments(sub.add_parser("sweep", help="run a plan (shiftpq sweep --help)", description=SWEEP_DESCRIPTION))
