@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from shiftpq.cli import main
+from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq.tables import Tables, load_tables, save_tables
@@ -41,15 +42,26 @@ def test_gen_hls_is_deterministic_and_keeps_an_rtl_build_of_the_same_plan(tiny_h
     generate_hls(tables, again, 2)
     assert _hls_files(again) == _hls_files(tiny_hls)  # same tables and fold: byte-identical sources
     assert (again / "cycles.json").read_bytes() == (tiny_hls / "cycles.json").read_bytes()
-    # an output of the same tables and fold (an RTL build, say) keeps its other files ...
+    # an existing hls/ is replaced only with force; an output of the same tables and fold (an RTL
+    # build, say) keeps its other files ...
+    with pytest.raises(ShiftPQError, match="hls: already exists; pass --force"):
+        generate_hls(tables, again, 2)
     (again / "rtl").mkdir()
     (again / "rtl" / "marker").write_text("rtl")
-    generate_hls(tables, again, 2)
+    generate_hls(tables, again, 2, force=True)
     assert (again / "rtl" / "marker").is_file() and _hls_files(again) == _hls_files(tiny_hls)
-    # ... another fold replaces the whole directory: no stale RTL beside the new plan
-    generate_hls(tables, again, 4)
+    # ... another fold replaces the whole directory (no stale RTL beside the new plan), only with force
+    with pytest.raises(ShiftPQError, match="already exists and holds cycles.json, hls/, rtl/, tables/; pass --force"):
+        generate_hls(tables, again, 4)
+    assert (again / "rtl" / "marker").is_file()
+    generate_hls(tables, again, 4, force=True)
     assert not (again / "rtl").exists() and json.loads((again / "cycles.json").read_text())["par"] == 4
     assert _hls_files(again)["shiftpq_top.cpp"] != _hls_files(tiny_hls)["shiftpq_top.cpp"]
+    # an RTL-only build of the same design gets hls/ added without force
+    shutil.rmtree(again / HLS_DIR)
+    (again / "rtl").mkdir()
+    generate_hls(tables, again, 4)
+    assert (again / "rtl").is_dir() and (again / HLS_DIR).is_dir()
 
 
 def test_sim_hls_tiny_is_bit_exact_on_cifar_and_reuses_its_build(tiny_hls, cifar_dir, capsys):

@@ -121,13 +121,19 @@ def run_csim(exe: Path, images: np.ndarray, work: Path, jobs: int, classes: int,
     return scores
 
 
+def require_hls_build(gen_dir: str | Path) -> None:
+    """A `shiftpq gen --backend hls` output is there (checked before any data is loaded)."""
+    gen_dir = Path(gen_dir)
+    for p in (gen_dir / HLS_DIR, gen_dir / "cycles.json", gen_dir / "tables"):
+        if not p.exists():
+            raise ShiftPQError(f"{p}: missing; run `shiftpq gen --backend hls` (make gen BACKEND=hls) first")
+
+
 def simulate_hls(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = None,
                  jobs: int | None = None, progress: bool = True, diagnose: bool = True, log=lambda s: None) -> dict:
     gen_dir = Path(gen_dir)
     cyc_path = gen_dir / "cycles.json"
-    for p in (gen_dir / HLS_DIR, cyc_path, gen_dir / "tables"):
-        if not p.exists():
-            raise ShiftPQError(f"{p}: missing; run `shiftpq gen --backend hls` (make gen BACKEND=hls) first")
+    require_hls_build(gen_dir)
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise ShiftPQError(f"--jobs must be a positive integer, got {jobs}")

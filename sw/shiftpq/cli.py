@@ -359,11 +359,12 @@ def cmd_gen(a) -> int:
 
 
 def cmd_sim_hls(a) -> int:
-    from shiftpq_hw.hls_csim import simulate_hls
+    from shiftpq_hw.hls_csim import require_hls_build, simulate_hls
 
     from .data import load_split
     if a.fuzz or not a.build:
         raise ShiftPQError("--backend hls: give --build GEN_DIR (a `shiftpq gen --backend hls` output); no --fuzz")
+    require_hls_build(a.build)
     images, labels = load_split(a.data_dir, "test", a.images)
     r = simulate_hls(a.build, images.numpy(), labels.numpy(), a.jobs, progress=sys.stderr.isatty(), log=_progress("sim"))
     print(json.dumps(r, indent=1, sort_keys=True) if a.json else
