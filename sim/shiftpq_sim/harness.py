@@ -34,6 +34,7 @@ from shiftpq.errors import ShiftPQError
 
 IMAGE_BYTES = 3 * 32 * 32
 RESET_CYCLES = 2  # as tb_network: reset held for two clock edges
+WRAPPER = "shiftpq_harness_top"  # templates/verilator/wrapper.v.j2: the accelerator, reset from a register
 # Verilator's fast options (its manual, "Benchmarking & Optimization"): no X randomization, no
 # assertions, no tracing unless waves are asked for.
 FAST_OPTIONS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert"]
@@ -95,13 +96,16 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
     rtl = gen_dir / "rtl" / f"{TOP}.v"
     if not rtl.is_file():
         raise ShiftPQError(f"{rtl}: missing; run `shiftpq gen` (make gen) first")
-    model_class = f"V{TOP}"
+    model_class = f"V{WRAPPER}"
+    wrapper = render("verilator/wrapper.v.j2", top=TOP, wrapper=WRAPPER, ports=stream_ports(),
+                     reset_cycles=RESET_CYCLES, reset_bits=RESET_CYCLES.bit_length())
     cpp = render("verilator/harness.cpp.j2", model_class=model_class, image_bytes=IMAGE_BYTES, classes=_classes(gen_dir),
                  reset_cycles=RESET_CYCLES, waves=waves)
     options = build_options(waves)
     jobs = str(os.cpu_count() or 1)
     h = hashlib.sha256()
-    for part in (rtl.read_bytes(), cpp.encode(), json.dumps(options).encode(), _verilator_version().encode()):
+    for part in (rtl.read_bytes(), wrapper.encode(), cpp.encode(), json.dumps(options).encode(),
+                 _verilator_version().encode()):
         h.update(hashlib.sha256(part).digest())
     key = h.hexdigest()[:16]
     cache = gen_dir / "sim" / "harness" / key
@@ -113,8 +117,9 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
     t0 = time.perf_counter()
     with atomic_dir(cache) as tmp:
         (tmp / "harness.cpp").write_text(cpp)
-        cmd = [_verilator(), "--cc", "--exe", "--build", "-j", jobs, "--top-module", TOP, "--prefix", model_class,
-               "--Mdir", "obj", *options, str(rtl), "harness.cpp", "-o", model_class]
+        (tmp / f"{WRAPPER}.v").write_text(wrapper)
+        cmd = [_verilator(), "--cc", "--exe", "--build", "-j", jobs, "--top-module", WRAPPER, "--prefix", model_class,
+               "--Mdir", "obj", *options, str(rtl), f"{WRAPPER}.v", "harness.cpp", "-o", model_class]
         p = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         (tmp / "build.log").write_text(p.stdout + p.stderr)
         if p.returncode != 0:
@@ -124,10 +129,21 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
         info = {"key": key, "build_s": round(time.perf_counter() - t0, 1), "options": options, "waves": waves,
                 "verilator": _verilator_version()}
         (tmp / "build.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        for junk in (tmp / "obj").glob("*.o"):  # the objects are not needed once linked (hundreds of MB)
-            junk.unlink()
+        for pattern in ("*.o", "*.a", "*.gch"):  # not needed once linked (hundreds of MB)
+            for junk in (tmp / "obj").glob(pattern):
+                junk.unlink()
     log(f"built the Verilator harness in {info['build_s']} s")
     return exe, {**info, "cached": False}
+
+
+def stream_ports() -> list[dict]:
+    """The accelerator's ports but clock and reset (``name``, ``direction``, ``width``), from the
+    generator's ``Network`` class: the wrapper passes them through."""
+    from amaranth.hdl import Shape
+
+    from shiftpq_hw.network import Network
+    return [{"name": n, "direction": "input" if m.flow.name == "In" else "output", "width": Shape.cast(m.shape).width}
+            for n, m in Network.__annotations__.items()]
 
 
 def _verilator_version() -> str:
