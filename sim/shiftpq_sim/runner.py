@@ -151,7 +151,7 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     if "stopped" in m:  # the watchdog: a stream stopped moving
         result = {"model": cycles["model"], "simulator": simulator, "bench": "cocotb", "images": int(len(images)),
                   "passed": False, "stopped": [m["stopped"]], "images_done": m["images_done"], "mismatches": None,
-                  "cycles_match_model": None, "gap": gap, "stall": stall, "build_s": round(t_build, 1)}
+                  "cycles_per_image": None, "cycles_match_model": None, "latency_cycles": None, "gap": gap, "stall": stall, "build_s": round(t_build, 1)}
         text = json.dumps(result, indent=1, sort_keys=True) + "\n"
         (gen_dir / "sim" / f"results-{simulator}{'-' + tag if tag else ''}.json").write_text(text)
         (gen_dir / "sim" / "results.json").write_text(text)
@@ -162,6 +162,7 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
               "cycles_match_model": m["cycles_per_image"] == cycles["cycles_per_image"] if not (gap or stall) else None,
               "passed": failed == 0 and m["mismatches"] == 0, "latency_cycles": m["latency_cycles"],
               "build_s": round(t_build, 1), "sim_wall_s": m["wall_s"], "sim_cycles_per_s": m["sim_cycles_per_s"],
+              "sim_cycles_per_cpu_s": m["sim_cycles_per_cpu_s"],
               "wall_s_per_image": m["wall_s_per_image"], "gap": gap, "stall": stall, "wrong": m["wrong"],
               "waves": str(next(work.rglob("*.fst"), "")) if waves else None}
     if m["mismatches"] and diagnose:  # name the first block whose output differs from the golden trace
