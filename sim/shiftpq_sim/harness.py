@@ -84,7 +84,7 @@ def _verilator() -> str:
 def build_options(waves: bool) -> list[str]:
     from shiftpq_hw.verilog import VERILATOR_BUILD_ARGS, VERILATOR_LINT_WAIVERS
     return [*FAST_OPTIONS, *VERILATOR_BUILD_ARGS, *[f"-Wno-{w}" for w in sorted(VERILATOR_LINT_WAIVERS)],
-            *(["--trace-fst"] if waves else [])]
+            *(["--trace"] if waves else [])]  # VCD: the wheel's FST writer needs lz4 headers the machine lacks
 
 
 def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple[Path, dict]:
@@ -233,7 +233,7 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
             cmd = [str(exe), "--images", "images.bin", "--first", str(first), "--count", str(count),
                    "--out", f"shard{k}.txt", "--period", str(period), "--budget", str(budget),
                    "--gap", str(_threshold(gap)), "--stall", str(_threshold(stall)), "--seed", str(seed + k),
-                   *(["--fst", f"shard{k}.fst"] if waves else [])]
+                   *(["--vcd", f"shard{k}.vcd"] if waves else [])]
             err = open(work / f"shard{k}.err", "w")
             p = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=err, text=True)
             err.close()
@@ -299,7 +299,7 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
               "sim_cycles_per_s_per_process": round(simulated / sum(walls), 1),
               "sim_cycles_per_cpu_s": round(simulated / sum(cpus), 1),
               "wall_s_per_image": round(wall / len(images), 4),
-              "waves": [str(work / f"shard{k}.fst") for k in range(len(shards))] if waves else None}
+              "waves": [str(work / f"shard{k}.vcd") for k in range(len(shards))] if waves else None}
     result["passed"] = not wrong and result["cycles_match_model"] is not False
     if labels is not None and not wrong:  # the hardware's predictions are the golden model's
         result["accuracy"] = round(100.0 * float((predict(scores_all) == np.asarray(labels)).mean()), 2)

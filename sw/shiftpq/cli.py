@@ -31,14 +31,21 @@ _kv_float = _kv_of(float, "a number")
 _kv_int = _kv_of(int, "an integer")
 
 
-def _rate(text: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= r < 1.0:
-        raise argparse.ArgumentTypeError(f"pruning rate must be in [0, 1), got {r!r}")
-    return r
+def _fraction(what: str):
+    """An argparse type for a number in [0, 1); ``what`` names it in the error."""
+    def parse(text: str) -> float:
+        try:
+            r = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+        if not 0.0 <= r < 1.0:
+            raise argparse.ArgumentTypeError(f"{what} must be in [0, 1), got {r!r}")
+        return r
+    return parse
+
+
+_rate = _fraction("pruning rate")
+_probability = _fraction("a probability (at 1 the stream never moves)")  # sim --gap / --stall
 
 
 def _positive(text: str) -> int:
@@ -54,17 +61,6 @@ def _positive(text: str) -> int:
 def _images(text: str) -> int | None:
     """``--images``: a positive count, or ``all`` (None: the whole test set)."""
     return None if text == "all" else _positive(text)
-
-
-def _probability(text: str) -> float:
-    """``--gap`` / ``--stall``: a probability in [0, 1) (at 1 the stream never moves)."""
-    try:
-        p = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}") from None
-    if not 0.0 <= p < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1) (at 1 the stream never moves), got {p!r}")
-    return p
 
 
 def _par(text: str) -> int | str:
@@ -180,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the first N test images, or all 10,000 (default 10)")
     sm.add_argument("--jobs", type=_positive, default=None, metavar="N",
                     help="harness processes, each on a contiguous shard of the images (default: the cores)")
-    sm.add_argument("--waves", action="store_true", help="write an FST waveform (per shard with the harness)")
+    sm.add_argument("--waves", action="store_true", help="write a waveform (cocotb: FST; harness: VCD per shard)")
     sm.add_argument("--gap", type=_probability, default=0.0,
                     help="probability in [0, 1) that the image source pauses a cycle")
     sm.add_argument("--stall", type=_probability, default=0.0,
