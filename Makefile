@@ -19,8 +19,9 @@ ARGS ?=
 BACKEND ?= rtl
 SIM ?= verilator
 IMAGES ?= 100
+JOBS ?=
 
-.PHONY: help setup iverilog test train metrics bench-train bench-golden bench-hls bench-pe gen sim sim-one synth report clean
+.PHONY: help setup iverilog test train metrics bench-train bench-golden bench-hls bench-pe bench-sim gen sim sim-one sim-full synth report clean
 
 help:
 	@echo "make test                         set up (venv, packages, iverilog, verilator wrapper) and run the tests"
@@ -29,9 +30,12 @@ help:
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
-	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max] [BACKEND=rtl|hls]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
-	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N WAVES=1]   cocotb regression vs the golden model"
-	@echo "                                  (no MODEL: ResNet-20 x 100 images on Verilator, tiny on Icarus, 50 fuzz seeds)"
+	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
+	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N|all JOBS=N BENCH=harness|cocotb WAVES=1]   RTL vs the golden model"
+	@echo "                                  (no MODEL: ResNet-20 x 100 images on the Verilator harness, tiny on Icarus"
+	@echo "                                  (cocotb), 50 fuzz seeds on the harness)"
+	@echo "make sim-full MODEL=m [JOBS=N]    all 10,000 test images through the Verilator harness, JOBS processes"
+	@echo "make bench-sim [MODEL=resnet20]   cocotb bench vs compiled harness, simulated cycles/s (bench/results/)"
 	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
 	@echo "make report MODEL=m [REPORT_IMAGES=1000 MIN_AGREEMENT=99]   build/m/report/index.html and report.md"
 	@echo "make bench-pe                     APoT PE variants vs a LUT 4x4 multiplier, DSP packing (bench/results/)"
@@ -93,7 +97,17 @@ endif
 
 sim-one:
 	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
-	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --simulator $(SIM) --images $(IMAGES) $(if $(WAVES),--waves)
+	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --simulator $(SIM) --images $(IMAGES) $(if $(JOBS),--jobs $(JOBS)) \
+	  $(if $(BENCH),--bench $(BENCH)) $(if $(WAVES),--waves)
+
+# the whole CIFAR-10 test set through the compiled Verilator harness, sharded over JOBS processes (default: the cores)
+sim-full: setup
+	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --images all $(if $(JOBS),--jobs $(JOBS))
+
+bench-sim: setup
+	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	$(PY) bench/sim_throughput.py --build build/$(MODEL)
 
 DEVICE ?= ecp5-85k
 FREQ ?= 100

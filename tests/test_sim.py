@@ -51,11 +51,11 @@ def test_tiny_network_under_random_gaps_and_backpressure(tiny):
     assert r["passed"] and r["mismatches"] == 0 and r["images"] == 3
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_fuzz_random_networks_on_verilator(seed, tmp_path):
+def test_fuzz_random_network_on_verilator(tmp_path):
+    """The cocotb bench on a random network (the harness runs another: tests/test_harness.py)."""
     from shiftpq_sim.runner import fuzz
-    (r,) = fuzz([seed], "verilator", tmp_path, log=lambda s: None)
-    assert r["passed"] and r["cycles_match_model"], f"fuzz seed {seed}"
+    (r,) = fuzz([1], "verilator", tmp_path, log=lambda s: None)
+    assert r["passed"] and r["cycles_match_model"] and r["bench"] == "cocotb", "fuzz seed 1"
 
 
 def _observable_mutation(t, broken, x, mutation):
@@ -83,10 +83,13 @@ def _observable_mutation(t, broken, x, mutation):
     pytest.fail("no observable mutation found")
 
 
-@pytest.mark.parametrize("mutation", ["weight", "threshold"])
-def test_broken_generator_output_is_caught(mutation, tmp_path):
+@pytest.mark.parametrize("mutation,bench", [("weight", "harness"), ("threshold", "cocotb")])
+def test_broken_generator_output_is_caught(mutation, bench, tmp_path):
     """The RTL is generated from tables with one weight code changed (or one requant threshold
-    moved by one), the bench's golden model reads the true tables: it must report mismatches."""
+    moved by one), the bench's golden model reads the true tables: it must report mismatches, the
+    compiled harness as well as the cocotb bench (the harness hands the first wrong image to the
+    cocotb bench's diagnosis)."""
+    from shiftpq_sim.harness import run
     from shiftpq.tables import save_tables
     t = export_model(random_net(12), {"path": None})
     broken = export_model(random_net(12), {"path": None})
@@ -95,8 +98,8 @@ def test_broken_generator_output_is_caught(mutation, tmp_path):
     out = tmp_path / "broken"
     generate(broken, out, par=None)
     save_tables(t, out / "tables", force=True)  # the bench's golden model reads the true tables
-    r = simulate(out, "verilator", x)
-    assert not r["passed"] and r["mismatches"] > 0, f"a broken RTL ({what}) went unnoticed"
+    r = run(out, x, jobs=2, progress=False) if bench == "harness" else simulate(out, "verilator", x)
+    assert not r["passed"] and r["mismatches"] > 0 and r["bench"] == bench, f"a broken RTL ({what}) went unnoticed"
     # the diagnosis names the block the mutation is in: a requant after a conv is fused into its engine
     f = r["first_wrong"]
     mutated = next(o for o in t.ops if o["name"] == what.split("[")[0])

@@ -73,6 +73,28 @@ def test_unit_bench_catches_a_wrong_reference(tmp_path):
         run_unit(ShiftAddPE(wl, al), "pe", [{"w": w, "a": a} for w, a in pairs], want, tmp_path)
 
 
+def test_unit_bench_stops_a_hung_component(tmp_path):
+    """A component that never takes its input: the watchdog ends the bench after its budget (from
+    the word counts) and names the input stream whose tready stayed low, instead of waiting for ever."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import stream, wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Hung(wiring.Component):
+        def __init__(self):
+            super().__init__({"i": In(stream.Signature(8)), "o": Out(stream.Signature(8))})
+
+        def elaborate(self, platform):
+            m = Module()
+            held = Signal(8)
+            m.d.sync += held.eq(self.i.payload)  # a clock domain, as every real block has
+            m.d.comb += [self.i.ready.eq(0), self.o.payload.eq(held), self.o.valid.eq(0)]
+            return m
+
+    with pytest.raises(ShiftPQError, match=r"hung on icarus: i stopped: tready low for \d+ cycles while word 0 of 3"):
+        run_unit(Hung(), "hung", [1, 2, 3], [1, 2, 3], tmp_path, simulator="icarus")
+
+
 def _traced(seed: int):
     """Tables of a random network and the golden model's trace of two images through it."""
     t = export_model(random_net(seed), {"path": None})

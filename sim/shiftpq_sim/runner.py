@@ -103,7 +103,9 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     from cocotb_tools.runner import get_runner
 
     from shiftpq_hw.gen import TOP  # here, not at import: the CLI reads SIMULATORS without loading Amaranth
+    from .harness import budget_cycles, check_fraction
     gen_dir = Path(gen_dir).resolve()
+    gap, stall = check_fraction("gap", gap), check_fraction("stall", stall)
     if simulator not in SIMULATORS:
         raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
     rtl, cyc_path = gen_dir / "rtl" / f"{TOP}.v", gen_dir / "cycles.json"
@@ -129,7 +131,8 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
                  timescale=("1ns", "1ps"), waves=waves, log_file=work / "build.log")
     t_build = time.perf_counter() - t0
     env = {"SHIFTPQ_STIMULUS": str(stim), "SHIFTPQ_RESULTS": str(measured),
-           "SHIFTPQ_CYCLES": str(cycles["cycles_per_image"]), "SHIFTPQ_GAP": str(gap), "SHIFTPQ_STALL": str(stall)}
+           "SHIFTPQ_CYCLES": str(cycles["cycles_per_image"]), "SHIFTPQ_GAP": str(gap), "SHIFTPQ_STALL": str(stall),
+           "SHIFTPQ_BUDGET": str(budget_cycles(cycles, gap, stall))}
 
     def bench(work: Path, env: dict) -> tuple[dict, int]:
         xml, measured = work / "results.xml", Path(env["SHIFTPQ_RESULTS"])
@@ -145,12 +148,21 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
         return json.loads(measured.read_text()), get_results(xml)[1]
 
     m, failed = bench(work, env)
-    result = {"model": cycles["model"], "source": cycles.get("source"), "simulator": simulator,
+    if "stopped" in m:  # the watchdog: a stream stopped moving
+        result = {"model": cycles["model"], "simulator": simulator, "bench": "cocotb", "images": int(len(images)),
+                  "passed": False, "stopped": [m["stopped"]], "images_done": m["images_done"], "mismatches": None,
+                  "cycles_per_image": None, "cycles_match_model": None, "latency_cycles": None, "gap": gap, "stall": stall, "build_s": round(t_build, 1)}
+        text = json.dumps(result, indent=1, sort_keys=True) + "\n"
+        (gen_dir / "sim" / f"results-{simulator}{'-' + tag if tag else ''}.json").write_text(text)
+        (gen_dir / "sim" / "results.json").write_text(text)
+        return result
+    result = {"bench": "cocotb", "model": cycles["model"], "source": cycles.get("source"), "simulator": simulator,
               "images": int(len(images)), "mismatches": m["mismatches"],
               "cycles_per_image": m["cycles_per_image"], "model_cycles_per_image": cycles["cycles_per_image"],
               "cycles_match_model": m["cycles_per_image"] == cycles["cycles_per_image"] if not (gap or stall) else None,
               "passed": failed == 0 and m["mismatches"] == 0, "latency_cycles": m["latency_cycles"],
               "build_s": round(t_build, 1), "sim_wall_s": m["wall_s"], "sim_cycles_per_s": m["sim_cycles_per_s"],
+              "sim_cycles_per_cpu_s": m["sim_cycles_per_cpu_s"],
               "wall_s_per_image": m["wall_s_per_image"], "gap": gap, "stall": stall, "wrong": m["wrong"],
               "waves": str(next(work.rglob("*.fst"), "")) if waves else None}
     if m["mismatches"] and diagnose:  # name the first block whose output differs from the golden trace
@@ -174,7 +186,8 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     return result
 
 
-def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, log=print) -> list[dict]:
+def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, log=print,
+         bench: str = "cocotb") -> list[dict]:
     """Random small networks (residual or plain, one or two blocks per stage, random widths, kept
     filters down to 1, random bit widths, random folding) through tables -> RTL -> simulation, each
     compared with its golden model. The seed of every network is logged first, so a failure
@@ -191,11 +204,15 @@ def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, 
         net = random_net(seed, random_bits=True, random_arch=True)
         s = net.spec
         log(f"fuzz seed {seed}: {s.name} widths {list(s.widths)} x{s.blocks} blocks, W{s.wbits}A{s.abits}, "
-            f"PAR={par or 'max'}, {simulator}")
+            f"PAR={par or 'max'}, {simulator} ({bench})")
         tables = export_model(net, {"path": None, "fuzz_seed": seed})
         out = Path(work) / f"seed{seed}"
         generate(tables, out, par, force=True)
-        r = simulate(out, simulator, images(n_images, seed))
+        if bench == "harness":
+            from .harness import run
+            r = run(out, images(n_images, seed), jobs=1, progress=False)
+        else:
+            r = simulate(out, simulator, images(n_images, seed))
         r["seed"], r["par"] = seed, par
         results.append(r)
         log(f"fuzz seed {seed}: {'PASS' if r['passed'] else 'FAIL'} ({r['mismatches']} mismatches, "

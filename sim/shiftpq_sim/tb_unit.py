@@ -9,9 +9,9 @@ import os
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles
+from cocotb.triggers import ClockCycles, select
 
-from .axis import AxisSink, AxisSource
+from .axis import CLOCK_NS, AxisSink, AxisSource, StreamStopped, watchdog
 
 
 @cocotb.test()
@@ -20,7 +20,8 @@ async def stream_unit(dut):
         stim = json.load(f)
     inputs, expected, signed = stim["inputs"], stim["expected"], stim["signed"]
     gap, stall = float(os.environ.get("SHIFTPQ_GAP", "0.2")), float(os.environ.get("SHIFTPQ_STALL", "0.2"))
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    budget = int(os.environ["SHIFTPQ_BUDGET"])
+    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
     dut.rst.value = 1
     sources = {p: AxisSource(dut, p, dut.clk, gap=gap, seed=10 * k, style="amaranth")
                for k, p in enumerate(sorted(inputs))}
@@ -29,7 +30,12 @@ async def stream_unit(dut):
     dut.rst.value = 0
     for p, src in sources.items():
         cocotb.start_soon(src.send([inputs[p]]))
-    beats = await sink.collect(len(expected), signed=signed)
+    try:
+        _, beats = await select(sink.collect(len(expected), signed=signed), watchdog(budget, list(sources.values()), sink))
+    except StreamStopped as e:
+        with open(os.environ["SHIFTPQ_RESULTS"], "w") as f:
+            json.dump({"stopped": str(e), "words": len(expected), "received": len(sink.beats)}, f)
+        raise
     got = [b[0] for b in beats]
     wrong = [i for i, (g, w) in enumerate(zip(got, expected)) if g != w]
     with open(os.environ["SHIFTPQ_RESULTS"], "w") as f:

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from shiftpq.errors import ShiftPQError
 
+from .harness import stream_budget
 from .runner import SIMULATORS, build_args, icarus_source, prepare_env
+
+PIPELINE_FILL = 64  # cycles: more than any block's pipeline depth (registers between input and output)
 
 
 def pack(layout, value) -> int:
@@ -52,6 +55,10 @@ def run_unit(component, name: str, payloads: list, expected: list[int], work: st
     if sorted(payloads) != ports:
         raise ShiftPQError(f"{name}: payloads for input streams {sorted(payloads)}, the component has {ports}")
     words = {p: [pack(members[p].signature.members["payload"].shape, v) for v in vs] for p, vs in payloads.items()}
+    # the watchdog: no output may take longer than the component's image period (a folded engine)
+    # plus every input word and every output, plus the pipeline's fill
+    budget = stream_budget(getattr(component, "cycles_per_image", 0) + sum(map(len, words.values())) + len(expected)
+                           + PIPELINE_FILL, gap, stall)
     out_shape = members["o"].signature.members["payload"].shape
     rtl = work / f"{name}.v"
     rtl.write_text(verilog_from_rtlil(rtlil.convert(component, name=name)))
@@ -69,13 +76,15 @@ def run_unit(component, name: str, payloads: list, expected: list[int], work: st
     try:
         runner.test(test_module="shiftpq_sim.tb_unit", hdl_toplevel=name, build_dir=build, test_dir=work,
                     extra_env={"SHIFTPQ_STIMULUS": str(stim), "SHIFTPQ_RESULTS": str(res),
-                               "SHIFTPQ_GAP": str(gap), "SHIFTPQ_STALL": str(stall)},
+                               "SHIFTPQ_GAP": str(gap), "SHIFTPQ_STALL": str(stall), "SHIFTPQ_BUDGET": str(budget)},
                     results_xml=str(xml), log_file=work / "sim.log")
     except SystemExit:  # the runner exits when the test failed; the results file says why
         pass
     if not res.exists():
         raise ShiftPQError(f"{name} on {simulator}: the bench ended without results; see {work / 'sim.log'}")
     r = json.loads(res.read_text())
+    if "stopped" in r:
+        raise ShiftPQError(f"{name} on {simulator}: {r['stopped']}")
     if r["mismatches"]:
         raise ShiftPQError(f"{name} on {simulator}: {r['mismatches']} of {r['words']} outputs differ from the "
                            f"reference model; first: {r['first_wrong'][:3]}")

@@ -31,14 +31,21 @@ _kv_float = _kv_of(float, "a number")
 _kv_int = _kv_of(int, "an integer")
 
 
-def _rate(text: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= r < 1.0:
-        raise argparse.ArgumentTypeError(f"pruning rate must be in [0, 1), got {r!r}")
-    return r
+def _fraction(what: str):
+    """An argparse type for a number in [0, 1); ``what`` names it in the error."""
+    def parse(text: str) -> float:
+        try:
+            r = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+        if not 0.0 <= r < 1.0:
+            raise argparse.ArgumentTypeError(f"{what} must be in [0, 1), got {r!r}")
+        return r
+    return parse
+
+
+_rate = _fraction("pruning rate")
+_probability = _fraction("a probability (at 1 the stream never moves)")  # sim --gap / --stall
 
 
 def _positive(text: str) -> int:
@@ -193,24 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rtl (default): Amaranth -> OUT/rtl/; hls: C++ for vendor HLS tools (Vitis HLS) -> OUT/hls/, "
                     "with a g++ C simulation testbench and a Vitis run script (docs/hls.md)")
 
-    sm = sub.add_parser("sim", help="simulate the generated accelerator against the golden model (cocotb)",
-                        description="Build the generated RTL for Icarus or Verilator and stream CIFAR-10 test images "
-                        "through it: every class score must equal the golden model's (from the same tables) and the "
-                        "cycles per image must equal cycles.json. Writes GEN_DIR/sim/results.json. With --fuzz N: "
-                        "N seeded random networks instead (tables -> RTL -> simulation).")
+    sm = sub.add_parser("sim", help="simulate the generated accelerator against the golden model",
+                        description="Stream CIFAR-10 test images through the generated RTL: every class score must "
+                        "equal the golden model's (from the same tables) and the cycles per image must equal "
+                        "cycles.json. Network images run on the compiled Verilator harness (built once per design, "
+                        "sharded over --jobs processes); --bench cocotb (and every Icarus run) uses the cocotb bench. "
+                        "A design whose streams stop moving fails with a message naming the stream. Writes "
+                        "GEN_DIR/sim/results.json. With --fuzz N: N seeded random networks instead "
+                        "(tables -> RTL -> simulation).")
     sm.add_argument("--build", metavar="GEN_DIR", help="a `shiftpq gen` output directory (e.g. build/resnet20)")
     from shiftpq_sim.runner import SIMULATORS
     sm.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     sm.add_argument("--backend", choices=("rtl", "hls"), default="rtl",
                     help="rtl (default): the RTL; hls: the HLS C++ of `gen --backend hls` in g++ C simulation, "
                     "written to GEN_DIR/sim/results-hls.json")
+    sm.add_argument("--bench", choices=("harness", "cocotb"), default=None,
+                    help="RTL bench: harness, the compiled C++ Verilator harness (default on Verilator); cocotb: "
+                    "the Python bench (Icarus, diagnosis)")
     sm.add_argument("--images", type=_images, default=10, metavar="N|all",
                     help="the first N test images, or all 10,000 (default 10)")
     sm.add_argument("--jobs", type=_positive, default=None, metavar="N",
-                    help="processes, each on a contiguous shard of the images (default: the cores; HLS C simulation)")
-    sm.add_argument("--waves", action="store_true", help="write an FST waveform")
-    sm.add_argument("--gap", type=float, default=0.0, help="probability that the image source pauses a cycle")
-    sm.add_argument("--stall", type=float, default=0.0, help="probability that the score sink refuses a cycle")
+                    help="processes (harness or HLS C simulation), each on a contiguous shard of the images "
+                    "(default: the cores)")
+    sm.add_argument("--waves", action="store_true", help="write a waveform (cocotb: FST; harness: VCD per shard)")
+    sm.add_argument("--gap", type=_probability, default=0.0,
+                    help="probability in [0, 1) that the image source pauses a cycle")
+    sm.add_argument("--stall", type=_probability, default=0.0,
+                    help="probability in [0, 1) that the score sink refuses a cycle")
+    sm.add_argument("--seed", type=int, default=0, help="seed of the random gaps and stalls (harness)")
     sm.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
     sm.add_argument("--fuzz", type=_positive, default=None, metavar="N", help="simulate N random networks instead")
     sm.add_argument("--first-seed", type=int, default=0, help="seed of the first random network (default 0)")
@@ -379,32 +396,52 @@ def cmd_sim_hls(a) -> int:
     return 0 if r["passed"] else 1
 
 
+def _sim_bench(a) -> str:
+    if a.bench == "harness" and a.simulator != "verilator":
+        raise ShiftPQError(f"--bench harness runs on Verilator only, not --simulator {a.simulator}")
+    if a.bench is None:
+        return "harness" if a.simulator == "verilator" else "cocotb"
+    return a.bench
+
+
 def cmd_sim(a) -> int:
     if a.backend == "hls":
         return cmd_sim_hls(a)
     from shiftpq_sim.runner import fuzz, simulate
     log = _progress("sim")
+    bench = _sim_bench(a)
     if a.fuzz:
-        runs = fuzz(list(range(a.first_seed, a.first_seed + a.fuzz)), a.simulator, a.fuzz_dir, log=log)
+        runs = fuzz(list(range(a.first_seed, a.first_seed + a.fuzz)), a.simulator, a.fuzz_dir, log=log, bench=bench)
         bad = [r["seed"] for r in runs if not r["passed"] or not r["cycles_match_model"]]
-        summary = {"simulator": a.simulator, "networks": len(runs), "failed_seeds": bad, "passed": not bad}
+        summary = {"simulator": a.simulator, "bench": bench, "networks": len(runs), "failed_seeds": bad,
+                   "passed": not bad}
         print(json.dumps(summary, indent=1) if a.json else
               f"fuzz: {len(runs) - len(bad)}/{len(runs)} random networks bit-exact at the modelled cycles "
-              f"({a.simulator}){'; failed seeds: ' + str(bad) if bad else ''}")
+              f"({a.simulator}, {bench}){'; failed seeds: ' + str(bad) if bad else ''}")
         return 0 if not bad else 1
     if not a.build:
         raise ShiftPQError("give --build GEN_DIR (a `shiftpq gen` output) or --fuzz N")
     from .data import load_split
     images, labels = load_split(a.data_dir, "test", a.images)
-    r = simulate(a.build, a.simulator, images.numpy(), labels.numpy(), waves=a.waves, gap=a.gap, stall=a.stall)
+    if bench == "harness":
+        from shiftpq_sim.harness import run
+        r = run(a.build, images.numpy(), labels.numpy(), jobs=a.jobs, gap=a.gap, stall=a.stall, seed=a.seed,
+                waves=a.waves, log=log)
+    else:
+        r = simulate(a.build, a.simulator, images.numpy(), labels.numpy(), waves=a.waves, gap=a.gap, stall=a.stall)
+    ok = r["passed"] and r["cycles_match_model"] is not False
     if a.json:
         print(json.dumps(r, indent=1, sort_keys=True))
+    elif r.get("stopped"):
+        print(f"{r['model']} on {r['simulator']} ({bench}): FAILED, the design stopped: " + "; ".join(r["stopped"]))
     else:
-        print(f"{r['model']} on {r['simulator']}: {r['images']} images, {r['mismatches']} mismatches with the golden "
-              f"model, {r['cycles_per_image']} cycles per image (model {r['model_cycles_per_image']}), "
-              f"{'PASSED' if r['passed'] and r['cycles_match_model'] is not False else 'FAILED'}; "
-              f"build {r['build_s']} s, {r['sim_cycles_per_s']:.0f} simulated cycles/s, "
-              f"{r['wall_s_per_image']} s per image" + (f"; accuracy {r['accuracy']} %" if "accuracy" in r else ""))
+        shards = f", {r['jobs']} shards" if bench == "harness" else ""
+        print(f"{r['model']} on {r['simulator']} ({bench}{shards}): {r['images']} images, {r['mismatches']} mismatches "
+              f"with the golden model, {r['cycles_per_image']} cycles per image (model {r['model_cycles_per_image']}), "
+              f"{'PASSED' if ok else 'FAILED'}; build {r['build_s']} s, {r['sim_cycles_per_s']:.0f} simulated "
+              f"cycles/s, {r['sim_wall_s'] if bench == 'harness' else r['wall_s_per_image']} s "
+              f"{'in all' if bench == 'harness' else 'per image'}"
+              + (f"; accuracy {r['accuracy']} %" if "accuracy" in r else ""))
         f = r.get("first_wrong")
         if f and f.get("block"):
             print(f"first difference from the golden trace (image {f['image']}): block {f['block']} (tensor "
@@ -412,7 +449,7 @@ def cmd_sim(a) -> int:
                   f"want {f['want']}")
         elif f:
             print(f"first wrong image {f['image']}: {f['note']}")
-    return 0 if r["passed"] and r["cycles_match_model"] is not False else 1
+    return 0 if ok else 1
 
 
 def cmd_synth(a) -> int:
