@@ -51,6 +51,17 @@ def _positive(text: str) -> int:
     return v
 
 
+def _seconds(text: str) -> float:
+    """A time limit: a finite number of seconds > 0 (nan, inf and negative values are refused)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not (0.0 < v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return v
+
+
 def _images(text: str) -> int | None:
     """``--images``: a positive count, or ``all`` (None: the whole test set)."""
     return None if text == "all" else _positive(text)
@@ -115,7 +126,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
     t.add_argument("--stop-after", type=_positive, default=None, metavar="EPOCHS",
                    help="stop (resumably) after this many epochs in this call")
-    t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+    t.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
                    help="stop (resumably) before an epoch that would end past this wall time, judged by the "
                    "longest epoch so far in this call")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

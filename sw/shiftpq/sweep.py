@@ -111,6 +111,26 @@ def train_parser(prog: str = "shiftpq train") -> argparse.ArgumentParser:
     return p
 
 
+def check_train_args(parser: argparse.ArgumentParser, args: list[str], where: str, init: bool = False,
+                     required: tuple[str, ...] = ()) -> None:
+    """``args`` as ``shiftpq train`` will parse them: valid, setting none of the sweep's options (an
+    abbreviation such as ``--resu`` included: argparse accepts unique prefixes), with a valid recipe."""
+    from .train import recipe_with
+    try:
+        ns = parser.parse_args([*required, *args, "--out", "\0"])
+    except _ArgError as e:
+        raise ShiftPQError(f"{where}: {e}") from None
+    set_by_sweep = {"--out": ns.out != "\0", "--resume": ns.resume, "--time-limit": ns.time_limit is not None,
+                    "--stop-after": ns.stop_after is not None, "--init": init and ns.init is not None}
+    for opt, given in set_by_sweep.items():
+        if given:
+            raise ShiftPQError(f"{where}: {opt} (or an abbreviation of it) is set by the sweep, leave it out")
+    try:
+        recipe_with(ns.recipe, dict(ns.overrides))
+    except ShiftPQError as e:
+        raise ShiftPQError(f"{where}: --set: {e}") from None
+
+
 def load_plan(path: str | Path, runs_dir: str | None = None) -> Plan:
     """Read and check a plan: every problem is one ShiftPQError naming the file and the field."""
     path = Path(path)
@@ -158,10 +178,7 @@ def load_plan(path: str | Path, runs_dir: str | None = None) -> Plan:
         for a in [*common, *r.args]:
             if a.split("=", 1)[0] in RESERVED or (r.init and a.split("=", 1)[0] == "--init"):
                 raise ShiftPQError(f"{where}: field 'args': {a.split('=', 1)[0]} is set by the sweep, leave it out")
-        try:
-            parser.parse_args([*common, *r.args, "--out", "x"])
-        except _ArgError as e:
-            raise ShiftPQError(f"{where}: field 'args': {e}") from None
+        check_train_args(parser, [*common, *r.args], f"{where}: field 'args'", init=bool(r.init))
     _check_acyclic(path, runs)
     return Plan(path, Path(runs_dir or data.get("runs_dir") or Path("runs") / path.stem), common, runs)
 
@@ -409,7 +426,8 @@ def sweep(plan: Plan, time_limit: float, concurrent: int = 1, extra_args: list[s
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", metavar="PLAN.toml")
-    p.add_argument("--time-limit", type=float, required=True, metavar="SECONDS",
+    from .cli import _seconds
+    p.add_argument("--time-limit", type=_seconds, required=True, metavar="SECONDS",
                    help="wall time of the whole sweep; every run stops (resumably) before it")
     p.add_argument("--concurrent", type=int, default=1, metavar="N", help="runs at once (default 1)")
     p.add_argument("--runs-dir", default=None, metavar="DIR",
@@ -432,10 +450,7 @@ def cmd_sweep(a) -> int:
     for x in a.train_arg:
         if x.split("=", 1)[0] in RESERVED:
             raise ShiftPQError(f"--train-arg {x}: {x.split('=', 1)[0]} is set by the sweep")
-    try:
-        train_parser().parse_args([*a.train_arg, "--model", "tiny", "--method", "fp", "--out", "x"])
-    except _ArgError as e:
-        raise ShiftPQError(f"--train-arg: {e}") from None
+    check_train_args(train_parser(), a.train_arg, "--train-arg", required=("--model", "tiny", "--method", "fp"))
     log = lambda s: print(f"shiftpq sweep: {s}", file=sys.stderr, flush=True)
     if a.dry_run:
         for r in plan.runs:
