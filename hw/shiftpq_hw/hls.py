@@ -435,6 +435,22 @@ def _rows(hw: int, out_hw: int, k: int, stride: int, pad: int) -> dict:
     return {"need_offset": k - 1 - pad, "load_rows": max(loads), "drain_rows": hw - 1 - need[-1]}
 
 
+def check_hls_output(out: str | Path, force: bool = False) -> None:
+    """What ``generate_hls`` would refuse and can be told before the design exists, checked by the
+    CLI before the work (resolving the source, exporting a checkpoint): ``out`` not writable; without
+    ``force`` an existing ``hls/``, or an existing ``out`` that is no generator output (no cycles.json).
+    Whether an existing output holds the same design is decided by ``generate_hls``."""
+    out = Path(out)
+    prepare_output(out, force=True)
+    if force or not out.is_dir():
+        return
+    if (out / HLS_DIR).exists():
+        raise ShiftPQError(f"{out / HLS_DIR}: already exists; pass --force to replace it (its contents are lost; "
+                           f"if {out} holds another design, all of {out} is replaced), or choose another --out")
+    if not (out / "cycles.json").is_file():
+        prepare_output(out, force)
+
+
 def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool = False,
                  log=lambda s: None) -> dict:
     """Write ``<out>/hls/`` (and ``<out>/tables/``, ``<out>/cycles.json``); returns cycles.json.

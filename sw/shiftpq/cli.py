@@ -350,8 +350,11 @@ def cmd_gen(a) -> int:
         raise ShiftPQError("give --model, --checkpoint or --tables")
     from .atomic import prepare_output
     if a.out or a.model:  # the output is known: check it before the work
-        # (the HLS backend may add hls/ to an RTL build of the same design: generate_hls decides)
-        prepare_output(a.out or os.path.join("build", a.model), a.force or a.backend == "hls")
+        if a.backend == "hls":  # it may add hls/ to an RTL build of the same design: generate_hls decides
+            from shiftpq_hw.hls import check_hls_output
+            check_hls_output(a.out or os.path.join("build", a.model), a.force)
+        else:
+            prepare_output(a.out or os.path.join("build", a.model), a.force)
     t0 = time.perf_counter()
     log = _progress("gen")
     tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
