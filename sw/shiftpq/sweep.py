@@ -208,7 +208,8 @@ def run_state(run_dir: Path) -> dict:
     """What a run directory holds: done (summary.json), partial (epochs logged), or not started."""
     summary = run_dir / "summary.json"
     log = run_dir / "log.jsonl"
-    recs = [json.loads(l) for l in log.read_text().splitlines() if l.strip()] if log.is_file() else []
+    from .train import read_log
+    recs = read_log(log)  # a torn last line (a killed run) is not an epoch
     st: dict = {"epochs": len(recs), "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in recs), 1)}
     if recs:
         st["last_test_acc"] = recs[-1]["test_acc"]
