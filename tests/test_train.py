@@ -81,6 +81,9 @@ def test_recipe_overrides_are_typed():
         recipe_with("fast", {"lrr": "1"})
     with pytest.raises(ShiftPQError, match="needs a int"):
         recipe_with("fast", {"epochs": "x"})
+    for bad in ("nan", "inf", "-inf"):  # a NaN learning rate trained on silently
+        with pytest.raises(ShiftPQError, match=f"recipe field 'lr' needs a finite float, got '{bad}'"):
+            recipe_with("fast", {"lr": bad})
 
 
 def test_shipped_fp32_resnet20_classifies_and_checkpoints_are_readable(tmp_path, cifar_dir):

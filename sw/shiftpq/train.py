@@ -115,8 +115,11 @@ def recipe_with(name: str, overrides: dict[str, str]) -> Recipe:
                 changes[key] = text.lower() in ("true", "1")
             else:
                 changes[key] = types[key](text)
+                if types[key] is float and not math.isfinite(changes[key]):
+                    raise ValueError(text)
         except ValueError:
-            raise ShiftPQError(f"recipe field {key!r} needs a {types[key].__name__}, got {text!r}") from None
+            what = "a finite float" if types[key] is float else f"a {types[key].__name__}"
+            raise ShiftPQError(f"recipe field {key!r} needs {what}, got {text!r}") from None
     r = replace(base, **changes)
     if r.schedule not in ("plateau", "cosine"):
         raise ShiftPQError(f"recipe field 'schedule' must be 'plateau' or 'cosine', got {r.schedule!r}")
