@@ -277,6 +277,13 @@ ARGS = {
                            "--model resnet20"),
     "gen two sources": (["gen", "--tables", "{t}", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}/g"], "not allowed"),
     "export no --out": (["export", "--checkpoint", "{tmp}/m.pt"], "--out"),
+    # a pause probability of 1 never sends (never takes): the simulation would hang
+    "sim --gap 1": (["sim", "--build", "{tmp}/g", "--gap", "1"], "--gap: expected a probability in [0, 1)"),
+    "sim --stall 2": (["sim", "--build", "{tmp}/g", "--stall", "2"], "--stall: expected a probability in [0, 1)"),
+    "sim --gap nan": (["sim", "--build", "{tmp}/g", "--gap", "nan"], "--gap: expected a probability"),
+    # the RTL simulation's options are refused by the C simulation, not silently ignored
+    "sim hls --gap": (["sim", "--backend", "hls", "--build", "{tmp}/g", "--gap", "0.5"], "--gap: an option of the RTL"),
+    "sim hls --waves": (["sim", "--backend", "hls", "--build", "{tmp}/g", "--waves"], "--waves: an option of the RTL"),
     "unknown command": (["frobnicate"], "invalid choice"),
 }
 

@@ -62,6 +62,18 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _probability(text: str) -> float:
+    """A pause probability in [0, 1): at 1 the source never sends (the sink never takes) and the
+    simulation would hang."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return v
+
+
 def _images(text: str) -> int | None:
     """``--images``: a positive count, or ``all`` (None: the whole test set)."""
     return None if text == "all" else _positive(text)
@@ -220,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--jobs", type=_positive, default=None, metavar="N",
                     help="processes, each on a contiguous shard of the images (default: the cores; HLS C simulation)")
     sm.add_argument("--waves", action="store_true", help="write an FST waveform")
-    sm.add_argument("--gap", type=float, default=0.0, help="probability that the image source pauses a cycle")
-    sm.add_argument("--stall", type=float, default=0.0, help="probability that the score sink refuses a cycle")
+    sm.add_argument("--gap", type=_probability, default=0.0, help="probability that the image source pauses a cycle")
+    sm.add_argument("--stall", type=_probability, default=0.0, help="probability that the score sink refuses a cycle")
     sm.add_argument("--data-dir", default=None, help="CIFAR-10 binary directory (default: $CIFAR10_DIR)")
     sm.add_argument("--fuzz", type=_positive, default=None, metavar="N", help="simulate N random networks instead")
     sm.add_argument("--first-seed", type=int, default=0, help="seed of the first random network (default 0)")
@@ -378,6 +390,10 @@ def cmd_sim_hls(a) -> int:
     from .data import load_split
     if a.fuzz or not a.build:
         raise ShiftPQError("--backend hls: give --build GEN_DIR (a `shiftpq gen --backend hls` output); no --fuzz")
+    rtl_only = [opt for opt, given in (("--waves", a.waves), ("--gap", a.gap), ("--stall", a.stall)) if given]
+    if rtl_only:  # silently ignored, they would claim a test that never ran
+        raise ShiftPQError(f"{rtl_only[0]}: an option of the RTL simulation; --backend hls (g++ C simulation) "
+                           "has no waveform and no stream pauses")
     require_hls_build(a.build)
     images, labels = load_split(a.data_dir, "test", a.images)
     r = simulate_hls(a.build, images.numpy(), labels.numpy(), a.jobs, progress=sys.stderr.isatty(), log=_progress("sim"))
