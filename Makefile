@@ -30,7 +30,7 @@ help:
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
 	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max] [BACKEND=rtl|hls]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
-	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N WAVES=1]   cocotb regression vs the golden model"
+	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N WAVES=1 BACKEND=rtl|hls]   cocotb (or g++ C simulation) regression vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on Verilator, tiny on Icarus, 50 fuzz seeds)"
 	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
 	@echo "make report MODEL=m [REPORT_IMAGES=1000 MIN_AGREEMENT=99]   build/m/report/index.html and report.md"
@@ -81,7 +81,8 @@ gen: $(STAMP)
 	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
-# when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json.
+# when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json. BACKEND=hls: the g++ C
+# simulation of build/MODEL/hls/ (build/MODEL/sim/results-hls.json).
 sim: setup
 ifeq ($(origin MODEL),file)
 	$(MAKE) --no-print-directory sim-one MODEL=resnet20 SIM=verilator IMAGES=100
@@ -92,8 +93,8 @@ else
 endif
 
 sim-one:
-	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
-	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --simulator $(SIM) --images $(IMAGES) $(if $(WAVES),--waves)
+	@test -d build/$(MODEL)/$(BACKEND) || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --backend $(BACKEND) $(if $(filter rtl,$(BACKEND)),--simulator $(SIM)) --images $(IMAGES) $(if $(WAVES),--waves)
 
 DEVICE ?= ecp5-85k
 FREQ ?= 100
