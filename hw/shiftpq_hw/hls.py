@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from shiftpq import intops
-from shiftpq.atomic import atomic_dir, prepare_output
+from shiftpq.atomic import atomic_dir, prepare_output, temporary_prefix
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden
 from shiftpq.tables import Tables, save_tables
@@ -466,7 +466,8 @@ def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool =
     model = cycle_model(design.net)
     cyc_text = json.dumps(model, indent=1, sort_keys=True) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tables.") as scratch:
+    # named as atomic_dir names its temporaries, so that one left by a killed run is removed as stale
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=temporary_prefix(out)) as scratch:
         save_tables(tables, Path(scratch) / "tables")  # the tables exactly as an RTL build holds them
         same = (out / "cycles.json").is_file() and (out / "cycles.json").read_text() == cyc_text and \
             _same_tree(Path(scratch) / "tables", out / "tables")
