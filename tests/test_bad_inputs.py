@@ -526,3 +526,17 @@ def test_one_corrupted_manifest_field_is_refused_or_changes_nothing(base, tmp_pa
         accepted.append(what)
     assert not problems, "\n".join(problems)
     assert refusals >= 100, (refusals, accepted)  # the corruptions do hit checked fields
+
+
+def test_a_closed_stdout_is_no_error(tmp_path):
+    """`shiftpq metrics ... | head -1`: the reader going away is exit 141 without a word, not 'error'."""
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "shiftpq.cli", "metrics", "--model", "resnet110", "--json"],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (141, "")

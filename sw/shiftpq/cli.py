@@ -498,7 +498,8 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Exit codes: 0 done, 1 a check failed (a mismatch, agreement below --min-agreement, a design
-    that does not fit), 2 bad input (one line naming the file, field or option), 130 Ctrl-C, 143 SIGTERM.
+    that does not fit), 2 bad input (one line naming the file, field or option), 130 Ctrl-C, 141 stdout
+    closed by its reader, 143 SIGTERM.
     ``parser``: another command set (``python -m shiftpq.sweep``: train and sweep only)."""
     import signal
     try:
@@ -514,6 +515,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         return handler(args)
     except (ShiftPQError, ValueError) as e:
         return _fail(f"shiftpq: error: {_one_line(e)}", 2)
+    except BrokenPipeError:  # the reader of stdout is gone (`shiftpq metrics ... | head`): not bad input
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except OSError as e:  # the file system refused (a file where a directory should be, no permission, full)
         where = f"{e.filename}: " if e.filename else ""
         return _fail(f"shiftpq: error: {where}{_one_line(e.strerror or e)}", 2)
