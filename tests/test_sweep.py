@@ -193,6 +193,8 @@ def _exit_code(main, argv) -> int:
     (["--time-limit", "-1"], "argument --time-limit: expected a number of seconds > 0, got '-1'"),
     (["--time-limit", "inf"], "argument --time-limit: expected a number of seconds > 0, got 'inf'"),
     (["--time-limit", "10", "--train-arg=--resu"], "--train-arg: --resume (or an abbreviation of it) is set"),
+    # a --train-arg comes after the sweep's --out in the child's command: it would move the run directory
+    (["--time-limit", "10", "--train-arg=--ou=elsewhere"], "--train-arg: --out (or an abbreviation of it) is set"),
     (["--time-limit", "10", "--train-arg=--set", "--train-arg=lr=x"], "--train-arg: --set: recipe field 'lr'"),
 ])
 def test_bad_sweep_arguments_are_one_line(tmp_path, capsys, argv, msg):

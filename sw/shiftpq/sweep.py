@@ -117,7 +117,7 @@ def check_train_args(parser: argparse.ArgumentParser, args: list[str], where: st
     abbreviation such as ``--resu`` included: argparse accepts unique prefixes), with a valid recipe."""
     from .train import recipe_with
     try:
-        ns = parser.parse_args([*required, *args, "--out", "\0"])
+        ns = parser.parse_args(["--out", "\0", *required, *args])  # any --out (or --ou ...) in args overrides it
     except _ArgError as e:
         raise ShiftPQError(f"{where}: {e}") from None
     set_by_sweep = {"--out": ns.out != "\0", "--resume": ns.resume, "--time-limit": ns.time_limit is not None,
