@@ -227,6 +227,8 @@ TABLES = {
     "output tensor": (_man(lambda m: m["output"].update(tensor="pool")), MANIFEST, "'output.tensor'"),
     "spec wbits disagrees": (_man(lambda m: m["spec"].update(wbits=3)), MANIFEST, "'spec' gives layer1.0.conv1 3-bit"),
     "spec abits a float": (_man(lambda m: m["spec"].update(abits=4.0)), MANIFEST, "'spec.abits' is 4.0"),
+    "spec layer_bits of no layer": (_man(lambda m: m["spec"].update(layer_bits={"layer9.conv": 3})), MANIFEST,
+                                    "layer_bits names unknown layers: ['layer9.conv']"),
     "source path a number": (_man(lambda m: m["source"].update(path=1)), MANIFEST, "'source.path' is 1"),
     "unknown op": (_man(lambda m: _op(m, "stem").update(op="deconv")), MANIFEST, "unsupported layer type"),
     "add mul 2^62": (_arr(array_file("layer1.0.add", "mul"), lambda a: a * 0 + (1 << 62)),
