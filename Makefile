@@ -31,7 +31,7 @@ help:
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
 	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
-	@echo "make sim [MODEL=m SIM=icarus|verilator IMAGES=N|all JOBS=N BENCH=harness|cocotb WAVES=1]   RTL vs the golden model"
+	@echo "make sim [MODEL=m BACKEND=rtl|hls SIM=icarus|verilator IMAGES=N|all JOBS=N BENCH=harness|cocotb WAVES=1]   RTL (or g++ C simulation of the HLS C++) vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on the Verilator harness, tiny on Icarus"
 	@echo "                                  (cocotb), 50 fuzz seeds on the harness)"
 	@echo "make sim-full MODEL=m [JOBS=N]    all 10,000 test images through the Verilator harness, JOBS processes"
@@ -85,7 +85,8 @@ gen: $(STAMP)
 	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
-# when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json.
+# when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json. BACKEND=hls: the g++ C
+# simulation of build/MODEL/hls/ (build/MODEL/sim/results-hls.json).
 sim: setup
 ifeq ($(origin MODEL),file)
 	$(MAKE) --no-print-directory sim-one MODEL=resnet20 SIM=verilator IMAGES=100
@@ -96,17 +97,17 @@ else
 endif
 
 sim-one:
-	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
-	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --simulator $(SIM) --images $(IMAGES) $(if $(JOBS),--jobs $(JOBS)) \
-	  $(if $(BENCH),--bench $(BENCH)) $(if $(WAVES),--waves)
+	@test -d build/$(MODEL)/$(BACKEND) || $(MAKE) --no-print-directory gen MODEL=$(MODEL) BACKEND=$(BACKEND)
+	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --backend $(BACKEND) $(if $(filter rtl,$(BACKEND)),--simulator $(SIM) $(if $(BENCH),--bench $(BENCH)) $(if $(WAVES),--waves)) \
+	  --images $(IMAGES) $(if $(JOBS),--jobs $(JOBS))
 
 # the whole CIFAR-10 test set through the compiled Verilator harness, sharded over JOBS processes (default: the cores)
 sim-full: setup
-	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	@test -d build/$(MODEL)/rtl || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
 	$(VENV)/bin/shiftpq sim --build build/$(MODEL) --images all $(if $(JOBS),--jobs $(JOBS))
 
 bench-sim: setup
-	@test -f build/$(MODEL)/cycles.json || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
+	@test -d build/$(MODEL)/rtl || $(MAKE) --no-print-directory gen MODEL=$(MODEL)
 	$(PY) bench/sim_throughput.py --build build/$(MODEL)
 
 DEVICE ?= ecp5-85k

@@ -227,6 +227,8 @@ TABLES = {
     "output tensor": (_man(lambda m: m["output"].update(tensor="pool")), MANIFEST, "'output.tensor'"),
     "spec wbits disagrees": (_man(lambda m: m["spec"].update(wbits=3)), MANIFEST, "'spec' gives layer1.0.conv1 3-bit"),
     "spec abits a float": (_man(lambda m: m["spec"].update(abits=4.0)), MANIFEST, "'spec.abits' is 4.0"),
+    "spec layer_bits of no layer": (_man(lambda m: m["spec"].update(layer_bits={"layer9.conv": 3})), MANIFEST,
+                                    "layer_bits names unknown layers: ['layer9.conv']"),
     "source path a number": (_man(lambda m: m["source"].update(path=1)), MANIFEST, "'source.path' is 1"),
     "unknown op": (_man(lambda m: _op(m, "stem").update(op="deconv")), MANIFEST, "unsupported layer type"),
     "add mul 2^62": (_arr(array_file("layer1.0.add", "mul"), lambda a: a * 0 + (1 << 62)),
@@ -277,6 +279,13 @@ ARGS = {
                            "--model resnet20"),
     "gen two sources": (["gen", "--tables", "{t}", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}/g"], "not allowed"),
     "export no --out": (["export", "--checkpoint", "{tmp}/m.pt"], "--out"),
+    # a pause probability of 1 never sends (never takes): the simulation would hang
+    "sim --gap 1": (["sim", "--build", "{tmp}/g", "--gap", "1"], "--gap: expected a probability in [0, 1)"),
+    "sim --stall 2": (["sim", "--build", "{tmp}/g", "--stall", "2"], "--stall: expected a probability in [0, 1)"),
+    "sim --gap nan": (["sim", "--build", "{tmp}/g", "--gap", "nan"], "--gap: expected a probability"),
+    # the RTL simulation's options are refused by the C simulation, not silently ignored
+    "sim hls --gap": (["sim", "--backend", "hls", "--build", "{tmp}/g", "--gap", "0.5"], "--gap: an option of the RTL"),
+    "sim hls --waves": (["sim", "--backend", "hls", "--build", "{tmp}/g", "--waves"], "--waves: an option of the RTL"),
     "unknown command": (["frobnicate"], "invalid choice"),
 }
 
@@ -519,3 +528,17 @@ def test_one_corrupted_manifest_field_is_refused_or_changes_nothing(base, tmp_pa
         accepted.append(what)
     assert not problems, "\n".join(problems)
     assert refusals >= 100, (refusals, accepted)  # the corruptions do hit checked fields
+
+
+def test_a_closed_stdout_is_no_error(tmp_path):
+    """`shiftpq metrics ... | head -1`: the reader going away is exit 141 without a word, not 'error'."""
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "shiftpq.cli", "metrics", "--model", "resnet110", "--json"],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (141, "")

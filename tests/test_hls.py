@@ -230,3 +230,26 @@ def test_widths_are_those_of_the_integer_semantics(tiny_hls):
         if info["kind"] == "codes" and key in width:
             assert width[key] == (len(tables.levels(info["levels"])["ints"]) - 1).bit_length(), name
     assert "typedef ap_axis<32, 0, 0, 0> out_beat_t;" in types
+
+
+@pytest.mark.parametrize("held,msg", [
+    ({"hls/a.cpp": "", "cycles.json": "{}"}, "hls: already exists; pass --force to replace it"),
+    ({"notes.txt": "mine"}, "already exists and holds notes.txt; pass --force"),
+])
+def test_gen_hls_refuses_an_output_before_the_work(tmp_path, capsys, monkeypatch, held, msg):
+    """What can be refused without the design is refused before the source is even resolved."""
+    import shiftpq_hw.gen
+
+    def no_work(*a, **k):
+        raise AssertionError("the source was resolved before --out was checked")
+
+    monkeypatch.setattr(shiftpq_hw.gen, "resolve_source", no_work)
+    out = tmp_path / "out"
+    for name, text in held.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert main(["gen", "--model", "tiny", "--backend", "hls", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before

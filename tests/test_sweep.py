@@ -39,6 +39,20 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "qat_epochs=1"]
     ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp']\n[[run]]\nname = 'a'\nargs = []\n",
      "used by an earlier run"),
     ("[[run]]\nname = 'a'\nargs = 'x'\n", "field 'args': expected a list of strings"),
+    # argparse takes unique prefixes: an abbreviated reserved option is the sweep's too
+    ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp', '--resu']\n",
+     "--resume (or an abbreviation of it) is set by the sweep"),
+    ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp', '--stop', '1']\n",
+     "--stop-after (or an abbreviation of it) is set by the sweep"),
+    ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp', '--time', '9']\n",
+     "--time-limit (or an abbreviation of it) is set by the sweep"),
+    ("[[run]]\nname = 'b'\nargs = ['--model', 'tiny', '--method', 'fp']\n[[run]]\nname = 'a'\ninit = 'b'\n"
+     "args = ['--model', 'tiny', '--method', 'fp', '--ini', 'c.pt']\n", "--init (or an abbreviation of it)"),
+    # the recipe overrides are checked before anything starts, not in a child on the GPU
+    ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp', '--set', 'epochz=3']\n",
+     "field 'args': --set: unknown recipe field 'epochz'"),
+    ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp', '--set', 'epochs=x']\n",
+     "field 'args': --set: recipe field 'epochs' needs a int, got 'x'"),
     ("runz = 1\n", "unknown top-level field 'runz'"),
     ("[[run\n", "not valid TOML"),
 ])
@@ -164,3 +178,39 @@ def test_sweep_on_a_local_ray_instance(tmp_path, cifar_dir):
                      log=lambda s: None)
     assert state["counts"]["done"] == 2, [(tmp_path / "runs" / n / "train.log").read_text() for n in ("fp", "spq")]
     assert state["runs"]["spq"]["size_ratio"] > 1
+
+
+def _exit_code(main, argv) -> int:
+    """cli.main's return value, or the code of the SystemExit an argparse error raises."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--time-limit", "nan"], "argument --time-limit: expected a number of seconds > 0, got 'nan'"),
+    (["--time-limit", "-1"], "argument --time-limit: expected a number of seconds > 0, got '-1'"),
+    (["--time-limit", "inf"], "argument --time-limit: expected a number of seconds > 0, got 'inf'"),
+    (["--time-limit", "10", "--train-arg=--resu"], "--train-arg: --resume (or an abbreviation of it) is set"),
+    # a --train-arg comes after the sweep's --out in the child's command: it would move the run directory
+    (["--time-limit", "10", "--train-arg=--ou=elsewhere"], "--train-arg: --out (or an abbreviation of it) is set"),
+    (["--time-limit", "10", "--train-arg=--set", "--train-arg=lr=x"], "--train-arg: --set: recipe field 'lr'"),
+])
+def test_bad_sweep_arguments_are_one_line(tmp_path, capsys, argv, msg):
+    from shiftpq.cli import main
+    p = _plan(tmp_path, GOOD)
+    assert _exit_code(main, ["sweep", str(p), "--runs-dir", str(tmp_path / "runs"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-5", "inf"])
+def test_train_time_limit_must_be_finite_and_positive(tmp_path, capsys, value):
+    from shiftpq.cli import main
+    out = tmp_path / "run"
+    assert _exit_code(main, ["train", "--model", "tiny", "--method", "fp", "--out", str(out), "--time-limit", value]) == 2
+    err = capsys.readouterr().err
+    assert "argument --time-limit: expected a number of seconds > 0" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

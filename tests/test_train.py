@@ -81,6 +81,9 @@ def test_recipe_overrides_are_typed():
         recipe_with("fast", {"lrr": "1"})
     with pytest.raises(ShiftPQError, match="needs a int"):
         recipe_with("fast", {"epochs": "x"})
+    for bad in ("nan", "inf", "-inf"):  # a NaN learning rate trained on silently
+        with pytest.raises(ShiftPQError, match=f"recipe field 'lr' needs a finite float, got '{bad}'"):
+            recipe_with("fast", {"lr": bad})
 
 
 def test_shipped_fp32_resnet20_classifies_and_checkpoints_are_readable(tmp_path, cifar_dir):
@@ -158,3 +161,38 @@ def test_teacher_distils_in_every_phase_and_resumes(tmp_path, cifar_dir):
     bad.spec = ModelSpec("tinyvgg")
     with pytest.raises(ShiftPQError, match="field 'meta.spec.name' is 'tiny'"):
         _run(bad, tmp_path / "d", cifar_dir)
+
+
+def test_a_run_killed_between_its_log_line_and_its_checkpoint_resumes_with_each_epoch_logged_once(
+        tmp_path, cifar_dir):
+    """SIGTERM (the sweep's stop) can land anywhere: after epoch 2's log line, before its checkpoint,
+    with a torn line after it. --resume reruns epoch 2, the log holds epochs 1..3 once, the model is
+    the uninterrupted run's; the sweep reads such a log without failing."""
+    from shiftpq.sweep import run_state
+    cfg = _cfg("fp", epochs="3")
+    cfg.spec = ModelSpec("tiny")
+    _run(cfg, tmp_path / "a", cifar_dir)
+    b = tmp_path / "b"
+    _run(cfg, b, cifar_dir, stop_after=1)
+    lines = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+    with open(b / "log.jsonl", "a") as f:  # epoch 2 logged, its checkpoint never written, then torn
+        f.write(lines[1] + "\n" + lines[2][:17])
+    assert run_state(b)["epochs"] == 2
+    _run(cfg, b, cifar_dir, resume=True)
+    log = [json.loads(l) for l in (b / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    x, _ = read_checkpoint(tmp_path / "a" / "final.pt")
+    y, _ = read_checkpoint(b / "final.pt")
+    for k in x["model"]:
+        assert torch.equal(x["model"][k], y["model"][k]), k
+
+
+def test_resume_without_a_checkpoint_starts_over_with_an_empty_log(tmp_path, cifar_dir):
+    """Killed after its first log line, before its first checkpoint: --resume starts from scratch."""
+    cfg = _cfg("fp", epochs="1")
+    cfg.spec = ModelSpec("tiny")
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "log.jsonl").write_text('{"epoch": 1, "test_acc": 1.0}\n')
+    _run(cfg, b, cifar_dir, resume=True)
+    assert [json.loads(l)["epoch"] for l in (b / "log.jsonl").read_text().splitlines()] == [1]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from shiftpq import intops
-from shiftpq.atomic import atomic_dir, prepare_output
+from shiftpq.atomic import atomic_dir, prepare_output, temporary_prefix
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden
 from shiftpq.tables import Tables, save_tables
@@ -435,6 +435,22 @@ def _rows(hw: int, out_hw: int, k: int, stride: int, pad: int) -> dict:
     return {"need_offset": k - 1 - pad, "load_rows": max(loads), "drain_rows": hw - 1 - need[-1]}
 
 
+def check_hls_output(out: str | Path, force: bool = False) -> None:
+    """What ``generate_hls`` would refuse and can be told before the design exists, checked by the
+    CLI before the work (resolving the source, exporting a checkpoint): ``out`` not writable; without
+    ``force`` an existing ``hls/``, or an existing ``out`` that is no generator output (no cycles.json).
+    Whether an existing output holds the same design is decided by ``generate_hls``."""
+    out = Path(out)
+    prepare_output(out, force=True)
+    if force or not out.is_dir():
+        return
+    if (out / HLS_DIR).exists():
+        raise ShiftPQError(f"{out / HLS_DIR}: already exists; pass --force to replace it (its contents are lost; "
+                           f"if {out} holds another design, all of {out} is replaced), or choose another --out")
+    if not (out / "cycles.json").is_file():
+        prepare_output(out, force)
+
+
 def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool = False,
                  log=lambda s: None) -> dict:
     """Write ``<out>/hls/`` (and ``<out>/tables/``, ``<out>/cycles.json``); returns cycles.json.
@@ -450,7 +466,8 @@ def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool =
     model = cycle_model(design.net)
     cyc_text = json.dumps(model, indent=1, sort_keys=True) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tables.") as scratch:
+    # named as atomic_dir names its temporaries, so that one left by a killed run is removed as stale
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=temporary_prefix(out)) as scratch:
         save_tables(tables, Path(scratch) / "tables")  # the tables exactly as an RTL build holds them
         same = (out / "cycles.json").is_file() and (out / "cycles.json").read_text() == cyc_text and \
             _same_tree(Path(scratch) / "tables", out / "tables")

@@ -166,7 +166,10 @@ def simulate_hls(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | N
         result["first_wrong"]["image"] = int(bad[0])
     if labels is not None and len(labels):
         result["accuracy"] = round(100.0 * float((predict(got) == np.asarray(labels)).mean()), 2)
-    (gen_dir / "sim" / RESULTS).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    res = gen_dir / "sim" / RESULTS
+    tmp = res.with_name(f".{RESULTS}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, res)  # never a half-written results file
     return result
 
 

@@ -106,15 +106,20 @@ def atomic_dir(out: str | Path):
     remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=temporary_prefix(out)))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary directory
+    old = None
     try:
         yield tmp
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
             os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        os.replace(tmp, out)
     except BaseException:
+        # SIGTERM or Ctrl-C may land between the two renames: the old output goes back in place
+        if old is not None and (old / "x").exists() and not out.exists():
+            os.replace(old / "x", out)
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old)

@@ -58,6 +58,17 @@ def _positive(text: str) -> int:
     return v
 
 
+def _seconds(text: str) -> float:
+    """A time limit: a finite number of seconds > 0 (nan, inf and negative values are refused)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not (0.0 < v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return v
+
+
 def _images(text: str) -> int | None:
     """``--images``: a positive count, or ``all`` (None: the whole test set)."""
     return None if text == "all" else _positive(text)
@@ -122,7 +133,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
     t.add_argument("--stop-after", type=_positive, default=None, metavar="EPOCHS",
                    help="stop (resumably) after this many epochs in this call")
-    t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+    t.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
                    help="stop (resumably) before an epoch that would end past this wall time, judged by the "
                    "longest epoch so far in this call")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -356,8 +367,11 @@ def cmd_gen(a) -> int:
         raise ShiftPQError("give --model, --checkpoint or --tables")
     from .atomic import prepare_output
     if a.out or a.model:  # the output is known: check it before the work
-        # (the HLS backend may add hls/ to an RTL build of the same design: generate_hls decides)
-        prepare_output(a.out or os.path.join("build", a.model), a.force or a.backend == "hls")
+        if a.backend == "hls":  # it may add hls/ to an RTL build of the same design: generate_hls decides
+            from shiftpq_hw.hls import check_hls_output
+            check_hls_output(a.out or os.path.join("build", a.model), a.force)
+        else:
+            prepare_output(a.out or os.path.join("build", a.model), a.force)
     t0 = time.perf_counter()
     log = _progress("gen")
     tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
@@ -381,6 +395,10 @@ def cmd_sim_hls(a) -> int:
     from .data import load_split
     if a.fuzz or not a.build:
         raise ShiftPQError("--backend hls: give --build GEN_DIR (a `shiftpq gen --backend hls` output); no --fuzz")
+    rtl_only = [opt for opt, given in (("--waves", a.waves), ("--gap", a.gap), ("--stall", a.stall)) if given]
+    if rtl_only:  # silently ignored, they would claim a test that never ran
+        raise ShiftPQError(f"{rtl_only[0]}: an option of the RTL simulation; --backend hls (g++ C simulation) "
+                           "has no waveform and no stream pauses")
     require_hls_build(a.build)
     images, labels = load_split(a.data_dir, "test", a.images)
     r = simulate_hls(a.build, images.numpy(), labels.numpy(), a.jobs, progress=sys.stderr.isatty(), log=_progress("sim"))
@@ -505,7 +523,8 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Exit codes: 0 done, 1 a check failed (a mismatch, agreement below --min-agreement, a design
-    that does not fit), 2 bad input (one line naming the file, field or option), 130 Ctrl-C, 143 SIGTERM.
+    that does not fit), 2 bad input (one line naming the file, field or option), 130 Ctrl-C, 141 stdout
+    closed by its reader, 143 SIGTERM.
     ``parser``: another command set (``python -m shiftpq.sweep``: train and sweep only)."""
     import signal
     try:
@@ -521,6 +540,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         return handler(args)
     except (ShiftPQError, ValueError) as e:
         return _fail(f"shiftpq: error: {_one_line(e)}", 2)
+    except BrokenPipeError:  # the reader of stdout is gone (`shiftpq metrics ... | head`): not bad input
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except OSError as e:  # the file system refused (a file where a directory should be, no permission, full)
         where = f"{e.filename}: " if e.filename else ""
         return _fail(f"shiftpq: error: {where}{_one_line(e.strerror or e)}", 2)

@@ -50,7 +50,7 @@ ALPHA_A_INIT = 8.0  # activation clipping before calibration (APoT CIFAR code)
 #   and not because of bucketize alone: a version with the index found by compares and *gathers*
 #   failed the same way. On the CPU, Inductor's code matches eager, which is why the CPU tests never
 #   saw it. The fused quantizer has no gather; whether CUDA gets it right is checked at the start of
-#   every GPU round (scripts/gpu_round.sh), which falls back to "ops" if not.
+#   every GPU round (scripts/gpu_round.py), which falls back to "ops" if not.
 
 def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """t with like's strides (channels_last stays channels_last), as the fake kernels promise."""

@@ -111,6 +111,26 @@ def train_parser(prog: str = "shiftpq train") -> argparse.ArgumentParser:
     return p
 
 
+def check_train_args(parser: argparse.ArgumentParser, args: list[str], where: str, init: bool = False,
+                     required: tuple[str, ...] = ()) -> None:
+    """``args`` as ``shiftpq train`` will parse them: valid, setting none of the sweep's options (an
+    abbreviation such as ``--resu`` included: argparse accepts unique prefixes), with a valid recipe."""
+    from .train import recipe_with
+    try:
+        ns = parser.parse_args(["--out", "\0", *required, *args])  # any --out (or --ou ...) in args overrides it
+    except _ArgError as e:
+        raise ShiftPQError(f"{where}: {e}") from None
+    set_by_sweep = {"--out": ns.out != "\0", "--resume": ns.resume, "--time-limit": ns.time_limit is not None,
+                    "--stop-after": ns.stop_after is not None, "--init": init and ns.init is not None}
+    for opt, given in set_by_sweep.items():
+        if given:
+            raise ShiftPQError(f"{where}: {opt} (or an abbreviation of it) is set by the sweep, leave it out")
+    try:
+        recipe_with(ns.recipe, dict(ns.overrides))
+    except ShiftPQError as e:
+        raise ShiftPQError(f"{where}: --set: {e}") from None
+
+
 def load_plan(path: str | Path, runs_dir: str | None = None) -> Plan:
     """Read and check a plan: every problem is one ShiftPQError naming the file and the field."""
     path = Path(path)
@@ -158,10 +178,7 @@ def load_plan(path: str | Path, runs_dir: str | None = None) -> Plan:
         for a in [*common, *r.args]:
             if a.split("=", 1)[0] in RESERVED or (r.init and a.split("=", 1)[0] == "--init"):
                 raise ShiftPQError(f"{where}: field 'args': {a.split('=', 1)[0]} is set by the sweep, leave it out")
-        try:
-            parser.parse_args([*common, *r.args, "--out", "x"])
-        except _ArgError as e:
-            raise ShiftPQError(f"{where}: field 'args': {e}") from None
+        check_train_args(parser, [*common, *r.args], f"{where}: field 'args'", init=bool(r.init))
     _check_acyclic(path, runs)
     return Plan(path, Path(runs_dir or data.get("runs_dir") or Path("runs") / path.stem), common, runs)
 
@@ -191,7 +208,8 @@ def run_state(run_dir: Path) -> dict:
     """What a run directory holds: done (summary.json), partial (epochs logged), or not started."""
     summary = run_dir / "summary.json"
     log = run_dir / "log.jsonl"
-    recs = [json.loads(l) for l in log.read_text().splitlines() if l.strip()] if log.is_file() else []
+    from .train import read_log
+    recs = read_log(log)  # a torn last line (a killed run) is not an epoch
     st: dict = {"epochs": len(recs), "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in recs), 1)}
     if recs:
         st["last_test_acc"] = recs[-1]["test_acc"]
@@ -409,7 +427,8 @@ def sweep(plan: Plan, time_limit: float, concurrent: int = 1, extra_args: list[s
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", metavar="PLAN.toml")
-    p.add_argument("--time-limit", type=float, required=True, metavar="SECONDS",
+    from .cli import _seconds
+    p.add_argument("--time-limit", type=_seconds, required=True, metavar="SECONDS",
                    help="wall time of the whole sweep; every run stops (resumably) before it")
     p.add_argument("--concurrent", type=int, default=1, metavar="N", help="runs at once (default 1)")
     p.add_argument("--runs-dir", default=None, metavar="DIR",
@@ -432,10 +451,7 @@ def cmd_sweep(a) -> int:
     for x in a.train_arg:
         if x.split("=", 1)[0] in RESERVED:
             raise ShiftPQError(f"--train-arg {x}: {x.split('=', 1)[0]} is set by the sweep")
-    try:
-        train_parser().parse_args([*a.train_arg, "--model", "tiny", "--method", "fp", "--out", "x"])
-    except _ArgError as e:
-        raise ShiftPQError(f"--train-arg: {e}") from None
+    check_train_args(train_parser(), a.train_arg, "--train-arg", required=("--model", "tiny", "--method", "fp"))
     log = lambda s: print(f"shiftpq sweep: {s}", file=sys.stderr, flush=True)
     if a.dry_run:
         for r in plan.runs:

@@ -287,6 +287,9 @@ def _check_spec(m: dict, c: _Checker, model: str):
     try:
         ms = ModelSpec.from_json(spec)
         ms.validate()
+        if ms.layer_bits:  # names of convs and quantizers of this model (the network refuses others)
+            from .models import Net
+            Net(ms)
     except ValueError as e:
         c.fail("spec", f"is not a valid model spec: {e}")
     return ms

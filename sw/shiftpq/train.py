@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -114,8 +115,11 @@ def recipe_with(name: str, overrides: dict[str, str]) -> Recipe:
                 changes[key] = text.lower() in ("true", "1")
             else:
                 changes[key] = types[key](text)
+                if types[key] is float and not math.isfinite(changes[key]):
+                    raise ValueError(text)
         except ValueError:
-            raise ShiftPQError(f"recipe field {key!r} needs a {types[key].__name__}, got {text!r}") from None
+            what = "a finite float" if types[key] is float else f"a {types[key].__name__}"
+            raise ShiftPQError(f"recipe field {key!r} needs {what}, got {text!r}") from None
     r = replace(base, **changes)
     if r.schedule not in ("plateau", "cosine"):
         raise ShiftPQError(f"recipe field 'schedule' must be 'plateau' or 'cosine', got {r.schedule!r}")
@@ -334,6 +338,8 @@ class Trainer:
         self.epoch = meta["epoch"]
         if "teacher" in blob:
             self.teacher = model_from_state(meta["spec"], blob["teacher"], False, str(path)).to(self.device).eval()
+            if self.device.type == "cuda":  # as in a fresh run (_load_teacher, the student's copy)
+                self.teacher.to(memory_format=torch.channels_last)
         self._enter_phase(resumed=(blob.get("optimizer"), meta["schedule"]))
 
     def _enter_phase(self, resumed) -> None:
@@ -443,6 +449,37 @@ class Trainer:
                 **({"returned_filters": returned} if returned is not None else {})}
 
 
+def read_log(path: Path) -> list[dict]:
+    """The epoch records of a run's log.jsonl up to its first torn line (a run killed while writing)."""
+    recs = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                break
+            if not isinstance(rec, dict):
+                break
+            recs.append(rec)
+    return recs
+
+
+def _log_as_of(path: Path, epoch: int) -> None:
+    """log.jsonl as the checkpoint of ``epoch`` left it: the records of later epochs (a run killed
+    after logging an epoch, before its checkpoint was in place) and a torn line are dropped, so that
+    the resumed run logs each epoch once."""
+    if not path.is_file():
+        return
+    keep = [r for r in read_log(path) if r.get("epoch", 0) <= epoch]
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+    if path.read_text() != text:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
 def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str | None = None,
           resume: bool = False, stop_after: int | None = None, time_limit: float | None = None,
           progress: bool = True, compile_model: bool = False, amp: bool = True, log=print) -> dict:
@@ -452,11 +489,13 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str 
     tr = Trainer(cfg, out, device, data_dir, progress, compile_model, amp)
     if resume and last.is_file():
         tr.resume(last)
+        _log_as_of(out / "log.jsonl", tr.epoch)
         log(f"resumed {last} at epoch {tr.epoch}/{cfg.total_epochs}")
     else:
         if (out / "log.jsonl").exists() and not resume:
             raise ShiftPQError(f"{out}: run directory already holds a run; pass --resume to continue it "
                                "or choose another --out")
+        _log_as_of(out / "log.jsonl", 0)  # --resume without last.pt: killed before its first checkpoint
         tr.fresh()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
@@ -466,9 +505,11 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str 
         rec = tr.train_epoch()
         if tr.epoch < cfg.total_epochs and cfg.phase(tr.epoch) != rec["phase"]:
             tr._enter_phase(resumed=None)  # the checkpoint then already holds the new phase
-        tr._checkpoint("last.pt")
+        # the log line first, then the checkpoint: a run killed between them has logged an epoch its
+        # checkpoint lacks, which --resume drops and runs again (the other order loses the line)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
+        tr._checkpoint("last.pt")
         log(f"epoch {rec['epoch']:>3}/{cfg.total_epochs} {rec['phase']:<5} loss {rec['train_loss']:.4f} "
             f"train {rec['train_acc']:.2f}% test {rec['test_acc']:.2f}% lr {rec['lr']:.4g} {rec['seconds']:.1f}s")
         done_now += 1
