@@ -280,9 +280,9 @@ ARGS = {
     "gen two sources": (["gen", "--tables", "{t}", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}/g"], "not allowed"),
     "export no --out": (["export", "--checkpoint", "{tmp}/m.pt"], "--out"),
     # a pause probability of 1 never sends (never takes): the simulation would hang
-    "sim --gap 1": (["sim", "--build", "{tmp}/g", "--gap", "1"], "--gap: expected a probability in [0, 1)"),
-    "sim --stall 2": (["sim", "--build", "{tmp}/g", "--stall", "2"], "--stall: expected a probability in [0, 1)"),
-    "sim --gap nan": (["sim", "--build", "{tmp}/g", "--gap", "nan"], "--gap: expected a probability"),
+    "sim --gap 1": (["sim", "--build", "{tmp}/g", "--gap", "1"], "--gap: a probability (at 1 the stream never moves) must be in [0, 1), got 1.0"),
+    "sim --stall 2": (["sim", "--build", "{tmp}/g", "--stall", "2"], "--stall: a probability (at 1 the stream never moves) must be in [0, 1), got 2.0"),
+    "sim --gap nan": (["sim", "--build", "{tmp}/g", "--gap", "nan"], "--gap: a probability (at 1 the stream never moves) must be in [0, 1), got nan"),
     # the RTL simulation's options are refused by the C simulation, not silently ignored
     "sim hls --gap": (["sim", "--backend", "hls", "--build", "{tmp}/g", "--gap", "0.5"], "--gap: an option of the RTL"),
     "sim hls --waves": (["sim", "--backend", "hls", "--build", "{tmp}/g", "--waves"], "--waves: an option of the RTL"),
@@ -366,8 +366,11 @@ def test_existing_output_is_kept_without_force(base, tmp_path, capsys):
 
 
 _SLOW_EXPORT = """
-import sys, time
+import signal, sys, time
 import numpy as np
+# Ctrl-C as in a terminal: a shell running the tests in the background (CI, nohup) starts every child
+# with SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import shiftpq.tables as tables
 from shiftpq.cli import main
 real = np.save
