@@ -113,3 +113,11 @@ def test_report_renders_every_section_deterministically(small, cifar_dir, capsys
         for op in t.ops:
             if op["op"] == "conv":
                 assert op["name"] in text
+
+
+def test_report_counts_render_a_figure_a_stopped_run_never_measured():
+    # a simulation stopped by its watchdog records cycles_per_image and latency as null
+    from shiftpq.templating import count, environment
+    assert count(55296) == "55,296" and count(None) == "n/a"
+    t = environment().from_string("{{ sim.cycles_per_image|count }} / {{ sim.latency_cycles|count }}")
+    assert t.render(sim={"cycles_per_image": None, "latency_cycles": 184765}) == "n/a / 184,765"
