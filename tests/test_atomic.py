@@ -41,3 +41,19 @@ def test_a_replacement_replaces_and_leaves_nothing_beside(tmp_path):
         (d / "b.txt").write_text("new")
     assert _tree(out) == [("b.txt", "new")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_text_atomic_replaces_whole_leaves_no_temporary_and_removes_stale_ones(tmp_path):
+    import os
+    import subprocess
+    from shiftpq.atomic import write_text_atomic
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer exists
+    (tmp_path / f".state.json.tmp-{gone.pid}-x").write_text("half")  # left by a killed writer
+    out = tmp_path / "state.json"
+    write_text_atomic(out, "old\n")
+    write_text_atomic(out, "new\n")
+    assert out.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private one

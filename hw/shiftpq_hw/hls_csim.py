@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shiftpq.atomic import write_text_atomic
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden, predict, run_batched
 from shiftpq.tables import load_tables
@@ -167,9 +168,7 @@ def simulate_hls(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | N
     if labels is not None and len(labels):
         result["accuracy"] = round(100.0 * float((predict(got) == np.asarray(labels)).mean()), 2)
     res = gen_dir / "sim" / RESULTS
-    tmp = res.with_name(f".{RESULTS}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, res)  # never a half-written results file
+    write_text_atomic(res, json.dumps(result, indent=1, sort_keys=True) + "\n")  # never a half-written results file
     return result
 
 

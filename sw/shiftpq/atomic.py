@@ -96,6 +96,23 @@ def temporary_prefix(out: str | Path) -> str:
     return f".{Path(out).name}.tmp-{os.getpid()}-"
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``path`` holds the old text or the new, never half of it: written to a temporary sibling named
+    by this process (``temporary_prefix``: two writers never share one, a killed one's is found stale)
+    and renamed into place."""
+    path = Path(path)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path))
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def atomic_dir(out: str | Path):
     """Yields an empty temporary directory beside ``out``; on success it replaces ``out`` (the old

@@ -43,6 +43,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .errors import ShiftPQError
 
 SWEEP_DESCRIPTION = ("Run the trainings of a plan (TOML: [[run]] rows of name, shiftpq train args, optional init "
@@ -240,9 +241,7 @@ def write_state(plan: Plan, failed: dict[str, int]) -> tuple[Path, dict]:
     state = {"plan": str(plan.path), "counts": counts, "runs": runs}
     plan.runs_dir.mkdir(parents=True, exist_ok=True)
     out = plan.runs_dir / STATE_FILE
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(state, indent=2, sort_keys=True) + "\n")
     return out, state
 
 

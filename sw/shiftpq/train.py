@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_text_atomic
 from .checkpoint import model_from_state, read_checkpoint, save_checkpoint
 from .data import augment, load_split
 from .errors import ShiftPQError
@@ -475,9 +475,7 @@ def _log_as_of(path: Path, epoch: int) -> None:
     keep = [r for r in read_log(path) if r.get("epoch", 0) <= epoch]
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep)
     if path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
 
 
 def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", data_dir: str | None = None,
