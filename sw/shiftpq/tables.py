@@ -1,10 +1,13 @@
-"""Layer tables: the on-disk contract between training and hardware (schema, save, load, validate).
+"""Layer tables: the on-disk form of the integer IR (ir.py), the contract between training and
+hardware (schema, save, load, validate).
 
 A tables directory holds ``manifest.json`` and one ``.npy`` file per integer array, named
 ``<op name>.<field>.npy``. Nothing is pickled: JSON for structure, ``np.load(allow_pickle=False)``
 for arrays. Loading checks everything a consumer relies on (schema version, the op types, every
-array's presence, dtype, shape and range, the graph's wiring) and names the file and field of the
-first problem. docs/integer-semantics.md describes the meaning of every field.
+array's presence, dtype, shape and range, the graph's wiring) on the raw manifest and names the
+file and field of the first problem; only then does ``from_manifest`` build the IR objects.
+Saving writes ``to_manifest`` of the IR: load -> save gives the same bytes.
+docs/integer-semantics.md describes the meaning of every field.
 """
 from __future__ import annotations
 
