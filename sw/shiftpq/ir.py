@@ -167,8 +167,8 @@ class Shortcut(Op):
     src: str
     stride: int
     pad_before: int  # output channel = input channel + pad_before
-    channels_in: int | None = None  # provenance: the unpruned channel counts
-    channels_out: int | None = None
+    channels_in: int  # provenance: the unpruned channel counts
+    channels_out: int
 
 
 @dataclass(frozen=True)
@@ -242,11 +242,6 @@ class Tables:
     def producer(self, tensor: str) -> Op | None:
         """The op that writes ``tensor`` (None for the input)."""
         return next((op for op in self.ops if op.dst == tensor), None)
-
-    def values_of(self, tensor: str) -> np.ndarray | None:
-        """The integer value of each code of a codes tensor (None for other kinds)."""
-        t = self.tensors[tensor]
-        return None if t.levels is None else np.asarray(self.levels[t.levels].ints)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of every op, by file name (``<op>.<field>.npy``)."""

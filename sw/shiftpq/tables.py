@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from enum import StrEnum
 from pathlib import Path
 
@@ -29,19 +29,12 @@ SCHEMA = "shiftpq-tables"
 VERSION = 1
 MANIFEST = "manifest.json"
 
-# array fields of each op type: field -> dtype (the requant's depend on its mode)
+# from the IR's op classes: the array fields of each op type (field -> dtype; the requant's depend on
+# its mode) and the keys every manifest op of a type must have (the fields without a default)
 OP_ARRAYS: dict[str, dict[str, str]] = {t.OP: t.ARRAYS for t in ir.OP_TYPES}
 REQUANT_ARRAYS = {str(mode): arrays for mode, arrays in ir.Requant.MODE_ARRAYS.items()}
-OP_KEYS: dict[str, tuple[str, ...]] = {
-    "conv": ("src", "kernel", "stride", "padding", "in_hw", "out_hw", "in_channels", "kept", "weight_levels",
-             "acc_bits", "partial_bound"),
-    "requant": ("src", "levels", "mode"),
-    "add": ("srcs", "levels", "conv_index", "shortcut_index", "product_bits"),
-    "shortcut": ("src", "stride", "pad_before"),
-    "maxpool": ("src", "size"),
-    "avgpool": ("src", "hw"),
-    "fc": ("src", "weight_levels", "shift", "acc_bits", "bits"),
-}
+OP_KEYS: dict[str, tuple[str, ...]] = {t.OP: tuple(f.name for f in fields(t) if f.default is MISSING
+                                                   and f.name not in ("name", "dst")) for t in ir.OP_TYPES}
 
 
 def expected_arrays(op: dict) -> dict[str, str]:
@@ -430,7 +423,7 @@ def _validate(m: dict, c: _Checker, read) -> None:
         bits = intops.affine_bits(bounds, muls, bias)
         if bits > 63:
             c.fail(f"ops[{i}].{fld_bits}", f"would be {bits}: x * mul + bias exceeds 62 bits (constants too large)")
-        c.equal(op[fld_bits], bits, f"ops[{i}].{fld_bits}", "the width of x * mul + bias, recomputed")
+        c.equal(c.key(op, fld_bits, f"ops[{i}]"), bits, f"ops[{i}].{fld_bits}", "the width of x * mul + bias, recomputed")
 
     n_ops = len(m["ops"])
     first_conv = next((op["name"] for op in m["ops"] if op["op"] == "conv"), None)
