@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shiftpq import ir
 from shiftpq.cli import main
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model

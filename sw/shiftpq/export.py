@@ -1,6 +1,8 @@
-"""Checkpoint -> layer tables: fold a quantized, pruned model into the integer-only graph.
+"""Checkpoint -> layer tables: fold a quantized, pruned model into the integer IR (ir.py).
 
-Walks the model's layer graph (graph.py) in execution order and emits one integer op per graph op:
+Walks the model's layer graph (graph.py) in execution order and lowers each graph op with the
+function ``LOWERINGS`` names for its type, which appends IR ops (an activation quantizer after a
+residual add is folded into the add, so it appends none):
 conv (weight codes of the kept filters over the input channels that can be non-zero), requant (the
 conv's BatchNorm, the ReLU and the next quantizer folded into thresholds or a fixed-point
 multiply-add), add (the residual sum on a fixed-point scale), shortcut, maxpool, avgpool and fc.
@@ -19,10 +21,10 @@ import torch
 from . import intops, ir
 from .errors import ShiftPQError
 from .graph import Act, Add, AvgPool, Conv, Linear, MaxPool, ShortcutA
+from .ir import Tables
 from .levels import LevelSet
 from .metrics import nonzero_channels
 from .models import Net
-from .ir import Tables
 from .tables import validate_tables
 
 FC_SCORE_BITS = 32  # class scores are int32
