@@ -80,6 +80,7 @@ class Op:
 
     @property
     def inputs(self) -> tuple[str, ...]:
+        """The tensors it reads: its ``src`` (an ``Add`` reads two)."""
         return (self.src,)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -213,7 +214,7 @@ class Tables:
     """The integer program of one network: what a tables directory holds."""
     model: str  # the architecture's name (models.py)
     spec: dict = field(hash=False)  # ModelSpec.to_json() of the trained model
-    source: dict = field(hash=False)  # provenance: the checkpoint (path, sha256, ...) or the untrained seed
+    source: dict | None = field(hash=False)  # provenance: the checkpoint (path, sha256, ...) or the untrained seed
     levels: dict[str, LevelSet] = field(hash=False)  # the level sets by name (the image has none)
     tensors: dict[str, Tensor] = field(hash=False)  # by name, in the order they are computed
     ops: tuple[Op, ...]  # in execution order
