@@ -89,7 +89,7 @@ def from_manifest(m: dict, arrays: dict[str, np.ndarray]) -> ir.Tables:
     tensors = {name: ir.Tensor(name=name, kind=ir.TensorKind(t["kind"]), channels=tuple(t["channels"]), hw=t["hw"],
                                lo=t["lo"], hi=t["hi"], bits=t["bits"], levels=t.get("levels"), scale=t.get("scale"))
                for name, t in m["tensors"].items()}
-    levels = {name: level_set(lv["bits"], lv["signed"]) for name, lv in m["levels"].items() if name != ir.IMAGE_LEVELS}
+    levels = {name: level_set(lv["bits"], lv["signed"]) for name, lv in m["levels"].items() if name != IMAGE_LEVELS}
     return ir.Tables(model=m["model"], spec=m["spec"], source=m.get("source"), levels=levels, tensors=tensors,
                      ops=tuple(_op_from_manifest(op, arrays) for op in m["ops"]), input=m["input"]["tensor"],
                      output=m["output"]["tensor"], classes=m["output"]["classes"], physical=m.get("physical"))
@@ -103,7 +103,7 @@ def to_manifest(t: ir.Tables) -> dict:
         d.update({k: v for k, v in (("levels", x.levels), ("scale", x.scale)) if v is not None})
         tensors[name] = d
     m = {"schema": SCHEMA, "version": VERSION, "model": t.model, "spec": t.spec,
-         "levels": {ir.IMAGE_LEVELS: dict(IMAGE_LEVEL_SET), **{n: ls.to_json() for n, ls in t.levels.items()}},
+         "levels": {IMAGE_LEVELS: dict(IMAGE_LEVEL_SET), **{n: ls.to_json() for n, ls in t.levels.items()}},
          "input": {**INPUT, "tensor": t.input}, "output": {"tensor": t.output, "classes": t.classes},
          "tensors": tensors, "ops": [_op_to_manifest(op) for op in t.ops]}
     if t.source is not None:
@@ -133,8 +133,8 @@ def save_tables(tables: Tables, out: str | Path, force: bool = False) -> Path:
 # sets) is recomputed from the weights, the constants and the shapes and must equal the declared one.
 # What is not checked is read by no consumer (alpha, scale, filters, bn_folded_into, source, ...).
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")  # op names name files and RTL instances, tensors RTL signals
-IMAGE_LEVEL_SET = {"kind": "image", "bits": 8, "signed": True, "offset": 128, "ints": None, "denom": 128}
-INPUT = {"tensor": "input", "shape": [3, 32, 32], "dtype": "uint8", "offset": 128}
+IMAGE_LEVEL_SET = {"kind": "image", "bits": 8, "signed": True, "offset": ir.IMAGE_OFFSET, "ints": None, "denom": 128}
+INPUT = {"tensor": "input", "shape": list(ir.INPUT_SHAPE), "dtype": "uint8", "offset": ir.IMAGE_OFFSET}
 IMAGE_TENSOR = {"kind": "image", "channels": [0, 1, 2], "hw": 32, "lo": -128, "hi": 127, "bits": 8}
 MAX_KERNEL = 15
 MAX_HW = 1024
