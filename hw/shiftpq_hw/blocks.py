@@ -51,8 +51,8 @@ class ShortcutPath(wiring.Component):
     """The option-A shortcut on a stream of pixels: keep the pixels on the ``stride`` grid (the
     subsample; the channel padding is the fused add's business) and buffer them in a FIFO until the
     block's second conv engine adds them, one as it requantizes each output pixel. ``depth``
-    (default: one whole map) must cover how far the block's input runs ahead of that (``Network``
-    sizes it from both engines' line buffers), or the fork before it stalls."""
+    (default: one whole map) must cover how far the block's input runs ahead of that (the hardware
+    plan's ``size_fifos`` sizes it from both engines' line buffers), or the fork before it stalls."""
 
     def __init__(self, shape, in_hw: int, stride: int, depth: int | None = None):
         self._shape, self._hw, self._s = shape, in_hw, stride
@@ -117,9 +117,13 @@ class MaxPool(wiring.Component):
         shape = data.ArrayLayout(act_code_shape(levels), channels)
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
 
+    @staticmethod
+    def cycles(in_hw: int) -> int:
+        return in_hw ** 2
+
     @property
     def cycles_per_image(self) -> int:
-        return self._hw ** 2
+        return self.cycles(self._hw)
 
     def elaborate(self, platform):
         m = Module()
@@ -163,7 +167,7 @@ class AvgPoolRequant(wiring.Component):
     pixel: the step at the head takes its channels' codes from the held input pixel and enters the
     tail (no adder per channel and no multiplexer over the sums). After the last pixel the ring turns
     once more into the requant units, whose codes enter a ring of output registers the same way.
-    ``lanes`` (``Network`` picks the fewest that keep the pool off the critical period) trades
+    ``lanes`` (the hardware plan picks the fewest that keep the pool off the critical period) trades
     ``hw * hw * steps`` cycles per image against adders and multipliers."""
 
     def __init__(self, in_levels: LevelSet, out_levels: LevelSet, hw: int, mul, bias, shift, lanes: int = 1):
@@ -184,11 +188,6 @@ class AvgPoolRequant(wiring.Component):
         pixel and ring position, one per position into the requant units, their latency, the beat out."""
         steps = -(-channels // lanes)
         return hw * hw * steps + steps + AvgPoolRequant.LATENCY + 1
-
-    @staticmethod
-    def fewest_lanes(hw: int, channels: int, period: int) -> int:
-        """The fewest lanes whose cycles per image stay within ``period`` (all channels if none do)."""
-        return next((k for k in range(1, channels) if AvgPoolRequant.cycles(hw, channels, k) <= period), channels)
 
     @property
     def cycles_per_image(self) -> int:
@@ -271,9 +270,13 @@ class FullyConnected(wiring.Component):
     def macs_per_image(self) -> int:
         return int(self._w.size)
 
+    @staticmethod
+    def cycles(classes: int, chunks: int) -> int:
+        return classes * chunks + FullyConnected.LATENCY + 1
+
     @property
     def cycles_per_image(self) -> int:
-        return self._w.shape[0] * self._chunks + self.LATENCY + 1
+        return self.cycles(self._w.shape[0], self._chunks)
 
     def elaborate(self, platform):
         m = Module()

@@ -89,7 +89,7 @@ class ConvRequant(wiring.Component):
         self._groups = -(-k_out // self._lanes)
         self._simd = simd or c_in
         self._chunks = -(-c_in // self._simd)
-        self._slots = _pow2_at_least(k + stride)
+        self._slots = self.line_buffer_slots(k, stride)
         self._rq = requant
         self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
         self._partial_bound = partial_bound
@@ -125,7 +125,18 @@ class ConvRequant(wiring.Component):
                    lv(requant_op["levels"]), conv_op["stride"], conv_op["padding"], conv_op["in_hw"], rq,
                    conv_op["partial_bound"], lanes, residual, simd)
 
-    # -- the analytic model the simulation must match --------------------------------------------
+    # -- the analytic model the simulation must match (the hardware plan, plan.py, sizes with it) --
+    @staticmethod
+    def line_buffer_slots(kernel: int, stride: int) -> int:
+        """Rows of the line buffer: a power of two (the address is ``Cat(x, slot)``), at least
+        ``kernel + stride`` (the rows an output row reads and the next output row's new ones)."""
+        return _pow2_at_least(kernel + stride)
+
+    @staticmethod
+    def cycles(out_hw: int, kernel: int, groups: int, chunks: int) -> int:
+        """Cycles per image in steady state: one cycle per output pixel, group, tap and chunk."""
+        return out_hw ** 2 * groups * chunks * kernel ** 2
+
     @property
     def lanes(self) -> int:
         return self._lanes
@@ -152,7 +163,7 @@ class ConvRequant(wiring.Component):
 
     @property
     def cycles_per_image(self) -> int:
-        return self._out_hw ** 2 * self._groups * self._chunks * self._k ** 2
+        return self.cycles(self._out_hw, self._k, self._groups, self._chunks)
 
     @property
     def macs_per_image(self) -> int:
