@@ -37,6 +37,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
+from .checked import Checked
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
 from .requant import Pipe, affine_unit, threshold_search
@@ -51,7 +52,7 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-class ConvRequant(wiring.Component):
+class ConvRequant(Checked, wiring.Component):
     """Conv + requant of one layer, sized by its kept filters and folded: ``lanes`` output channels
     at a time (default: all of them) times ``simd`` input channels at a time (default: all of them)
     of shift-add PEs."""
@@ -60,27 +61,7 @@ class ConvRequant(wiring.Component):
                  stride: int, padding: int, in_hw: int, requant: dict, partial_bound: int,
                  lanes: int | None = None, residual: dict | None = None, simd: int | None = None):
         weights = np.asarray(weights, dtype=np.int64)
-        k_out, c_in, k, k2 = weights.shape
-        problems = []
-        if k != k2:
-            problems.append(f"square kernels only, got {weights.shape!r}")
-        if in_hw < 2 or in_hw & (in_hw - 1):
-            problems.append(f"in_hw must be a power of two >= 2 (the line buffer is addressed by Cat(x, slot)), "
-                            f"got {in_hw!r}")
-        if lanes is not None and not 1 <= lanes <= k_out:
-            problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
-        if simd is not None and not 1 <= simd <= c_in:
-            problems.append(f"simd must be in [1, {c_in}], got {simd!r}")
-        if requant.get("mode") not in ("threshold", "affine"):
-            problems.append(f"requant mode must be 'threshold' or 'affine', got {requant.get('mode')!r}")
-        if residual is not None and (stride != 1 or 2 * padding != k - 1 or requant.get("mode") != "affine"
-                                     or len(residual["index"]) != k_out
-                                     or list(residual["levels"].ints) != list(range(len(residual["levels"].ints)))):
-            problems.append("a residual input needs stride 1, 'same' padding, the affine requant, one shortcut "
-                            "index per output and a uniform (8-bit) stream")
-        if problems:
-            self._MustUse__silence = True
-            raise ValueError("; ".join(problems))
+        k_out, c_in, k, _ = weights.shape
         self._res = residual
         self._w, self._wl, self._al, self._ol = weights, wlevels, alevels, olevels
         self._k, self._s, self._p, self._in_hw = k, stride, padding, in_hw
@@ -99,6 +80,30 @@ class ConvRequant(wiring.Component):
             ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(residual["levels"]),
                                                               residual["channels"])))
         super().__init__(ports)
+
+    @staticmethod
+    def check(weights, wlevels, alevels, olevels, stride: int, padding: int, in_hw: int, requant: dict,
+              partial_bound: int, lanes: int | None = None, residual: dict | None = None, simd: int | None = None):
+        k_out, c_in, k, k2 = np.shape(weights)
+        problems = []
+        if k != k2:
+            problems.append(f"square kernels only, got {np.shape(weights)!r}")
+        if in_hw < 2 or in_hw & (in_hw - 1):
+            problems.append(f"in_hw must be a power of two >= 2 (the line buffer is addressed by Cat(x, slot)), "
+                            f"got {in_hw!r}")
+        if lanes is not None and not 1 <= lanes <= k_out:
+            problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
+        if simd is not None and not 1 <= simd <= c_in:
+            problems.append(f"simd must be in [1, {c_in}], got {simd!r}")
+        if requant.get("mode") not in ("threshold", "affine"):
+            problems.append(f"requant mode must be 'threshold' or 'affine', got {requant.get('mode')!r}")
+        if residual is not None and (stride != 1 or 2 * padding != k - 1 or requant.get("mode") != "affine"
+                                     or len(residual["index"]) != k_out
+                                     or list(residual["levels"].ints) != list(range(len(residual["levels"].ints)))):
+            problems.append("a residual input needs stride 1, 'same' padding, the affine requant, one shortcut "
+                            "index per output and a uniform (8-bit) stream")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @classmethod
     def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None,
