@@ -201,8 +201,7 @@ class Design:
 
     def _conv(self, name: str, blk: Block, ins, out) -> dict:
         t = self.t
-        conv = next(op for op in t.ops if op["name"] == name)
-        rq = next(op for op in t.ops if op.get("src") == conv["dst"] or op.get("srcs", [None])[0] == conv["dst"])
+        conv, rq = (next(op for op in t.ops if op["name"] == n) for n in blk.ops)  # the plan's fused pair
         fid = ident(name)
         src, dst = self.tensor(conv["src"]), self.tensor(out)
         w = t.array(conv, "weight").astype(np.int64)
@@ -330,8 +329,7 @@ class Design:
 
     def _avgpool(self, name: str, blk: Block, ins, out) -> dict:
         t = self.t
-        op = next(o for o in t.ops if o["name"] == name)
-        rq = next(o for o in t.ops if o.get("src") == op["dst"])
+        op, rq = (next(o for o in t.ops if o["name"] == n) for n in blk.ops)  # the pool and its requant
         fid = ident(name)
         src, dst = self.tensor(ins[0][1]), self.tensor(out)
         info = t.tensors[op["dst"]]
