@@ -47,7 +47,7 @@ def test_gen_tiny_default_is_labelled_untrained_deterministic_lints_and_builds(t
         assert f" {port}" in v, port
 
 
-def test_gen_from_tables_matches_the_network_model(tmp_path):
+def test_gen_from_tables_matches_the_plan_and_maps_its_probes(tmp_path):
     t = export_model(random_net(5), {"path": "random"})
     save_tables(t, tmp_path / "tables")
     cyc = generate(t, tmp_path / "out", par=3)
