@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from shiftpq import ir
 from shiftpq.export import export_model
 from shiftpq_hw.blocks import AvgPoolRequant
 from shiftpq_hw.conv import ConvRequant
@@ -34,15 +35,15 @@ def test_passes_run_in_their_listed_order_and_are_pure(tiny):
 def test_fuse_gives_every_op_one_block(tiny):
     plan = fuse(HwPlan(tiny, None))
     ops = [o for b in plan.blocks for o in b.ops]
-    assert sorted(ops) == sorted(op["name"] for op in tiny.ops)  # each op in exactly one block
+    assert sorted(ops) == sorted(op.name for op in tiny.ops)  # each op in exactly one block
     for b in plan.blocks:
-        first = next(op for op in tiny.ops if op["name"] == b.ops[0])
+        first = tiny.op(b.ops[0])
         if b.kind == Kind.CONV:  # a conv and the requant or add reading its accumulators
-            second = next(op for op in tiny.ops if op["name"] == b.ops[1])
-            assert first["op"] == "conv" and second["op"] in ("requant", "add") and b.output == second["dst"]
-            assert first["dst"] in second.get("srcs", [second.get("src")])
-            assert [p for p, _ in b.inputs] == (["i", "r"] if second["op"] == "add" else ["i"])
-            assert b.slots == ConvRequant.line_buffer_slots(first["kernel"], first["stride"])
+            second = tiny.op(b.ops[1])
+            assert isinstance(first, ir.Conv) and isinstance(second, (ir.Requant, ir.Add)) and b.output == second.dst
+            assert first.dst in second.inputs
+            assert [p for p, _ in b.inputs] == (["i", "r"] if isinstance(second, ir.Add) else ["i"])
+            assert b.slots == ConvRequant.line_buffer_slots(first.kernel, first.stride)
     assert plan.input_cycles == 3 * 32 * 32
 
 
@@ -65,7 +66,7 @@ def test_insert_fifos_puts_a_fifo_on_an_identity_shortcut(tiny):
 def test_insert_forks_chains_one_fork_per_extra_reader(tiny):
     plan = insert_forks(insert_fifos(fuse(HwPlan(tiny, None))))
     chains = {f.tensor: f for f in plan.forks}
-    tensors = [tiny.manifest["input"]["tensor"]] + [b.output for b in plan.blocks]
+    tensors = [tiny.input] + [b.output for b in plan.blocks]
     for t in tensors:
         readers = plan.readers(t)
         if len(readers) > 1:
@@ -79,18 +80,19 @@ def test_insert_forks_chains_one_fork_per_extra_reader(tiny):
 @pytest.mark.parametrize("par", [1, 3, 6, 40])
 def test_fold_meets_the_target_period(tiny, par):
     plan = make_plan(tiny, par)
-    convs = [op for op in tiny.ops if op["op"] == "conv"]
-    assert plan.target == -(-max(op["out_hw"] ** 2 * op["kernel"] ** 2 * len(op["kept"]) * len(op["in_channels"])
+    convs = [op for op in tiny.ops if isinstance(op, ir.Conv)]
+    assert plan.target == -(-max(op.out_hw ** 2 * op.kernel ** 2 * len(op.kept) * len(op.in_channels)
                                  for op in convs) // par)
     for b in plan.blocks:
         if b.kind == Kind.CONV:
-            op = next(op for op in convs if op["name"] == b.name)
-            out_ch, in_ch = len(tiny.tensors[b.output]["channels"]), len(op["in_channels"])
+            op = tiny.op(b.name)
+            out_ch, in_ch = len(tiny.tensors[b.output].channels), len(op.in_channels)
             assert b.cycles <= plan.target or (b.lanes, b.simd) == (out_ch, in_ch)
             assert (b.groups, b.chunks) == (-(-out_ch // b.lanes), -(-in_ch // b.simd))
         elif b.kind == Kind.AVGPOOL:  # the fewest lanes that keep the pool off the blocks' period
             before = [c.cycles for c in plan.blocks[:plan.blocks.index(b)] if c.cycles is not None]
-            hw, ch = tiny.tensors[b.inputs[0][1]]["hw"], len(tiny.tensors[b.inputs[0][1]]["channels"])
+            src = tiny.tensors[b.inputs[0][1]]
+            hw, ch = src.hw, len(src.channels)
             assert b.lanes == fewest_pool_lanes(hw, ch, max([plan.input_cycles] + before))
     unfolded = make_plan(tiny, None)
     assert unfolded.target is None and all(b.groups == b.chunks == 1 for b in unfolded.blocks if b.kind == Kind.CONV)
@@ -111,7 +113,7 @@ def test_size_fifos_covers_the_line_buffers_within_one_map(tiny):
     assert fifos
     for f in fifos:
         src = tiny.tensors[f.inputs[0][1].split("@")[0]]
-        out_hw = -(-src["hw"] // f.stride)
+        out_hw = -(-src.hw // f.stride)
         adder = next(b for b, p in plan.readers(f.output) if p == "r")
         assert adder.slots * out_hw <= f.depth <= out_hw * out_hw  # at least the adding engine's rows
 
@@ -125,7 +127,7 @@ def test_annotate_cycles_is_the_cycle_model(tiny):
     for b in plan.blocks:
         if b.kind == Kind.CONV:
             assert b.cycles == rows[b.name]["cycles"] == b.groups * b.chunks * ConvRequant.cycles(
-                next(op["out_hw"] for op in tiny.ops if op["name"] == b.name), 3, 1, 1)
+                tiny.op(b.name).out_hw, 3, 1, 1)
             assert b.pes == b.lanes * b.simd
         elif b.kind in (Kind.LUT, Kind.SHORTCUT):
             assert b.cycles is None and b.name not in rows

@@ -34,7 +34,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from shiftpq import intops
+from shiftpq import intops, ir
 from shiftpq.levels import LevelSet
 
 from .checked import Checked
@@ -58,11 +58,15 @@ class ConvRequant(Checked, wiring.Component):
     of shift-add PEs."""
 
     def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, olevels: LevelSet,
-                 stride: int, padding: int, in_hw: int, requant: dict, partial_bound: int,
-                 lanes: int | None = None, residual: dict | None = None, simd: int | None = None):
+                 stride: int, padding: int, in_hw: int, requant: ir.Requant | ir.Add, partial_bound: int,
+                 lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None):
+        """``requant``: the IR op that reads the accumulators (its constants by output channel, in the
+        order of ``weights``): a ``Requant``, or an ``Add`` (the fused residual add: ``shortcut`` gives
+        the level set and channel count of its second input, the stream ``r``)."""
         weights = np.asarray(weights, dtype=np.int64)
         k_out, c_in, k, _ = weights.shape
-        self._res = residual
+        self._res = requant if isinstance(requant, ir.Add) else None
+        self._sc_levels = shortcut[0] if shortcut is not None else None
         self._w, self._wl, self._al, self._ol = weights, wlevels, alevels, olevels
         self._k, self._s, self._p, self._in_hw = k, stride, padding, in_hw
         self._out_hw = (in_hw + 2 * padding - k) // stride + 1
@@ -76,14 +80,13 @@ class ConvRequant(Checked, wiring.Component):
         self._partial_bound = partial_bound
         ports = {"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
                  "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out)))}
-        if residual is not None:  # the shortcut tensor, one pixel per output pixel as it is requantized
-            ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(residual["levels"]),
-                                                              residual["channels"])))
+        if self._res is not None:  # the shortcut tensor, one pixel per output pixel as it is requantized
+            ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(shortcut[0]), shortcut[1])))
         super().__init__(ports)
 
     @staticmethod
-    def check(weights, wlevels, alevels, olevels, stride: int, padding: int, in_hw: int, requant: dict,
-              partial_bound: int, lanes: int | None = None, residual: dict | None = None, simd: int | None = None):
+    def check(weights, wlevels, alevels, olevels, stride: int, padding: int, in_hw: int, requant, partial_bound: int,
+              lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None):
         k_out, c_in, k, k2 = np.shape(weights)
         problems = []
         if k != k2:
@@ -95,40 +98,36 @@ class ConvRequant(Checked, wiring.Component):
             problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
         if simd is not None and not 1 <= simd <= c_in:
             problems.append(f"simd must be in [1, {c_in}], got {simd!r}")
-        if requant.get("mode") not in ("threshold", "affine"):
-            problems.append(f"requant mode must be 'threshold' or 'affine', got {requant.get('mode')!r}")
-        if residual is not None and (stride != 1 or 2 * padding != k - 1 or requant.get("mode") != "affine"
-                                     or len(residual["index"]) != k_out
-                                     or list(residual["levels"].ints) != list(range(len(residual["levels"].ints)))):
-            problems.append("a residual input needs stride 1, 'same' padding, the affine requant, one shortcut "
-                            "index per output and a uniform (8-bit) stream")
+        residual = requant if isinstance(requant, ir.Add) else None
+        if not isinstance(requant, (ir.Requant, ir.Add)):
+            problems.append(f"requant must be an ir.Requant or ir.Add op, got {requant!r}")
+        elif (residual is not None) != (shortcut is not None):
+            problems.append("a shortcut stream goes with an ir.Add requant, and only with one")
+        elif residual is not None and (stride != 1 or 2 * padding != k - 1 or len(residual.shortcut_index) != k_out
+                                       or list(shortcut[0].ints) != list(range(len(shortcut[0].ints)))):
+            problems.append("a residual input needs stride 1, 'same' padding, one shortcut index per output and "
+                            "a uniform (8-bit) stream")
         if problems:
             raise ValueError("; ".join(problems))
 
     @classmethod
-    def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None,
-                    simd: int | None = None) -> "ConvRequant":
+    def from_tables(cls, tables: ir.Tables, conv_op: ir.Conv, requant_op: ir.Requant | ir.Add,
+                    lanes: int | None = None, simd: int | None = None) -> "ConvRequant":
         """The engine of one conv op and the requant op that reads its accumulators."""
         lv = tables.level_set
-        src_levels = tables.tensors[conv_op["src"]].get("levels")
-        weights, residual = tables.array(conv_op, "weight"), None
-        if requant_op["op"] == "add" and requant_op["srcs"][0] == conv_op["dst"]:
+        src_levels = tables.tensors[conv_op.src].levels
+        weights, shortcut = conv_op.weight, None
+        if isinstance(requant_op, ir.Add) and requant_op.conv_src == conv_op.dst:
             # the fused residual add: lanes over the add's output channels, zero filters where the
             # conv has none (the shortcut alone), and the shortcut as a second input
-            ci = requant_op["conv_index"]
-            weights = np.stack([weights[j] if j >= 0 else np.zeros_like(weights[0]) for j in ci])
-            sc = tables.tensors[requant_op["srcs"][1]]
-            residual = {"levels": lv(sc["levels"]), "channels": len(sc["channels"]),
-                        "index": requant_op["shortcut_index"], "filters": sum(j >= 0 for j in ci), "mul": tables.array(requant_op, "shortcut_mul")}
-            rq = {"mode": "affine", **{f: tables.array(requant_op, f) for f in ("mul", "bias", "shift")}}
-        elif requant_op["op"] == "requant" and requant_op["src"] == conv_op["dst"]:
-            fields = ("thresholds", "sign") if requant_op["mode"] == "threshold" else ("mul", "bias", "shift")
-            rq = {"mode": requant_op["mode"], **{f: tables.array(requant_op, f) for f in fields}}
-        else:
-            raise ValueError(f"{requant_op['name']!r} does not requantize {conv_op['name']!r}")
-        return cls(weights, lv(conv_op["weight_levels"]), lv(src_levels) if src_levels else IMAGE,
-                   lv(requant_op["levels"]), conv_op["stride"], conv_op["padding"], conv_op["in_hw"], rq,
-                   conv_op["partial_bound"], lanes, residual, simd)
+            weights = np.stack([weights[j] if j >= 0 else np.zeros_like(weights[0]) for j in requant_op.conv_index])
+            sc = tables.tensors[requant_op.shortcut_src]
+            shortcut = (lv(sc.levels), len(sc.channels))
+        elif not (isinstance(requant_op, ir.Requant) and requant_op.src == conv_op.dst):
+            raise ValueError(f"{requant_op.name!r} does not requantize {conv_op.name!r}")
+        return cls(weights, lv(conv_op.weight_levels), lv(src_levels) if src_levels else IMAGE,
+                   lv(requant_op.levels), conv_op.stride, conv_op.padding, conv_op.in_hw, requant_op,
+                   conv_op.partial_bound, lanes, shortcut, simd)
 
     # -- the analytic model the simulation must match (the hardware plan, plan.py, sizes with it) --
     @staticmethod
@@ -174,7 +173,7 @@ class ConvRequant(Checked, wiring.Component):
     def macs_per_image(self) -> int:
         """Useful MACs: the filters the conv has (not the fused add's shortcut-only channels) times
         their weights times the output pixels."""
-        filters = self._res["filters"] if self._res else self._w.shape[0]
+        filters = sum(j >= 0 for j in self._res.conv_index) if self._res else self._w.shape[0]
         return filters * int(self._w[0].size) * self._out_hw ** 2
 
     def rows(self) -> list[tuple[int, int]]:
@@ -366,7 +365,7 @@ class ConvRequant(Checked, wiring.Component):
             # and moved on by one group at each next one: a unit picks its lane's value by its turn
             # alone (a pick by channel is a mux as wide as the layer: the engine's critical path)
             vshape = self.r.payload.shape().elem_shape
-            order = [self._res["index"][q] if q < k_out else -1 for q in range(groups * lanes)]
+            order = [self._res.shortcut_index[q] if q < k_out else -1 for q in range(groups * lanes)]
             rsr = Signal(data.ArrayLayout(vshape, groups * lanes), name="rsr")
             loaded = Cat(*[rpix[0][i] if i >= 0 else Const(0, vshape) for i in order])
             moved = rsr.as_value()[lanes * Shape.cast(vshape).width:]
@@ -406,19 +405,19 @@ class ConvRequant(Checked, wiring.Component):
             chans = self._unit_channels(u, jb)
             x = by_turn(u, fins, self._acc_shape, f"rq{u}_x")
             rq = self._rq
-            if rq["mode"] == "threshold":
-                th, sign = np.asarray(rq["thresholds"]), np.asarray(rq["sign"])
+            if isinstance(rq, ir.Requant) and rq.mode == ir.RequantMode.THRESHOLD:
+                th, sign = np.asarray(rq.thresholds), np.asarray(rq.sign)
                 rows_th = np.stack([th[c] if c is not None else np.zeros_like(th[0]) for c in chans])
                 rows_sign = np.array([sign[c] if c is not None else 1 for c in chans])
                 code, out = threshold_search(m, Pipe(m, en), x, addr, rows_th, rows_sign, carry, name=f"rq{u}")
             else:
                 pick = lambda a: np.array([int(np.asarray(a)[c]) if c is not None else 0 for c in chans])  # noqa: E731
-                xs, muls, bounds = [x], [pick(rq["mul"])], [self._partial_bound]
+                xs, muls, bounds = [x], [pick(rq.mul)], [self._partial_bound]
                 if self._res is not None:  # the shortcut value of the lane's channel
-                    xs.append(by_turn(u, rsr, act_code_shape(self._res["levels"]), f"rq{u}_sc"))
-                    muls.append(pick(self._res["mul"]))
-                    bounds.append(self._res["levels"].denom)
-                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(rq["bias"]), pick(rq["shift"]),
+                    xs.append(by_turn(u, rsr, act_code_shape(self._sc_levels), f"rq{u}_sc"))
+                    muls.append(pick(self._res.shortcut_mul))
+                    bounds.append(self._sc_levels.denom)
+                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(rq.bias), pick(rq.shift),
                                         self._ol.denom, bounds, carry, name=f"rq{u}")
             codes.append(code)
         v4, j4, g4, done4 = out  # the units run in lockstep: any unit's carried control

@@ -27,7 +27,8 @@ from amaranth.back import rtlil
 
 from shiftpq.atomic import atomic_dir, prepare_output
 from shiftpq.errors import ShiftPQError
-from shiftpq.tables import Tables, load_tables, save_tables
+from shiftpq.ir import Tables
+from shiftpq.tables import load_tables, save_tables
 
 from .network import Network
 from .plan import cycle_model, make_plan, probe_map

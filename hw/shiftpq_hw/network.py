@@ -51,25 +51,24 @@ def components(plan: HwPlan) -> dict[str, wiring.Component]:
     golden = Golden(t) if any(b.kind == Kind.LUT for b in plan.blocks) else None  # the code lookups' tables
     out = {}
     for b in plan.blocks:
-        op = next((o for o in t.ops if o["name"] == b.ops[0]), None) if b.ops else None
+        op = t.op(b.ops[0]) if b.ops else None
         if b.kind == Kind.CONV:
-            blk = ConvRequant.from_tables(t, op, next(o for o in t.ops if o["name"] == b.ops[1]), b.lanes, b.simd)
+            blk = ConvRequant.from_tables(t, op, t.op(b.ops[1]), b.lanes, b.simd)
         elif b.kind == Kind.LUT:
-            blk = CodeLUT(golden.code_table(b.name), t.level_set(t.tensors[op["src"]]["levels"]),
-                          t.level_set(op["levels"]))
+            blk = CodeLUT(golden.code_table(b.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
         elif b.kind == Kind.SHORTCUT:
             src = t.tensors[b.inputs[0][1].split("@")[0]]
-            blk = ShortcutPath(data.ArrayLayout(8, len(src["channels"])), src["hw"], b.stride, b.depth)
+            blk = ShortcutPath(data.ArrayLayout(8, len(src.channels)), src.hw, b.stride, b.depth)
         elif b.kind == Kind.MAXPOOL:
-            src = t.tensors[op["src"]]
-            blk = MaxPool(t.level_set(src["levels"]), len(src["channels"]), src["hw"], op["size"])
+            src = t.tensors[op.src]
+            blk = MaxPool(t.level_set(src.levels), len(src.channels), src.hw, op.size)
         elif b.kind == Kind.AVGPOOL:
-            rq = next(o for o in t.ops if o["name"] == b.ops[1])
-            blk = AvgPoolRequant(t.level_set(t.tensors[op["src"]]["levels"]), t.level_set(rq["levels"]), op["hw"],
-                                 t.array(rq, "mul"), t.array(rq, "bias"), t.array(rq, "shift"), b.lanes)
+            rq = t.op(b.ops[1])
+            blk = AvgPoolRequant(t.level_set(t.tensors[op.src].levels), t.level_set(rq.levels), op.hw,
+                                 rq.mul, rq.bias, rq.shift, b.lanes)
         elif b.kind == Kind.FC:
-            blk = FullyConnected(t.array(op, "weight"), t.level_set(op["weight_levels"]),
-                                 t.level_set(t.tensors[op["src"]]["levels"]), t.array(op, "bias"), op["shift"], b.simd)
+            blk = FullyConnected(op.weight, t.level_set(op.weight_levels), t.level_set(t.tensors[op.src].levels),
+                                 op.bias, op.shift, b.simd)
         else:
             raise ValueError(f"block {b.name!r} ({b.kind}) has no component")
         out[b.name] = blk
@@ -105,7 +104,7 @@ class Network(wiring.Component):
                      self.s_axis_tready.eq(pix.i.ready)]
         for b in plan.blocks:
             m.submodules[b.instance] = blocks[b.name]
-        producers = {plan.tables.manifest["input"]["tensor"]: pix.o}
+        producers = {plan.tables.input: pix.o}
         for b in plan.blocks:
             producers[b.output] = blocks[b.name].o
         chains = {f.tensor: f for f in plan.forks}

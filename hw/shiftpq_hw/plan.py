@@ -27,7 +27,8 @@ from enum import StrEnum
 
 from amaranth.hdl import Shape
 
-from shiftpq.tables import Tables
+from shiftpq import ir
+from shiftpq.ir import Tables
 
 from .blocks import AvgPoolRequant, FullyConnected, MaxPool
 from .conv import ConvRequant
@@ -98,23 +99,15 @@ class HwPlan:
         return [(b, port) for b in self.blocks for port, t in b.inputs if t == tensor]
 
 
-# -- the tables' ops as the plan sees them -----------------------------------------------------------
+# -- the IR as the plan sees it -----------------------------------------------------------------------
 
-def _op(tables: Tables, name: str) -> dict:
-    return next(op for op in tables.ops if op["name"] == name)
-
-
-def _srcs(op: dict) -> list[str]:
-    return op.get("srcs", [op.get("src")])
-
-
-def _conv_work(conv: dict) -> int:
+def _conv_work(conv: ir.Conv) -> int:
     """Cycles of one lane on one input channel: output pixels x taps."""
-    return conv["out_hw"] ** 2 * conv["kernel"] ** 2
+    return conv.out_hw ** 2 * conv.kernel ** 2
 
 
 def _channels(tables: Tables, tensor: str) -> int:
-    return len(tables.tensors[tensor]["channels"])
+    return len(tables.tensors[tensor].channels)
 
 
 # -- the passes ---------------------------------------------------------------------------------------
@@ -123,43 +116,38 @@ def fuse(plan: HwPlan) -> HwPlan:
     """One block per op, a conv fused with the requant or add that reads its accumulators and an
     average pool with the requant after it."""
     t = plan.tables
-    readers: dict[str, list[dict]] = {}
-    for op in t.ops:
-        for s in _srcs(op):
-            readers.setdefault(s, []).append(op)
     blocks, absorbed = [], set()
     for op in t.ops:
-        kind, name = op["op"], op["name"]
+        name = op.name
         if name in absorbed:
             continue
-        ops, ins, out, extra = (name,), [("i", op.get("src"))], op["dst"], {}
-        if kind == "conv":
-            nxt = readers[op["dst"]][0]
-            absorbed.add(nxt["name"])
-            ops, out, extra = (name, nxt["name"]), nxt["dst"], {"slots": ConvRequant.line_buffer_slots(
-                op["kernel"], op["stride"])}
-            if nxt["op"] == "add":
-                ins.append(("r", nxt["srcs"][1]))
-            kind = Kind.CONV
-        elif kind == "requant":
-            src = t.tensors[op["src"]]
-            if src["kind"] != "codes":
-                raise ValueError(f"requant {name!r} of a {src['kind']} tensor has no block yet")
+        ops, ins, out, extra = (name,), [("i", op.inputs[0])], op.dst, {}
+        if isinstance(op, ir.Conv):
+            nxt = t.readers(op.dst)[0]
+            absorbed.add(nxt.name)
+            kind, ops, out, extra = Kind.CONV, (name, nxt.name), nxt.dst, {"slots": ConvRequant.line_buffer_slots(
+                op.kernel, op.stride)}
+            if isinstance(nxt, ir.Add):
+                ins.append(("r", nxt.shortcut_src))
+        elif isinstance(op, ir.Requant):
+            src = t.tensors[op.src]
+            if src.kind != ir.TensorKind.CODES:
+                raise ValueError(f"requant {name!r} of a {src.kind} tensor has no block yet")
             kind = Kind.LUT
-        elif kind == "shortcut":
-            kind, extra = Kind.SHORTCUT, {"stride": op["stride"]}
-        elif kind == "maxpool":
+        elif isinstance(op, ir.Shortcut):
+            kind, extra = Kind.SHORTCUT, {"stride": op.stride}
+        elif isinstance(op, ir.MaxPool):
             kind = Kind.MAXPOOL
-        elif kind == "avgpool":
-            nxt = readers[op["dst"]][0]
-            absorbed.add(nxt["name"])
-            kind, ops, out = Kind.AVGPOOL, (name, nxt["name"]), nxt["dst"]
-        elif kind == "fc":
+        elif isinstance(op, ir.AvgPool):
+            nxt = t.readers(op.dst)[0]
+            absorbed.add(nxt.name)
+            kind, ops, out = Kind.AVGPOOL, (name, nxt.name), nxt.dst
+        elif isinstance(op, ir.FC):
             kind = Kind.FC
         else:
-            raise ValueError(f"op {name!r} ({kind}) has no hardware block yet")
+            raise ValueError(f"op {name!r} ({type(op).__name__}) has no hardware block yet")
         blocks.append(Block(name, name.replace(".", "_"), kind, ops, tuple(ins), out, **extra))
-    return replace(plan, blocks=tuple(blocks), input_cycles=math.prod(t.manifest["input"]["shape"]))
+    return replace(plan, blocks=tuple(blocks), input_cycles=math.prod(ir.INPUT_SHAPE))
 
 
 def insert_fifos(plan: HwPlan) -> HwPlan:
@@ -181,7 +169,7 @@ def insert_fifos(plan: HwPlan) -> HwPlan:
 def insert_forks(plan: HwPlan) -> HwPlan:
     """A fork chain for every tensor read more than once, in the order of the tensors' producers."""
     forks = []
-    for tensor in [plan.tables.manifest["input"]["tensor"]] + [b.output for b in plan.blocks]:
+    for tensor in [plan.tables.input] + [b.output for b in plan.blocks]:
         readers = tuple((b.name, port) for b, port in plan.readers(tensor))
         if len(readers) > 1:
             base = "fork_" + tensor.replace(".", "_")
@@ -220,22 +208,22 @@ def fold_by_par(plan: HwPlan) -> HwPlan:
     t, par = plan.tables, plan.par
     target = None
     if par is not None:
-        target = -(-max(_conv_work(op) * len(op["kept"]) * len(op["in_channels"])
-                        for op in t.ops if op["op"] == "conv") // par)
+        target = -(-max(_conv_work(op) * len(op.kept) * len(op.in_channels)
+                        for op in t.ops if isinstance(op, ir.Conv)) // par)
     blocks = []
     for b in plan.blocks:
-        op = _op(t, b.name) if b.ops else None
+        op = t.op(b.name) if b.ops else None
         if b.kind == Kind.CONV:
-            out_ch, in_ch = _channels(t, b.output), len(op["in_channels"])
+            out_ch, in_ch = _channels(t, b.output), len(op.in_channels)
             lanes, simd = (out_ch, in_ch) if target is None else fold(out_ch, in_ch, _conv_work(op), target)
             b = replace(b, lanes=lanes, simd=simd, groups=-(-out_ch // lanes), chunks=-(-in_ch // simd))
         elif b.kind == Kind.FC:
-            classes, in_ch = t.array(op, "weight").shape
+            classes, in_ch = op.weight.shape
             simd = in_ch if target is None else fold(1, in_ch, classes, target)[1]
             b = replace(b, simd=simd, chunks=-(-in_ch // simd))
         elif b.kind == Kind.AVGPOOL:
             period = max([plan.input_cycles] + [c for c in map(block_cycles(t), blocks) if c is not None])
-            b = replace(b, lanes=fewest_pool_lanes(op["hw"], _channels(t, op["src"]), period))
+            b = replace(b, lanes=fewest_pool_lanes(op.hw, _channels(t, op.src), period))
         blocks.append(b)
     return replace(plan, target=target, blocks=tuple(blocks))
 
@@ -251,7 +239,7 @@ def size_fifos(plan: HwPlan) -> HwPlan:
     for b in plan.blocks:
         if b.kind == Kind.SHORTCUT:
             src = b.inputs[0][1]
-            out_hw = -(-t.tensors[src.split("@")[0]]["hw"] // b.stride)
+            out_hw = -(-t.tensors[src.split("@")[0]].hw // b.stride)
             engines = [r for r, _ in plan.readers(src) if r.kind == Kind.CONV]
             engines += [e for r, _ in plan.readers(src) if r.kind == Kind.LUT
                         for e, _ in plan.readers(r.output) if e.kind == Kind.CONV]
@@ -269,15 +257,15 @@ def block_cycles(t: Tables):
     """A block's cycles per image, from its fold (None for the blocks that pass a stream on: code
     lookups, shortcut FIFOs; they take a pixel per cycle, never the slowest)."""
     def cycles(b: Block) -> int | None:
-        op = _op(t, b.name) if b.ops else None
+        op = t.op(b.name) if b.ops else None
         if b.kind == Kind.CONV:
-            return ConvRequant.cycles(op["out_hw"], op["kernel"], b.groups, b.chunks)
+            return ConvRequant.cycles(op.out_hw, op.kernel, b.groups, b.chunks)
         if b.kind == Kind.FC:
-            return FullyConnected.cycles(t.array(op, "weight").shape[0], b.chunks)
+            return FullyConnected.cycles(op.weight.shape[0], b.chunks)
         if b.kind == Kind.AVGPOOL:
-            return AvgPoolRequant.cycles(op["hw"], _channels(t, op["src"]), b.lanes)
+            return AvgPoolRequant.cycles(op.hw, _channels(t, op.src), b.lanes)
         if b.kind == Kind.MAXPOOL:
-            return MaxPool.cycles(t.tensors[op["src"]]["hw"])
+            return MaxPool.cycles(t.tensors[op.src].hw)
         return None
     return cycles
 
@@ -290,13 +278,12 @@ def annotate_cycles(plan: HwPlan) -> HwPlan:
     for b in plan.blocks:
         pes = macs = 0
         if b.kind == Kind.CONV:
-            conv, rq = _op(t, b.ops[0]), _op(t, b.ops[1])
-            w = t.array(conv, "weight")
+            conv, rq = t.op(b.ops[0]), t.op(b.ops[1])
             # the filters the conv has (not the fused add's shortcut-only channels)
-            filters = sum(j >= 0 for j in rq["conv_index"]) if rq["op"] == "add" else w.shape[0]
-            pes, macs = b.lanes * b.simd, filters * int(w[0].size) * conv["out_hw"] ** 2
+            filters = sum(j >= 0 for j in rq.conv_index) if isinstance(rq, ir.Add) else conv.weight.shape[0]
+            pes, macs = b.lanes * b.simd, filters * int(conv.weight[0].size) * conv.out_hw ** 2
         elif b.kind == Kind.FC:
-            pes, macs = b.simd, int(t.array(_op(t, b.name), "weight").size)
+            pes, macs = b.simd, int(t.op(b.name).weight.size)
         blocks.append(replace(b, cycles=block_cycles(t)(b), pes=pes, macs=macs))
     period = max([plan.input_cycles] + [b.cycles for b in blocks if b.cycles is not None])
     pes, macs = sum(b.pes for b in blocks), sum(b.macs for b in blocks)
@@ -354,8 +341,8 @@ def cycle_model(plan: HwPlan) -> dict:
     for r in rows:
         r["utilization"] = round(r["macs"] / (r["pes"] * plan.period), 4) if r["pes"] else None
     return {
-        "model": plan.tables.manifest["model"],
-        "source": plan.tables.manifest.get("source", {}),
+        "model": plan.tables.model,
+        "source": plan.tables.source or {},
         "par": plan.par,
         "target_cycles": plan.target,
         "pes": plan.pes,
@@ -378,11 +365,11 @@ def probe_map(plan: HwPlan, top: str) -> dict:
     blocks = []
     for b in plan.blocks:
         info = t.tensors.get(b.output)
-        golden = b.kind != Kind.SHORTCUT and info is not None and info["kind"] == "codes"
+        golden = b.kind != Kind.SHORTCUT and info is not None and info.kind == ir.TensorKind.CODES
         blocks.append({"block": b.name, "instance": b.instance, "path": f"{top}.{b.instance}", "kind": str(b.kind), "ops": list(b.ops),
                        "inputs": [list(i) for i in b.inputs], "tensor": b.output, "golden": golden,
-                       "width": Shape.cast(act_code_shape(t.level_set(info["levels"]))).width if golden else None})
+                       "width": Shape.cast(act_code_shape(t.level_set(info.levels))).width if golden else None})
     forks = [{"tensor": f.tensor, "instances": list(f.instances), "readers": [list(r) for r in f.readers]}
              for f in plan.forks]
-    return {"model": t.manifest["model"], "par": plan.par, "top": top, "input": t.manifest["input"]["tensor"],
+    return {"model": t.model, "par": plan.par, "top": top, "input": t.input,
             "blocks": blocks, "forks": forks}
