@@ -9,6 +9,7 @@ whole module; nothing is synthesized or simulated.
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -457,13 +459,21 @@ def _fingerprint(t, x):
     tables before it converts: the plan (block per op, inputs, outputs), every block's ports and their
     widths (the payload layouts embody every width and count the hardware takes from the tables),
     and the cycle model. Blocks are identified by position: an op's name is a free identifier (a rename
-    renames its RTL instance and array files, nothing else)."""
-    from shiftpq_hw.gen import cycle_model
-    from shiftpq_hw.network import Network
-    net = Network(t, 2)
-    net._MustUse__silence = True
-    blocks = [(type(blk).__name__, repr(blk.signature.members), ins, out) for _, blk, ins, out in net.blocks]
-    cycles = cycle_model(net)
+    renames its RTL instance and array files, nothing else). The components are built to read their
+    ports, never elaborated (hence the warnings filter)."""
+    from amaranth.hdl import UnusedElaboratable
+
+    from shiftpq_hw.network import components
+    from shiftpq_hw.plan import cycle_model, make_plan
+    plan = make_plan(t, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        comps = components(plan)
+        blocks = [(str(b.kind), repr(comps[b.name].signature.members), b.inputs, b.output, b.lanes, b.simd, b.depth)
+                  for b in plan.blocks]
+        del comps
+        gc.collect()  # the unused components go while the filter holds
+    cycles = cycle_model(plan)
     cycles["layers"] = [{k: v for k, v in r.items() if k != "name"} for r in cycles["layers"]]
     cycles["bottleneck"] = len(cycles["bottleneck"])
     del cycles["source"]  # the tables' provenance, copied as it is (informational)
@@ -480,12 +490,13 @@ def test_one_corrupted_manifest_field_is_refused_or_changes_nothing(base, tmp_pa
     from amaranth.back import rtlil
 
     from shiftpq_hw.network import Network
+    from shiftpq_hw.plan import make_plan
     x = images(3, 1)
     original = load_tables(base / "t")
     want = _fingerprint(original, x)
 
     def il(t):
-        return rtlil.convert(Network(t, 2), name="top", emit_src=False)
+        return rtlil.convert(Network(make_plan(t, 2)), name="top", emit_src=False)
     want_il = il(original)
     rng = random.Random(18)
     manifest = json.loads((base / "t" / MANIFEST).read_text())

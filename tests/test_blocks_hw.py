@@ -89,15 +89,6 @@ def test_avgpool_requant_lanes_equal_golden_and_keep_their_period(lanes):
     assert dut.steps == -(-c // lanes)
 
 
-def test_avgpool_lanes_are_the_fewest_that_keep_the_period():
-    """64 channels of an 8x8 map against a 3,072-cycle period (a 32x32x3 image's bytes): one lane
-    takes 4,167 cycles, two take 2,087; a period no lane count meets gets every channel at once."""
-    assert AvgPoolRequant.cycles(8, 64, 1) == 64 * 64 + 64 + 7 > 3072
-    assert AvgPoolRequant.fewest_lanes(8, 64, 3072) == 2 and AvgPoolRequant.cycles(8, 64, 2) == 2087
-    assert AvgPoolRequant.fewest_lanes(8, 64, 4167) == 1
-    assert AvgPoolRequant.fewest_lanes(8, 64, 100) == 64
-
-
 def test_maxpool_equals_golden_on_vgg_maps():
     t = export_model(random_net(4, "vgg16"), {"path": "random"})
     x = images(2, 4)

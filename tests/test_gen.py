@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -10,7 +11,7 @@ from shiftpq.cli import main
 from shiftpq.export import export_model
 from shiftpq.tables import save_tables
 from shiftpq_hw.gen import DEFAULT_PAR, generate
-from shiftpq_hw.network import Network, fold
+from shiftpq_hw.plan import fold, make_plan
 from shiftpq_hw.verilog import VERILATOR_BUILD_ARGS, verilator_lint_args
 from test_export import random_net
 
@@ -46,13 +47,19 @@ def test_gen_tiny_default_is_labelled_untrained_deterministic_lints_and_builds(t
         assert f" {port}" in v, port
 
 
-def test_gen_from_tables_matches_the_network_model(tmp_path):
+def test_gen_from_tables_matches_the_plan_and_maps_its_probes(tmp_path):
     t = export_model(random_net(5), {"path": "random"})
     save_tables(t, tmp_path / "tables")
     cyc = generate(t, tmp_path / "out", par=3)
-    net = Network(t, 3)
-    net._MustUse__silence = True  # only its cycle model is used here
-    assert cyc["cycles_per_image"] == net.cycles_per_image and cyc["pes"] == net.pes
+    plan = make_plan(t, 3)
+    assert cyc["cycles_per_image"] == plan.period and cyc["pes"] == plan.pes
+    probes = json.loads((tmp_path / "out" / "probes.json").read_text())
+    v = (tmp_path / "out" / "rtl" / "shiftpq_top.v").read_text()
+    assert [p["instance"] for p in probes["blocks"]] == [b.instance for b in plan.blocks]
+    for p in probes["blocks"]:  # every block is an instance of the top level, by that name
+        module, inst = p["path"].split(".")
+        assert module == probes["top"] == "shiftpq_top" and inst == p["instance"]
+        assert re.search(rf"^  \\{re.escape(p['path'])}  {re.escape(inst)} \($", v, re.M), p
     assert main(["gen", "--tables", str(tmp_path / "tables"), "--par", "3", "--out", str(tmp_path / "out2")]) == 0
     assert (tmp_path / "out" / "rtl" / "shiftpq_top.v").read_bytes() == \
         (tmp_path / "out2" / "rtl" / "shiftpq_top.v").read_bytes()
@@ -78,10 +85,9 @@ def test_resnet20_default_design_point(capsys):
     routes at 63 MHz on an ECP5-85k, hw/README.md), the MAC array busy, and `shiftpq gen --help`
     states that default (the generator itself is timed by `make gen`, see README)."""
     from shiftpq_hw.gen import resolve_source
-    net = Network(resolve_source("resnet20"), DEFAULT_PAR)
-    net._MustUse__silence = True  # only its cycle model is used here
-    assert 56e6 / net.cycles_per_image > 1000 and net.pes == 405
-    assert net.utilization > 0.95
+    plan = make_plan(resolve_source("resnet20"), DEFAULT_PAR)
+    assert 56e6 / plan.period > 1000 and plan.pes == 405
+    assert plan.utilization > 0.95
     with pytest.raises(SystemExit):
         main(["gen", "--help"])
     assert f"(default {DEFAULT_PAR}:" in " ".join(capsys.readouterr().out.split())

@@ -22,7 +22,7 @@ from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
 from shiftpq_hw.hls import DESIGN_FILES, HLS_DIR, generate_hls
 from shiftpq_hw.hls_csim import simulate_hls
-from shiftpq_hw.network import plan
+from shiftpq_hw.plan import Kind, make_plan
 from shiftpq_sim.fuzz import images, random_net
 
 
@@ -200,13 +200,14 @@ def test_generated_design_is_in_the_synthesizable_subset(designs):
 
 def test_directives_follow_the_hardware_plan(tiny_hls):
     tables = load_tables(tiny_hls / "tables")
-    net = plan(tables, 2)
+    plan = make_plan(tables, 2)
     top = (tiny_hls / HLS_DIR / "shiftpq_top.cpp").read_text()
     body = _functions(_code(top))["shiftpq_top"]
     assert "#pragma HLS DATAFLOW" in body
     assert "#pragma HLS INTERFACE mode=axis port=s_axis" in body and "#pragma HLS INTERFACE mode=axis port=m_axis" in body
     fns = _functions(_code(top))
-    for name, blk, _, _ in net.blocks:
+    for blk in plan.blocks:
+        name = blk.name
         fn = "conv_" + re.sub(r"\W", "_", name)
         if fn not in fns:
             continue
@@ -216,7 +217,7 @@ def test_directives_follow_the_hardware_plan(tiny_hls):
         assert re.search(rf"for \(int g = 0; g < {blk.groups}; g\+\+\)", src), name
         assert re.search(rf"for \(int ch = 0; ch < {blk.chunks}; ch\+\+\)", src), name
     depths = {int(d) for d in re.findall(r"#pragma HLS STREAM variable=\w+ depth=(\d+)", body)}
-    fifo = {blk.depth for _, blk, _, _ in net.blocks if type(blk).__name__ == "ShortcutPath"}
+    fifo = {blk.depth for blk in plan.blocks if blk.kind == Kind.SHORTCUT}
     assert fifo and fifo <= depths
 
 

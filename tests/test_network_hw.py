@@ -9,6 +9,7 @@ from amaranth.sim import Simulator
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq_hw.network import Network
+from shiftpq_hw.plan import Kind, make_plan
 from test_export import images, random_net
 
 
@@ -48,21 +49,21 @@ def test_tiny_network_equals_golden_model_back_to_back_at_the_modelled_rate():
     leaves every ``cycles_per_image`` cycles exactly (the slowest block's period)."""
     t = export_model(random_net(0), {"path": "random"})
     x = images(3, 0)
-    net = Network(t)
-    got, last, stamps = run_network(net, x)
+    plan = make_plan(t, None)
+    got, last, stamps = run_network(Network(plan), x)
     assert np.array_equal(got, Golden(t).run(x))
     assert last == ([0] * 9 + [1]) * 3
     ends = stamps[9::10]
-    assert [b - a for a, b in zip(ends, ends[1:])] == [net.cycles_per_image] * 2
+    assert [b - a for a, b in zip(ends, ends[1:])] == [plan.period] * 2
 
 
 def test_folded_tiny_network_equals_golden_model_at_the_modelled_rate():
     """PAR chosen so the busiest layers fold (lanes and simd below their channel counts)."""
     t = export_model(random_net(4), {"path": "random"})
-    net = Network(t, par=6)
-    folded = [r for r in net.layers() if r["kind"] == "conv" and r["groups"] * r["chunks"] > 1]
+    plan = make_plan(t, 6)
+    folded = [b for b in plan.blocks if b.kind == Kind.CONV and b.groups * b.chunks > 1]
     assert len(folded) >= 3
     x = images(2, 4)
-    got, _, stamps = run_network(net, x)
+    got, _, stamps = run_network(Network(plan), x)
     assert np.array_equal(got, Golden(t).run(x))
-    assert stamps[19] - stamps[9] == net.cycles_per_image == 18432
+    assert stamps[19] - stamps[9] == plan.period == 18432

@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
+from .checked import Checked
 from .pe import act_code_shape, act_value, adder_tree, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
 from .requant import AFFINE_STAGES, Pipe, affine_unit
 
@@ -25,11 +26,6 @@ def _table(items: list, index) -> Array:
     the generated case statement is complete."""
     items = list(items)
     return Array(items + [items[-1]] * ((1 << len(index)) - len(items)))
-
-
-def _silence_and_raise(obj, msg: str):
-    obj._MustUse__silence = True  # a rejected component is not an unused one
-    raise ValueError(msg)
 
 
 class Fork(wiring.Component):
@@ -51,8 +47,8 @@ class ShortcutPath(wiring.Component):
     """The option-A shortcut on a stream of pixels: keep the pixels on the ``stride`` grid (the
     subsample; the channel padding is the fused add's business) and buffer them in a FIFO until the
     block's second conv engine adds them, one as it requantizes each output pixel. ``depth``
-    (default: one whole map) must cover how far the block's input runs ahead of that (``Network``
-    sizes it from both engines' line buffers), or the fork before it stalls."""
+    (default: one whole map) must cover how far the block's input runs ahead of that (the hardware
+    plan's ``size_fifos`` sizes it from both engines' line buffers), or the fork before it stalls."""
 
     def __init__(self, shape, in_hw: int, stride: int, depth: int | None = None):
         self._shape, self._hw, self._s = shape, in_hw, stride
@@ -77,14 +73,17 @@ class ShortcutPath(wiring.Component):
         return m
 
 
-class CodeLUT(wiring.Component):
+class CodeLUT(Checked, wiring.Component):
     """A requant whose input is codes (e.g. a block's 4-bit quantizer reading the 8-bit stream): every
     channel maps its code through a table tabulated from the op's thresholds; one register stage."""
 
+    @staticmethod
+    def check(luts: np.ndarray, in_levels: LevelSet, out_levels: LevelSet):
+        if np.shape(luts)[0] != len(in_levels.ints):
+            raise ValueError(f"luts must have one row per input code ({len(in_levels.ints)}), got {np.shape(luts)!r}")
+
     def __init__(self, luts: np.ndarray, in_levels: LevelSet, out_levels: LevelSet):
         luts = np.asarray(luts, dtype=np.int64)  # [codes in, channels]
-        if luts.shape[0] != len(in_levels.ints):
-            _silence_and_raise(self, f"luts must have one row per input code ({len(in_levels.ints)}), got {luts.shape!r}")
         self._luts, self._il, self._ol = luts, in_levels, out_levels
         c = luts.shape[1]
         super().__init__({"i": In(stream.Signature(data.ArrayLayout(act_code_shape(in_levels), c))),
@@ -102,24 +101,31 @@ class CodeLUT(wiring.Component):
         return m
 
 
-class MaxPool(wiring.Component):
+class MaxPool(Checked, wiring.Component):
     """``size x size`` max pooling with stride ``size`` on a raster stream of code pixels (APoT and
     uniform level sets are ascending, so the largest code is the largest value). A row memory holds
     one partial maximum per output column; a pooled pixel leaves on the window's last input pixel.
     One input pixel per cycle: ``in_hw**2`` cycles per image."""
 
-    def __init__(self, levels: LevelSet, channels: int, in_hw: int, size: int):
+    @staticmethod
+    def check(levels: LevelSet, channels: int, in_hw: int, size: int):
         if list(levels.ints) != sorted(levels.ints):
-            _silence_and_raise(self, f"max pooling of codes needs ascending levels, got {levels!r}")
+            raise ValueError(f"max pooling of codes needs ascending levels, got {levels!r}")
         if size < 1 or in_hw % size:
-            _silence_and_raise(self, f"in_hw {in_hw} must be a multiple of the pool size {size}")
+            raise ValueError(f"in_hw {in_hw} must be a multiple of the pool size {size}")
+
+    def __init__(self, levels: LevelSet, channels: int, in_hw: int, size: int):
         self._hw, self._k, self._c = in_hw, size, channels
         shape = data.ArrayLayout(act_code_shape(levels), channels)
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
 
+    @staticmethod
+    def cycles(in_hw: int) -> int:
+        return in_hw ** 2
+
     @property
     def cycles_per_image(self) -> int:
-        return self._hw ** 2
+        return self.cycles(self._hw)
 
     def elaborate(self, platform):
         m = Module()
@@ -154,7 +160,7 @@ class MaxPool(wiring.Component):
         return m
 
 
-class AvgPoolRequant(wiring.Component):
+class AvgPoolRequant(Checked, wiring.Component):
     """Global average pool and the 8-bit requant after it, ``lanes`` channels per cycle: per channel
     the sum of the ``hw x hw`` codes' values of a map, then ``clamp((sum * mul + bias) >> shift, 0,
     top)`` (``requant.affine_unit``, one per lane); the pooled vector leaves as one beat.
@@ -163,15 +169,18 @@ class AvgPoolRequant(wiring.Component):
     pixel: the step at the head takes its channels' codes from the held input pixel and enters the
     tail (no adder per channel and no multiplexer over the sums). After the last pixel the ring turns
     once more into the requant units, whose codes enter a ring of output registers the same way.
-    ``lanes`` (``Network`` picks the fewest that keep the pool off the critical period) trades
+    ``lanes`` (the hardware plan picks the fewest that keep the pool off the critical period) trades
     ``hw * hw * steps`` cycles per image against adders and multipliers."""
+
+    @staticmethod
+    def check(in_levels: LevelSet, out_levels: LevelSet, hw: int, mul, bias, shift, lanes: int = 1):
+        if not 1 <= lanes <= len(mul):
+            raise ValueError(f"lanes must be in [1, {len(mul)}] (the channels), got {lanes}")
 
     def __init__(self, in_levels: LevelSet, out_levels: LevelSet, hw: int, mul, bias, shift, lanes: int = 1):
         self._il, self._ol, self._hw = in_levels, out_levels, hw
         self._mul, self._bias, self._shift = (np.asarray(a, dtype=np.int64) for a in (mul, bias, shift))
         c = len(self._mul)
-        if not 1 <= lanes <= c:
-            _silence_and_raise(self, f"lanes must be in [1, {c}] (the channels), got {lanes}")
         self.lanes, self.steps = lanes, -(-c // lanes)
         super().__init__({"i": In(stream.Signature(data.ArrayLayout(act_code_shape(in_levels), c))),
                           "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(out_levels), c)))})
@@ -184,11 +193,6 @@ class AvgPoolRequant(wiring.Component):
         pixel and ring position, one per position into the requant units, their latency, the beat out."""
         steps = -(-channels // lanes)
         return hw * hw * steps + steps + AvgPoolRequant.LATENCY + 1
-
-    @staticmethod
-    def fewest_lanes(hw: int, channels: int, period: int) -> int:
-        """The fewest lanes whose cycles per image stay within ``period`` (all channels if none do)."""
-        return next((k for k in range(1, channels) if AvgPoolRequant.cycles(hw, channels, k) <= period), channels)
 
     @property
     def cycles_per_image(self) -> int:
@@ -239,7 +243,7 @@ class AvgPoolRequant(wiring.Component):
         return m
 
 
-class FullyConnected(wiring.Component):
+class FullyConnected(Checked, wiring.Component):
     """The 8-bit FC, folded: ``simd`` PEs (default: one per input channel; ``pe.product_terms``: the
     DSP multiplier for the 8-bit uniform weights) and an adder tree; one class takes ``chunks``
     cycles, accumulating, then ``score = (acc << shift) + bias``. A pipeline (weights and the chunk's
@@ -250,14 +254,18 @@ class FullyConnected(wiring.Component):
 
     LATENCY = 4  # cycles from a step's issue to its score on the output
 
+    @staticmethod
+    def check(weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, bias, shift: int, simd: int | None = None):
+        c = np.shape(weights)[1]
+        if simd is not None and not 1 <= simd <= c:
+            raise ValueError(f"simd must be in [1, {c}], got {simd!r}")
+
     def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, bias, shift: int,
                  simd: int | None = None):
         self._w = np.asarray(weights, dtype=np.int64)
         self._wl, self._al = wlevels, alevels
         self._bias, self._shift = np.asarray(bias, dtype=np.int64), int(shift)
         k, c = self._w.shape
-        if simd is not None and not 1 <= simd <= c:
-            _silence_and_raise(self, f"simd must be in [1, {c}], got {simd!r}")
         self._simd = simd or c
         self._chunks = -(-c // self._simd)
         super().__init__({"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c))),
@@ -271,9 +279,13 @@ class FullyConnected(wiring.Component):
     def macs_per_image(self) -> int:
         return int(self._w.size)
 
+    @staticmethod
+    def cycles(classes: int, chunks: int) -> int:
+        return classes * chunks + FullyConnected.LATENCY + 1
+
     @property
     def cycles_per_image(self) -> int:
-        return self._w.shape[0] * self._chunks + self.LATENCY + 1
+        return self.cycles(self._w.shape[0], self._chunks)
 
     def elaborate(self, platform):
         m = Module()

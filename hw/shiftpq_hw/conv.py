@@ -37,6 +37,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops, ir
 from shiftpq.levels import LevelSet
 
+from .checked import Checked
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
 from .requant import Pipe, affine_unit, threshold_search
@@ -51,7 +52,7 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-class ConvRequant(wiring.Component):
+class ConvRequant(Checked, wiring.Component):
     """Conv + requant of one layer, sized by its kept filters and folded: ``lanes`` output channels
     at a time (default: all of them) times ``simd`` input channels at a time (default: all of them)
     of shift-add PEs."""
@@ -63,10 +64,33 @@ class ConvRequant(wiring.Component):
         order of ``weights``): a ``Requant``, or an ``Add`` (the fused residual add: ``shortcut`` gives
         the level set and channel count of its second input, the stream ``r``)."""
         weights = np.asarray(weights, dtype=np.int64)
-        k_out, c_in, k, k2 = weights.shape
+        k_out, c_in, k, _ = weights.shape
+        self._res = requant if isinstance(requant, ir.Add) else None
+        self._sc_levels = shortcut[0] if shortcut is not None else None
+        self._w, self._wl, self._al, self._ol = weights, wlevels, alevels, olevels
+        self._k, self._s, self._p, self._in_hw = k, stride, padding, in_hw
+        self._out_hw = (in_hw + 2 * padding - k) // stride + 1
+        self._lanes = lanes or k_out
+        self._groups = -(-k_out // self._lanes)
+        self._simd = simd or c_in
+        self._chunks = -(-c_in // self._simd)
+        self._slots = self.line_buffer_slots(k, stride)
+        self._rq = requant
+        self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
+        self._partial_bound = partial_bound
+        ports = {"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
+                 "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out)))}
+        if self._res is not None:  # the shortcut tensor, one pixel per output pixel as it is requantized
+            ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(shortcut[0]), shortcut[1])))
+        super().__init__(ports)
+
+    @staticmethod
+    def check(weights, wlevels, alevels, olevels, stride: int, padding: int, in_hw: int, requant, partial_bound: int,
+              lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None):
+        k_out, c_in, k, k2 = np.shape(weights)
         problems = []
         if k != k2:
-            problems.append(f"square kernels only, got {weights.shape!r}")
+            problems.append(f"square kernels only, got {np.shape(weights)!r}")
         if in_hw < 2 or in_hw & (in_hw - 1):
             problems.append(f"in_hw must be a power of two >= 2 (the line buffer is addressed by Cat(x, slot)), "
                             f"got {in_hw!r}")
@@ -84,26 +108,7 @@ class ConvRequant(wiring.Component):
             problems.append("a residual input needs stride 1, 'same' padding, one shortcut index per output and "
                             "a uniform (8-bit) stream")
         if problems:
-            self._MustUse__silence = True
             raise ValueError("; ".join(problems))
-        self._res = residual
-        self._sc_levels = shortcut[0] if shortcut is not None else None
-        self._w, self._wl, self._al, self._ol = weights, wlevels, alevels, olevels
-        self._k, self._s, self._p, self._in_hw = k, stride, padding, in_hw
-        self._out_hw = (in_hw + 2 * padding - k) // stride + 1
-        self._lanes = lanes or k_out
-        self._groups = -(-k_out // self._lanes)
-        self._simd = simd or c_in
-        self._chunks = -(-c_in // self._simd)
-        self._slots = _pow2_at_least(k + stride)
-        self._rq = requant
-        self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
-        self._partial_bound = partial_bound
-        ports = {"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
-                 "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out)))}
-        if residual is not None:  # the shortcut tensor, one pixel per output pixel as it is requantized
-            ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(shortcut[0]), shortcut[1])))
-        super().__init__(ports)
 
     @classmethod
     def from_tables(cls, tables: ir.Tables, conv_op: ir.Conv, requant_op: ir.Requant | ir.Add,
@@ -124,7 +129,18 @@ class ConvRequant(wiring.Component):
                    lv(requant_op.levels), conv_op.stride, conv_op.padding, conv_op.in_hw, requant_op,
                    conv_op.partial_bound, lanes, shortcut, simd)
 
-    # -- the analytic model the simulation must match --------------------------------------------
+    # -- the analytic model the simulation must match (the hardware plan, plan.py, sizes with it) --
+    @staticmethod
+    def line_buffer_slots(kernel: int, stride: int) -> int:
+        """Rows of the line buffer: a power of two (the address is ``Cat(x, slot)``), at least
+        ``kernel + stride`` (the rows an output row reads and the next output row's new ones)."""
+        return _pow2_at_least(kernel + stride)
+
+    @staticmethod
+    def cycles(out_hw: int, kernel: int, groups: int, chunks: int) -> int:
+        """Cycles per image in steady state: one cycle per output pixel, group, tap and chunk."""
+        return out_hw ** 2 * groups * chunks * kernel ** 2
+
     @property
     def lanes(self) -> int:
         return self._lanes
@@ -151,7 +167,7 @@ class ConvRequant(wiring.Component):
 
     @property
     def cycles_per_image(self) -> int:
-        return self._out_hw ** 2 * self._groups * self._chunks * self._k ** 2
+        return self.cycles(self._out_hw, self._k, self._groups, self._chunks)
 
     @property
     def macs_per_image(self) -> int:

@@ -2,7 +2,8 @@
 
 The pipeline is explicit: ``resolve_source`` (a checkpoint, a tables directory, or the model's default:
 the shipped checkpoint, else a deterministic untrained model, labelled as such) gives layer tables;
-``Network(tables, par)`` plans the folded engines; ``generate`` writes, into a temporary directory
+``plan.make_plan(tables, par)`` runs the hardware plan's passes (the folded engines, the FIFOs, the
+cycle model) and ``Network(plan)`` elaborates it; ``generate`` writes, into a temporary directory
 renamed into place at the end (never a half-written build):
 
     <out>/rtl/shiftpq_top.v   the whole accelerator (weights and constants as memory initializers),
@@ -10,7 +11,9 @@ renamed into place at the end (never a half-written build):
     <out>/rtl/shiftpq_top.il  the same design as RTLIL, for Yosys (which reads it far faster)
     <out>/tables/             the layer tables it was built from (manifest.json + .npy)
     <out>/cycles.json         PEs, cycles per image, utilization, per layer (the model the simulation
-                              must match exactly)
+                              must match exactly; ``plan.cycle_model``)
+    <out>/probes.json         per block its RTL instance, ops and the tensor it produces (``plan.probe_map``:
+                              the simulators' first-wrong-block diagnosis reads it)
 
 The same tables and ``par`` give byte-identical files.
 """
@@ -28,6 +31,7 @@ from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
 
 from .network import Network
+from .plan import cycle_model, make_plan, probe_map
 from .verilog import verilog_from_rtlil
 
 TOP = "shiftpq_top"
@@ -36,7 +40,6 @@ SHIPPED = REPO / "models"
 # the largest layer gets 22 PEs: ResNet-20 at 55,296 cycles per image, 405 PEs, the largest fold that
 # fits an ECP5-85k (`make synth`'s default device; PAR 32 does not fit, hw/README.md)
 DEFAULT_PAR = 22
-REPORT_MHZ = (50, 100, 150)
 
 
 def shipped_checkpoint(model: str) -> Path | None:
@@ -61,46 +64,17 @@ def resolve_source(model: str | None, checkpoint: str | None = None, tables: str
     return export_checkpoint(ckpt) if ckpt else untrained_tables(model, seed)
 
 
-def cycle_model(net: Network) -> dict:
-    """cycles.json: the analytic cycle model of the planned network."""
-    period = net.cycles_per_image
-    layers = []
-    for r in net.layers():
-        row = dict(r)
-        row["utilization"] = round(r["macs"] / (r["pes"] * period), 4) if r["pes"] else None
-        layers.append(row)
-    bottleneck = [r["name"] for r in layers if r["cycles"] == period]
-    src = net.tables.source or {}
-    return {
-        "model": net.tables.model,
-        "source": src,
-        "par": net.par,
-        "target_cycles": net.target,
-        "pes": net.pes,
-        "macs_per_image": sum(r["macs"] for r in layers),
-        "cycles_per_image": period,
-        "utilization": round(net.utilization, 4),
-        "bottleneck": bottleneck,
-        "inferences_per_s": {f"{mhz}MHz": round(mhz * 1e6 / period, 1) for mhz in REPORT_MHZ},
-        "notes": "cycles_per_image is the steady-state period with images back to back and the score "
-                 "stream always ready: one image per slowest block. A block's cycles: conv "
-                 "out_hw^2 * 9 * groups * chunks; fc classes * chunks + 5; avgpool hw^2 + channels + 4; "
-                 "input 3 bytes per pixel. utilization = useful MACs / (PEs x cycles_per_image).",
-        "layers": layers,
-    }
-
-
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
              log=lambda s: None) -> dict:
     """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json."""
     out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked
     t0 = time.perf_counter()
-    net = Network(tables, par)
-    model = cycle_model(net)
-    log(f"planned {len(net.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
+    plan = make_plan(tables, par)
+    model, probes = cycle_model(plan), probe_map(plan, TOP)
+    log(f"planned {len(plan.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
         f"utilization {model['utilization']:.1%} ({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()
-    il = rtlil.convert(net, name=TOP, emit_src=False)
+    il = rtlil.convert(Network(plan), name=TOP, emit_src=False)
     text = verilog_from_rtlil(il)
     log(f"RTLIL {len(il) / 1e6:.1f} MB, Verilog {len(text) / 1e6:.1f} MB ({time.perf_counter() - t1:.1f} s)")
     with atomic_dir(out) as tmp:
@@ -109,4 +83,5 @@ def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, for
         (tmp / "rtl" / f"{TOP}.il").write_text(il)
         save_tables(tables, tmp / "tables")
         (tmp / "cycles.json").write_text(json.dumps(model, indent=1, sort_keys=True) + "\n")
+        (tmp / "probes.json").write_text(json.dumps(probes, indent=1, sort_keys=True) + "\n")
     return model

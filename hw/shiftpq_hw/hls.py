@@ -1,7 +1,7 @@
 """Layer tables -> HLS C++ for vendor tools (Vitis HLS and the like): the backend behind
 ``shiftpq gen --backend hls``.
 
-The design follows the same hardware plan as the RTL (``network.plan``: the same blocks, each conv
+The design follows the same hardware plan as the RTL (``plan.make_plan``: the same blocks, each conv
 engine's lanes x simd fold, the shortcut FIFOs' depths) and the same integer semantics
 (docs/integer-semantics.md, ``shiftpq.intops``). Python decides every number here: the integer width
 of every tensor, accumulator, constant and intermediate, every loop bound, every constant array (in
@@ -41,9 +41,7 @@ from shiftpq.ir import Tables
 from shiftpq.tables import save_tables
 from shiftpq.templating import render
 
-from .blocks import AvgPoolRequant, CodeLUT, FullyConnected, MaxPool, ShortcutPath
-from .conv import ConvRequant
-from .network import plan
+from .plan import Block, Kind, cycle_model, make_plan
 
 TOP = "shiftpq_top"
 HLS_DIR = "hls"
@@ -103,7 +101,7 @@ class Design:
 
     def __init__(self, tables: Tables, par: int | None):
         self.t = tables
-        self.net = plan(tables, par)
+        self.plan = make_plan(tables, par)
         self.types = Types()
         self.consts: list[dict] = []
         self.blocks: list[dict] = []
@@ -154,11 +152,11 @@ class Design:
         t = self.t
         inp = t.input
         readers: dict[str, list[tuple[str, str]]] = {}  # tensor -> [(reader block, port)]
-        for name, blk, ins, out in self.net.blocks:
-            for port, tensor in ins:
-                readers.setdefault(tensor, []).append((name, port))
-        # shortcut FIFO depths: the stream a ShortcutPath writes is its FIFO
-        depth_of = {out: blk.depth for _, blk, _, out in self.net.blocks if isinstance(blk, ShortcutPath)}
+        for blk in self.plan.blocks:
+            for port, tensor in blk.inputs:
+                readers.setdefault(tensor, []).append((blk.name, port))
+        # shortcut FIFO depths: the stream a shortcut block writes is its FIFO
+        depth_of = {blk.output: blk.depth for blk in self.plan.blocks if blk.kind == Kind.SHORTCUT}
         # every tensor's producer writes one stream per reader (a fork where there are several)
         self._in_streams: dict[tuple[str, str], str] = {}
         pixel_types = {}
@@ -178,21 +176,12 @@ class Design:
                 self._in_streams[("__out__", tensor)] = outs[0]
         self.pixels = sorted({p["px"]: p for p in pixel_types.values()}.values(), key=lambda p: p["px"])
         blocks = [self._input(inp)]
-        for name, blk, ins, out in self.net.blocks:
-            if isinstance(blk, ConvRequant):
-                blocks.append(self._conv(name, blk, ins, out))
-            elif isinstance(blk, CodeLUT):
-                blocks.append(self._lut(name, ins, out))
-            elif isinstance(blk, ShortcutPath):
-                blocks.append(self._shortcut(name, blk, ins, out))
-            elif isinstance(blk, MaxPool):
-                blocks.append(self._maxpool(name, ins, out))
-            elif isinstance(blk, AvgPoolRequant):
-                blocks.append(self._avgpool(name, blk, ins, out))
-            elif isinstance(blk, FullyConnected):
-                blocks.append(self._fc(name, blk, ins, out))
-            else:
-                raise ShiftPQError(f"HLS backend: block {name!r} ({type(blk).__name__}) has no HLS function")
+        render = {Kind.CONV: self._conv, Kind.LUT: self._lut, Kind.SHORTCUT: self._shortcut,
+                  Kind.MAXPOOL: self._maxpool, Kind.AVGPOOL: self._avgpool, Kind.FC: self._fc}
+        for blk in self.plan.blocks:
+            if blk.kind not in render:
+                raise ShiftPQError(f"HLS backend: block {blk.name!r} ({blk.kind}) has no HLS function")
+            blocks.append(render[blk.kind](blk.name, blk, blk.inputs, blk.output))
         self.blocks = _topological(blocks + self.blocks)
         fns = [b["fn"] for b in self.blocks]
         if len(set(fns)) != len(fns):
@@ -210,10 +199,9 @@ class Design:
                 "out_tensor": inp, "px": self.tensor(inp)["px"], "channels": c, "pixels": h * w,
                 "offset": ir.IMAGE_OFFSET, "code": self.tensor(inp)["code"]}
 
-    def _conv(self, name: str, blk: ConvRequant, ins, out) -> dict:
+    def _conv(self, name: str, blk: Block, ins, out) -> dict:
         t = self.t
-        conv = t.op(name)
-        rq = t.readers(conv.dst)[0]
+        conv, rq = (t.op(n) for n in blk.ops)  # the plan's fused pair
         fid = ident(name)
         src, dst = self.tensor(conv.src), self.tensor(out)
         w = conv.weight.astype(np.int64)
@@ -246,7 +234,7 @@ class Design:
              "lanes": lanes, "simd": simd, "groups": groups, "chunks": chunks,
              **_rows(conv.in_hw, conv.out_hw, k, conv.stride, conv.padding),
              "shift_add": shift_add, "terms": terms, "residual": None,
-             "cycles": blk.cycles_per_image}
+             "cycles": blk.cycles}
         if isinstance(rq, ir.Add):
             sc = self.tensor(rq.shortcut_src)
             smul = rq.shortcut_mul
@@ -319,21 +307,20 @@ class Design:
         self.consts.append(_const(f"NEG_{fid}", "bool", self._pad(sign < 0, n)))
         return {"mode": "threshold", "cmp": cty, "levels": th.shape[1], "th": f"TH_{fid}", "neg": f"NEG_{fid}"}
 
-    def _lut(self, name: str, ins, out) -> dict:
+    def _lut(self, name: str, blk: Block, ins, out) -> dict:
         fid = ident(name)
         src, dst = self.tensor(ins[0][1]), self.tensor(out)
         self.consts.append(_const(f"LUT_{fid}", dst["code"], self.golden.code_table(name)))
         return {"kind": "lut", "fn": f"lut_{fid}", "name": name, "in": self._in(name, "i"), "out": self._out(out),
                 "out_tensor": out, "src": src, "dst": dst, "pixels": src["hw"] ** 2, "lut": f"LUT_{fid}"}
 
-    def _shortcut(self, name: str, blk: ShortcutPath, ins, out) -> dict:
+    def _shortcut(self, name: str, blk: Block, ins, out) -> dict:
         src = self.tensor(ins[0][1])
         return {"kind": "shortcut", "fn": f"shortcut_{ident(name)}", "name": name, "in": self._in(name, "i"),
                 "out": self._out(out), "out_tensor": out, "src": src, "dst": self.tensor(out), "hw": src["hw"],
-                "stride": blk._s,
-                "depth": blk.depth}
+                "stride": blk.stride, "depth": blk.depth}
 
-    def _maxpool(self, name: str, ins, out) -> dict:
+    def _maxpool(self, name: str, blk: Block, ins, out) -> dict:
         op = self.t.op(name)
         src, dst = self.tensor(ins[0][1]), self.tensor(out)
         k = op.size
@@ -341,10 +328,9 @@ class Design:
                 "out": self._out(out), "out_tensor": out, "src": src, "dst": dst, "hw": src["hw"], "size": k,
                 "out_hw": src["hw"] // k, "used": src["hw"] // k * k}
 
-    def _avgpool(self, name: str, blk: AvgPoolRequant, ins, out) -> dict:
+    def _avgpool(self, name: str, blk: Block, ins, out) -> dict:
         t = self.t
-        op = t.op(name)
-        rq = t.readers(op.dst)[0]
+        op, rq = (t.op(n) for n in blk.ops)  # the pool and its requant
         fid = ident(name)
         src, dst = self.tensor(ins[0][1]), self.tensor(out)
         info = t.tensors[op.dst]
@@ -356,15 +342,14 @@ class Design:
                 "requant": self._affine(fid, rq, (0, max(info.hi, top)), dst, src["channels"],
                                         declared=rq.product_bits)}
 
-    def _fc(self, name: str, blk: FullyConnected, ins, out) -> dict:
+    def _fc(self, name: str, blk: Block, ins, out) -> dict:
         t = self.t
         op = t.op(name)
         fid = ident(name)
         src = self.tensor(ins[0][1])
         w = op.weight.astype(np.int64)
         classes, cin = w.shape
-        simd = blk.pes
-        chunks = -(-cin // simd)
+        simd, chunks = blk.simd, blk.chunks
         wp = np.zeros((classes, chunks * simd), dtype=np.int64)
         wp[:, :cin] = w
         wl = t.level_set(op.weight_levels)
@@ -393,7 +378,7 @@ class Design:
     def context(self) -> dict:
         c, h, w = ir.INPUT_SHAPE
         return {"top": TOP, "model": self.t.model, "source": json.dumps(self.t.source or {}, sort_keys=True),
-                "par": self.net.par, "cycles_per_image": self.net.cycles_per_image,
+                "par": self.plan.par, "cycles_per_image": self.plan.period,
                 "types": list(self.types.defs.values()), "pixels": self.pixels, "blocks": self.blocks,
                 "streams": sorted(self.streams.values(), key=lambda s: s["name"]),
                 "consts": list(self.decoders.values()) +
@@ -458,12 +443,11 @@ def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool =
     An existing generator output built from the same tables and ``par`` (an RTL build, say) keeps its
     other files and gets ``hls/`` added (replacing an existing ``hls/`` needs ``force``); any other
     existing ``out`` is replaced as a whole, atomically, and only with ``force`` (atomic.prepare_output)."""
-    from .gen import cycle_model
     out = Path(out)
     prepare_output(out, force=True)  # writable; whether replacing is allowed is decided below
     t0 = time.perf_counter()
     design = Design(tables, par)
-    model = cycle_model(design.net)
+    model = cycle_model(design.plan)
     cyc_text = json.dumps(model, indent=1, sort_keys=True) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     # named as atomic_dir names its temporaries, so that one left by a killed run is removed as stale

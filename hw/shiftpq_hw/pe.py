@@ -15,6 +15,8 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
+from .checked import Checked
+
 
 def weight_code_shape(levels: LevelSet) -> Shape:
     """A weight code is ``sign * index``: a signed integer with room for +-(levels - 1)."""
@@ -61,17 +63,19 @@ def term_slots(levels: LevelSet) -> list[list[int | None]]:
     return slots
 
 
-class ShiftAddPE(wiring.Component):
+class ShiftAddPE(Checked, wiring.Component):
     """One product per cycle, registered: ``o.payload = w * a`` one cycle after ``i`` is accepted.
 
     ``i.payload``: ``w`` (signed weight code) and ``a`` (activation code); ``o.payload``: the signed
     product. Stream handshake: a stage of one register, ready when its output is free or taken."""
 
-    def __init__(self, wlevels: LevelSet, alevels: LevelSet):
+    @staticmethod
+    def check(wlevels: LevelSet, alevels: LevelSet):
         if not wlevels.signed or alevels.signed:
-            self._MustUse__silence = True  # a rejected component is not an unused one
             raise ValueError(f"ShiftAddPE needs signed weight levels and unsigned activation levels, "
                              f"got {wlevels!r} and {alevels!r}")
+
+    def __init__(self, wlevels: LevelSet, alevels: LevelSet):
         self._wl, self._al = wlevels, alevels
         self._layout = data.StructLayout({"w": weight_code_shape(wlevels), "a": act_code_shape(alevels)})
         super().__init__({"i": In(stream.Signature(self._layout)),
@@ -438,7 +442,7 @@ def dsp_pair(m: Module, w, a0, a1, wl: LevelSet, al: LevelSet, name: str) -> tup
     return mid, c
 
 
-class MacArray(wiring.Component):
+class MacArray(Checked, wiring.Component):
     """``lanes x simd`` PEs of one variant (``VARIANTS``), shaped like a conv engine's MAC array.
 
     Each cycle: an activation code per input channel (``a``) and a weight field per (lane, channel)
@@ -454,15 +458,18 @@ class MacArray(wiring.Component):
     merges the adds into one multi-operand sum, mapped to full adders in LUTs); ``"registered"``:
     every level of two-input adds registered (each add a carry chain)."""
 
-    def __init__(self, kind: str, wl: LevelSet, al: LevelSet, lanes: int, simd: int, acc_bits: int | None = None,
-                 tree: str = "comb"):
+    @staticmethod
+    def check(kind: str, wl: LevelSet, al: LevelSet, lanes: int, simd: int, acc_bits: int | None = None,
+              tree: str = "comb"):
         if kind not in VARIANTS or lanes < 1 or simd < 1 or tree not in ("comb", "registered"):
-            self._MustUse__silence = True
             raise ValueError(f"MacArray needs a variant in {VARIANTS}, lanes, simd >= 1 and tree 'comb' or "
                              f"'registered', got {kind!r}, {lanes!r}, {simd!r}, {tree!r}")
-        self.kind, self.wl, self.al, self.lanes, self.simd, self.tree = kind, wl, al, lanes, simd, tree
         if kind == "dsp2":
             dsp_pair_layout(wl, al)  # raises when two products do not fit
+
+    def __init__(self, kind: str, wl: LevelSet, al: LevelSet, lanes: int, simd: int, acc_bits: int | None = None,
+                 tree: str = "comb"):
+        self.kind, self.wl, self.al, self.lanes, self.simd, self.tree = kind, wl, al, lanes, simd, tree
         self.fields = -(-simd // 2) if kind == "dsp2" else simd
         if kind == "uniform":
             self.pshape = signed(weight_code_shape(wl).width + act_code_shape(al).width + 1)

@@ -20,6 +20,8 @@ from amaranth.lib.wiring import In, Out
 
 from shiftpq import intops
 
+from .checked import Checked
+
 
 def _index_shape(n: int) -> Shape:
     return unsigned(max(1, (n - 1).bit_length()))
@@ -174,16 +176,18 @@ def clamp(m: Module, y, top: int, name: str = "aff") -> Signal:
     return code
 
 
-class ThresholdRequant(wiring.Component):
+class ThresholdRequant(Checked, wiring.Component):
     """``code = #{j : sign[c] * x >= thresholds[c, j]}`` (APoT outputs): the binary search of
     ``threshold_search`` (two stages per code bit but the last), then the output register."""
 
+    @staticmethod
+    def check(thresholds: np.ndarray, sign: np.ndarray, in_shape: Shape):
+        if np.ndim(thresholds) != 2 or np.shape(sign) != (np.shape(thresholds)[0],):
+            raise ValueError(f"thresholds must be [channels, levels - 1] and sign [channels], got "
+                             f"{np.shape(thresholds)!r} and {np.shape(sign)!r}")
+
     def __init__(self, thresholds: np.ndarray, sign: np.ndarray, in_shape: Shape):
         thresholds, sign = np.asarray(thresholds, dtype=np.int64), np.asarray(sign, dtype=np.int64)
-        if thresholds.ndim != 2 or sign.shape != (thresholds.shape[0],):
-            self._MustUse__silence = True
-            raise ValueError(f"thresholds must be [channels, levels - 1] and sign [channels], got "
-                             f"{thresholds.shape!r} and {sign.shape!r}")
         self._th, self._sign, self._in = thresholds, sign, Shape.cast(in_shape)
         self._top = thresholds.shape[1]
         super().__init__({
@@ -202,17 +206,20 @@ class ThresholdRequant(wiring.Component):
         return m
 
 
-class AffineRequant(wiring.Component):
+class AffineRequant(Checked, wiring.Component):
     """``code = clamp((sum_k x_k * mul_k[c] + bias[c]) >> shift[c], 0, top)`` (uniform outputs, and the
     residual add with two inputs): ``affine_unit``, then the output register."""
+
+    @staticmethod
+    def check(muls: list[np.ndarray], bias: np.ndarray, shift: np.ndarray, top: int, in_shapes: list[Shape]):
+        if len(muls) != len(in_shapes) or any(np.shape(mk) != np.shape(bias) for mk in muls) or \
+                np.shape(shift) != np.shape(bias):
+            raise ValueError(f"one multiplier array per input, all shaped like bias {np.shape(bias)!r}")
 
     def __init__(self, muls: list[np.ndarray], bias: np.ndarray, shift: np.ndarray, top: int,
                  in_shapes: list[Shape]):
         muls = [np.asarray(mk, dtype=np.int64) for mk in muls]
         bias, shift = np.asarray(bias, dtype=np.int64), np.asarray(shift, dtype=np.int64)
-        if len(muls) != len(in_shapes) or any(mk.shape != bias.shape for mk in muls) or shift.shape != bias.shape:
-            self._MustUse__silence = True
-            raise ValueError(f"one multiplier array per input, all shaped like bias {bias.shape!r}")
         self._muls, self._bias, self._shift, self._top = muls, bias, shift, int(top)
         self._ins = [Shape.cast(s) for s in in_shapes]
         fields = {f"x{k}": s for k, s in enumerate(self._ins)}

@@ -1,7 +1,7 @@
 """Build the generated accelerator for Icarus or Verilator and run the network bench on it.
 
 ``simulate(gen_dir, simulator, images)`` reads only the generator's output (``rtl/``, ``tables/``,
-``cycles.json``), computes the expected scores with the golden model from those tables, runs
+``cycles.json``, ``probes.json``), computes the expected scores with the golden model from those tables, runs
 ``tb_network`` through ``cocotb_tools.runner`` and returns (and writes to
 ``<gen_dir>/sim/results-<simulator>.json`` and ``results.json``) what it measured. On a mismatch it
 runs the first wrong image again with every block's output stream recorded and names, under
@@ -53,25 +53,15 @@ def prepare_env(simulator: str) -> None:
             os.environ["MAKEFLAGS"] = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), VERILATOR_PCH_MAKEVAR]))
 
 
-def probe_points(tables, par) -> list[dict]:
-    """The network's blocks whose output stream carries one golden-model tensor, one beat per pixel
-    (an array of the tensor's channel codes), in execution order: ``instance``, ``tensor``, ``width``
-    (bits per code)."""
-    from amaranth.hdl import Shape
-    from amaranth.lib import data
-
-    from shiftpq_hw.blocks import ShortcutPath
-    from shiftpq_hw.network import Network
-    net = Network(tables, par)
-    net._MustUse__silence = True  # planned for its block list, never elaborated
-    points = []
-    for name, blk, _, out in net.blocks:
-        shape = blk.signature.members["o"].signature.members["payload"].shape
-        if isinstance(blk, ShortcutPath) or not isinstance(shape, data.ArrayLayout) or out not in tables.tensors:
-            continue  # a shortcut FIFO carries its source's channels, checked where the add uses them
-        points.append({"instance": name.replace(".", "_"), "block": name, "tensor": out,
-                       "width": Shape.cast(shape.elem_shape).width})
-    return points
+def probe_points(gen_dir: str | Path) -> list[dict]:
+    """The blocks whose output stream carries one golden-model tensor, one beat per pixel (an array of
+    the tensor's channel codes), in execution order, from the generator's ``probes.json``:
+    ``instance``, ``block``, ``tensor``, ``width`` (bits per code)."""
+    path = Path(gen_dir) / "probes.json"
+    if not path.is_file():
+        raise ShiftPQError(f"{path}: missing; run `shiftpq gen` (make gen) again (an output from before the probe map)")
+    return [{k: b[k] for k in ("instance", "block", "tensor", "width")}
+            for b in json.loads(path.read_text())["blocks"] if b["golden"]]
 
 
 def first_wrong_block(tables, image: np.ndarray, points: list[dict], probed: dict) -> dict:
@@ -109,7 +99,7 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     if simulator not in SIMULATORS:
         raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
     rtl, cyc_path = gen_dir / "rtl" / f"{TOP}.v", gen_dir / "cycles.json"
-    for p in (rtl, cyc_path, gen_dir / "tables"):
+    for p in (rtl, cyc_path, gen_dir / "probes.json", gen_dir / "tables"):
         if not p.exists():
             raise ShiftPQError(f"{p}: missing; run `shiftpq gen` (make gen) first")
     cycles = json.loads(cyc_path.read_text())
@@ -169,7 +159,7 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
         i = m["wrong"][0]["image"]
         dwork = work.parent / f"{work.name}-diagnosis"
         dwork.mkdir(exist_ok=True)
-        blocks = probe_points(tables, cycles.get("par"))
+        blocks = probe_points(gen_dir)
         dstim, dmeasured = dwork / "stimulus.npz", dwork / "measured.json"
         np.savez(dstim, images=images[i:i + 1], expected=expected[i:i + 1])
         dmeasured.unlink(missing_ok=True)
