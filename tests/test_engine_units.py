@@ -237,11 +237,15 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
         for _ in range(40):
             await ctx.tick()
 
+    first = []
+
     async def collect(ctx):
-        pixel = 0
+        pixel, cycle = 0, 0
         async for _, _, v, turn, g, d, *codes in ctx.tick().sample(unit.valid, unit.turn, unit.group, unit.done,
                                                                    *unit.codes):
+            cycle += 1
             if v:
+                first.append(cycle)
                 for u, code in enumerate(codes):
                     c = unit.channels(u)[g << unit.lane_bits | turn]
                     if c is not None:
@@ -254,6 +258,7 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
     sim.add_process(collect)
     sim.run()
     assert got == want
+    assert first[0] == unit.latency + 1  # the sums were taken at the first edge
     assert len(want) == 3 * k_out and len(set(want.values())) > 3
 
 

@@ -190,21 +190,27 @@ class ConvRequant(wiring.Component):
         return self._lane_requant().units
 
     def elaborate(self, platform):
+        """The wiring of the engine's units (engine.py), in the order the pipeline runs; every unit's
+        registers advance with ``en``, which the output assembly drives."""
         m = Module()
         c_in, k = self._w.shape[1], self._k
-        en = Signal()  # the pipeline advances (driven by the output assembly, from the last stage)
+        en = Signal()  # the pipeline advances
         lines = LineBuffer(self._in_hw, self._slots).build(m, self.i)
         macs = MacPipeline(self._lane_weights(), self._wl, self._al, self._lanes, self._simd, c_in, self._acc_shape)
         weights = macs.weight_memory(m)
         shortcut = ShortcutQueue(self.r, self._res["index"], self._lanes, self._groups) if self._res else None
+        # stage 0: one (group, tap, chunk) per cycle reads the line buffer and the weight memory
         seq = TapSequencer(k, self._s, self._p, self._in_hw, self._groups, self._chunks, self._slots,
                            self.rows()).build(m, en, lines.avail, lines.read, weights, shortcut)
         lines.release(m, seq.row_done, seq.free)
+        # stage 1: the memories' data and the issue's control; stages A, B, 2: the MAC lanes
         seq.stage1(m)
         macs.build(m, en, lines.read.data, weights.data, seq.pad1, seq.ch1, seq.v1, seq.first1,
                    [seq.last1, seq.g1, seq.done1])
         last2, g2, done2 = macs.carry2
+        # stage 3: the requantization units take the lanes of each finished group in turn
         rq = self._lane_requant().build(m, en, macs.sums, macs.valid2, last2, g2, done2, shortcut)
+        # stage 4: the codes into the output pixel, the output register, and the stall enable
         OutputAssembly([rq.channels(u) for u in range(rq.units)], rq.lane_bits, self._groups).build(
             m, en, self.o, rq.codes, rq.valid, rq.turn, rq.group, rq.done)
         return m

@@ -33,7 +33,7 @@ from shiftpq.levels import LevelSet
 
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms,
                  weight_code_shape, weight_field_shape, weight_fields)
-from .requant import Pipe, affine_unit, threshold_search
+from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
 
 
 def counter(n: int) -> Signal:
@@ -414,7 +414,7 @@ class LaneRequant:
     lanes' results are held (``fin``) while ``turn`` counts through a unit's lanes, one per cycle
     (``busy``); a group's last turn ends at most ``taps x chunks`` cycles after it was taken, before
     the next group's sums. Out (``codes``, one per unit; ``valid``, ``turn``, ``group``,
-    ``done``: the pixel's last lane), the units' pipeline later (``latency``)."""
+    ``done``: the pixel's last lane), ``latency`` cycles later with ``en`` high."""
 
     def __init__(self, lanes: int, groups: int, slots_per_result: int, k_out: int, rq: dict,
                  acc_shape: Shape, partial_bound: int, olevels: LevelSet, shortcut: tuple | None = None):
@@ -425,6 +425,15 @@ class LaneRequant:
         self.per = -(-lanes // self.units)
         self.lane_bits = max(1, (self.per - 1).bit_length())
         self.acc_shape, self.partial_bound, self.ol, self.shortcut = Shape.cast(acc_shape), partial_bound, olevels, shortcut
+
+    @property
+    def latency(self) -> int:
+        """Registers from the lanes' sums to the first lane's codes (the codes are valid ``latency``
+        cycles after the sums, with ``en`` high): the held sums, then ``threshold_search``'s
+        ``2 b + 2`` stages (b: code bits) or ``affine_unit``'s ``AFFINE_STAGES``."""
+        if self.rq["mode"] == "threshold":
+            return 1 + 2 * search_levels(np.asarray(self.rq["thresholds"]).shape[1]) + 2
+        return 1 + AFFINE_STAGES
 
     def channels(self, unit: int) -> list[int | None]:
         """The output channel of each row of a unit's constant tables, row ``g << lane_bits | j`` for
