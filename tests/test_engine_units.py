@@ -206,12 +206,12 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
     if mode == "threshold":
         th, sign = intops.fold_thresholds(rng.uniform(-0.01, 0.01, k_out), rng.uniform(-0.5, 0.5, k_out),
                                           level_set(4, False).midpoints, 2.0, bound)
-        rq = {"mode": mode, "thresholds": th, "sign": sign}
+        consts = {"thresholds": th, "sign": sign}
     else:
         (mul,), bias, shift = intops.fold_affine([rng.uniform(-0.002, 0.002, k_out)], rng.uniform(-0.5, 1.0, k_out),
                                                  255, 3.0)
-        rq = {"mode": mode, "mul": mul, "bias": bias, "shift": shift}
-    unit = LaneRequant(lanes, groups, 2, k_out, rq, signed(13), bound, level_set(8, False))
+        consts = {"mul": mul, "bias": bias, "shift": shift}
+    unit = LaneRequant(lanes, groups, 2, k_out, signed(13), bound, level_set(8, False), **consts)
     assert (unit.units, unit.per) == (3, 2)
     en, valid, last, group, done = Signal(), Signal(), Signal(), Signal(range(groups)), Signal()
     sums = [Signal(signed(13), name=f"sum{p}") for p in range(lanes)]
@@ -299,3 +299,20 @@ def test_output_assembly_places_codes_and_stalls_only_on_a_waiting_pixel():
 
     simulate(m, source, sink)
     assert got == [list(asm.reference(pixel, 6)) for pixel in placed]
+
+
+def test_units_reject_bad_parameters():
+    with pytest.raises(ValueError, match=r"slots must be a power of two >= 2, got 6"):
+        LineBuffer(in_hw=4, slots=6)
+    with pytest.raises(ValueError, match=r"one \(need, free\) per output row"):
+        TapSequencer(3, 1, 1, 4, 1, 1, 4, [(2, 0)])
+    with pytest.raises(ValueError, match=r"simd in \[1, c_in = 3\]"):
+        MacPipeline(np.zeros((2, 4)), level_set(4, True), level_set(4, False), 1, 4, 3, signed(16))
+    with pytest.raises(ValueError, match=r"thresholds and sign, or mul, bias and shift"):
+        LaneRequant(2, 1, 9, 2, signed(8), 100, level_set(8, False), mul=[1, 1], bias=[0, 0])
+    with pytest.raises(ValueError, match=r"each per output channel \(3\)"):
+        LaneRequant(2, 2, 9, 3, signed(8), 100, level_set(8, False), thresholds=np.zeros((2, 15)), sign=[1, 1])
+    with pytest.raises(ValueError, match=r"at most lanes \* groups shortcut indices, got 2, 1, 3"):
+        ShortcutQueue(None, [0, 1, 2], lanes=2, groups=1)
+    with pytest.raises(ValueError, match=r"one channel per \(group, turn\) row, 4 per unit"):
+        OutputAssembly([[0, 1, 2]], lane_bits=1, groups=2)

@@ -179,9 +179,10 @@ class ConvRequant(wiring.Component):
         return w.transpose(0, 4, 2, 1, 3).reshape(groups * k * k * chunks, lanes * simd)
 
     def _lane_requant(self) -> LaneRequant:
+        fields = ("thresholds", "sign") if self._rq["mode"] == "threshold" else ("mul", "bias", "shift")
         shortcut = (self._res["mul"], self._res["levels"]) if self._res else None
-        return LaneRequant(self._lanes, self._groups, self._k ** 2 * self._chunks, self._w.shape[0], self._rq,
-                           self._acc_shape, self._partial_bound, self._ol, shortcut)
+        return LaneRequant(self._lanes, self._groups, self._k ** 2 * self._chunks, self._w.shape[0], self._acc_shape,
+                           self._partial_bound, self._ol, shortcut=shortcut, **{f: self._rq[f] for f in fields})
 
     @property
     def requant_units(self) -> int:

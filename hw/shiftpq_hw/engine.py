@@ -407,8 +407,8 @@ class LaneRequant:
     turn within that time instead of a requantizer per lane. Unit ``u``'s constant tables hold, at
     row ``Cat(turn, group)``, the constants of output channel ``channels(u)[row]``.
 
-    ``rq``: ``{"mode": "threshold", "thresholds", "sign"}`` or ``{"mode": "affine", "mul", "bias",
-    "shift"}`` per output channel; ``shortcut``: ``(mul, levels)`` of a fused residual add (its
+    The constants, per output channel: ``thresholds`` and ``sign`` (the threshold search) or ``mul``,
+    ``bias`` and ``shift`` (the multiply-add); ``shortcut``: ``(mul, levels)`` of a fused residual add (its
     values come from ``ShortcutQueue``'s lane register). In (``build``): ``sums`` (the lanes'
     results, taken on ``en & valid & last``), ``group``, ``done`` (the pixel's last group). The
     lanes' results are held (``fin``) while ``turn`` counts through a unit's lanes, one per cycle
@@ -416,11 +416,19 @@ class LaneRequant:
     the next group's sums. Out (``codes``, one per unit; ``valid``, ``turn``, ``group``,
     ``done``: the pixel's last lane), ``latency`` cycles later with ``en`` high."""
 
-    def __init__(self, lanes: int, groups: int, slots_per_result: int, k_out: int, rq: dict,
-                 acc_shape: Shape, partial_bound: int, olevels: LevelSet, shortcut: tuple | None = None):
-        if rq.get("mode") not in ("threshold", "affine"):
-            raise ValueError(f"requant mode must be 'threshold' or 'affine', got {rq.get('mode')!r}")
-        self.lanes, self.groups, self.k_out, self.rq = lanes, groups, k_out, rq
+    def __init__(self, lanes: int, groups: int, slots_per_result: int, k_out: int, acc_shape: Shape,
+                 partial_bound: int, olevels: LevelSet, *, thresholds=None, sign=None, mul=None, bias=None,
+                 shift=None, shortcut: tuple | None = None):
+        given = {f: np.asarray(v, dtype=np.int64) for f, v in (("thresholds", thresholds), ("sign", sign),
+                 ("mul", mul), ("bias", bias), ("shift", shift)) if v is not None}
+        self.threshold = set(given) == {"thresholds", "sign"}
+        affine = set(given) == {"mul", "bias", "shift"}
+        if not (self.threshold and shortcut is None or affine and (shortcut is None or len(shortcut) == 2)) \
+                or any(len(v) != k_out for v in given.values()):
+            raise ValueError(f"LaneRequant needs thresholds and sign, or mul, bias and shift (and an optional "
+                             f"shortcut (mul, levels)), each per output channel ({k_out!r}), got "
+                             f"{ {f: v.shape for f, v in given.items()}!r}")
+        self.lanes, self.groups, self.k_out, self.consts = lanes, groups, k_out, given
         self.units = -(-lanes // slots_per_result)
         self.per = -(-lanes // self.units)
         self.lane_bits = max(1, (self.per - 1).bit_length())
@@ -431,8 +439,8 @@ class LaneRequant:
         """Registers from the lanes' sums to the first lane's codes (the codes are valid ``latency``
         cycles after the sums, with ``en`` high): the held sums, then ``threshold_search``'s
         ``2 b + 2`` stages (b: code bits) or ``affine_unit``'s ``AFFINE_STAGES``."""
-        if self.rq["mode"] == "threshold":
-            return 1 + 2 * search_levels(np.asarray(self.rq["thresholds"]).shape[1]) + 2
+        if self.threshold:
+            return 1 + 2 * search_levels(self.consts["thresholds"].shape[1]) + 2
         return 1 + AFFINE_STAGES
 
     def channels(self, unit: int) -> list[int | None]:
@@ -452,15 +460,15 @@ class LaneRequant:
             if c >= self.k_out:
                 continue
             x = np.array([[int(sums[p])]])
-            if self.rq["mode"] == "threshold":
-                th, sign = np.asarray(self.rq["thresholds"]), np.asarray(self.rq["sign"])
+            q = self.consts
+            if self.threshold:
+                th, sign = q["thresholds"], q["sign"]
                 out[c] = int(intops.requant_threshold(x, th[c:c + 1], sign[c:c + 1])[0, 0])
             else:
-                terms = [(x, np.asarray(self.rq["mul"])[c:c + 1])]
+                terms = [(x, q["mul"][c:c + 1])]
                 if self.shortcut is not None:
                     terms.append((np.array([[int(shortcut[p])]]), np.asarray(self.shortcut[0])[c:c + 1]))
-                out[c] = int(intops.requant_affine(terms, np.asarray(self.rq["bias"])[c:c + 1],
-                                                   np.asarray(self.rq["shift"])[c:c + 1], self.ol.denom)[0, 0])
+                out[c] = int(intops.requant_affine(terms, q["bias"][c:c + 1], q["shift"][c:c + 1], self.ol.denom)[0, 0])
         return out
 
     def build(self, m: Module, en, sums, valid, last, group, done, shortcut: ShortcutQueue | None = None) -> "LaneRequant":
@@ -501,21 +509,21 @@ class LaneRequant:
         for u in range(units):
             chans = self.channels(u)
             x = by_turn(u, fins, self.acc_shape, f"rq{u}_x")
-            rq = self.rq
-            if rq["mode"] == "threshold":
-                th, sign = np.asarray(rq["thresholds"]), np.asarray(rq["sign"])
+            q = self.consts
+            if self.threshold:
+                th, sign = q["thresholds"], q["sign"]
                 rows_th = np.stack([th[c] if c is not None else np.zeros_like(th[0]) for c in chans])
                 rows_sign = np.array([sign[c] if c is not None else 1 for c in chans])
                 code, out = threshold_search(m, Pipe(m, en), x, addr, rows_th, rows_sign, carry, name=f"rq{u}")
             else:
                 pick = lambda a: np.array([int(np.asarray(a)[c]) if c is not None else 0 for c in chans])  # noqa: E731
-                xs, muls, bounds = [x], [pick(rq["mul"])], [self.partial_bound]
+                xs, muls, bounds = [x], [pick(q["mul"])], [self.partial_bound]
                 if rsr is not None:  # the shortcut value of the lane's channel
                     sc_mul, sc_levels = self.shortcut
                     xs.append(by_turn(u, rsr, act_code_shape(sc_levels), f"rq{u}_sc"))
                     muls.append(pick(sc_mul))
                     bounds.append(sc_levels.denom)
-                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(rq["bias"]), pick(rq["shift"]),
+                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(q["bias"]), pick(q["shift"]),
                                         self.ol.denom, bounds, carry, name=f"rq{u}")
             codes.append(code)
         self.codes = codes
