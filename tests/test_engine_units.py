@@ -120,7 +120,7 @@ def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
     m = Module()
     q.build(m)
     q.claim(m, started)
-    lanes_reg = q.lane_register()
+    lanes_reg = q.lanes_reg
     with m.If(load):
         q.latch(m, group)
     pixels = [[11, 22, 33], [44, 55, 66], [77, 88, 99]]

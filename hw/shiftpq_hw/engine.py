@@ -241,10 +241,10 @@ class ShortcutQueue:
     by one group (``lanes`` values) at each next group: a requantization unit picks its lane's value
     by its turn alone (a pick by channel is a mux as wide as the layer: the engine's critical path).
 
-    ``build(m)`` (the sequencer's): ``r.ready`` while fewer than two are held; a pixel is held from the cycle after
-    it is taken. ``latch(m, group)``: when a group's sums are complete (the scheduler's condition) the
-    register ``lanes_reg`` is loaded with the oldest held pixel (``group == 0``, which ``pop``s it)
-    or moved on, the cycle after."""
+    ``build(m)`` (called by the sequencer): ``r.ready`` while fewer than two are held; a pixel is
+    held from the cycle after it is taken. ``latch(m, group)`` (called by the scheduler, under its
+    condition that a group's sums are complete): the lane register ``lanes_reg`` is loaded with the
+    oldest held pixel (``group == 0``, which ``pop``s it) or moved on, the cycle after."""
 
     def __init__(self, r, index: list[int], lanes: int, groups: int):
         if lanes < 1 or groups < 1 or len(index) > lanes * groups:
@@ -278,17 +278,12 @@ class ShortcutQueue:
         m.d.sync += rcount.eq(rcount + push - pop)
         self.rpix, self.rcount, self.claimed, self.pop, self.start = rpix, rcount, claimed, pop, start
         self.unclaimed = rcount > claimed
+        self.lanes_reg = Signal(data.ArrayLayout(r.payload.shape().elem_shape, self.groups * self.lanes), name="rsr")
         return self
 
     def claim(self, m: Module, started):
         """A started output pixel (``started``) claims the next unclaimed shortcut pixel."""
         m.d.sync += self.claimed.eq(self.claimed + started - self.pop)
-
-    def lane_register(self) -> Signal:
-        """The lane register (``rsr``), created by the scheduler that reads it."""
-        vshape = self.r.payload.shape().elem_shape
-        self.lanes_reg = Signal(data.ArrayLayout(vshape, self.groups * self.lanes), name="rsr")
-        return self.lanes_reg
 
     def latch(self, m: Module, group):
         """Load or move the lane register; added under the scheduler's condition that a group's sums
@@ -432,7 +427,8 @@ class LaneRequant:
         self.units = -(-lanes // slots_per_result)
         self.per = -(-lanes // self.units)
         self.lane_bits = max(1, (self.per - 1).bit_length())
-        self.acc_shape, self.partial_bound, self.ol, self.shortcut = Shape.cast(acc_shape), partial_bound, olevels, shortcut
+        self.acc_shape, self.partial_bound = Shape.cast(acc_shape), partial_bound
+        self.ol, self.shortcut = olevels, shortcut
 
     @property
     def latency(self) -> int:
@@ -471,12 +467,13 @@ class LaneRequant:
                 out[c] = int(intops.requant_affine(terms, q["bias"][c:c + 1], q["shift"][c:c + 1], self.ol.denom)[0, 0])
         return out
 
-    def build(self, m: Module, en, sums, valid, last, group, done, shortcut: ShortcutQueue | None = None) -> "LaneRequant":
+    def build(self, m: Module, en, sums, valid, last, group, done,
+              shortcut: ShortcutQueue | None = None) -> "LaneRequant":
         lanes, groups, units, per, jb = self.lanes, self.groups, self.units, self.per, self.lane_bits
         # the lanes' results of a group, held while the requantization units take them in turn
         fins = [Signal(self.acc_shape, name=f"fin{p}") for p in range(lanes)]
         busy, turn, gq, doneq = Signal(), Signal(jb), counter(groups), Signal()
-        rsr = shortcut.lane_register() if shortcut is not None else None
+        rsr = shortcut.lanes_reg if shortcut is not None else None
         with m.If(en):
             with m.If(valid & last):
                 m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, sums)]
