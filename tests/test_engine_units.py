@@ -199,7 +199,7 @@ def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, sim
     assert np.array_equal(np.array(got), want)
 
 
-@pytest.mark.parametrize("mode", ["threshold", "affine"])
+@pytest.mark.parametrize("mode", ["threshold", "affine", "residual"])
 def test_lane_requant_units_take_their_lanes_in_turn(mode):
     rng = np.random.default_rng(3)
     lanes, groups, k_out, bound = 5, 2, 9, 3000
@@ -207,24 +207,36 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
         th, sign = intops.fold_thresholds(rng.uniform(-0.01, 0.01, k_out), rng.uniform(-0.5, 0.5, k_out),
                                           level_set(4, False).midpoints, 2.0, bound)
         consts = {"thresholds": th, "sign": sign}
-    else:
-        (mul,), bias, shift = intops.fold_affine([rng.uniform(-0.002, 0.002, k_out)], rng.uniform(-0.5, 1.0, k_out),
-                                                 255, 3.0)
-        consts = {"mul": mul, "bias": bias, "shift": shift}
-    unit = LaneRequant(lanes, groups, 2, k_out, signed(13), bound, level_set(8, False), **consts)
+    else:  # the residual add: a second term, the shortcut's codes (an 8-bit stream)
+        gains = [rng.uniform(-0.002, 0.002, k_out)] + ([rng.uniform(0, 0.01, k_out)] if mode == "residual" else [])
+        muls, bias, shift = intops.fold_affine(gains, rng.uniform(-0.5, 1.0, k_out), 255, 3.0)
+        consts = {"mul": muls[0], "bias": bias, "shift": shift}
+    shortcut = (muls[1], level_set(8, False)) if mode == "residual" else None
+    unit = LaneRequant(lanes, groups, 2, k_out, signed(13), bound, level_set(8, False), shortcut=shortcut, **consts)
     assert (unit.units, unit.per) == (3, 2)
     en, valid, last, group, done = Signal(), Signal(), Signal(), Signal(range(groups)), Signal()
     sums = [Signal(signed(13), name=f"sum{p}") for p in range(lanes)]
     m = Module()
-    unit.build(m, en, sums, valid, last, group, done)
+    r = stream.Signature(data.ArrayLayout(unsigned(8), 6)).create()
+    queue = ShortcutQueue(r, [0, 1, -1, 2, 3, -1, 4, 5, 0], lanes, groups).build(m) if shortcut else None
+    unit.build(m, en, sums, valid, last, group, done, queue)
     results = rng.integers(-bound, bound + 1, (6, lanes))
+    pixels = rng.integers(0, 256, (3, 6))  # the shortcut pixel of each output pixel
     want, got = {}, {}
+    wait = 3  # cycles before the first sums: the first shortcut pixel is held
+
+    async def feed(ctx):
+        for px in pixels:
+            await push(ctx, r, [int(v) for v in px])
 
     async def tb(ctx):
         ctx.set(en, 1)
+        for _ in range(wait):
+            await ctx.tick()
         for i, row in enumerate(results):
             g = i % groups
-            want.update({(i // groups, c): code for c, code in unit.reference(row, g).items()})
+            sc = queue.reference(pixels[i // groups])[g] if queue else None
+            want.update({(i // groups, c): code for c, code in unit.reference(row, g, sc).items()})
             for s, v in zip(sums, row):
                 ctx.set(s, int(v))
             ctx.set(valid, 1)
@@ -255,10 +267,12 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
     sim = Simulator(m)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
+    if queue:
+        sim.add_testbench(feed)
     sim.add_process(collect)
     sim.run()
     assert got == want
-    assert first[0] == unit.latency + 1  # the sums were taken at the first edge
+    assert first[0] == wait + unit.latency + 1  # the first sums were taken at edge wait + 1
     assert len(want) == 3 * k_out and len(set(want.values())) > 3
 
 
