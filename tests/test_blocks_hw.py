@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shiftpq import ir
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, FullyConnected, MaxPool, ShortcutPath
@@ -21,48 +22,48 @@ def _setup(seed=0):
 
 def test_code_lut_equals_golden_requant_of_codes():
     t, g, env = _setup(0)
-    op = next(o for o in t.ops if o["name"] == "layer2.0.act_in")
-    src = env[op["src"]]
-    dut = CodeLUT(g.code_table(op["name"]), t.level_set(t.tensors[op["src"]]["levels"]), t.level_set(op["levels"]))
+    op = next(o for o in t.ops if o.name == "layer2.0.act_in")
+    src = env[op.src]
+    dut = CodeLUT(g.code_table(op.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
     got = run_stream(dut, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])])
-    assert np.array_equal(np.array(got), env[op["dst"]].reshape(len(got), -1))
+    assert np.array_equal(np.array(got), env[op.dst].reshape(len(got), -1))
 
 
 def test_shortcut_path_subsamples_and_buffers_a_whole_map():
     t, g, env = _setup(1)
-    op = next(o for o in t.ops if o["op"] == "shortcut")
-    src = env[op["src"]][0]
-    levels = t.level_set(t.tensors[op["src"]]["levels"])
+    op = next(o for o in t.ops if isinstance(o, ir.Shortcut))
+    src = env[op.src][0]
+    levels = t.level_set(t.tensors[op.src].levels)
     from amaranth.lib import data
     from shiftpq_hw.pe import act_code_shape
-    dut = ShortcutPath(data.ArrayLayout(act_code_shape(levels), src.shape[-1]), src.shape[0], op["stride"])
-    n_out = env[op["dst"]][0].shape[0] * env[op["dst"]][0].shape[1]
+    dut = ShortcutPath(data.ArrayLayout(act_code_shape(levels), src.shape[-1]), src.shape[0], op.stride)
+    n_out = env[op.dst][0].shape[0] * env[op.dst][0].shape[1]
     got = run_stream(dut, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])], n_out=n_out)
-    assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[op["dst"]][0].reshape(len(got), -1))
+    assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[op.dst][0].reshape(len(got), -1))
 
 
 def test_avgpool_requant_and_fc_equal_golden():
     t, g, env = _setup(2)
-    pool = next(o for o in t.ops if o["op"] == "avgpool")
-    act = next(o for o in t.ops if o["op"] == "requant" and o["src"] == pool["dst"])
-    fc = next(o for o in t.ops if o["op"] == "fc")
-    src = env[pool["src"]]
-    dut = AvgPoolRequant(t.level_set(t.tensors[pool["src"]]["levels"]), t.level_set(act["levels"]), pool["hw"],
-                         t.array(act, "mul"), t.array(act, "bias"), t.array(act, "shift"))
+    pool = next(o for o in t.ops if isinstance(o, ir.AvgPool))
+    act = next(o for o in t.ops if isinstance(o, ir.Requant) and o.src == pool.dst)
+    fc = next(o for o in t.ops if isinstance(o, ir.FC))
+    src = env[pool.src]
+    dut = AvgPoolRequant(t.level_set(t.tensors[pool.src].levels), t.level_set(act.levels), pool.hw,
+                         act.mul, act.bias, act.shift)
     pixels = [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])]
     got = run_stream(dut, pixels, n_out=2)
-    assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[act["dst"]])
-    fcd = FullyConnected(t.array(fc, "weight"), t.level_set(fc["weight_levels"]), t.level_set(act["levels"]),
-                         t.array(fc, "bias"), fc["shift"])
-    out = run_stream(fcd, [[int(v) for v in row] for row in env[act["dst"]]], n_out=20)
+    assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[act.dst])
+    fcd = FullyConnected(fc.weight, t.level_set(fc.weight_levels), t.level_set(act.levels),
+                         fc.bias, fc.shift)
+    out = run_stream(fcd, [[int(v) for v in row] for row in env[act.dst]], n_out=20)
     scores = np.array([int(o.score) for o in out]).reshape(2, 10)
-    assert np.array_equal(scores, env[fc["dst"]])
+    assert np.array_equal(scores, env[fc.dst])
     assert [int(o.last) for o in out] == ([0] * 9 + [1]) * 2
-    c = len(t.tensors[act["dst"]]["channels"])
-    folded = FullyConnected(t.array(fc, "weight"), t.level_set(fc["weight_levels"]), t.level_set(act["levels"]),
-                            t.array(fc, "bias"), fc["shift"], simd=max(1, (c + 1) // 2))
-    out = run_stream(folded, [[int(v) for v in row] for row in env[act["dst"]]], n_out=20)
-    assert np.array_equal(np.array([int(o.score) for o in out]).reshape(2, 10), env[fc["dst"]])
+    c = len(t.tensors[act.dst].channels)
+    folded = FullyConnected(fc.weight, t.level_set(fc.weight_levels), t.level_set(act.levels),
+                            fc.bias, fc.shift, simd=max(1, (c + 1) // 2))
+    out = run_stream(folded, [[int(v) for v in row] for row in env[act.dst]], n_out=20)
+    assert np.array_equal(np.array([int(o.score) for o in out]).reshape(2, 10), env[fc.dst])
     assert folded.cycles_per_image == 10 * folded._chunks + FullyConnected.LATENCY + 1 and folded.pes == max(1, (c + 1) // 2)
 
 
@@ -72,16 +73,16 @@ def test_avgpool_requant_lanes_equal_golden_and_keep_their_period(lanes):
     step: the golden model's pooled codes, and with the input always there and the output always
     taken, one image every ``cycles_per_image`` cycles, as the cycle model counts it."""
     t, g, env = _setup(3)
-    pool = next(o for o in t.ops if o["op"] == "avgpool")
-    act = next(o for o in t.ops if o["op"] == "requant" and o["src"] == pool["dst"])
-    c = len(t.tensors[pool["src"]]["channels"])
+    pool = next(o for o in t.ops if isinstance(o, ir.AvgPool))
+    act = next(o for o in t.ops if isinstance(o, ir.Requant) and o.src == pool.dst)
+    c = len(t.tensors[pool.src].channels)
     assert c % 3, "the test wants a channel count that 3 lanes do not divide"
     lanes = c if lanes == "all" else lanes
-    make = lambda: AvgPoolRequant(t.level_set(t.tensors[pool["src"]]["levels"]), t.level_set(act["levels"]),
-                                  pool["hw"], t.array(act, "mul"), t.array(act, "bias"), t.array(act, "shift"), lanes)
-    pixels = [[int(v) for v in px] for px in env[pool["src"]].reshape(-1, c)]
+    make = lambda: AvgPoolRequant(t.level_set(t.tensors[pool.src].levels), t.level_set(act.levels),
+                                  pool.hw, act.mul, act.bias, act.shift, lanes)
+    pixels = [[int(v) for v in px] for px in env[pool.src].reshape(-1, c)]
     got = run_stream(make(), pixels, seed=lanes, n_out=2)
-    assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[act["dst"]])
+    assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[act.dst])
     dut, times = make(), []
     run_stream(dut, pixels * 2, gap=0, stall=0, n_out=4, cycles=times)
     assert np.diff(times).tolist() == [dut.cycles_per_image] * 3
@@ -101,11 +102,11 @@ def test_maxpool_equals_golden_on_vgg_maps():
     t = export_model(random_net(4, "vgg16"), {"path": "random"})
     x = images(2, 4)
     _, env = Golden(t).run(x, trace=True)
-    for op in [o for o in t.ops if o["op"] == "maxpool"][:2]:  # 32x32 and 16x16 maps
-        src = t.tensors[op["src"]]
-        dut = MaxPool(t.level_set(src["levels"]), len(src["channels"]), src["hw"], op["size"])
-        pixels = [[int(v) for v in px] for px in env[op["src"]].reshape(-1, len(src["channels"]))]
-        want = env[op["dst"]].reshape(-1, len(src["channels"]))
+    for op in [o for o in t.ops if isinstance(o, ir.MaxPool)][:2]:  # 32x32 and 16x16 maps
+        src = t.tensors[op.src]
+        dut = MaxPool(t.level_set(src.levels), len(src.channels), src.hw, op.size)
+        pixels = [[int(v) for v in px] for px in env[op.src].reshape(-1, len(src.channels))]
+        want = env[op.dst].reshape(-1, len(src.channels))
         got = run_stream(dut, pixels, seed=1, n_out=len(want))
-        assert np.array_equal(np.array([[int(v) for v in p] for p in got]), want), op["name"]
-        assert dut.cycles_per_image == src["hw"] ** 2
+        assert np.array_equal(np.array([[int(v) for v in p] for p in got]), want), op.name
+        assert dut.cycles_per_image == src.hw ** 2

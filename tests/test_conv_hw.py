@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from shiftpq import ir
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq_hw.conv import ConvRequant
@@ -60,27 +61,27 @@ def run_engine(dut, frames: list[np.ndarray], residual: list[np.ndarray] | None 
                                              (9, "layer2.0.conv1", "simd")])
 def test_conv_engine_equals_golden_and_its_cycle_model(seed, layer, fold):
     t = export_model(random_net(seed), {"path": "random"})
-    conv = next(op for op in t.ops if op["name"] == layer)
-    rq = next(op for op in t.ops if op["op"] in ("requant", "add") and conv["dst"] in (op.get("src"), *op.get("srcs", ())))
-    kept = len(t.tensors[rq["dst"]]["channels"])
-    c_in = len(conv["in_channels"])
+    conv = next(op for op in t.ops if op.name == layer)
+    rq = next(op for op in t.ops if isinstance(op, (ir.Requant, ir.Add)) and conv.dst in op.inputs)
+    kept = len(t.tensors[rq.dst].channels)
+    c_in = len(conv.in_channels)
     lanes, simd = {"all": (None, None), "one": (1, 1), "half": (max(1, kept // 2), max(1, c_in // 2)),
                    "simd": (None, max(1, (c_in + 1) // 3))}[fold]
     x = images(2, seed)
     _, env = Golden(t).run(x, trace=True)
     dut = ConvRequant.from_tables(t, conv, rq, lanes, simd)
-    residual = [env[rq["srcs"][1]][i] for i in range(len(x))] if rq["op"] == "add" else None
-    outs, done_at = run_engine(dut, [env[conv["src"]][i] for i in range(len(x))], residual)
+    residual = [env[rq.srcs[1]][i] for i in range(len(x))] if isinstance(rq, ir.Add) else None
+    outs, done_at = run_engine(dut, [env[conv.src][i] for i in range(len(x))], residual)
     for i in range(len(x)):
-        want = env[rq["dst"]][i].reshape(-1, kept)
+        want = env[rq.dst][i].reshape(-1, kept)
         assert np.array_equal(outs[i], want), f"image {i}"
     # back to back, the second image takes exactly the modelled cycles
     assert done_at[1] - done_at[0] == dut.cycles_per_image
     assert dut.pes == dut.lanes * dut.simd
-    assert dut.cycles_per_image == conv["out_hw"] ** 2 * 9 * -(-kept // dut.lanes) * -(-c_in // dut.simd)
-    if rq["op"] == "add":  # the fused add covers shortcut-only channels and conv-only channels
-        assert kept >= len(conv["kept"])
-    assert sum(free for _, free in dut.rows()) == conv["in_hw"]
+    assert dut.cycles_per_image == conv.out_hw ** 2 * 9 * -(-kept // dut.lanes) * -(-c_in // dut.simd)
+    if isinstance(rq, ir.Add):  # the fused add covers shortcut-only channels and conv-only channels
+        assert kept >= len(conv.kept)
+    assert sum(free for _, free in dut.rows()) == conv.in_hw
 
 
 @pytest.mark.parametrize("layer", ["layer3.0.conv1", "layer3.0.conv2"])
@@ -89,29 +90,29 @@ def test_wide_engine_shares_several_requant_units(layer):
     requantization unit can take in turn: the engine runs two (six lanes each), threshold search
     (conv1) and the fused residual add (conv2), and still equals the golden model at its modelled rate."""
     t = export_model(random_net(0, widths=(2, 4, 12), layer_masks=False), {"path": "random"})
-    conv = next(op for op in t.ops if op["name"] == layer)
-    rq = next(op for op in t.ops if op["op"] in ("requant", "add") and conv["dst"] in (op.get("src"), *op.get("srcs", ())))
+    conv = next(op for op in t.ops if op.name == layer)
+    rq = next(op for op in t.ops if isinstance(op, (ir.Requant, ir.Add)) and conv.dst in op.inputs)
     x = images(2, 0)
     _, env = Golden(t).run(x, trace=True)
     dut = ConvRequant.from_tables(t, conv, rq)
     assert (dut.lanes, dut.requant_units) == (12, 2)
-    residual = [env[rq["srcs"][1]][i] for i in range(len(x))] if rq["op"] == "add" else None
-    outs, done_at = run_engine(dut, [env[conv["src"]][i] for i in range(len(x))], residual)
+    residual = [env[rq.srcs[1]][i] for i in range(len(x))] if isinstance(rq, ir.Add) else None
+    outs, done_at = run_engine(dut, [env[conv.src][i] for i in range(len(x))], residual)
     for i in range(len(x)):
-        assert np.array_equal(outs[i], env[rq["dst"]][i].reshape(-1, 12)), f"image {i}"
+        assert np.array_equal(outs[i], env[rq.dst][i].reshape(-1, 12)), f"image {i}"
     assert done_at[1] - done_at[0] == dut.cycles_per_image
 
 
 def test_conv_engine_rejects_bad_parameters():
     t = export_model(random_net(0), {"path": "random"})
-    conv = next(op for op in t.ops if op["name"] == "layer1.0.conv1")
-    rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
+    conv = next(op for op in t.ops if op.name == "layer1.0.conv1")
+    rq = next(op for op in t.ops if isinstance(op, ir.Requant) and op.src == conv.dst)
     with pytest.raises(ValueError, match="lanes must be in"):
         ConvRequant.from_tables(t, conv, rq, lanes=99)
     with pytest.raises(ValueError, match="simd must be in"):
         ConvRequant.from_tables(t, conv, rq, simd=0)
     with pytest.raises(ValueError, match="does not requantize"):
-        ConvRequant.from_tables(t, conv, next(op for op in t.ops if op["name"] == "stem_act"))
+        ConvRequant.from_tables(t, conv, next(op for op in t.ops if op.name == "stem_act"))
 
 
 def test_conv_engine_affine_requant_equals_intops():
@@ -125,7 +126,8 @@ def test_conv_engine_affine_requant_equals_intops():
     lo, hi, partial = intops.conv_bounds(values, 0, al.denom)
     (mul,), bias, shift = intops.fold_affine([rng.uniform(5e-3, 2e-2, 3) * rng.choice([-1, 1], 3)],
                                              rng.uniform(-1, 1, 3), 255, 3.0)
-    rq = {"mode": "affine", "mul": mul, "bias": bias, "shift": shift}
+    rq = ir.Requant(name="rq", src="acc", dst="codes", levels="uniform8u", mode=ir.RequantMode.AFFINE, alpha=3.0,
+                    mul=mul, bias=bias, shift=shift)
     dut = ConvRequant(w, wl, al, ol, stride=1, padding=1, in_hw=8, requant=rq, partial_bound=partial, lanes=2, simd=1)
     frames = [rng.integers(0, 16, (8, 8, 2)) for _ in range(2)]
     outs, done_at = run_engine(dut, frames)
@@ -142,13 +144,13 @@ def test_conv_engine_under_random_gaps_and_backpressure():
     bookkeeping and the stalled pipeline still give the golden model's pixels, over three images."""
     from streams import run_stream
     t = export_model(random_net(3), {"path": "random"})
-    conv = next(op for op in t.ops if op["name"] == "layer2.0.conv1")  # stride 2: eight row slots
-    rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
+    conv = next(op for op in t.ops if op.name == "layer2.0.conv1")  # stride 2: eight row slots
+    rq = next(op for op in t.ops if isinstance(op, ir.Requant) and op.src == conv.dst)
     x = images(3, 3)
     _, env = Golden(t).run(x, trace=True)
     dut = ConvRequant.from_tables(t, conv, rq, lanes=1, simd=1)
     assert dut.slots == 8
-    pixels = [[int(v) for v in px] for i in range(len(x)) for px in env[conv["src"]][i].reshape(-1, len(conv["in_channels"]))]
-    want = env[rq["dst"]].reshape(-1, len(t.tensors[rq["dst"]]["channels"]))
+    pixels = [[int(v) for v in px] for i in range(len(x)) for px in env[conv.src][i].reshape(-1, len(conv.in_channels))]
+    want = env[rq.dst].reshape(-1, len(t.tensors[rq.dst].channels))
     got = run_stream(dut, pixels, seed=5, gap=0.3, stall=0.3, n_out=len(want))
     assert np.array_equal(np.array([[int(v) for v in p] for p in got]), want)

@@ -1,6 +1,7 @@
 """Layer tables and the golden model: exactness, determinism, bounds and bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shiftpq import intops
+from shiftpq import intops, ir
 from shiftpq.checkpoint import save_checkpoint
 from shiftpq.cli import main
 from shiftpq.errors import ShiftPQError
@@ -22,24 +23,23 @@ from shiftpq_sim.fuzz import images, random_net  # noqa: F401 (other tests impor
 
 # -- an independent, slow integer reference written from docs/integer-semantics.md ---------------
 def reference_run(t, image: np.ndarray) -> np.ndarray:
-    m = t.manifest
-    ints = {k: v["ints"] for k, v in m["levels"].items() if v.get("ints")}
+    ints = {k: lv.ints for k, lv in t.levels.items()}
 
     def val(name, x):
-        info = m["tensors"][name]
-        if info["kind"] != "codes":
+        info = t.tensors[name]
+        if info.kind != "codes":
             return x.astype(np.int64)
-        return np.vectorize(lambda i: ints[info["levels"]][i], otypes=[np.int64])(x)
+        return np.vectorize(lambda i: ints[info.levels][i], otypes=[np.int64])(x)
 
     env = {"input": image.astype(np.int64).transpose(1, 2, 0) - 128}  # HWC
-    for op in m["ops"]:
-        kind = op["op"]
+    for op in t.ops:
+        kind = op.OP
         if kind == "conv":
-            x = val(op["src"], env[op["src"]])
-            w = t.array(op, "weight").astype(np.int64)
-            lv = ints[op["weight_levels"]]
+            x = val(op.src, env[op.src])
+            w = op.weight.astype(np.int64)
+            lv = ints[op.weight_levels]
             w = np.vectorize(lambda c: (1 if c >= 0 else -1) * lv[abs(c)], otypes=[np.int64])(w)
-            h, s, p, k = x.shape[0], op["stride"], op["padding"], op["kernel"]
+            h, s, p, k = x.shape[0], op.stride, op.padding, op.kernel
             ho = (h + 2 * p - k) // s + 1
             out = np.zeros((ho, ho, w.shape[0]), dtype=np.int64)
             for y in range(ho):
@@ -52,49 +52,49 @@ def reference_run(t, image: np.ndarray) -> np.ndarray:
                                 if 0 <= iy < h and 0 <= ix < h:
                                     acc += int(np.dot(w[o, :, ky, kx], x[iy, ix]))
                         out[y, xx, o] = acc
-            env[op["dst"]] = out
+            env[op.dst] = out
         elif kind == "requant":
-            x = val(op["src"], env[op["src"]])
+            x = val(op.src, env[op.src])
             out = np.zeros(x.shape, dtype=np.int64)
-            top = len(ints[op["levels"]]) - 1
+            top = len(ints[op.levels]) - 1
             for idx in np.ndindex(x.shape):
                 c = idx[-1]
-                if op["mode"] == "threshold":
-                    th, sg = t.array(op, "thresholds")[c], int(t.array(op, "sign")[c])
+                if op.mode == "threshold":
+                    th, sg = op.thresholds[c], int(op.sign[c])
                     out[idx] = sum(1 for v in th if sg * int(x[idx]) >= int(v))
                 else:
-                    v = (int(x[idx]) * int(t.array(op, "mul")[c]) + int(t.array(op, "bias")[c])) \
-                        >> int(t.array(op, "shift")[c])
+                    v = (int(x[idx]) * int(op.mul[c]) + int(op.bias[c])) \
+                        >> int(op.shift[c])
                     out[idx] = min(max(v, 0), top)
-            env[op["dst"]] = out
+            env[op.dst] = out
         elif kind == "add":
-            acc, sc = env[op["srcs"][0]], val(op["srcs"][1], env[op["srcs"][1]])
-            top = len(ints[op["levels"]]) - 1
-            out = np.zeros(acc.shape[:2] + (len(op["conv_index"]),), dtype=np.int64)
+            acc, sc = env[op.srcs[0]], val(op.srcs[1], env[op.srcs[1]])
+            top = len(ints[op.levels]) - 1
+            out = np.zeros(acc.shape[:2] + (len(op.conv_index),), dtype=np.int64)
             for y in range(acc.shape[0]):
                 for xx in range(acc.shape[1]):
-                    for c, (ci, si) in enumerate(zip(op["conv_index"], op["shortcut_index"])):
-                        v = int(t.array(op, "bias")[c])
+                    for c, (ci, si) in enumerate(zip(op.conv_index, op.shortcut_index)):
+                        v = int(op.bias[c])
                         if ci >= 0:
-                            v += int(acc[y, xx, ci]) * int(t.array(op, "mul")[c])
+                            v += int(acc[y, xx, ci]) * int(op.mul[c])
                         if si >= 0:
-                            v += int(sc[y, xx, si]) * int(t.array(op, "shortcut_mul")[c])
-                        out[y, xx, c] = min(max(v >> int(t.array(op, "shift")[c]), 0), top)
-            env[op["dst"]] = out
+                            v += int(sc[y, xx, si]) * int(op.shortcut_mul[c])
+                        out[y, xx, c] = min(max(v >> int(op.shift[c]), 0), top)
+            env[op.dst] = out
         elif kind == "shortcut":
-            env[op["dst"]] = env[op["src"]][::op["stride"], ::op["stride"]]
+            env[op.dst] = env[op.src][::op.stride, ::op.stride]
         elif kind == "maxpool":
-            x, k = env[op["src"]], op["size"]
-            env[op["dst"]] = np.array([[[x[y * k:y * k + k, xx * k:xx * k + k, c].max() for c in range(x.shape[2])]
+            x, k = env[op.src], op.size
+            env[op.dst] = np.array([[[x[y * k:y * k + k, xx * k:xx * k + k, c].max() for c in range(x.shape[2])]
                                         for xx in range(x.shape[1] // k)] for y in range(x.shape[0] // k)])
         elif kind == "avgpool":
-            env[op["dst"]] = val(op["src"], env[op["src"]]).sum(axis=(0, 1))
+            env[op.dst] = val(op.src, env[op.src]).sum(axis=(0, 1))
         elif kind == "fc":
-            x = val(op["src"], env[op["src"]])
-            w = t.array(op, "weight").astype(np.int64)
-            env[op["dst"]] = np.array([(int(np.dot(w[o], x)) << op["shift"]) + int(t.array(op, "bias")[o])
+            x = val(op.src, env[op.src])
+            w = op.weight.astype(np.int64)
+            env[op.dst] = np.array([(int(np.dot(w[o], x)) << op.shift) + int(op.bias[o])
                                        for o in range(w.shape[0])])
-    return env[m["output"]["tensor"]]
+    return env[t.output]
 
 
 @pytest.mark.parametrize("seed,arch", [(s, False) for s in range(4)] + [(s, True) for s in range(4)])
@@ -113,18 +113,18 @@ def test_random_networks_cover_the_cases_the_hardware_must_handle():
     for seed in range(4):
         t = export_model(random_net(seed), {"path": "random"})
         for op in t.ops:
-            if op["op"] == "conv":
-                kinds.add(("stride", op["stride"]))
-                kinds.add(("kept1", len(op["kept"]) == 1))
-            if op["op"] == "requant":
-                kinds.add(("mode", op["mode"]))
-                if op["mode"] == "threshold":
-                    kinds.add(("negative gain", bool((t.array(op, "sign") < 0).any())))
-            if op["op"] == "add":
+            if isinstance(op, ir.Conv):
+                kinds.add(("stride", op.stride))
+                kinds.add(("kept1", len(op.kept) == 1))
+            if isinstance(op, ir.Requant):
+                kinds.add(("mode", op.mode))
+                if op.mode == "threshold":
+                    kinds.add(("negative gain", bool((op.sign < 0).any())))
+            if isinstance(op, ir.Add):
                 kinds.add(("mode", "affine"))
-                kinds.add(("subsample", op["srcs"][1].endswith("shortcut")))
+                kinds.add(("subsample", op.srcs[1].endswith("shortcut")))
                 kinds.add(("conv-pruned channel with live shortcut",
-                           any(c < 0 <= s for c, s in zip(op["conv_index"], op["shortcut_index"]))))
+                           any(c < 0 <= s for c, s in zip(op.conv_index, op.shortcut_index))))
     for want in [("stride", 1), ("stride", 2), ("kept1", True), ("mode", "threshold"), ("mode", "affine"),
                  ("negative gain", True), ("subsample", True), ("subsample", False),
                  ("conv-pruned channel with live shortcut", True)]:
@@ -148,13 +148,13 @@ def test_golden_matches_fake_quant_model(seed):
     g = Golden(t)
     for name, ref in seen.items():
         info = t.tensors[name]
-        val = g.values(name, env[name]) * info["scale"]
+        val = g.values(name, env[name]) * info.scale
         full = np.zeros(ref.shape)
-        full[:, info["channels"]] = np.moveaxis(val, -1, 1) if val.ndim == 4 else val
-        diff = np.abs(full - ref.numpy()) / info["scale"]  # in units of the tensor's level step
+        full[:, info.channels] = np.moveaxis(val, -1, 1) if val.ndim == 4 else val
+        diff = np.abs(full - ref.numpy()) / info.scale  # in units of the tensor's level step
         # a flip at one layer moves later values by about one step; anything more is a semantic error
         assert (diff > 1e-3).mean() < 0.03, (name, (diff > 1e-3).mean())
-        assert (diff > 1.5 * max(np.diff(t.levels(info["levels"])["ints"]))).mean() < 1e-3, name
+        assert (diff > 1.5 * max(np.diff(t.level_set(info.levels).ints))).mean() < 1e-3, name
 
 
 def test_physical_pruning_computes_what_the_masked_model_computes():
@@ -162,19 +162,19 @@ def test_physical_pruning_computes_what_the_masked_model_computes():
         net = random_net(seed)
         phys = export_model(net, {"path": "r"}, physical=True)
         full = export_model(net, {"path": "r"}, physical=False)
-        assert sum(phys.array(op, "weight").size for op in phys.ops if op["op"] == "conv") < \
-            sum(full.array(op, "weight").size for op in full.ops if op["op"] == "conv")
+        assert sum(op.weight.size for op in phys.ops if isinstance(op, ir.Conv)) < \
+            sum(op.weight.size for op in full.ops if isinstance(op, ir.Conv))
         x = images(3, seed)
         sp, ep = Golden(phys).run(x, trace=True)
         sf, ef = Golden(full).run(x, trace=True)
         assert np.array_equal(sp, sf)
         for name, info in phys.tensors.items():
             a, b = ep[name], ef[name]
-            full_ch = full.tensors[name]["channels"]
-            ch = [full_ch.index(c) for c in info["channels"]]
+            full_ch = full.tensors[name].channels
+            ch = [full_ch.index(c) for c in info.channels]
             assert np.array_equal(a, b[..., ch]), name
             rest = np.delete(b, ch, axis=-1)
-            if full.tensors[name]["kind"] != "image":
+            if full.tensors[name].kind != "image":
                 assert not rest.any(), f"{name}: a removed channel is not zero in the masked model"
 
 
@@ -187,10 +187,10 @@ def test_export_is_byte_identical_and_round_trips(tmp_path, monkeypatch):
         save_checkpoint(tmp_path / clone / "models" / "m.pt", net, {"epoch": 1})
         monkeypatch.chdir(tmp_path / clone)
         save_tables(export_checkpoint("models/m.pt"), tmp_path / clone / "tables")
-        assert load_tables(tmp_path / clone / "tables").manifest["source"]["path"] == "models/m.pt"
+        assert load_tables(tmp_path / clone / "tables").source["path"] == "models/m.pt"
     ckpt = tmp_path / "one" / "models" / "m.pt"
     monkeypatch.chdir(tmp_path / "two")
-    assert export_checkpoint(ckpt).manifest["source"]["path"] == ckpt.resolve().as_posix()  # outside: absolute
+    assert export_checkpoint(ckpt).source["path"] == ckpt.resolve().as_posix()  # outside: absolute
     a, b = tmp_path / "one" / "tables", tmp_path / "two" / "tables"
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir()) and MANIFEST in names
@@ -198,10 +198,11 @@ def test_export_is_byte_identical_and_round_trips(tmp_path, monkeypatch):
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
     monkeypatch.chdir(tmp_path / "one")
     t0, t1 = export_checkpoint(ckpt), load_tables(a)
-    assert json.loads(json.dumps(t0.manifest)) == t1.manifest
-    assert t0.arrays.keys() == t1.arrays.keys()
-    for k in t0.arrays:
-        assert t0.arrays[k].dtype == t1.arrays[k].dtype and np.array_equal(t0.arrays[k], t1.arrays[k])
+    assert t0 == t1
+    a0, a1 = t0.arrays(), t1.arrays()
+    assert a0.keys() == a1.keys()
+    for k in a0:
+        assert a0[k].dtype == a1[k].dtype and np.array_equal(a0[k], a1[k])
     x = images(4)
     assert np.array_equal(Golden(t0).run(x), Golden(t1).run(x))
 
@@ -209,15 +210,15 @@ def test_export_is_byte_identical_and_round_trips(tmp_path, monkeypatch):
 def test_vgg16_exports_and_matches_fake_quant():
     net = random_net(0, "vgg16", layer_masks=True)
     t = export_model(net, {"path": "r"})
-    assert {op["op"] for op in t.ops} >= {"conv", "requant", "maxpool", "avgpool", "fc"}
+    assert {type(op) for op in t.ops} >= {ir.Conv, ir.Requant, ir.MaxPool, ir.AvgPool, ir.FC}
     x = images(2)
     with torch.no_grad():
         ref = net(preprocess(torch.from_numpy(x)))
     scores = Golden(t).run(x)
-    unit = t.tensors[t.manifest["output"]["tensor"]]
+    unit = t.tensors[t.output]
     # the scores are the float logits on an integer scale: compare their ranking
     assert list(predict(scores)) == list(ref.argmax(1).numpy())
-    assert unit["kind"] == "scores"
+    assert unit.kind == "scores"
 
 
 def test_accumulators_stay_within_declared_bounds_for_adversarial_inputs():
@@ -225,23 +226,23 @@ def test_accumulators_stay_within_declared_bounds_for_adversarial_inputs():
         t = export_model(random_net(seed), {"path": "r"})
         g = Golden(t)
         for op in t.ops:
-            if op["op"] != "conv":
+            if not isinstance(op, ir.Conv):
                 continue
-            src = t.tensors[op["src"]]
-            w = g._weights[op["name"]]
-            lo, hi = src["lo"], src["hi"]
-            k, h, c = op["kernel"], op["in_hw"], len(src["channels"])
+            src = t.tensors[op.src]
+            w = g._weights[op.name]
+            lo, hi = src.lo, src.hi
+            k, h, c = op.kernel, op.in_hw, len(src.channels)
             for o in range(w.shape[0]):
                 # the worst case for filter o at an interior output pixel: max where w > 0, min where w < 0
                 x = np.zeros((1, h, h, c), dtype=np.int64)
                 patch = np.where(w[o] > 0, hi, lo).transpose(1, 2, 0)
                 x[0, :k, :k] = patch
-                acc = intops.conv2d(x, w, 1, 0, op["partial_bound"])
+                acc = intops.conv2d(x, w, 1, 0, op.partial_bound)
                 assert acc[0, 0, 0, o] == int(np.maximum(w[o] * hi, w[o] * lo).sum())
-                assert acc[0, 0, 0, o] <= t.tensors[op["dst"]]["hi"] < 2 ** (op["acc_bits"] - 1)
+                assert acc[0, 0, 0, o] <= t.tensors[op.dst].hi < 2 ** (op.acc_bits - 1)
             allmax = np.full((2, h, h, c), hi, dtype=np.int64)
-            acc = intops.conv2d(allmax, w, op["stride"], op["padding"], op["partial_bound"])
-            assert t.tensors[op["dst"]]["lo"] <= acc.min() and acc.max() <= t.tensors[op["dst"]]["hi"]
+            acc = intops.conv2d(allmax, w, op.stride, op.padding, op.partial_bound)
+            assert t.tensors[op.dst].lo <= acc.min() and acc.max() <= t.tensors[op.dst].hi
         # whole networks on extreme images never leave the declared ranges (the golden model checks)
         for fill in (0, 255):
             g.run(np.full((2, 3, 32, 32), fill, dtype=np.uint8))
@@ -250,9 +251,8 @@ def test_accumulators_stay_within_declared_bounds_for_adversarial_inputs():
 
 def test_golden_raises_when_a_value_leaves_its_declared_range():
     t = export_model(random_net(0), {"path": "r"})
-    name = next(op["dst"] for op in t.ops if op["op"] == "conv")
-    t.tensors[name]["hi"] = 0
-    t.tensors[name]["lo"] = 0
+    name = next(op.dst for op in t.ops if isinstance(op, ir.Conv))
+    t.tensors[name] = dataclasses.replace(t.tensors[name], hi=0, lo=0)
     with pytest.raises(GoldenError, match=name):
         Golden(t).run(images(2))
 
@@ -380,7 +380,7 @@ def test_export_refuses_to_overwrite_and_replaces_atomically_with_force(tmp_path
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--force"]) == 0
-    assert load_tables(out).manifest["model"] == "tiny"
+    assert load_tables(out).model == "tiny"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "t"]  # no temporary directories left
 
 
@@ -412,8 +412,8 @@ def test_shipped_resnet20_golden_model_agrees_with_its_fake_quant_model(tmp_path
     assert r["accuracy"] >= 85.0, r
     assert r["agreement"] >= 99.5 and abs(r["accuracy_difference"]) <= 0.3, r
     t = load_tables(tmp_path / "t")
-    convs = [op for op in t.ops if op["op"] == "conv"]
-    assert len(convs) == 19 and sum(len(op["kept"]) for op in convs) < sum(op["filters"] for op in convs)
+    convs = [op for op in t.ops if isinstance(op, ir.Conv)]
+    assert len(convs) == 19 and sum(len(op.kept) for op in convs) < sum(op.filters for op in convs)
 
 
 def test_golden_does_not_trust_a_too_small_partial_bound():
@@ -421,13 +421,12 @@ def test_golden_does_not_trust_a_too_small_partial_bound():
     t = export_model(random_net(2), {"path": "r"})
     x = images(2)
     want = Golden(t).run(x)
-    for op in t.ops:
-        if op["op"] in ("conv", "fc"):
-            op["partial_bound"] = 0
+    t = dataclasses.replace(t, ops=tuple(dataclasses.replace(op, partial_bound=0) if isinstance(op, (ir.Conv, ir.FC))
+                                         else op for op in t.ops))
     g = Golden(t)
     for op in t.ops:
-        if op["op"] in ("conv", "fc"):
-            src = t.tensors[op["src"]]
-            true_bound = intops.conv_bounds(g._weights[op["name"]], src["lo"], src["hi"])[2]
-            assert true_bound > 0 and g._bounds[op["name"]] == true_bound
+        if isinstance(op, (ir.Conv, ir.FC)):
+            src = t.tensors[op.src]
+            true_bound = intops.conv_bounds(g._weights[op.name], src.lo, src.hi)[2]
+            assert true_bound > 0 and g._bounds[op.name] == true_bound
     assert np.array_equal(g.run(x), want)

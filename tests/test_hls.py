@@ -3,6 +3,7 @@ simulation against the golden model), on tiny and random networks; a mutated wei
 generated design stays inside the synthesizable subset and its directives follow the hardware plan."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -12,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shiftpq import ir
 from shiftpq.cli import main
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
-from shiftpq.tables import Tables, load_tables, save_tables
+from shiftpq.ir import Tables
+from shiftpq.tables import load_tables, save_tables
 from shiftpq_hw.hls import DESIGN_FILES, HLS_DIR, generate_hls
 from shiftpq_hw.hls_csim import simulate_hls
 from shiftpq_hw.network import plan
@@ -85,11 +88,11 @@ def test_random_networks_are_bit_exact_in_c_simulation(seed, tmp_path):
 
 
 def _mutated(tables: Tables, op_name: str, index: tuple, value: int) -> Tables:
-    arrays = dict(tables.arrays)
-    w = arrays[f"{op_name}.weight.npy"].copy()
+    op = tables.op(op_name)
+    w = op.weight.copy()
     w[index] = value
-    arrays[f"{op_name}.weight.npy"] = w
-    return Tables(json.loads(json.dumps(tables.manifest)), arrays)
+    return dataclasses.replace(tables, ops=tuple(dataclasses.replace(o, weight=w) if o is op else o
+                                                 for o in tables.ops))
 
 
 def test_a_mutated_weight_in_the_generated_cpp_is_caught(tiny_hls, tmp_path, cifar_dir):
@@ -100,11 +103,11 @@ def test_a_mutated_weight_in_the_generated_cpp_is_caught(tiny_hls, tmp_path, cif
     tables = load_tables(tiny_hls / "tables")
     imgs = load_split(cifar_dir, "test", 4)[0].numpy()
     want = Golden(tables).run(imgs)
-    conv = next(op for op in tables.ops if op["op"] == "conv" and op["weight_levels"].startswith("apot"))
-    w = tables.array(conv, "weight")
-    top = len(tables.levels(conv["weight_levels"])["ints"]) - 1
+    conv = next(op for op in tables.ops if isinstance(op, ir.Conv) and op.weight_levels.startswith("apot"))
+    w = conv.weight
+    top = len(tables.level_set(conv.weight_levels).ints) - 1
     for index in np.ndindex(*w.shape):  # the first weight whose change shows in the scores
-        bad = _mutated(tables, conv["name"], index, -top if w[index] >= 0 else top)
+        bad = _mutated(tables, conv.name, index, -top if w[index] >= 0 else top)
         differ = int((Golden(bad).run(imgs) != want).any(axis=1).sum())
         if differ:
             break
@@ -117,7 +120,7 @@ def test_a_mutated_weight_in_the_generated_cpp_is_caught(tiny_hls, tmp_path, cif
     assert r["mismatches"] == differ and not r["passed"]
     # the first wrong image, traced, names the mutated engine: every stream before it matched
     f = r["first_wrong"]
-    assert f["block"] == conv["name"] and f["image"] == r["wrong"][0]["image"] and f["got"] != f["want"], f
+    assert f["block"] == conv.name and f["image"] == r["wrong"][0]["image"] and f["got"] != f["want"], f
     assert main(["sim", "--backend", "hls", "--build", str(out), "--images", "4", "--data-dir", cifar_dir]) == 1
 
 
@@ -223,12 +226,12 @@ def test_widths_are_those_of_the_integer_semantics(tiny_hls):
     tables = load_tables(tiny_hls / "tables")
     types = (tiny_hls / HLS_DIR / "shiftpq_types.h").read_text().split("#else")[0]
     width = {name: int(bits) for bits, name in re.findall(r"typedef ap_u?int<(\d+)> (\w+);", types)}
-    ops = [op for op in tables.ops if op["op"] in ("conv", "fc")]
-    assert ops and all(width[re.sub(r"\W", "_", op["name"]) + "_acc_t"] == op["acc_bits"] for op in ops)
+    ops = [op for op in tables.ops if isinstance(op, (ir.Conv, ir.FC))]
+    assert ops and all(width[re.sub(r"\W", "_", op.name) + "_acc_t"] == op.acc_bits for op in ops)
     for name, info in tables.tensors.items():
         key = re.sub(r"\W", "_", name) + "_code_t"
-        if info["kind"] == "codes" and key in width:
-            assert width[key] == (len(tables.levels(info["levels"])["ints"]) - 1).bit_length(), name
+        if info.kind == "codes" and key in width:
+            assert width[key] == (len(tables.level_set(info.levels).ints) - 1).bit_length(), name
     assert "typedef ap_axis<32, 0, 0, 0> out_beat_t;" in types
 
 

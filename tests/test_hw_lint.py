@@ -9,7 +9,7 @@ import pytest
 from amaranth.back import rtlil, verilog
 from amaranth.hdl import signed, unsigned
 
-from shiftpq import intops
+from shiftpq import intops, ir
 from shiftpq.export import export_model
 from shiftpq.levels import level_set
 from shiftpq_hw.conv import ConvRequant
@@ -21,8 +21,8 @@ from test_export import random_net
 
 def _conv(simd=None):
     t = export_model(random_net(1), {"path": "random"})
-    conv = next(op for op in t.ops if op["name"] == "layer2.0.conv1")
-    rq = next(op for op in t.ops if op["op"] == "requant" and op["src"] == conv["dst"])
+    conv = next(op for op in t.ops if op.name == "layer2.0.conv1")
+    rq = next(op for op in t.ops if isinstance(op, ir.Requant) and op.src == conv.dst)
     return ConvRequant.from_tables(t, conv, rq, lanes=1 if simd else None, simd=simd)
 
 

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from shiftpq import ir
 from shiftpq.data import load_split
 from shiftpq.export import export_model
 from shiftpq_hw.gen import generate
@@ -64,12 +65,12 @@ def _observable_mutation(t, broken, x, mutation):
     from shiftpq.golden import Golden
     want = Golden(t).run(x)
     if mutation == "weight":
-        op = next(o for o in broken.ops if o["name"] == "stem")
-        w = broken.array(op, "weight")
+        op = next(o for o in broken.ops if o.name == "stem")
+        w = op.weight
         cands = [(arr, idx, 1 if arr[idx] != 1 else -1) for arr in [w] for idx in np.ndindex(*w.shape)]
     else:
-        op = next(o for o in broken.ops if o["op"] == "requant" and o.get("mode") == "threshold")
-        th = broken.array(op, "thresholds")
+        op = next(o for o in broken.ops if isinstance(o, ir.Requant) and o.mode == ir.RequantMode.THRESHOLD)
+        th = op.thresholds
         cands = [(arr, idx, arr[idx] + d) for arr in [th] for idx in np.ndindex(*th.shape) for d in (1, -1)]
     for arr, idx, new in cands:
         old = arr[idx]
@@ -78,7 +79,7 @@ def _observable_mutation(t, broken, x, mutation):
             arr[idx] = old
             continue
         if not np.array_equal(Golden(broken).run(x), want):
-            return f"{op['name']}{list(idx)}: {old} -> {new}"
+            return f"{op.name}{list(idx)}: {old} -> {new}"
         arr[idx] = old
     pytest.fail("no observable mutation found")
 
@@ -102,7 +103,7 @@ def test_broken_generator_output_is_caught(mutation, bench, tmp_path):
     assert not r["passed"] and r["mismatches"] > 0 and r["bench"] == bench, f"a broken RTL ({what}) went unnoticed"
     # the diagnosis names the block the mutation is in: a requant after a conv is fused into its engine
     f = r["first_wrong"]
-    mutated = next(o for o in t.ops if o["name"] == what.split("[")[0])
-    block = next((o["name"] for o in t.ops if o["op"] == "conv" and o["dst"] == mutated.get("src")
-                  and mutated["op"] == "requant"), mutated["name"])
+    mutated = next(o for o in t.ops if o.name == what.split("[")[0])
+    block = next((o.name for o in t.ops if isinstance(o, ir.Conv) and isinstance(mutated, ir.Requant)
+                  and o.dst == mutated.src), mutated.name)
     assert f["block"] == block and f["got"] != f["want"] and f["image"] == r["wrong"][0]["image"], (what, f)

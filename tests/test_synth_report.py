@@ -10,6 +10,7 @@ import shutil
 import jinja2
 import pytest
 
+from shiftpq import ir
 from shiftpq.cli import main
 from shiftpq.export import export_model
 from shiftpq.metrics import model_metrics, tables_metrics
@@ -111,8 +112,8 @@ def test_report_renders_every_section_deterministically(small, cifar_dir, capsys
         assert f"{synth['fmax_mhz']} MHz" in text and "ecp5-25k" in text
         assert "UNTRAINED" in text and "2 images, 0 mismatches" in text.replace('<span class="">', "").replace("</span>", "")
         for op in t.ops:
-            if op["op"] == "conv":
-                assert op["name"] in text
+            if isinstance(op, ir.Conv):
+                assert op.name in text
 
 
 def test_report_counts_render_a_figure_a_stopped_run_never_measured():

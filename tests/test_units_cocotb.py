@@ -9,7 +9,7 @@ import pytest
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from shiftpq import intops
+from shiftpq import intops, ir
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
@@ -109,10 +109,10 @@ def _pixels(a: np.ndarray) -> list[list[int]]:
 def test_option_a_shortcut_subsamples_like_the_golden_model(tmp_path):
     """The stride-2 shortcut keeps the pixels on the stride grid of both images, in order."""
     t, env = _traced(1)
-    op = next(o for o in t.ops if o["op"] == "shortcut" and o["stride"] == 2)
-    src = env[op["src"]]
-    shape = data.ArrayLayout(act_code_shape(t.level_set(t.tensors[op["src"]]["levels"])), src.shape[-1])
-    want = [pack(shape, px) for px in _pixels(env[op["src"]][:, ::2, ::2])]
+    op = next(o for o in t.ops if isinstance(o, ir.Shortcut) and o.stride == 2)
+    src = env[op.src]
+    shape = data.ArrayLayout(act_code_shape(t.level_set(t.tensors[op.src].levels)), src.shape[-1])
+    want = [pack(shape, px) for px in _pixels(env[op.src][:, ::2, ::2])]
     r = run_unit(ShortcutPath(shape, src.shape[1], 2), "shortcut", _pixels(src), want, tmp_path)
     assert r["mismatches"] == 0 and r["words"] == 2 * (src.shape[1] // 2) ** 2
 
@@ -121,20 +121,20 @@ def test_average_pool_and_fc_equal_the_golden_model(tmp_path):
     """Average pool + requantization, then the 8-bit FC: the class scores of two images, `last` on
     every tenth, against the golden model's trace."""
     t, env = _traced(2)
-    pool = next(o for o in t.ops if o["op"] == "avgpool")
-    act = next(o for o in t.ops if o["op"] == "requant" and o["src"] == pool["dst"])
-    fc = next(o for o in t.ops if o["op"] == "fc")
-    dut = AvgPoolRequant(t.level_set(t.tensors[pool["src"]]["levels"]), t.level_set(act["levels"]), pool["hw"],
-                         t.array(act, "mul"), t.array(act, "bias"), t.array(act, "shift"))
+    pool = next(o for o in t.ops if isinstance(o, ir.AvgPool))
+    act = next(o for o in t.ops if isinstance(o, ir.Requant) and o.src == pool.dst)
+    fc = next(o for o in t.ops if isinstance(o, ir.FC))
+    dut = AvgPoolRequant(t.level_set(t.tensors[pool.src].levels), t.level_set(act.levels), pool.hw,
+                         act.mul, act.bias, act.shift)
     out = dut.signature.members["o"].signature.members["payload"].shape
-    r = run_unit(dut, "avgpool", _pixels(env[pool["src"]]), [pack(out, row) for row in _pixels(env[act["dst"]])],
+    r = run_unit(dut, "avgpool", _pixels(env[pool.src]), [pack(out, row) for row in _pixels(env[act.dst])],
                  tmp_path / "pool")
     assert r["mismatches"] == 0 and r["words"] == 2
-    fcd = FullyConnected(t.array(fc, "weight"), t.level_set(fc["weight_levels"]), t.level_set(act["levels"]),
-                         t.array(fc, "bias"), fc["shift"])
+    fcd = FullyConnected(fc.weight, t.level_set(fc.weight_levels), t.level_set(act.levels),
+                         fc.bias, fc.shift)
     out = fcd.signature.members["o"].signature.members["payload"].shape
-    want = [pack(out, {"score": int(s), "last": int(k == 9)}) for row in env[fc["dst"]] for k, s in enumerate(row)]
-    r = run_unit(fcd, "fc", _pixels(env[act["dst"]]), want, tmp_path / "fc")
+    want = [pack(out, {"score": int(s), "last": int(k == 9)}) for row in env[fc.dst] for k, s in enumerate(row)]
+    r = run_unit(fcd, "fc", _pixels(env[act.dst]), want, tmp_path / "fc")
     assert r["mismatches"] == 0 and r["words"] == 20
 
 
@@ -144,14 +144,14 @@ def test_folded_conv_engine_equals_the_golden_model(layer, tmp_path):
     and half the input channels, threshold requantization; stride 1 and stride 2) on a real layer's
     input maps of two images, against the golden model's trace."""
     t, env = _traced(3)
-    conv = next(o for o in t.ops if o["name"] == layer)
-    rq = next(o for o in t.ops if o["op"] == "requant" and o["src"] == conv["dst"])
-    kept, c_in = len(t.tensors[rq["dst"]]["channels"]), len(conv["in_channels"])
+    conv = next(o for o in t.ops if o.name == layer)
+    rq = next(o for o in t.ops if isinstance(o, ir.Requant) and o.src == conv.dst)
+    kept, c_in = len(t.tensors[rq.dst].channels), len(conv.in_channels)
     dut = ConvRequant.from_tables(t, conv, rq, max(1, kept // 2), max(1, c_in // 2))
     out = dut.signature.members["o"].signature.members["payload"].shape
-    want = [pack(out, px) for px in _pixels(env[rq["dst"]])]
-    r = run_unit(dut, "conv", _pixels(env[conv["src"]]), want, tmp_path)
-    assert r["mismatches"] == 0 and r["words"] == 2 * conv["out_hw"] ** 2
+    want = [pack(out, px) for px in _pixels(env[rq.dst])]
+    r = run_unit(dut, "conv", _pixels(env[conv.src]), want, tmp_path)
+    assert r["mismatches"] == 0 and r["words"] == 2 * conv.out_hw ** 2
 
 
 @pytest.mark.parametrize("block", ["layer1.0", "layer2.0"])
@@ -164,23 +164,23 @@ def test_fused_residual_add_equals_the_golden_model(block, tmp_path):
     and each at the top with the other zero."""
     t, env = _traced(4)
     g = Golden(t)
-    add = next(o for o in t.ops if o["name"] == f"{block}.add")
-    conv = next(o for o in t.ops if o["dst"] == add["srcs"][0])
-    src, sc = conv["src"], add["srcs"][1]
-    kept, c_in = len(t.tensors[add["dst"]]["channels"]), len(conv["in_channels"])
+    add = next(o for o in t.ops if o.name == f"{block}.add")
+    conv = next(o for o in t.ops if o.dst == add.srcs[0])
+    src, sc = conv.src, add.srcs[1]
+    kept, c_in = len(t.tensors[add.dst].channels), len(conv.in_channels)
     dut = ConvRequant.from_tables(t, conv, add, max(1, kept // 2), max(1, c_in // 2))
-    tops = {n: len(t.levels(t.tensors[n]["levels"])["ints"]) - 1 for n in (src, sc)}
+    tops = {n: len(t.level_set(t.tensors[n].levels).ints) - 1 for n in (src, sc)}
     edge = {src: [], sc: []}
     for top_i, top_r in ((0, 0), (1, 1), (1, 0), (0, 1)):
         edge[src].append(np.full(env[src].shape[1:], top_i * tops[src], env[src].dtype))
         edge[sc].append(np.full(env[sc].shape[1:], top_r * tops[sc], env[sc].dtype))
     x = {n: np.concatenate([env[n], np.stack(edge[n])]) for n in (src, sc)}
-    x[conv["dst"]] = g.apply(conv, x)
+    x[conv.dst] = g.apply(conv, x)
     want_codes = g.apply(add, x)
-    top_out = len(t.levels(add["levels"])["ints"]) - 1
+    top_out = len(t.level_set(add.levels).ints) - 1
     assert {0, top_out} <= set(np.unique(want_codes))  # the edge cases reach both ends of the output
     out = dut.signature.members["o"].signature.members["payload"].shape
     r = run_unit(dut, "resadd", {"i": _pixels(x[src]), "r": _pixels(x[sc])},
                  [pack(out, px) for px in _pixels(want_codes)], tmp_path)
-    assert r["mismatches"] == 0 and r["words"] == 6 * conv["out_hw"] ** 2
-    assert np.array_equal(want_codes[:2], env[add["dst"]])
+    assert r["mismatches"] == 0 and r["words"] == 6 * conv.out_hw ** 2
+    assert np.array_equal(want_codes[:2], env[add.dst])

@@ -34,7 +34,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from shiftpq import intops
+from shiftpq import intops, ir
 from shiftpq.levels import LevelSet
 
 from .engine import LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue, TapSequencer
@@ -51,8 +51,11 @@ class ConvRequant(wiring.Component):
     of shift-add PEs."""
 
     def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, olevels: LevelSet,
-                 stride: int, padding: int, in_hw: int, requant: dict, partial_bound: int,
-                 lanes: int | None = None, residual: dict | None = None, simd: int | None = None):
+                 stride: int, padding: int, in_hw: int, requant: ir.Requant | ir.Add, partial_bound: int,
+                 lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None):
+        """``requant``: the IR op that reads the accumulators (its constants by output channel, in the
+        order of ``weights``): a ``Requant``, or an ``Add`` (the fused residual add: ``shortcut`` gives
+        the level set and channel count of its second input, the stream ``r``)."""
         weights = np.asarray(weights, dtype=np.int64)
         k_out, c_in, k, k2 = weights.shape
         problems = []
@@ -65,17 +68,20 @@ class ConvRequant(wiring.Component):
             problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
         if simd is not None and not 1 <= simd <= c_in:
             problems.append(f"simd must be in [1, {c_in}], got {simd!r}")
-        if requant.get("mode") not in ("threshold", "affine"):
-            problems.append(f"requant mode must be 'threshold' or 'affine', got {requant.get('mode')!r}")
-        if residual is not None and (stride != 1 or 2 * padding != k - 1 or requant.get("mode") != "affine"
-                                     or len(residual["index"]) != k_out
-                                     or list(residual["levels"].ints) != list(range(len(residual["levels"].ints)))):
-            problems.append("a residual input needs stride 1, 'same' padding, the affine requant, one shortcut "
-                            "index per output and a uniform (8-bit) stream")
+        residual = requant if isinstance(requant, ir.Add) else None
+        if not isinstance(requant, (ir.Requant, ir.Add)):
+            problems.append(f"requant must be an ir.Requant or ir.Add op, got {requant!r}")
+        elif (residual is not None) != (shortcut is not None):
+            problems.append("a shortcut stream goes with an ir.Add requant, and only with one")
+        elif residual is not None and (stride != 1 or 2 * padding != k - 1 or len(residual.shortcut_index) != k_out
+                                       or list(shortcut[0].ints) != list(range(len(shortcut[0].ints)))):
+            problems.append("a residual input needs stride 1, 'same' padding, one shortcut index per output and "
+                            "a uniform (8-bit) stream")
         if problems:
             self._MustUse__silence = True
             raise ValueError("; ".join(problems))
         self._res = residual
+        self._sc_levels = shortcut[0] if shortcut is not None else None
         self._w, self._wl, self._al, self._ol = weights, wlevels, alevels, olevels
         self._k, self._s, self._p, self._in_hw = k, stride, padding, in_hw
         self._out_hw = (in_hw + 2 * padding - k) // stride + 1
@@ -90,34 +96,27 @@ class ConvRequant(wiring.Component):
         ports = {"i": In(stream.Signature(data.ArrayLayout(act_code_shape(alevels), c_in))),
                  "o": Out(stream.Signature(data.ArrayLayout(act_code_shape(olevels), k_out)))}
         if residual is not None:  # the shortcut tensor, one pixel per output pixel as it is requantized
-            ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(residual["levels"]),
-                                                              residual["channels"])))
+            ports["r"] = In(stream.Signature(data.ArrayLayout(act_code_shape(shortcut[0]), shortcut[1])))
         super().__init__(ports)
 
     @classmethod
-    def from_tables(cls, tables, conv_op: dict, requant_op: dict, lanes: int | None = None,
-                    simd: int | None = None) -> "ConvRequant":
+    def from_tables(cls, tables: ir.Tables, conv_op: ir.Conv, requant_op: ir.Requant | ir.Add,
+                    lanes: int | None = None, simd: int | None = None) -> "ConvRequant":
         """The engine of one conv op and the requant op that reads its accumulators."""
         lv = tables.level_set
-        src_levels = tables.tensors[conv_op["src"]].get("levels")
-        weights, residual = tables.array(conv_op, "weight"), None
-        if requant_op["op"] == "add" and requant_op["srcs"][0] == conv_op["dst"]:
+        src_levels = tables.tensors[conv_op.src].levels
+        weights, shortcut = conv_op.weight, None
+        if isinstance(requant_op, ir.Add) and requant_op.conv_src == conv_op.dst:
             # the fused residual add: lanes over the add's output channels, zero filters where the
             # conv has none (the shortcut alone), and the shortcut as a second input
-            ci = requant_op["conv_index"]
-            weights = np.stack([weights[j] if j >= 0 else np.zeros_like(weights[0]) for j in ci])
-            sc = tables.tensors[requant_op["srcs"][1]]
-            residual = {"levels": lv(sc["levels"]), "channels": len(sc["channels"]),
-                        "index": requant_op["shortcut_index"], "filters": sum(j >= 0 for j in ci), "mul": tables.array(requant_op, "shortcut_mul")}
-            rq = {"mode": "affine", **{f: tables.array(requant_op, f) for f in ("mul", "bias", "shift")}}
-        elif requant_op["op"] == "requant" and requant_op["src"] == conv_op["dst"]:
-            fields = ("thresholds", "sign") if requant_op["mode"] == "threshold" else ("mul", "bias", "shift")
-            rq = {"mode": requant_op["mode"], **{f: tables.array(requant_op, f) for f in fields}}
-        else:
-            raise ValueError(f"{requant_op['name']!r} does not requantize {conv_op['name']!r}")
-        return cls(weights, lv(conv_op["weight_levels"]), lv(src_levels) if src_levels else IMAGE,
-                   lv(requant_op["levels"]), conv_op["stride"], conv_op["padding"], conv_op["in_hw"], rq,
-                   conv_op["partial_bound"], lanes, residual, simd)
+            weights = np.stack([weights[j] if j >= 0 else np.zeros_like(weights[0]) for j in requant_op.conv_index])
+            sc = tables.tensors[requant_op.shortcut_src]
+            shortcut = (lv(sc.levels), len(sc.channels))
+        elif not (isinstance(requant_op, ir.Requant) and requant_op.src == conv_op.dst):
+            raise ValueError(f"{requant_op.name!r} does not requantize {conv_op.name!r}")
+        return cls(weights, lv(conv_op.weight_levels), lv(src_levels) if src_levels else IMAGE,
+                   lv(requant_op.levels), conv_op.stride, conv_op.padding, conv_op.in_hw, requant_op,
+                   conv_op.partial_bound, lanes, shortcut, simd)
 
     # -- the analytic model the simulation must match --------------------------------------------
     @property
@@ -152,7 +151,7 @@ class ConvRequant(wiring.Component):
     def macs_per_image(self) -> int:
         """Useful MACs: the filters the conv has (not the fused add's shortcut-only channels) times
         their weights times the output pixels."""
-        filters = self._res["filters"] if self._res else self._w.shape[0]
+        filters = sum(j >= 0 for j in self._res.conv_index) if self._res else self._w.shape[0]
         return filters * int(self._w[0].size) * self._out_hw ** 2
 
     def rows(self) -> list[tuple[int, int]]:
@@ -179,10 +178,13 @@ class ConvRequant(wiring.Component):
         return w.transpose(0, 4, 2, 1, 3).reshape(groups * k * k * chunks, lanes * simd)
 
     def _lane_requant(self) -> LaneRequant:
-        fields = ("thresholds", "sign") if self._rq["mode"] == "threshold" else ("mul", "bias", "shift")
-        shortcut = (self._res["mul"], self._res["levels"]) if self._res else None
+        rq = self._rq
+        threshold = isinstance(rq, ir.Requant) and rq.mode == ir.RequantMode.THRESHOLD
+        consts = {"thresholds": rq.thresholds, "sign": rq.sign} if threshold else \
+            {"mul": rq.mul, "bias": rq.bias, "shift": rq.shift}
+        shortcut = (self._res.shortcut_mul, self._sc_levels) if self._res else None
         return LaneRequant(self._lanes, self._groups, self._k ** 2 * self._chunks, self._w.shape[0], self._acc_shape,
-                           self._partial_bound, self._ol, shortcut=shortcut, **{f: self._rq[f] for f in fields})
+                           self._partial_bound, self._ol, shortcut=shortcut, **consts)
 
     @property
     def requant_units(self) -> int:
@@ -199,7 +201,7 @@ class ConvRequant(wiring.Component):
         lines = LineBuffer(self._in_hw, self._slots).build(m, self.i)
         macs = MacPipeline(self._lane_weights(), self._wl, self._al, self._lanes, self._simd, c_in, self._acc_shape)
         weights = macs.weight_memory(m)
-        shortcut = ShortcutQueue(self.r, self._res["index"], self._lanes, self._groups) if self._res else None
+        shortcut = ShortcutQueue(self.r, self._res.shortcut_index, self._lanes, self._groups) if self._res else None
         # stage 0: one (group, tap, chunk) per cycle reads the line buffer and the weight memory
         seq = TapSequencer(k, self._s, self._p, self._in_hw, self._groups, self._chunks, self._slots,
                            self.rows()).build(m, en, lines.avail, lines.read, weights, shortcut)

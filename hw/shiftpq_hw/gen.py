@@ -24,7 +24,8 @@ from amaranth.back import rtlil
 
 from shiftpq.atomic import atomic_dir, prepare_output
 from shiftpq.errors import ShiftPQError
-from shiftpq.tables import Tables, load_tables, save_tables
+from shiftpq.ir import Tables
+from shiftpq.tables import load_tables, save_tables
 
 from .network import Network
 from .verilog import verilog_from_rtlil
@@ -69,9 +70,9 @@ def cycle_model(net: Network) -> dict:
         row["utilization"] = round(r["macs"] / (r["pes"] * period), 4) if r["pes"] else None
         layers.append(row)
     bottleneck = [r["name"] for r in layers if r["cycles"] == period]
-    src = net.tables.manifest.get("source", {})
+    src = net.tables.source or {}
     return {
-        "model": net.tables.manifest["model"],
+        "model": net.tables.model,
         "source": src,
         "par": net.par,
         "target_cycles": net.target,

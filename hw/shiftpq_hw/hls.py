@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shiftpq import intops
+from shiftpq import intops, ir
 from shiftpq.atomic import atomic_dir, prepare_output, temporary_prefix
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden
-from shiftpq.tables import Tables, save_tables
+from shiftpq.ir import Tables
+from shiftpq.tables import save_tables
 from shiftpq.templating import render
 
 from .blocks import AvgPoolRequant, CodeLUT, FullyConnected, MaxPool, ShortcutPath
@@ -117,22 +118,22 @@ class Design:
         """The pixel type of a streamed tensor: its code type, channel count, value type, decoder."""
         info = self.t.tensors[name.split("@")[0]]
         tid = ident(name.split("@")[0])
-        if info["kind"] == "image":
-            code = self.types.signed(f"{tid}_code_t", info["lo"], info["hi"])
+        if info.kind == ir.TensorKind.IMAGE:
+            code = self.types.signed(f"{tid}_code_t", info.lo, info.hi)
             return {"id": tid, "px": f"{tid}_px_t", "code": code, "value": code, "decode": None,
-                    "channels": len(info["channels"]), "hw": info["hw"], "lo": info["lo"], "hi": info["hi"]}
-        if info["kind"] != "codes":
-            raise ShiftPQError(f"HLS backend: tensor {name!r} of kind {info['kind']} is not streamed between blocks")
-        ints = self.t.levels(info["levels"])["ints"]
+                    "channels": len(info.channels), "hw": info.hw, "lo": info.lo, "hi": info.hi}
+        if info.kind != ir.TensorKind.CODES:
+            raise ShiftPQError(f"HLS backend: tensor {name!r} of kind {info.kind} is not streamed between blocks")
+        ints = self.t.level_set(info.levels).ints
         code = self.types.unsigned(f"{tid}_code_t", len(ints) - 1)
         value = self.types.signed(f"{tid}_value_t", 0, ints[-1])
         return {"id": tid, "px": f"{tid}_px_t", "code": code, "value": value,
-                "decode": self.decoder(info["levels"]), "channels": len(info["channels"]), "hw": info["hw"],
+                "decode": self.decoder(info.levels), "channels": len(info.channels), "hw": info.hw,
                 "lo": 0, "hi": int(ints[-1])}
 
     def decoder(self, levels: str) -> str | None:
         """The code -> level value table of a level set (None where the code is the value)."""
-        ints = self.t.levels(levels)["ints"]
+        ints = list(self.t.level_set(levels).ints)
         if ints == list(range(len(ints))):
             return None
         name = f"DEC_{ident(levels)}"
@@ -151,7 +152,7 @@ class Design:
     # -- the network ---------------------------------------------------------------------------
     def _build(self):
         t = self.t
-        inp = t.manifest["input"]["tensor"]
+        inp = t.input
         readers: dict[str, list[tuple[str, str]]] = {}  # tensor -> [(reader block, port)]
         for name, blk, ins, out in self.net.blocks:
             for port, tensor in ins:
@@ -204,22 +205,21 @@ class Design:
         return self._in_streams[(block, port)]
 
     def _input(self, inp: str) -> dict:
-        m = self.t.manifest["input"]
-        c, h, w = m["shape"]
+        c, h, w = ir.INPUT_SHAPE
         return {"kind": "input", "fn": "read_image", "name": "input bytes", "out": self._out(inp),
                 "out_tensor": inp, "px": self.tensor(inp)["px"], "channels": c, "pixels": h * w,
-                "offset": int(m["offset"]), "code": self.tensor(inp)["code"]}
+                "offset": ir.IMAGE_OFFSET, "code": self.tensor(inp)["code"]}
 
     def _conv(self, name: str, blk: ConvRequant, ins, out) -> dict:
         t = self.t
-        conv = next(op for op in t.ops if op["name"] == name)
-        rq = next(op for op in t.ops if op.get("src") == conv["dst"] or op.get("srcs", [None])[0] == conv["dst"])
+        conv = t.op(name)
+        rq = t.readers(conv.dst)[0]
         fid = ident(name)
-        src, dst = self.tensor(conv["src"]), self.tensor(out)
-        w = t.array(conv, "weight").astype(np.int64)
-        if rq["op"] == "add":  # lanes over the add's output channels; zero filters where the conv has none
-            w = np.stack([w[j] if j >= 0 else np.zeros_like(w[0]) for j in rq["conv_index"]])
-        cout, cin, k = w.shape[0], w.shape[1], conv["kernel"]
+        src, dst = self.tensor(conv.src), self.tensor(out)
+        w = conv.weight.astype(np.int64)
+        if isinstance(rq, ir.Add):  # lanes over the add's output channels; zero filters where the conv has none
+            w = np.stack([w[j] if j >= 0 else np.zeros_like(w[0]) for j in rq.conv_index])
+        cout, cin, k = w.shape[0], w.shape[1], conv.kernel
         lanes, simd, groups, chunks = blk.lanes, blk.simd, blk.groups, blk.chunks
         if cout != dst["channels"] or cin != src["channels"]:
             raise ShiftPQError(f"HLS backend: conv {name!r} weights {w.shape} disagree with its tensors")
@@ -227,32 +227,32 @@ class Design:
         wp = np.zeros((groups * lanes, chunks * simd, k, k), dtype=np.int64)
         wp[:cout, :cin] = w
         worder = wp.reshape(groups, lanes, chunks, simd, k * k).transpose(0, 4, 2, 1, 3)
-        wl = t.levels(conv["weight_levels"])
-        wcode = self.types.signed(f"{fid}_w_t", -(len(wl["ints"]) - 1), len(wl["ints"]) - 1)
+        wl = t.level_set(conv.weight_levels)
+        wcode = self.types.signed(f"{fid}_w_t", -(len(wl.ints) - 1), len(wl.ints) - 1)
         self.consts.append(_const(f"W_{fid}", wcode, worder))
         # accumulator: acc_bits, the manifest's range, widened if these weights can reach further from
         # this input's range (every partial sum lies between a channel's lo and hi: 0 is in the range)
-        wval = intops.decode_weights(w, wl["ints"])
+        wval = intops.decode_weights(w, wl.ints)
         lo, hi, _ = intops.conv_bounds(wval, min(src["lo"], 0), src["hi"])
-        acc_info = t.tensors[conv["dst"]]
-        accs = (min(int(lo.min(initial=0)), acc_info["lo"]), max(int(hi.max(initial=0)), acc_info["hi"]))
+        acc_info = t.tensors[conv.dst]
+        accs = (min(int(lo.min(initial=0)), acc_info.lo), max(int(hi.max(initial=0)), acc_info.hi))
         acc = self.types.signed(f"{fid}_acc_t", *accs)
-        shift_add = wl["kind"] == "apot" and src["lo"] >= 0
-        terms = self.terms(conv["weight_levels"]) if shift_add else None
+        shift_add = wl.kind == "apot" and src["lo"] >= 0
+        terms = self.terms(conv.weight_levels) if shift_add else None
         d = {"kind": "conv", "fn": f"conv_{fid}", "name": name, "in": self._in(name, "i"), "out": self._out(out),
              "out_tensor": out, "src": src, "dst": dst, "acc": acc, "wcode": wcode, "W": f"W_{fid}",
-             "hw": conv["in_hw"], "out_hw": conv["out_hw"], "k": k, "taps": k * k, "stride": conv["stride"],
-             "pad": conv["padding"], "cin": cin, "cin_pad": chunks * simd, "cout": cout, "cout_pad": groups * lanes,
+             "hw": conv.in_hw, "out_hw": conv.out_hw, "k": k, "taps": k * k, "stride": conv.stride,
+             "pad": conv.padding, "cin": cin, "cin_pad": chunks * simd, "cout": cout, "cout_pad": groups * lanes,
              "lanes": lanes, "simd": simd, "groups": groups, "chunks": chunks,
-             **_rows(conv["in_hw"], conv["out_hw"], k, conv["stride"], conv["padding"]),
+             **_rows(conv.in_hw, conv.out_hw, k, conv.stride, conv.padding),
              "shift_add": shift_add, "terms": terms, "residual": None,
              "cycles": blk.cycles_per_image}
-        if rq["op"] == "add":
-            sc = self.tensor(rq["srcs"][1])
-            smul = t.array(rq, "shortcut_mul")
-            sidx = np.array(rq["shortcut_index"])
+        if isinstance(rq, ir.Add):
+            sc = self.tensor(rq.shortcut_src)
+            smul = rq.shortcut_mul
+            sidx = np.array(rq.shortcut_index)
             if np.any(smul[sidx < 0] != 0):
-                raise ShiftPQError(f"HLS backend: add {rq['name']!r} has a shortcut multiplier for a channel "
+                raise ShiftPQError(f"HLS backend: add {rq.name!r} has a shortcut multiplier for a channel "
                                    "the shortcut does not carry")
             d["residual"] = {"in": self._in(name, "r"), "src": sc,
                              "index": f"SCI_{fid}", "smul": f"SMUL_{fid}"}
@@ -260,20 +260,20 @@ class Design:
                                       self._pad(np.where(sidx < 0, 0, sidx), groups * lanes)))
             self.consts.append(self._mulconst(f"SMUL_{fid}", smul, groups * lanes, fid))
             d["requant"] = self._affine(fid, rq, accs, dst, groups * lanes, extra=[(sc["hi"], smul)],
-                                        declared=rq.get("product_bits"))
-        elif rq["mode"] == "threshold":
+                                        declared=rq.product_bits)
+        elif rq.mode == ir.RequantMode.THRESHOLD:
             d["requant"] = self._threshold(fid, rq, accs, groups * lanes)
         else:
-            d["requant"] = self._affine(fid, rq, accs, dst, groups * lanes, declared=rq.get("product_bits"))
+            d["requant"] = self._affine(fid, rq, accs, dst, groups * lanes, declared=rq.product_bits)
         return d
 
     def terms(self, levels: str) -> dict:
         """The shift-add decomposition of a weight level set: per level index, how many shifted
         copies of the activation it sums and by how much each is shifted."""
-        lv = self.t.levels(levels)
+        lv = self.t.level_set(levels)
         name = f"WT_{ident(levels)}"
         if name not in self.term_tables:
-            terms = lv["terms"]
+            terms = lv.terms
             nt = max(len(x) for x in terms)
             n = [len(x) for x in terms]
             sh = [[x[j] if j < len(x) else 0 for x in terms] for j in range(nt)]
@@ -294,13 +294,14 @@ class Design:
             raise ShiftPQError(f"HLS backend: {name}: a multiplier exceeds {intops.MUL_BITS} bits")
         return _const(name, mty, self._pad(mul, n))
 
-    def _affine(self, fid: str, rq: dict, accs: tuple[int, int], dst: dict, n: int, extra=(), declared=None) -> dict:
+    def _affine(self, fid: str, rq: ir.Requant | ir.Add, accs: tuple[int, int], dst: dict, n: int, extra=(),
+                declared=None) -> dict:
         t = self.t
-        mul, bias, shift = (t.array(rq, f) for f in ("mul", "bias", "shift"))
+        mul, bias, shift = rq.mul, rq.bias, rq.shift
         bound = max(-accs[0], accs[1])
         bits = intops.affine_bits([bound] + [b for b, _ in extra], [mul] + [m for _, m in extra], bias)
         bits = max(bits, int(declared or 0))
-        top = len(t.levels(rq["levels"])["ints"]) - 1
+        top = len(t.level_set(rq.levels).ints) - 1
         self.consts.append(self._mulconst(f"MUL_{fid}", mul, n, fid))
         bty = self.types.signed(f"{fid}_bias_t", min(int(bias.min()), 0), max(int(bias.max()), 0))
         self.consts.append(_const(f"BIAS_{fid}", bty, self._pad(bias, n)))
@@ -309,8 +310,8 @@ class Design:
         return {"mode": "affine", "prod": self.types.add(f"{fid}_prod_t", bits, True), "top": top,
                 "mul": f"MUL_{fid}", "bias": f"BIAS_{fid}", "shift": f"SHIFT_{fid}", "code": dst["code"]}
 
-    def _threshold(self, fid: str, rq: dict, accs: tuple[int, int], n: int) -> dict:
-        th, sign = self.t.array(rq, "thresholds"), self.t.array(rq, "sign")
+    def _threshold(self, fid: str, rq: ir.Requant, accs: tuple[int, int], n: int) -> dict:
+        th, sign = rq.thresholds, rq.sign
         # the comparison's width: the thresholds, the accumulator and its negation
         cty = self.types.signed(f"{fid}_cmp_t", min(int(th.min(initial=0)), accs[0], -accs[1]),
                                 max(int(th.max(initial=0)), accs[1], -accs[0]))
@@ -333,72 +334,71 @@ class Design:
                 "depth": blk.depth}
 
     def _maxpool(self, name: str, ins, out) -> dict:
-        op = next(o for o in self.t.ops if o["name"] == name)
+        op = self.t.op(name)
         src, dst = self.tensor(ins[0][1]), self.tensor(out)
-        k = op["size"]
+        k = op.size
         return {"kind": "maxpool", "fn": f"maxpool_{ident(name)}", "name": name, "in": self._in(name, "i"),
                 "out": self._out(out), "out_tensor": out, "src": src, "dst": dst, "hw": src["hw"], "size": k,
                 "out_hw": src["hw"] // k, "used": src["hw"] // k * k}
 
     def _avgpool(self, name: str, blk: AvgPoolRequant, ins, out) -> dict:
         t = self.t
-        op = next(o for o in t.ops if o["name"] == name)
-        rq = next(o for o in t.ops if o.get("src") == op["dst"])
+        op = t.op(name)
+        rq = t.readers(op.dst)[0]
         fid = ident(name)
         src, dst = self.tensor(ins[0][1]), self.tensor(out)
-        info = t.tensors[op["dst"]]
-        top = op["hw"] ** 2 * src["hi"]
-        sty = self.types.signed(f"{fid}_sum_t", min(info["lo"], 0), max(info["hi"], top))
+        info = t.tensors[op.dst]
+        top = op.hw ** 2 * src["hi"]
+        sty = self.types.signed(f"{fid}_sum_t", min(info.lo, 0), max(info.hi, top))
         return {"kind": "avgpool", "fn": f"avgpool_{fid}", "name": name, "in": self._in(name, "i"),
-                "out": self._out(out), "out_tensor": out, "src": src, "dst": dst, "pixels": op["hw"] ** 2,
+                "out": self._out(out), "out_tensor": out, "src": src, "dst": dst, "pixels": op.hw ** 2,
                 "sum": sty, "lanes": blk.lanes, "channels": src["channels"],
-                "requant": self._affine(fid, rq, (0, max(info["hi"], top)), dst, src["channels"],
-                                        declared=rq.get("product_bits"))}
+                "requant": self._affine(fid, rq, (0, max(info.hi, top)), dst, src["channels"],
+                                        declared=rq.product_bits)}
 
     def _fc(self, name: str, blk: FullyConnected, ins, out) -> dict:
         t = self.t
-        op = next(o for o in t.ops if o["name"] == name)
+        op = t.op(name)
         fid = ident(name)
         src = self.tensor(ins[0][1])
-        w = t.array(op, "weight").astype(np.int64)
+        w = op.weight.astype(np.int64)
         classes, cin = w.shape
         simd = blk.pes
         chunks = -(-cin // simd)
         wp = np.zeros((classes, chunks * simd), dtype=np.int64)
         wp[:, :cin] = w
-        wl = t.levels(op["weight_levels"])
-        wval = intops.decode_weights(wp, wl["ints"])
+        wl = t.level_set(op.weight_levels)
+        wval = intops.decode_weights(wp, wl.ints)
         wty = self.types.signed(f"{fid}_w_t", int(wval.min(initial=0)), int(wval.max(initial=0)))
         self.consts.append(_const(f"W_{fid}", wty, wval.reshape(classes, chunks, simd)))
         lo, hi, _ = intops.conv_bounds(wval[:, :, None, None], min(src["lo"], 0), src["hi"])
-        alo = min(int(lo.min()), -(1 << (op["acc_bits"] - 1)))
-        ahi = max(int(hi.max()), (1 << (op["acc_bits"] - 1)) - 1)
+        alo = min(int(lo.min()), -(1 << (op.acc_bits - 1)))
+        ahi = max(int(hi.max()), (1 << (op.acc_bits - 1)) - 1)
         aty = self.types.signed(f"{fid}_acc_t", alo, ahi)
-        bias = t.array(op, "bias")
+        bias = op.bias
         bty = self.types.signed(f"{fid}_bias_t", min(int(bias.min()), 0), max(int(bias.max()), 0))
         self.consts.append(_const(f"BIAS_{fid}", bty, bias))
         # (acc << shift) and (acc << shift) + bias
-        s = 1 << op["shift"]
+        s = 1 << op.shift
         wide = self.types.signed(f"{fid}_wide_t", min(alo * s, alo * s + min(int(bias.min()), 0)),
                                  max(ahi * s, ahi * s + max(int(bias.max()), 0)))
-        scores = t.tensors[op["dst"]]
-        if scores["lo"] < -(1 << 31) or scores["hi"] > (1 << 31) - 1:
-            raise ShiftPQError(f"HLS backend: scores of {name!r} span [{scores['lo']}, {scores['hi']}], beyond int32")
+        scores = t.tensors[op.dst]
+        if scores.lo < -(1 << 31) or scores.hi > (1 << 31) - 1:
+            raise ShiftPQError(f"HLS backend: scores of {name!r} span [{scores.lo}, {scores.hi}], beyond int32")
         return {"kind": "fc", "fn": f"fc_{fid}", "name": name, "in": self._in(name, "i"), "out_tensor": out,
                 "src": src, "classes": classes, "cin": cin, "cin_pad": chunks * simd, "simd": simd, "chunks": chunks,
-                "acc": aty, "wide": wide, "shift": int(op["shift"]), "W": f"W_{fid}", "bias": f"BIAS_{fid}"}
+                "acc": aty, "wide": wide, "shift": int(op.shift), "W": f"W_{fid}", "bias": f"BIAS_{fid}"}
 
     # -- output ----------------------------------------------------------------------------------
     def context(self) -> dict:
-        m = self.t.manifest
-        c, h, w = m["input"]["shape"]
-        return {"top": TOP, "model": m["model"], "source": json.dumps(m.get("source", {}), sort_keys=True),
+        c, h, w = ir.INPUT_SHAPE
+        return {"top": TOP, "model": self.t.model, "source": json.dumps(self.t.source or {}, sort_keys=True),
                 "par": self.net.par, "cycles_per_image": self.net.cycles_per_image,
                 "types": list(self.types.defs.values()), "pixels": self.pixels, "blocks": self.blocks,
                 "streams": sorted(self.streams.values(), key=lambda s: s["name"]),
                 "consts": list(self.decoders.values()) +
                 [c for tt in self.term_tables.values() for c in (tt["count"], tt["shift"])] + self.consts,
-                "image_bytes": c * h * w, "classes": m["output"]["classes"], "cxxflags": CXXFLAGS,
+                "image_bytes": c * h * w, "classes": self.t.classes, "cxxflags": CXXFLAGS,
                 "design_files": list(DESIGN_FILES)}
 
 

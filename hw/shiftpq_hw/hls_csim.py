@@ -141,7 +141,7 @@ def simulate_hls(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | N
     cycles = json.loads(cyc_path.read_text())
     tables = load_tables(gen_dir / "tables")
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    classes = tables.manifest["output"]["classes"]
+    classes = tables.classes
     exe, build_s, cached = build_csim(gen_dir, log)
     work = gen_dir / "sim" / "hls" / "run"
     work.mkdir(parents=True, exist_ok=True)
@@ -198,11 +198,11 @@ def first_wrong_block(exe: Path, tables, par, image: np.ndarray, work: Path) -> 
             diff = np.argwhere(got[:n] != want[:n])
             if len(diff) or len(got) != len(want):
                 pix, ch = (int(diff[0][0]), int(diff[0][1])) if len(diff) else (n, 0)
-                hw = info.get("hw", 1)
+                hw = info.hw
                 return {"block": b["name"], "tensor": tensor, "stream": s, "pixel": [pix // hw, pix % hw],
-                        "channel": int(info["channels"][ch]),
+                        "channel": int(info.channels[ch]),
                         "got": int(got[pix, ch]) if pix < len(got) else None,
                         "want": int(want[pix, ch]) if pix < len(want) else None, "beats": [len(got), len(want)]}
     fc = design.blocks[-1]
-    return {"block": fc["name"], "tensor": tables.manifest["output"]["tensor"],
+    return {"block": fc["name"], "tensor": tables.output,
             "note": "every stream between blocks matched the golden trace: the last block's scores differ"}

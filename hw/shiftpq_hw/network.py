@@ -18,6 +18,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from shiftpq import ir
 from shiftpq.golden import Golden
 
 from .blocks import AvgPoolRequant, CodeLUT, Fork, FullyConnected, MaxPool, ShortcutPath
@@ -92,8 +93,8 @@ class Network(wiring.Component):
             self._MustUse__silence = True
             raise ValueError(f"par must be a positive integer or None (fully parallel), got {par!r}")
         self._t, self.par = tables, par
-        convs = [op for op in tables.ops if op["op"] == "conv"]
-        self.target = None if par is None else -(-max(self._work(op) * len(op["kept"]) * len(op["in_channels"])
+        convs = [op for op in tables.ops if isinstance(op, ir.Conv)]
+        self.target = None if par is None else -(-max(self._work(op) * len(op.kept) * len(op.in_channels)
                                                         for op in convs) // par)
         self.blocks = self._plan()
         for _, blk, _, _ in self.blocks:
@@ -107,71 +108,70 @@ class Network(wiring.Component):
     @staticmethod
     def _work(conv_op) -> int:
         """Cycles of one lane on one input channel: output pixels x taps."""
-        return conv_op["out_hw"] ** 2 * conv_op["kernel"] ** 2
+        return conv_op.out_hw ** 2 * conv_op.kernel ** 2
 
     def _fold(self, out_ch: int, in_ch: int, steps: int) -> tuple[int | None, int | None]:
         return (None, None) if self.target is None else fold(out_ch, in_ch, steps, self.target)
 
     def _input_cycles(self) -> int:
         """Cycles an image takes to enter: one byte per cycle."""
-        return math.prod(self._t.manifest["input"]["shape"])
+        return math.prod(ir.INPUT_SHAPE)
 
     def _plan(self) -> list[tuple[str, wiring.Component, list[tuple[str, str]], str]]:
         """(name, block, [(input port, tensor)], output tensor) in execution order."""
         t = self._t
         ops = t.ops
         golden = Golden(t)  # its code tables are the CodeLUT contents: built once, not per block
-        by_src: dict[str, list[dict]] = {}
+        by_src: dict[str, list[ir.Op]] = {}
         for op in ops:
-            for s in op.get("srcs", [op.get("src")]):
+            for s in op.inputs:
                 by_src.setdefault(s, []).append(op)
         plan, absorbed = [], set()
         for op in ops:
-            kind = op["op"]
-            if op["name"] in absorbed:
+            if op.name in absorbed:
                 continue
-            if kind == "conv":
-                nxt = by_src[op["dst"]][0]
-                absorbed.add(nxt["name"])
-                lanes, simd = self._fold(len(t.tensors[nxt["dst"]]["channels"]), len(op["in_channels"]),
+            if isinstance(op, ir.Conv):
+                nxt = by_src[op.dst][0]
+                absorbed.add(nxt.name)
+                lanes, simd = self._fold(len(t.tensors[nxt.dst].channels), len(op.in_channels),
                                          self._work(op))
                 eng = ConvRequant.from_tables(t, op, nxt, lanes, simd)
-                ins = [("i", op["src"])] + ([("r", nxt["srcs"][1])] if nxt["op"] == "add" else [])
-                plan.append((op["name"], eng, ins, nxt["dst"]))
-            elif kind == "requant":
-                src = t.tensors[op["src"]]
-                if src["kind"] != "codes":
-                    raise ValueError(f"requant {op['name']!r} of a {src['kind']} tensor has no block yet")
-                plan.append((op["name"], CodeLUT(golden.code_table(op["name"]), t.level_set(src["levels"]),
-                                                 t.level_set(op["levels"])),
-                             [("i", op["src"])], op["dst"]))
-            elif kind == "shortcut":
-                src = t.tensors[op["src"]]
-                shape = data.ArrayLayout(8, len(src["channels"]))
-                plan.append((op["name"], ShortcutPath(shape, src["hw"], op["stride"]), [("i", op["src"])], op["dst"]))
-            elif kind == "maxpool":
-                src = t.tensors[op["src"]]
-                blk = MaxPool(t.level_set(src["levels"]), len(src["channels"]), src["hw"], op["size"])
-                plan.append((op["name"], blk, [("i", op["src"])], op["dst"]))
-            elif kind == "avgpool":
-                nxt = by_src[op["dst"]][0]
-                absorbed.add(nxt["name"])
-                src = t.tensors[op["src"]]
+                ins = [("i", op.src)] + ([("r", nxt.shortcut_src)] if isinstance(nxt, ir.Add) else [])
+                plan.append((op.name, eng, ins, nxt.dst))
+            elif isinstance(op, ir.Requant):
+                src = t.tensors[op.src]
+                if src.kind != ir.TensorKind.CODES:
+                    raise ValueError(f"requant {op.name!r} of a {src.kind} tensor has no block yet")
+                plan.append((op.name, CodeLUT(golden.code_table(op.name), t.level_set(src.levels),
+                                              t.level_set(op.levels)),
+                             [("i", op.src)], op.dst))
+            elif isinstance(op, ir.Shortcut):
+                src = t.tensors[op.src]
+                shape = data.ArrayLayout(8, len(src.channels))
+                plan.append((op.name, ShortcutPath(shape, src.hw, op.stride), [("i", op.src)], op.dst))
+            elif isinstance(op, ir.MaxPool):
+                src = t.tensors[op.src]
+                blk = MaxPool(t.level_set(src.levels), len(src.channels), src.hw, op.size)
+                plan.append((op.name, blk, [("i", op.src)], op.dst))
+            elif isinstance(op, ir.AvgPool):
+                nxt = by_src[op.dst][0]
+                absorbed.add(nxt.name)
+                src = t.tensors[op.src]
                 # the fewest lanes that keep the pool off the period the blocks before it set
                 period = max([self._input_cycles()] + [getattr(b, "cycles_per_image", 0) for _, b, _, _ in plan])
-                lanes = AvgPoolRequant.fewest_lanes(op["hw"], len(src["channels"]), period)
-                blk = AvgPoolRequant(t.level_set(src["levels"]), t.level_set(nxt["levels"]), op["hw"],
-                                     t.array(nxt, "mul"), t.array(nxt, "bias"), t.array(nxt, "shift"), lanes)
-                plan.append((op["name"], blk, [("i", op["src"])], nxt["dst"]))
-            elif kind == "fc":
-                src = t.tensors[op["src"]]
-                w = t.array(op, "weight")
+                lanes = AvgPoolRequant.fewest_lanes(op.hw, len(src.channels), period)
+                blk = AvgPoolRequant(t.level_set(src.levels), t.level_set(nxt.levels), op.hw,
+                                     nxt.mul, nxt.bias, nxt.shift, lanes)
+                plan.append((op.name, blk, [("i", op.src)], nxt.dst))
+            elif isinstance(op, ir.FC):
+                src = t.tensors[op.src]
+                w = op.weight
                 _, simd = self._fold(1, w.shape[1], w.shape[0])
-                blk = FullyConnected(w, t.level_set(op["weight_levels"]), t.level_set(src["levels"]),
-                                     t.array(op, "bias"), op["shift"], simd)
-                plan.append((op["name"], blk, [("i", op["src"])], op["dst"]))
+                blk = FullyConnected(w, t.level_set(op.weight_levels), t.level_set(src.levels),
+                                     op.bias, op.shift, simd)
+                plan.append((op.name, blk, [("i", op.src)], op.dst))
             else:
-                raise ValueError(f"op {op['name']!r} ({kind}) has no hardware block yet")
+                raise ValueError(f"op {op.name!r} ({type(op).__name__}) has no hardware block yet")
         # an identity shortcut (the add reads the stream itself) still needs its FIFO
         fixed = []
         for name, blk, ins, out in plan:
@@ -179,8 +179,8 @@ class Network(wiring.Component):
                 if port == "r" and not any(o == tensor and isinstance(b, ShortcutPath) for _, b, _, o in plan):
                     info = t.tensors[tensor]
                     sp_out = tensor + "@fifo"
-                    fixed.append((tensor + ".fifo", ShortcutPath(data.ArrayLayout(8, len(info["channels"])),
-                                                                 info["hw"], 1), [("i", tensor)], sp_out))
+                    fixed.append((tensor + ".fifo", ShortcutPath(data.ArrayLayout(8, len(info.channels)),
+                                                                 info.hw, 1), [("i", tensor)], sp_out))
                     ins[ins.index((port, tensor))] = (port, sp_out)
             fixed.append((name, blk, ins, out))
         # a shortcut FIFO holds what has entered the block but not yet been added: at most the
@@ -243,14 +243,14 @@ class Network(wiring.Component):
         m.submodules.pixels = pix = PixelAssembler()
         m.d.comb += [pix.i.payload.eq(self.s_axis_tdata), pix.i.valid.eq(self.s_axis_tvalid),
                      self.s_axis_tready.eq(pix.i.ready)]
-        producers = {self._t.manifest["input"]["tensor"]: pix.o}
+        producers = {self._t.input: pix.o}
         readers: dict[str, list] = {}
         for _, blk, ins, _ in self.blocks:
             for port, tensor in ins:
                 readers.setdefault(tensor, []).append(getattr(blk, port))
         for name, blk, ins, out in self.blocks:
             m.submodules[name.replace(".", "_")] = blk
-        for name, blk, ins, out in [("input", None, [], self._t.manifest["input"]["tensor"])] + self.blocks:
+        for name, blk, ins, out in [("input", None, [], self._t.input)] + self.blocks:
             src = producers[out] if blk is None else blk.o
             consumers = readers.get(out, [])
             while len(consumers) > 1:  # a tensor read twice: fork it

@@ -154,7 +154,7 @@ def _verilator_version() -> str:
 
 def _classes(gen_dir: Path) -> int:
     from shiftpq.tables import load_tables
-    return int(load_tables(gen_dir / "tables").manifest["output"]["classes"])
+    return int(load_tables(gen_dir / "tables").classes)
 
 
 def _shards(n: int, jobs: int) -> list[tuple[int, int]]:
@@ -203,7 +203,7 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
         raise ShiftPQError(f"jobs must be a positive integer, got {jobs!r}")
     cycles = json.loads(cyc_path.read_text())
     tables = load_tables(gen_dir / "tables")
-    classes = int(tables.manifest["output"]["classes"])
+    classes = int(tables.classes)
     exe, binfo = build(gen_dir, waves=waves, log=log)
     if expected is None:
         expected = run_batched(Golden(tables), images, progress=progress)

@@ -80,7 +80,7 @@ def first_wrong_block(tables, image: np.ndarray, points: list[dict], probed: dic
     _, trace = Golden(tables).run(image[None], trace=True)
     for p in points:
         info = tables.tensors[p["tensor"]]
-        want = trace[p["tensor"]][0].reshape(-1, len(info["channels"]))
+        want = trace[p["tensor"]][0].reshape(-1, len(info.channels))
         mask = (1 << p["width"]) - 1
         got = np.array([[(w >> (k * p["width"])) & mask for k in range(want.shape[1])]
                         for w in probed[p["instance"]]], dtype=np.int64).reshape(-1, want.shape[1])
@@ -88,9 +88,9 @@ def first_wrong_block(tables, image: np.ndarray, points: list[dict], probed: dic
         bad = np.argwhere(got[:n] != want[:n])
         if len(bad) or len(got) != len(want):
             pix, ch = (int(bad[0][0]), int(bad[0][1])) if len(bad) else (n, 0)
-            hw = info.get("hw", 1)
+            hw = info.hw
             return {"block": p["block"], "tensor": p["tensor"], "pixel": [pix // hw, pix % hw],
-                    "channel": int(info["channels"][ch]) if ch < len(info["channels"]) else None,
+                    "channel": int(info.channels[ch]) if ch < len(info.channels) else None,
                     "got": int(got[pix, ch]) if pix < len(got) else None,
                     "want": int(want[pix, ch]) if pix < len(want) else None,
                     "beats": [len(got), len(want)]}

@@ -329,7 +329,7 @@ def cmd_export(a) -> int:
     tables = export_checkpoint(a.checkpoint)
     out = save_tables(tables, a.out, force=a.force)
     n_ops = len(tables.ops)
-    print(f"wrote {out}: {tables.manifest['model']}, {n_ops} integer ops, {len(tables.arrays)} arrays")
+    print(f"wrote {out}: {tables.model}, {n_ops} integer ops, {len(tables.arrays())} arrays")
     return 0
 
 
@@ -375,10 +375,10 @@ def cmd_gen(a) -> int:
     t0 = time.perf_counter()
     log = _progress("gen")
     tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
-    name = tables.manifest["model"]
+    name = tables.model
     if a.model and name != a.model:
         raise ShiftPQError(f"--model {a.model}, but the {'tables' if a.tables else 'checkpoint'} hold a {name}")
-    src = tables.manifest.get("source", {})
+    src = tables.source or {}
     log(f"{name} from {src.get('path') or src.get('note')} ({time.perf_counter() - t0:.1f} s)")
     par = None if a.par == "max" else (a.par or DEFAULT_PAR)
     out = a.out or os.path.join("build", name)

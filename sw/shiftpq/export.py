@@ -1,6 +1,8 @@
-"""Checkpoint -> layer tables: fold a quantized, pruned model into the integer-only graph.
+"""Checkpoint -> layer tables: fold a quantized, pruned model into the integer IR (ir.py).
 
-Walks the model's layer graph (graph.py) in execution order and emits one integer op per graph op:
+Walks the model's layer graph (graph.py) in execution order and lowers each graph op with the
+function ``LOWERINGS`` names for its type, which appends IR ops (an activation quantizer after a
+residual add is folded into the add, so it appends none):
 conv (weight codes of the kept filters over the input channels that can be non-zero), requant (the
 conv's BatchNorm, the ReLU and the next quantizer folded into thresholds or a fixed-point
 multiply-add), add (the residual sum on a fixed-point scale), shortcut, maxpool, avgpool and fc.
@@ -16,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import intops
+from . import intops, ir
 from .errors import ShiftPQError
 from .graph import Act, Add, AvgPool, Conv, Linear, MaxPool, ShortcutA
+from .ir import Tables
 from .levels import LevelSet
 from .metrics import nonzero_channels
 from .models import Net
-from .tables import IMAGE_LEVELS, SCHEMA, VERSION, Tables, array_file, validate_tables
+from .tables import validate_tables
 
 FC_SCORE_BITS = 32  # class scores are int32
 FC_MAX_SHIFT = 16
-IMAGE_OFFSET = 128  # the stem reads pixel - 128 (the model's input is (pixel - 128) / 128)
 
 
 @dataclass
@@ -41,13 +43,12 @@ class _T:
     offset: np.ndarray
     levels: str | None = None  # codes: the level set name; integer value = ints[code]
 
-    def json(self) -> dict:
-        d = {"kind": self.kind, "channels": self.channels, "hw": self.hw, "lo": int(self.lo), "hi": int(self.hi),
-             "bits": intops.signed_bits(self.lo, self.hi) if self.lo < 0 else intops.unsigned_bits(self.hi)}
-        if self.levels:
-            d["levels"] = self.levels
-            d["scale"] = float(self.gain[0])  # informational: the real value of one level unit
-        return d
+    def ir(self, name: str) -> ir.Tensor:
+        return ir.Tensor(name=name, kind=ir.TensorKind(self.kind), channels=tuple(int(c) for c in self.channels),
+                         hw=self.hw, lo=int(self.lo), hi=int(self.hi),
+                         bits=intops.signed_bits(self.lo, self.hi) if self.lo < 0 else intops.unsigned_bits(self.hi),
+                         levels=self.levels or None,
+                         scale=float(self.gain[0]) if self.levels else None)  # informational: one level unit
 
 
 def levels_name(lv: LevelSet) -> str:
@@ -95,6 +96,168 @@ def check_parameters(model: Net, where: str) -> None:
                 raise ShiftPQError(f"{fld} prunes every filter of {key[:-len('.mask')]}, expected at least one kept")
 
 
+class _Lowering:
+    """The state of one export: the model, the tensors folded so far (with their real scales), the
+    level sets used and the IR ops emitted, in order."""
+
+    def __init__(self, model: Net, source: dict, physical: bool):
+        self.model, self.source, self.where = model, source, source.get("path") or "model"
+        self.nz = nonzero_channels(model, fp32=not physical)
+        self.live = nonzero_channels(model)  # bounds count only channels that can be non-zero, in both modes
+        self.consumers: dict[str, list] = {}
+        for op in model.ops:
+            for s in (op.srcs if isinstance(op, Add) else (op.src,)):
+                self.consumers.setdefault(s, []).append(op)
+        self.levels: dict[str, LevelSet] = {}
+        self.tensors: dict[str, _T] = {"input": _T("image", [0, 1, 2], 32, -128, 127, np.full(3, 1.0 / 128),
+                                                   np.zeros(3))}
+        self.ops: list[ir.Op] = []
+        self.fused: set[str] = set()  # activation quantizers folded into a residual add
+
+    def live_cols(self, src_name: str, src: _T) -> np.ndarray:
+        return np.isin(src.channels, self.live[src_name])
+
+    def use_levels(self, lv: LevelSet) -> str:
+        self.levels.setdefault(levels_name(lv), lv)
+        return levels_name(lv)
+
+    def quantizer(self, op: Act):
+        q = self.model.get_submodule(op.name)
+        alpha = float(q.alpha)
+        if not (np.isfinite(alpha) and alpha > 0):
+            raise ShiftPQError(f"{self.source.get('path', 'model')}: field 'model.{op.name}.alpha' is {alpha}, "
+                               "expected a positive clipping threshold")
+        return q, q.levels, alpha, self.use_levels(q.levels)
+
+    def codes(self, dst: str, channels: list[int], hw: int, lv: LevelSet, alpha: float, name: str):
+        n = len(channels)
+        self.tensors[dst] = _T("codes", channels, hw, 0, lv.denom, np.full(n, alpha / lv.denom), np.zeros(n), name)
+
+
+# -- one lowering per graph op: graph.py's op -> IR ops appended to ``cx.ops`` -------------------------
+def _lower_conv(cx: _Lowering, op: Conv):
+    src, cb = cx.tensors[op.src], cx.model.get_submodule(op.name)
+    if src.kind not in ("image", "codes"):
+        raise ShiftPQError(f"export: conv {op.name!r} must read the image or quantized codes")
+    keep = cx.nz[op.dst]
+    w, step, lv = _weight_index(cb.conv, keep, src.channels)
+    lo, hi, partial = intops.conv_bounds(intops.decode_weights(w, lv.ints) * cx.live_cols(op.src, src)[None, :, None, None],
+                                         src.lo, src.hi)
+    bn = cb.bn
+    k = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
+    b = bn.bias.double().numpy() - bn.running_mean.double().numpy() * k
+    mask = cb.conv.mask.double().numpy()
+    k, b = (k * mask)[keep], (b * mask)[keep]
+    # the input's real value per unit is one number for every kept input channel
+    gain = k * step * float(src.gain[0])
+    t = _T("acc", list(keep), op.out_hw, int(lo.min(initial=0)), int(hi.max(initial=0)), gain, b)
+    cx.tensors[op.dst] = t
+    cx.ops.append(ir.Conv(name=op.name, src=op.src, dst=op.dst, kernel=op.kernel, stride=op.stride,
+                          padding=op.padding, in_hw=op.in_hw, out_hw=op.out_hw, in_channels=tuple(src.channels),
+                          kept=tuple(keep), filters=op.cout, weight_levels=cx.use_levels(lv),
+                          acc_bits=intops.signed_bits(t.lo, t.hi), partial_bound=int(partial),
+                          bn_folded_into=cx.consumers[op.dst][0].name, weight=w))
+
+
+def _lower_act(cx: _Lowering, op: Act):
+    if op.name in cx.fused:
+        return  # folded into the residual add before it
+    src, (q, lv, alpha, name) = cx.tensors[op.src], cx.quantizer(op)
+    bound = max(abs(src.lo), abs(src.hi))
+    if lv.kind == "uniform":
+        (mul,), bias, shift = intops.fold_affine([src.gain], src.offset, lv.denom, alpha)
+        rq = ir.Requant(name=op.name, src=op.src, dst=op.dst, levels=name, mode=ir.RequantMode.AFFINE, alpha=alpha,
+                        product_bits=intops.affine_bits([bound], [mul], bias), mul=mul, bias=bias, shift=shift)
+    else:
+        th, sign = intops.fold_thresholds(src.gain, src.offset, lv.midpoints, alpha, bound)
+        rq = ir.Requant(name=op.name, src=op.src, dst=op.dst, levels=name, mode=ir.RequantMode.THRESHOLD,
+                        alpha=alpha, thresholds=th, sign=sign)
+    cx.ops.append(rq)
+    cx.codes(op.dst, src.channels, src.hw, lv, alpha, name)
+
+
+def _lower_add(cx: _Lowering, op: Add):
+    # conv2's BatchNorm + the residual add + ReLU + the stream quantizer, as one fixed-point op
+    conv, sc = cx.tensors[op.srcs[0]], cx.tensors[op.srcs[1]]
+    if conv.kind != "acc" or sc.kind != "codes":
+        raise ShiftPQError(f"export: residual add {op.name!r} must add a conv output and a stream of codes")
+    nxt = cx.consumers.get(op.dst, [])
+    if len(nxt) != 1 or not isinstance(nxt[0], Act):
+        raise ShiftPQError(f"export: residual add {op.name!r} must feed exactly one activation quantizer")
+    act = nxt[0]
+    q, lv, alpha, name = cx.quantizer(act)
+    if lv.kind != "uniform":
+        raise ShiftPQError(f"{cx.source.get('path', 'model')}: field 'meta.spec.stream_bits' is {lv.bits}: "
+                           "export needs the 8-bit uniform residual stream (the default)")
+    cx.fused.add(act.name)
+    channels = sorted(set(conv.channels) | set(sc.channels))
+    ci = [conv.channels.index(c) if c in conv.channels else -1 for c in channels]
+    si = [sc.channels.index(c) if c in sc.channels else -1 for c in channels]
+    g = np.array([conv.gain[i] if i >= 0 else 0.0 for i in ci])
+    off = np.array([conv.offset[i] if i >= 0 else 0.0 for i in ci])
+    s_gain = np.array([sc.gain[0] if i >= 0 else 0.0 for i in si])
+    (mul, smul), bias, shift = intops.fold_affine([g, s_gain], off, lv.denom, alpha)
+    cx.codes(act.dst, channels, conv.hw, lv, alpha, name)
+    cx.ops.append(ir.Add(name=op.name, srcs=tuple(op.srcs), dst=act.dst, levels=name, alpha=alpha, requant=act.name,
+                         conv_index=tuple(ci), shortcut_index=tuple(si),
+                         product_bits=intops.affine_bits([max(-conv.lo, conv.hi), sc.hi], [mul, smul], bias),
+                         mul=mul, shortcut_mul=smul, bias=bias, shift=shift))
+
+
+def _lower_shortcut(cx: _Lowering, op: ShortcutA):
+    src = cx.tensors[op.src]
+    if src.kind != "codes":
+        raise ShiftPQError(f"export: shortcut {op.name!r} must carry codes")
+    cx.tensors[op.dst] = _T("codes", [c + op.pad_before for c in src.channels], -(-src.hw // op.stride),
+                            src.lo, src.hi, src.gain, src.offset, src.levels)
+    cx.ops.append(ir.Shortcut(name=op.name, src=op.src, dst=op.dst, stride=op.stride, pad_before=op.pad_before,
+                              channels_in=op.cin, channels_out=op.cout))
+
+
+def _lower_maxpool(cx: _Lowering, op: MaxPool):
+    src = cx.tensors[op.src]
+    cx.tensors[op.dst] = _T(src.kind, src.channels, src.hw // op.size, src.lo, src.hi, src.gain,
+                            src.offset, src.levels)
+    cx.ops.append(ir.MaxPool(name=op.name, src=op.src, dst=op.dst, size=op.size))
+
+
+def _lower_avgpool(cx: _Lowering, op: AvgPool):
+    src = cx.tensors[op.src]
+    area = op.in_hw * op.in_hw
+    cx.tensors[op.dst] = _T("sum", src.channels, 1, area * src.lo, area * src.hi, src.gain / area, src.offset, None)
+    cx.ops.append(ir.AvgPool(name=op.name, src=op.src, dst=op.dst, hw=op.in_hw))
+
+
+def _lower_linear(cx: _Lowering, op: Linear):
+    src, fc = cx.tensors[op.src], cx.model.fc
+    if int(fc.mask.sum()) != fc.mask.numel():
+        raise ShiftPQError(f"{cx.source.get('path', 'model')}: field 'model.fc.mask' prunes class outputs")
+    w, step, lv = _weight_index(fc, list(range(op.cout)), src.channels)
+    lo, hi, partial = intops.conv_bounds(intops.decode_weights(w, lv.ints) * cx.live_cols(op.src, src)[None, :],
+                                         src.lo, src.hi)
+    unit = step * float(src.gain[0])  # real logit per accumulator unit
+    bias_units = fc.bias.double().numpy() / unit
+    limit = (1 << (FC_SCORE_BITS - 1)) - 1
+    worst = max(-int(lo.min()), int(hi.max())) + float(np.abs(bias_units).max()) + 1
+    shift = FC_MAX_SHIFT
+    while shift > 0 and worst * 2 ** shift > limit:
+        shift -= 1
+    bias = np.round(bias_units * 2.0 ** shift).astype(np.int64)
+    s_lo, s_hi = int((lo * 2 ** shift + bias).min()), int((hi * 2 ** shift + bias).max())
+    if max(-s_lo, s_hi) > limit:
+        raise ShiftPQError(f"export: fc scores exceed int{FC_SCORE_BITS} (bias too large)")
+    cx.tensors[op.dst] = _T("scores", list(range(op.cout)), 1, s_lo, s_hi, np.full(op.cout, unit * 2.0 ** -shift),
+                            np.zeros(op.cout))
+    cx.ops.append(ir.FC(name=op.name, src=op.src, dst=op.dst, weight_levels=cx.use_levels(lv), shift=shift,
+                        acc_bits=intops.signed_bits(int(lo.min()), int(hi.max())), partial_bound=int(partial),
+                        bits=FC_SCORE_BITS, weight=w, bias=bias))
+
+
+# every op type of graph.py and its lowering; a type missing here is refused by name
+LOWERINGS = {Conv: _lower_conv, Act: _lower_act, Add: _lower_add, ShortcutA: _lower_shortcut,
+             MaxPool: _lower_maxpool, AvgPool: _lower_avgpool, Linear: _lower_linear}
+
+
 def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
     """The integer tables of a quantized model. ``physical=False`` keeps pruned filters and channels
     (as zero weights and zero constants): the same function, for testing that removal is exact."""
@@ -103,168 +266,19 @@ def export_model(model: Net, source: dict, physical: bool = True) -> Tables:
                            "checkpoint has no quantizers; export a QAT checkpoint (train --method spq or ppq)")
     model = model.cpu().eval()
     check_parameters(model, source.get("path") or "model")
-    nz = nonzero_channels(model, fp32=not physical)
-    live = nonzero_channels(model)  # bounds count only channels that can be non-zero, in both modes
-
-    def live_cols(src_name: str, src: _T) -> np.ndarray:
-        return np.isin(src.channels, live[src_name])
-    consumers = {}
-    for op in model.ops:
-        for s in (op.srcs if isinstance(op, Add) else (op.src,)):
-            consumers.setdefault(s, []).append(op)
-    levels: dict[str, dict] = {IMAGE_LEVELS: {"kind": "image", "bits": 8, "signed": True, "offset": IMAGE_OFFSET,
-                                              "ints": None, "denom": 128}}
-    tensors: dict[str, _T] = {"input": _T("image", [0, 1, 2], 32, -128, 127, np.full(3, 1.0 / 128), np.zeros(3))}
-    ops, arrays = [], {}
-
-    def put(op_name, fld, a):
-        arrays[array_file(op_name, fld)] = a
-
-    fused: set[str] = set()  # activation quantizers folded into a residual add
-
-    def quantizer(op: Act):
-        q = model.get_submodule(op.name)
-        alpha = float(q.alpha)
-        if not (np.isfinite(alpha) and alpha > 0):
-            raise ShiftPQError(f"{source.get('path', 'model')}: field 'model.{op.name}.alpha' is {alpha}, "
-                               "expected a positive clipping threshold")
-        return q, q.levels, alpha, use_levels(q.levels)
-
-    def use_levels(lv: LevelSet) -> str:
-        levels.setdefault(levels_name(lv), lv.to_json())
-        return levels_name(lv)
-
+    cx = _Lowering(model, source, physical)
     with torch.no_grad():
         for op in model.ops:
-            if isinstance(op, Conv):
-                src, cb = tensors[op.src], model.get_submodule(op.name)
-                if src.kind not in ("image", "codes"):
-                    raise ShiftPQError(f"export: conv {op.name!r} must read the image or quantized codes")
-                keep = nz[op.dst]
-                w, step, lv = _weight_index(cb.conv, keep, src.channels)
-                lo, hi, partial = intops.conv_bounds(intops.decode_weights(w, lv.ints) * live_cols(op.src, src)[None, :, None, None],
-                                                     src.lo, src.hi)
-                bn = cb.bn
-                k = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
-                b = bn.bias.double().numpy() - bn.running_mean.double().numpy() * k
-                mask = cb.conv.mask.double().numpy()
-                k, b = (k * mask)[keep], (b * mask)[keep]
-                # the input's real value per unit is one number for every kept input channel
-                gain = k * step * float(src.gain[0])
-                t = _T("acc", list(keep), op.out_hw, int(lo.min(initial=0)), int(hi.max(initial=0)), gain, b)
-                tensors[op.dst] = t
-                put(op.name, "weight", w)
-                ops.append({"op": "conv", "name": op.name, "src": op.src, "dst": op.dst, "kernel": op.kernel,
-                            "stride": op.stride, "padding": op.padding, "in_hw": op.in_hw, "out_hw": op.out_hw,
-                            "in_channels": list(src.channels), "kept": list(keep), "filters": op.cout,
-                            "weight_levels": use_levels(lv), "acc_bits": intops.signed_bits(t.lo, t.hi),
-                            "partial_bound": int(partial), "bn_folded_into": consumers[op.dst][0].name})
-            elif isinstance(op, Act):
-                if op.name in fused:
-                    continue  # folded into the residual add before it
-                src, (q, lv, alpha, name) = tensors[op.src], quantizer(op)
-                rec = {"op": "requant", "name": op.name, "src": op.src, "dst": op.dst, "levels": name,
-                       "alpha": alpha}
-                bound = max(abs(src.lo), abs(src.hi))
-                if lv.kind == "uniform":
-                    (mul,), bias, shift = intops.fold_affine([src.gain], src.offset, lv.denom, alpha)
-                    put(op.name, "mul", mul)
-                    put(op.name, "bias", bias)
-                    put(op.name, "shift", shift)
-                    rec.update(mode="affine", product_bits=intops.affine_bits([bound], [mul], bias))
-                else:
-                    th, sign = intops.fold_thresholds(src.gain, src.offset, lv.midpoints, alpha, bound)
-                    put(op.name, "thresholds", th)
-                    put(op.name, "sign", sign)
-                    rec.update(mode="threshold")
-                ops.append(rec)
-                n = len(src.channels)
-                tensors[op.dst] = _T("codes", src.channels, src.hw, 0, lv.denom, np.full(n, alpha / lv.denom),
-                                     np.zeros(n), name)
-            elif isinstance(op, Add):
-                # conv2's BatchNorm + the residual add + ReLU + the stream quantizer, as one fixed-point op
-                conv, sc = tensors[op.srcs[0]], tensors[op.srcs[1]]
-                if conv.kind != "acc" or sc.kind != "codes":
-                    raise ShiftPQError(f"export: residual add {op.name!r} must add a conv output and a stream of codes")
-                nxt = consumers.get(op.dst, [])
-                if len(nxt) != 1 or not isinstance(nxt[0], Act):
-                    raise ShiftPQError(f"export: residual add {op.name!r} must feed exactly one activation quantizer")
-                act = nxt[0]
-                q, lv, alpha, name = quantizer(act)
-                if lv.kind != "uniform":
-                    raise ShiftPQError(f"{source.get('path', 'model')}: field 'meta.spec.stream_bits' is {lv.bits}: "
-                                       "export needs the 8-bit uniform residual stream (the default)")
-                fused.add(act.name)
-                channels = sorted(set(conv.channels) | set(sc.channels))
-                ci = [conv.channels.index(c) if c in conv.channels else -1 for c in channels]
-                si = [sc.channels.index(c) if c in sc.channels else -1 for c in channels]
-                g = np.array([conv.gain[i] if i >= 0 else 0.0 for i in ci])
-                off = np.array([conv.offset[i] if i >= 0 else 0.0 for i in ci])
-                s_gain = np.array([sc.gain[0] if i >= 0 else 0.0 for i in si])
-                (mul, smul), bias, shift = intops.fold_affine([g, s_gain], off, lv.denom, alpha)
-                for fld, arr in (("mul", mul), ("shortcut_mul", smul), ("bias", bias), ("shift", shift)):
-                    put(op.name, fld, arr)
-                n = len(channels)
-                tensors[act.dst] = _T("codes", channels, conv.hw, 0, lv.denom, np.full(n, alpha / lv.denom),
-                                      np.zeros(n), name)
-                ops.append({"op": "add", "name": op.name, "srcs": list(op.srcs), "dst": act.dst, "levels": name,
-                            "alpha": alpha, "requant": act.name, "conv_index": ci, "shortcut_index": si,
-                            "product_bits": intops.affine_bits([max(-conv.lo, conv.hi), sc.hi], [mul, smul], bias)})
-            elif isinstance(op, ShortcutA):
-                src = tensors[op.src]
-                if src.kind != "codes":
-                    raise ShiftPQError(f"export: shortcut {op.name!r} must carry codes")
-                tensors[op.dst] = _T("codes", [c + op.pad_before for c in src.channels], -(-src.hw // op.stride),
-                                     src.lo, src.hi, src.gain, src.offset, src.levels)
-                ops.append({"op": "shortcut", "name": op.name, "src": op.src, "dst": op.dst, "stride": op.stride,
-                            "pad_before": op.pad_before, "channels_in": op.cin, "channels_out": op.cout})
-            elif isinstance(op, MaxPool):
-                src = tensors[op.src]
-                tensors[op.dst] = _T(src.kind, src.channels, src.hw // op.size, src.lo, src.hi, src.gain,
-                                     src.offset, src.levels)
-                ops.append({"op": "maxpool", "name": op.name, "src": op.src, "dst": op.dst, "size": op.size})
-            elif isinstance(op, AvgPool):
-                src = tensors[op.src]
-                area = op.in_hw * op.in_hw
-                tensors[op.dst] = _T("sum", src.channels, 1, area * src.lo, area * src.hi, src.gain / area,
-                                     src.offset, None)
-                ops.append({"op": "avgpool", "name": op.name, "src": op.src, "dst": op.dst, "hw": op.in_hw})
-            elif isinstance(op, Linear):
-                src, fc = tensors[op.src], model.fc
-                if int(fc.mask.sum()) != fc.mask.numel():
-                    raise ShiftPQError(f"{source.get('path', 'model')}: field 'model.fc.mask' prunes class outputs")
-                w, step, lv = _weight_index(fc, list(range(op.cout)), src.channels)
-                lo, hi, partial = intops.conv_bounds(intops.decode_weights(w, lv.ints) * live_cols(op.src, src)[None, :],
-                                                     src.lo, src.hi)
-                unit = step * float(src.gain[0])  # real logit per accumulator unit
-                bias_units = fc.bias.double().numpy() / unit
-                limit = (1 << (FC_SCORE_BITS - 1)) - 1
-                worst = max(-int(lo.min()), int(hi.max())) + float(np.abs(bias_units).max()) + 1
-                shift = FC_MAX_SHIFT
-                while shift > 0 and worst * 2 ** shift > limit:
-                    shift -= 1
-                bias = np.round(bias_units * 2.0 ** shift).astype(np.int64)
-                s_lo, s_hi = int((lo * 2 ** shift + bias).min()), int((hi * 2 ** shift + bias).max())
-                if max(-s_lo, s_hi) > limit:
-                    raise ShiftPQError(f"export: fc scores exceed int{FC_SCORE_BITS} (bias too large)")
-                put(op.name, "weight", w)
-                put(op.name, "bias", bias)
-                tensors[op.dst] = _T("scores", list(range(op.cout)), 1, s_lo, s_hi, np.full(op.cout, unit * 2.0 ** -shift),
-                                     np.zeros(op.cout))
-                ops.append({"op": "fc", "name": op.name, "src": op.src, "dst": op.dst, "weight_levels": use_levels(lv),
-                            "shift": shift, "acc_bits": intops.signed_bits(int(lo.min()), int(hi.max())),
-                            "partial_bound": int(partial), "bits": FC_SCORE_BITS})
-            else:  # pragma: no cover - graph.Op is closed
-                raise ShiftPQError(f"export: unsupported layer type {type(op).__name__}")
-    for t in tensors.values():
+            lower = LOWERINGS.get(type(op))
+            if lower is None:
+                raise ShiftPQError(f"export: unsupported layer type {type(op).__name__} (op {op.name!r})")
+            lower(cx, op)
+    for t in cx.tensors.values():
         if max(abs(t.lo), abs(t.hi)) >= intops.INT64_SAFE:
             raise ShiftPQError("export: an intermediate exceeds 62 bits")
-    manifest = {"schema": SCHEMA, "version": VERSION, "model": model.spec.name, "spec": model.spec.to_json(),
-                "source": source, "physical": physical, "levels": levels,
-                "input": {"tensor": "input", "shape": [3, 32, 32], "dtype": "uint8", "offset": IMAGE_OFFSET},
-                "output": {"tensor": model.ops[-1].dst, "classes": model.ops[-1].cout},
-                "tensors": {n: t.json() for n, t in tensors.items()}, "ops": ops}
-    tables = Tables(manifest, arrays)
+    tables = Tables(model=model.spec.name, spec=model.spec.to_json(), source=source, physical=physical,
+                    levels=cx.levels, tensors={n: t.ir(n) for n, t in cx.tensors.items()}, ops=tuple(cx.ops),
+                    input="input", output=model.ops[-1].dst, classes=model.ops[-1].cout)
     if physical:  # what load_tables will accept, checked before anything is written
         validate_tables(tables, f"{source.get('path') or 'model'} (its exported tables)")
     return tables

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import intops
+from . import intops, ir
 from .errors import ShiftPQError
-from .tables import Tables
+from .ir import Tables
 
 
 class GoldenError(ShiftPQError):
@@ -26,23 +26,21 @@ class Golden:
 
     def __init__(self, tables: Tables):
         self.t = tables
-        self._dec = {name: np.asarray(lv["ints"], dtype=np.int32) for name, lv in tables.manifest["levels"].items()
-                     if lv.get("ints") is not None}
+        self._dec = {name: np.asarray(lv.ints, dtype=np.int32) for name, lv in tables.levels.items()}
         self._weights, self._luts, self._bounds = {}, {}, {}
         for op in tables.ops:
-            if op["op"] == "requant" and tables.tensors[op["src"]]["kind"] == "codes":
+            if isinstance(op, ir.Requant) and tables.tensors[op.src].kind == ir.TensorKind.CODES:
                 # a requant of codes has few possible inputs: tabulate it once (same function, same result)
-                ints = self._dec[tables.tensors[op["src"]]["levels"]]
-                grid = np.repeat(ints[:, None], len(tables.tensors[op["dst"]]["channels"]), axis=1)
-                self._luts[op["name"]] = self._requant_values(op, grid)
-            if op["op"] in ("conv", "fc"):
-                self._weights[op["name"]] = intops.decode_weights(tables.array(op, "weight"),
-                                                                  self._dec[op["weight_levels"]]).astype(np.int32)
+                ints = self._dec[tables.tensors[op.src].levels]
+                grid = np.repeat(ints[:, None], len(tables.tensors[op.dst].channels), axis=1)
+                self._luts[op.name] = self._requant_values(op, grid)
+            if isinstance(op, (ir.Conv, ir.FC)):
+                self._weights[op.name] = intops.decode_weights(op.weight, self._dec[op.weight_levels]).astype(np.int32)
                 # the exactness of the BLAS dot products rests on this bound: recompute it from the
                 # weights rather than trust the manifest (which may count only live channels)
-                src = tables.tensors[op["src"]]
-                _, _, partial = intops.conv_bounds(self._weights[op["name"]], src["lo"], src["hi"])
-                self._bounds[op["name"]] = max(partial, op["partial_bound"])
+                src = tables.tensors[op.src]
+                _, _, partial = intops.conv_bounds(self._weights[op.name], src.lo, src.hi)
+                self._bounds[op.name] = max(partial, op.partial_bound)
 
     def code_table(self, op_name: str) -> np.ndarray:
         """[input codes, channels] table of a requant op that reads codes (what hardware stores as a ROM)."""
@@ -51,91 +49,94 @@ class Golden:
     def values(self, name: str, x: np.ndarray) -> np.ndarray:
         """The integer values of a tensor: codes are decoded to their level integers."""
         info = self.t.tensors[name]
-        if info["kind"] != "codes":
+        if info.kind != ir.TensorKind.CODES:
             return x
-        table = self._dec[info["levels"]]
+        table = self._dec[info.levels]
         return x if np.array_equal(table, np.arange(len(table))) else table[x]
 
     def _check(self, name: str, x: np.ndarray) -> np.ndarray:
         info = self.t.tensors[name]
-        if info["kind"] in ("acc", "sum", "scores") and x.size:
+        if info.kind in (ir.TensorKind.ACC, ir.TensorKind.SUM, ir.TensorKind.SCORES) and x.size:
             lo, hi = int(x.min()), int(x.max())
-            if lo < info["lo"] or hi > info["hi"]:
+            if lo < info.lo or hi > info.hi:
                 raise GoldenError(f"tensor {name!r} spans [{lo}, {hi}], outside its declared range "
-                                  f"[{info['lo']}, {info['hi']}] ({info['bits']} bits)")
+                                  f"[{info.lo}, {info.hi}] ({info.bits} bits)")
         return x
 
     def run(self, images: np.ndarray, trace: bool = False):
         """Class scores (N, classes) int64 for uint8 images (N, 3, 32, 32); with ``trace``, also a
         dict of every tensor by name: NHWC (N, C after the pool), codes as level indices, physical
-        channels in the order of the manifest's ``channels``."""
+        channels in the order of the tensor's ``channels``."""
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != ir.INPUT_SHAPE:
             raise ShiftPQError(f"golden model input: expected uint8 images of shape (N, 3, 32, 32), "
                                f"got {images.dtype} {images.shape}")
-        m = self.t.manifest
-        env = {m["input"]["tensor"]: images.transpose(0, 2, 3, 1).astype(np.int16) - m["input"]["offset"]}
+        env = {self.t.input: images.transpose(0, 2, 3, 1).astype(np.int16) - ir.IMAGE_OFFSET}
         for op in self.t.ops:
-            env[op["dst"]] = self.apply(op, env)
-        out = env[m["output"]["tensor"]]
+            env[op.dst] = self.apply(op, env)
+        out = env[self.t.output]
         return (out, env) if trace else out
 
-    def apply(self, op: dict, env: dict) -> np.ndarray:
+    def apply(self, op: ir.Op, env: dict) -> np.ndarray:
         """The output of one op of the tables on the tensors of ``env`` (by name, as in the trace),
         range-checked against the manifest: how the unit benches get the expected output of a block
         on inputs of their own."""
-        return self._check(op["dst"], getattr(self, "_" + op["op"])(op, env))
+        method = self.APPLY.get(type(op))
+        if method is None:
+            raise GoldenError(f"op {op.name!r}: the golden model has no semantics for {type(op).__name__}")
+        return self._check(op.dst, method(self, op, env))
 
     # -- one method per op type ----------------------------------------------------------------
-    def _conv(self, op, env):
-        x = self.values(op["src"], env[op["src"]])
-        return intops.conv2d(x, self._weights[op["name"]], op["stride"], op["padding"], self._bounds[op["name"]])
+    def _conv(self, op: ir.Conv, env):
+        x = self.values(op.src, env[op.src])
+        return intops.conv2d(x, self._weights[op.name], op.stride, op.padding, self._bounds[op.name])
 
-    def _requant(self, op, env):
-        x = env[op["src"]]
-        lut = self._luts.get(op["name"])
+    def _requant(self, op: ir.Requant, env):
+        x = env[op.src]
+        lut = self._luts.get(op.name)
         if lut is not None:
             return lut[x, np.arange(lut.shape[1])]
         return self._requant_values(op, x)
 
-    def _requant_values(self, op, x):
-        if op["mode"] == "threshold":
-            return intops.requant_threshold(x, self.t.array(op, "thresholds"), self.t.array(op, "sign"))
-        top = len(self.t.levels(op["levels"])["ints"]) - 1
-        return intops.requant_affine([(x, self.t.array(op, "mul"))], self.t.array(op, "bias"),
-                                     self.t.array(op, "shift"), top)
+    def _requant_values(self, op: ir.Requant, x):
+        if op.mode == ir.RequantMode.THRESHOLD:
+            return intops.requant_threshold(x, op.thresholds, op.sign)
+        top = len(self.t.level_set(op.levels).ints) - 1
+        return intops.requant_affine([(x, op.mul)], op.bias, op.shift, top)
 
-    def _add(self, op, env):
-        conv_src, sc_src = op["srcs"]
-        acc = env[conv_src].astype(np.int64)
-        sc = self.values(sc_src, env[sc_src]).astype(np.int64)
-        acc, sc = _gather(acc, op["conv_index"]), _gather(sc, op["shortcut_index"])
-        top = len(self.t.levels(op["levels"])["ints"]) - 1
-        return intops.requant_affine([(acc, self.t.array(op, "mul")), (sc, self.t.array(op, "shortcut_mul"))],
-                                     self.t.array(op, "bias"), self.t.array(op, "shift"), top)
+    def _add(self, op: ir.Add, env):
+        acc = env[op.conv_src].astype(np.int64)
+        sc = self.values(op.shortcut_src, env[op.shortcut_src]).astype(np.int64)
+        acc, sc = _gather(acc, op.conv_index), _gather(sc, op.shortcut_index)
+        top = len(self.t.level_set(op.levels).ints) - 1
+        return intops.requant_affine([(acc, op.mul), (sc, op.shortcut_mul)], op.bias, op.shift, top)
 
-    def _shortcut(self, op, env):
-        s = op["stride"]
-        return env[op["src"]][:, ::s, ::s]
+    def _shortcut(self, op: ir.Shortcut, env):
+        s = op.stride
+        return env[op.src][:, ::s, ::s]
 
-    def _maxpool(self, op, env):
-        x = env[op["src"]]
+    def _maxpool(self, op: ir.MaxPool, env):
+        x = env[op.src]
         n, h, w, c = x.shape
-        k = op["size"]
+        k = op.size
         return x[:, :h // k * k, :w // k * k].reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4))
 
-    def _avgpool(self, op, env):
-        return self.values(op["src"], env[op["src"]]).astype(np.int64).sum(axis=(1, 2))
+    def _avgpool(self, op: ir.AvgPool, env):
+        return self.values(op.src, env[op.src]).astype(np.int64).sum(axis=(1, 2))
 
-    def _fc(self, op, env):
-        x = self.values(op["src"], env[op["src"]])
-        acc = intops.exact_matmul(x, self._weights[op["name"]].T, self._bounds[op["name"]])
-        return (acc << op["shift"]) + self.t.array(op, "bias")
+    def _fc(self, op: ir.FC, env):
+        x = self.values(op.src, env[op.src])
+        acc = intops.exact_matmul(x, self._weights[op.name].T, self._bounds[op.name])
+        return (acc << op.shift) + op.bias
+
+    # the semantics of every IR op type (an op type missing here is refused by name)
+    APPLY = {ir.Conv: _conv, ir.Requant: _requant, ir.Add: _add, ir.Shortcut: _shortcut, ir.MaxPool: _maxpool,
+             ir.AvgPool: _avgpool, ir.FC: _fc}
 
 
-def _gather(x: np.ndarray, index: list[int]) -> np.ndarray:
+def _gather(x: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
     """Channels ``index`` of x (channels last); -1 gives a zero channel."""
-    if index == list(range(x.shape[-1])):
+    if tuple(index) == tuple(range(x.shape[-1])):
         return x
     x = np.concatenate([x, np.zeros(x.shape[:-1] + (1,), dtype=x.dtype)], axis=-1)
     return x[..., index]
@@ -156,7 +157,7 @@ def run_batched(golden: Golden, images: np.ndarray, batch: int = 250, progress: 
     workers = workers or min(8, 2 * (os.cpu_count() or 1))  # 4 threads beat 2 by 1.2x on 2 cores
     chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
     if not chunks:
-        return np.zeros((0, golden.t.manifest["output"]["classes"]), dtype=np.int64)
+        return np.zeros((0, golden.t.classes), dtype=np.int64)
     outs = []
     with tqdm(total=len(images), desc="golden model", unit="img", disable=not progress, leave=False) as bar, \
             ThreadPoolExecutor(workers) as pool:
@@ -183,7 +184,7 @@ def fakequant_predictions(checkpoint: str, images: np.ndarray, batch: int = 500)
 def source_checkpoint(tables: Tables, override: str | None) -> str:
     """The checkpoint the tables came from (``override`` or the recorded path), its sha256 verified."""
     from .export import sha256_file
-    src = tables.manifest.get("source", {})
+    src = tables.source or {}
     path = override or src.get("path")
     if not path or not Path(path).is_file():
         raise ShiftPQError(f"source checkpoint {path!r} of the tables not found: pass --checkpoint CKPT "
@@ -201,7 +202,7 @@ def evaluate_tables(tables: Tables, images: np.ndarray, labels: np.ndarray, chec
     t0 = time.perf_counter()
     pred = predict(run_batched(Golden(tables), images, progress=progress))
     seconds = time.perf_counter() - t0
-    report = {"model": tables.manifest["model"], "images": int(len(labels)),
+    report = {"model": tables.model, "images": int(len(labels)),
               "accuracy": round(100.0 * float((pred == labels).mean()), 4) if len(labels) else None,
               "golden_seconds": round(seconds, 2), "fakequant_accuracy": None, "agreement": None,
               "accuracy_difference": None}

@@ -118,25 +118,26 @@ def _summary(name: str, quantized: bool, layers: list[LayerCost], fp32_layers: l
 
 
 def tables_metrics(tables) -> dict:
-    """``model_metrics`` of the model in exported layer tables (``shiftpq.tables.Tables``), counted
+    """``model_metrics`` of the model in exported layer tables (``shiftpq.ir.Tables``), counted
     from the deployed weight arrays themselves; the FP32 reference is the unpruned model of the same
     spec. Equals ``model_metrics`` of the exported model (tested)."""
+    from .ir import FC, Conv
     from .models import ModelSpec
     layers = []
     for op in tables.ops:
-        if op["op"] not in ("conv", "fc"):
+        if not isinstance(op, (Conv, FC)):
             continue
-        w = tables.array(op, "weight")
-        src = tables.tensors[op["src"]]
-        abits = tables.levels(src["levels"])["bits"] if "levels" in src else src["bits"]
-        wbits = tables.levels(op["weight_levels"])["bits"]
-        if op["op"] == "conv":
-            layers.append(LayerCost(op["name"], "conv", op["filters"], w.shape[0], w.shape[1], w.size,
-                                    w.size * op["out_hw"] ** 2, wbits, abits))
+        w = op.weight
+        src = tables.tensors[op.src]
+        abits = tables.level_set(src.levels).bits if src.levels is not None else src.bits
+        wbits = tables.level_set(op.weight_levels).bits
+        if isinstance(op, Conv):
+            layers.append(LayerCost(op.name, "conv", op.filters, w.shape[0], w.shape[1], w.size,
+                                    w.size * op.out_hw ** 2, wbits, abits))
         else:
-            layers.append(LayerCost(op["name"], "fc", w.shape[0], w.shape[0], w.shape[1], w.size, w.size, wbits, abits))
-    fp32_layers = layer_costs(Net(ModelSpec.from_json(tables.manifest["spec"])), fp32=True)
-    return _summary(tables.manifest["model"], True, layers, fp32_layers)
+            layers.append(LayerCost(op.name, "fc", w.shape[0], w.shape[0], w.shape[1], w.size, w.size, wbits, abits))
+    fp32_layers = layer_costs(Net(ModelSpec.from_json(tables.spec)), fp32=True)
+    return _summary(tables.model, True, layers, fp32_layers)
 
 
 def format_table(m: dict) -> str:

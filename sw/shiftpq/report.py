@@ -18,8 +18,9 @@ import numpy as np
 
 from .atomic import atomic_dir
 from .errors import ShiftPQError
+from .ir import FC, Conv, Tables
 from .metrics import tables_metrics
-from .tables import Tables, load_tables
+from .tables import load_tables
 from .templating import render
 
 # The seed paper's Table II/III (CIFAR-10 top-1 %, W4A4, 30 % pruning) and reductions vs FP32.
@@ -74,15 +75,15 @@ def _plots(t: Tables, layers: list[dict]) -> dict[str, bytes]:
     a2.set_xticks(x, names, rotation=70, ha="right")
     plots["layers"] = _png(fig)
 
-    weighted = [op for op in t.ops if op["op"] in ("conv", "fc")]
+    weighted = [op for op in t.ops if isinstance(op, (Conv, FC))]
     cols = 5
     rows = -(-len(weighted) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(11, 1.9 * rows), squeeze=False)
     for ax, op in zip(axes.flat, weighted):
-        codes = t.array(op, "weight").ravel().astype(int)
-        lv = t.levels(op["weight_levels"])
-        ints = np.array(lv["ints"])
-        levels = np.unique(np.concatenate([-ints, ints])) if lv["signed"] else ints
+        codes = op.weight.ravel().astype(int)
+        lv = t.level_set(op.weight_levels)
+        ints = np.array(lv.ints)
+        levels = np.unique(np.concatenate([-ints, ints])) if lv.signed else ints
         counts = [(codes == v).sum() for v in levels]
         pos = np.arange(len(levels))
         ax.bar(pos, counts, color="#4c72b0", width=0.8)
@@ -93,23 +94,23 @@ def _plots(t: Tables, layers: list[dict]) -> dict[str, bytes]:
         if len(levels) <= 16:  # APoT sets: mark every level (the 8-bit sets are uniform)
             for p in pos:
                 ax.axvline(p, color="#999999", lw=0.3, zorder=0)
-        ax.set_title(f"{op['name']} ({op['weight_levels']})", fontsize=7)
+        ax.set_title(f"{op.name} ({op.weight_levels})", fontsize=7)
     for ax in list(axes.flat)[len(weighted):]:
         ax.axis("off")
     fig.suptitle("weight codes per layer; every level of the layer's level set is a tick (APoT: non-uniform values)")
     fig.tight_layout()
     plots["weights"] = _png(fig)
 
-    convs = [op for op in t.ops if op["op"] == "conv"]
-    width = max(op["filters"] for op in convs)
+    convs = [op for op in t.ops if isinstance(op, Conv)]
+    width = max(op.filters for op in convs)
     img = np.full((len(convs), width), np.nan)
     for i, op in enumerate(convs):
-        img[i, :op["filters"]] = 0
-        img[i, op["kept"]] = 1
+        img[i, :op.filters] = 0
+        img[i, list(op.kept)] = 1
     fig, ax = plt.subplots(figsize=(9, 0.22 * len(convs) + 1))
     cmap = matplotlib.colors.ListedColormap(["#c44e52", "#4c72b0"]).with_extremes(bad="white")
     ax.imshow(img, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(len(convs)), [op["name"] for op in convs])
+    ax.set_yticks(range(len(convs)), [op.name for op in convs])
     ax.set_xlabel("filter index (blue: kept, red: pruned)")
     plots["pruning"] = _png(fig)
     return plots
@@ -132,10 +133,10 @@ def report_context(build: str | Path, n_images: int, data_dir: str | None, log=p
     log(f"golden model on {len(labels)} test images ...")
     pred = predict(Golden(t).run(images.numpy()))
     golden_acc = round(100.0 * float((pred == labels.numpy()).mean()), 2)
-    source = t.manifest.get("source", {})
-    ctx = {"model": t.manifest["model"], "spec": t.manifest["spec"], "source": source,
+    source = t.source or {}
+    ctx = {"model": t.model, "spec": t.spec, "source": source,
            "untrained": bool(source.get("untrained")), "metrics": m, "layers": layers,
-           "paper": PAPER.get(t.manifest["model"]), "cycles": cycles,
+           "paper": PAPER.get(t.model), "cycles": cycles,
            "accuracy": {"fakequant": source.get("test_accuracy"), "golden": golden_acc, "golden_images": len(labels)},
            "sim": _json(build / "sim" / "results.json"), "synth": _json(build / "synth" / "report.json")}
     log("plots ...")

@@ -1,98 +1,128 @@
-"""Layer tables: the on-disk contract between training and hardware (schema, save, load, validate).
+"""Layer tables: the on-disk form of the integer IR (ir.py), the contract between training and
+hardware (schema, save, load, validate).
 
 A tables directory holds ``manifest.json`` and one ``.npy`` file per integer array, named
 ``<op name>.<field>.npy``. Nothing is pickled: JSON for structure, ``np.load(allow_pickle=False)``
 for arrays. Loading checks everything a consumer relies on (schema version, the op types, every
-array's presence, dtype, shape and range, the graph's wiring) and names the file and field of the
-first problem. docs/integer-semantics.md describes the meaning of every field.
+array's presence, dtype, shape and range, the graph's wiring) on the raw manifest and names the
+file and field of the first problem; only then does ``from_manifest`` build the IR objects.
+Saving writes ``to_manifest`` of the IR: load -> save gives the same bytes.
+docs/integer-semantics.md describes the meaning of every field.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, fields
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
+from . import ir
 from .atomic import atomic_dir, prepare_output
 from .errors import ShiftPQError
+from .ir import IMAGE_LEVELS, Tables, array_file
+from .levels import level_set
 
 SCHEMA = "shiftpq-tables"
 VERSION = 1
 MANIFEST = "manifest.json"
-IMAGE_LEVELS = "image"  # the int8 input: pixel - 128
 
-# array fields of each op type: field -> dtype
-OP_ARRAYS: dict[str, dict[str, str]] = {
-    "conv": {"weight": "int8"},
-    "requant": {},  # by mode, below
-    "add": {"mul": "int64", "shortcut_mul": "int64", "bias": "int64", "shift": "int64"},
-    "shortcut": {},
-    "maxpool": {},
-    "avgpool": {},
-    "fc": {"weight": "int8", "bias": "int64"},
-}
-REQUANT_ARRAYS = {"threshold": {"thresholds": "int64", "sign": "int8"},
-                  "affine": {"mul": "int64", "bias": "int64", "shift": "int64"}}
-OP_KEYS: dict[str, tuple[str, ...]] = {
-    "conv": ("src", "kernel", "stride", "padding", "in_hw", "out_hw", "in_channels", "kept", "weight_levels",
-             "acc_bits", "partial_bound"),
-    "requant": ("src", "levels", "mode"),
-    "add": ("srcs", "levels", "conv_index", "shortcut_index", "product_bits"),
-    "shortcut": ("src", "stride", "pad_before"),
-    "maxpool": ("src", "size"),
-    "avgpool": ("src", "hw"),
-    "fc": ("src", "weight_levels", "shift", "acc_bits", "bits"),
-}
-TENSOR_KINDS = ("image", "codes", "acc", "sum", "scores")
-
-
-@dataclass
-class Tables:
-    manifest: dict
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # file name -> array
-
-    @property
-    def ops(self) -> list[dict]:
-        return self.manifest["ops"]
-
-    @property
-    def tensors(self) -> dict[str, dict]:
-        return self.manifest["tensors"]
-
-    def levels(self, name: str) -> dict:
-        return self.manifest["levels"][name]
-
-    def array(self, op: dict, name: str) -> np.ndarray:
-        return self.arrays[array_file(op["name"], name)]
-
-    def level_set(self, name: str):
-        """The LevelSet object of a level set named in the manifest."""
-        from .levels import level_set
-        d = self.levels(name)
-        return level_set(d["bits"], d["signed"])
-
-
-def array_file(op_name: str, field_name: str) -> str:
-    return f"{op_name}.{field_name}.npy"
+# from the IR's op classes: the array fields of each op type (field -> dtype; the requant's depend on
+# its mode) and the keys every manifest op of a type must have (the fields without a default)
+OP_ARRAYS: dict[str, dict[str, str]] = {t.OP: t.ARRAYS for t in ir.OP_TYPES}
+REQUANT_ARRAYS = {str(mode): arrays for mode, arrays in ir.Requant.MODE_ARRAYS.items()}
+OP_KEYS: dict[str, tuple[str, ...]] = {t.OP: tuple(f.name for f in fields(t) if f.default is MISSING
+                                                   and f.name not in ("name", "dst")) for t in ir.OP_TYPES}
 
 
 def expected_arrays(op: dict) -> dict[str, str]:
+    """The array fields (-> dtype) of a manifest op."""
     if op["op"] == "requant":
         return REQUANT_ARRAYS.get(op.get("mode"), {})
     return OP_ARRAYS[op["op"]]
+
+
+# -- the manifest <-> the IR -----------------------------------------------------------------------
+# Field names are the manifest's keys; lists become tuples, "kind" and "mode" their enums; a field
+# absent from the manifest is None in the IR and absent again when saved.
+def _array_fields(cls: type[ir.Op]) -> set[str]:
+    return set(cls.ARRAYS).union(*(set(a) for a in getattr(cls, "MODE_ARRAYS", {}).values()))
+
+
+def _from_json(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _to_json(v):
+    if isinstance(v, tuple):
+        return [_to_json(x) for x in v]
+    return str(v) if isinstance(v, StrEnum) else v
+
+
+def _op_from_manifest(d: dict, arrays: dict[str, np.ndarray]) -> ir.Op:
+    cls = ir.OP_BY_NAME[d["op"]]
+    kw = {}
+    for f in fields(cls):
+        if f.name in _array_fields(cls):
+            kw[f.name] = arrays.get(array_file(d["name"], f.name))
+        elif f.name in d:
+            kw[f.name] = _from_json(d[f.name])
+    if cls is ir.Requant:
+        kw["mode"] = ir.RequantMode(d["mode"])
+    return cls(**kw)
+
+
+def _op_to_manifest(op: ir.Op) -> dict:
+    skip = _array_fields(type(op))
+    d = {"op": op.OP}
+    for f in fields(op):
+        v = getattr(op, f.name)
+        if f.name not in skip and v is not None:
+            d[f.name] = _to_json(v)
+    return d
+
+
+def from_manifest(m: dict, arrays: dict[str, np.ndarray]) -> ir.Tables:
+    """The IR of a checked manifest and its arrays (by file name)."""
+    tensors = {name: ir.Tensor(name=name, kind=ir.TensorKind(t["kind"]), channels=tuple(t["channels"]), hw=t["hw"],
+                               lo=t["lo"], hi=t["hi"], bits=t["bits"], levels=t.get("levels"), scale=t.get("scale"))
+               for name, t in m["tensors"].items()}
+    levels = {name: level_set(lv["bits"], lv["signed"]) for name, lv in m["levels"].items() if name != ir.IMAGE_LEVELS}
+    return ir.Tables(model=m["model"], spec=m["spec"], source=m.get("source"), levels=levels, tensors=tensors,
+                     ops=tuple(_op_from_manifest(op, arrays) for op in m["ops"]), input=m["input"]["tensor"],
+                     output=m["output"]["tensor"], classes=m["output"]["classes"], physical=m.get("physical"))
+
+
+def to_manifest(t: ir.Tables) -> dict:
+    """The manifest.json of an IR (its arrays: ``t.arrays()``)."""
+    tensors = {}
+    for name, x in t.tensors.items():
+        d = {"kind": str(x.kind), "channels": list(x.channels), "hw": x.hw, "lo": x.lo, "hi": x.hi, "bits": x.bits}
+        d.update({k: v for k, v in (("levels", x.levels), ("scale", x.scale)) if v is not None})
+        tensors[name] = d
+    m = {"schema": SCHEMA, "version": VERSION, "model": t.model, "spec": t.spec,
+         "levels": {ir.IMAGE_LEVELS: dict(IMAGE_LEVEL_SET), **{n: ls.to_json() for n, ls in t.levels.items()}},
+         "input": {**INPUT, "tensor": t.input}, "output": {"tensor": t.output, "classes": t.classes},
+         "tensors": tensors, "ops": [_op_to_manifest(op) for op in t.ops]}
+    if t.source is not None:
+        m["source"] = t.source
+    if t.physical is not None:
+        m["physical"] = t.physical
+    return m
 
 
 # -- save ------------------------------------------------------------------------------------------
 def save_tables(tables: Tables, out: str | Path, force: bool = False) -> Path:
     """Write to a temporary sibling directory, then rename: never a half-written tables directory."""
     out = prepare_output(out, force)
+    arrays = tables.arrays()
     with atomic_dir(out) as tmp:
-        for name in sorted(tables.arrays):
+        for name in sorted(arrays):
             with open(tmp / name, "wb") as f:
-                np.save(f, np.ascontiguousarray(tables.arrays[name]), allow_pickle=False)
-        (tmp / MANIFEST).write_text(json.dumps(tables.manifest, indent=1, sort_keys=True) + "\n")
+                np.save(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+        (tmp / MANIFEST).write_text(json.dumps(to_manifest(tables), indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -252,23 +282,24 @@ def load_tables(d: str | Path) -> Tables:
         return arrays[name]
 
     _validate(m, c, read)
-    return Tables(m, arrays)
+    return from_manifest(m, arrays)
 
 
 def validate_tables(t: Tables, where: str) -> None:
     """The checks of load_tables on tables in memory (export runs them before writing anything)."""
-    wanted = {array_file(op["name"], f): dt for op in t.ops for f, dt in expected_arrays(op).items()}
-    for name in sorted(set(t.arrays) ^ set(wanted)):
+    m, arrays = to_manifest(t), {n: a for n, a in t.arrays().items() if a is not None}
+    wanted = {array_file(op["name"], f): dt for op in m["ops"] for f, dt in expected_arrays(op).items()}
+    for name in sorted(set(arrays) ^ set(wanted)):
         raise ShiftPQError(f"{where}: array {name} {'is missing' if name in wanted else 'belongs to no op'}")
 
     def read(op: dict, fld: str, shape: tuple[int, ...]) -> np.ndarray:
         name = array_file(op["name"], fld)
-        a = t.arrays[name]
+        a = arrays[name]
         if a.dtype != np.dtype(wanted[name]) or tuple(a.shape) != tuple(shape):
             raise ShiftPQError(f"{where}: array {name} is {a.dtype} {tuple(a.shape)}, expected {wanted[name]} "
                                f"{tuple(shape)}")
         return a
-    _validate(t.manifest, _Checker(Path(where), where), read)
+    _validate(m, _Checker(Path(where), where), read)
 
 
 def _check_spec(m: dict, c: _Checker, model: str):
@@ -299,7 +330,6 @@ def _validate(m: dict, c: _Checker, read) -> None:
     """Walk the ops in order, recompute every tensor's description and every derived field from the
     arrays (``read(op, field, shape)`` loads one, its shape checked from the header) and compare."""
     from . import intops
-    from .levels import level_set
     from .export import FC_MAX_SHIFT, FC_SCORE_BITS, levels_name
     from .models import MODEL_NAMES
     d = c.d
@@ -393,7 +423,7 @@ def _validate(m: dict, c: _Checker, read) -> None:
         bits = intops.affine_bits(bounds, muls, bias)
         if bits > 63:
             c.fail(f"ops[{i}].{fld_bits}", f"would be {bits}: x * mul + bias exceeds 62 bits (constants too large)")
-        c.equal(op[fld_bits], bits, f"ops[{i}].{fld_bits}", "the width of x * mul + bias, recomputed")
+        c.equal(c.key(op, fld_bits, f"ops[{i}]"), bits, f"ops[{i}].{fld_bits}", "the width of x * mul + bias, recomputed")
 
     n_ops = len(m["ops"])
     first_conv = next((op["name"] for op in m["ops"] if op["op"] == "conv"), None)
