@@ -1,51 +1,45 @@
 """One convolution layer engine: a stream of input pixels in, requantized output pixels out.
 
-Dataflow, a line buffer and a folded MAC array:
-- load: input pixels (all channels of a pixel per beat, raster order) go into a circular buffer of
-  ``slots`` rows (a power of two, at least ``kernel + stride``), one memory word per pixel at address
-  ``Cat(x, slot)``; a row is loaded whenever a slot is free, so loading overlaps computing and runs
-  into the next image without a gap;
-- compute: for every output pixel, every group of ``lanes`` output channels, every kernel tap and
-  every chunk of ``simd`` input channels, one cycle: the tap's input pixel (zero outside the map: the
-  padding) meets the weight codes of that (group, tap, chunk), ``lanes x simd`` shift-add PEs
-  multiply, an adder tree sums the chunk and each lane accumulates (stages: memory read;
-  activations and weights registered; products registered; adder tree registered; accumulate).
-  After the last tap and chunk the lanes' sums are held, and the engine's requantization units (the
-  layer's BatchNorm, ReLU and next quantizer: a binary threshold search or a fixed-point
-  multiply-add, requant.py) take the lanes in turn, one unit per ``kernel**2 * chunks`` lanes, before
-  the next group's sums arrive; the codes go into the output pixel, which leaves when its last group
-  is done. A fused residual add takes one shortcut pixel (second input ``r``) per output pixel, from
-  a two-entry queue, as the pixel's first group is requantized. An output row starts once the input
-  rows it reads are loaded; at its end the rows the next output row no longer reads are freed.
+Dataflow, a line buffer and a folded MAC array, wired from the units of engine.py (their timing is
+in their docstrings):
+- ``LineBuffer``: input pixels (all channels of a pixel per beat, raster order) go into a circular
+  buffer of ``slots`` rows (a power of two, at least ``kernel + stride``) whenever a slot is free, so
+  loading overlaps computing and runs into the next image without a gap;
+- ``TapSequencer``: for every output pixel, every group of ``lanes`` output channels, every kernel
+  tap and every chunk of ``simd`` input channels, one cycle: the tap's input pixel (zero outside the
+  map: the padding) and the weight codes of that (group, tap, chunk) are read; an output row starts
+  once the input rows it reads are loaded, and at its end the rows the next output row no longer
+  reads are freed;
+- ``MacPipeline``: ``lanes x simd`` shift-add PEs multiply, an adder tree sums the chunk and each
+  lane accumulates (stages: memory read; activations and weights registered; products registered;
+  adder tree registered; accumulate);
+- ``LaneRequant``: after the last tap and chunk the lanes' sums are held, and the requantization
+  units (the layer's BatchNorm, ReLU and next quantizer: a binary threshold search or a fixed-point
+  multiply-add, requant.py) take the lanes in turn, one unit per ``kernel**2 * chunks`` lanes,
+  before the next group's sums arrive;
+- ``ShortcutQueue``: a fused residual add takes one shortcut pixel (second input ``r``) per output
+  pixel, from a two-entry queue, as the pixel's first group is requantized;
+- ``OutputAssembly``: the codes go into the output pixel, which leaves when its last group is done.
 Every pipeline register advances together (``en``); the engine stalls as a whole only while a
 finished pixel waits for the output register, which still holds the one before. ``en`` depends on
-the engine's own registers, never on the sink's ready: in a whole network that ready is a chain
-through forks and FIFOs, and ``en`` fans out to every pipeline register (that path was the critical
-path of ResNet-20 on the ECP5-85k). Cycles per image, in steady state with a source that keeps the
-buffer ahead and a sink that takes each pixel before the next one is finished (``groups * chunks *
-kernel**2`` cycles later): ``out_hw**2 * groups * chunks * kernel**2`` (``cycles_per_image``): the
-MAC array never idles; the pipeline adds latency only.
+the engine's own registers, never on the sink's ready. Cycles per image, in steady state with a
+source that keeps the buffer ahead and a sink that takes each pixel before the next one is finished
+(``groups * chunks * kernel**2`` cycles later): ``out_hw**2 * groups * chunks * kernel**2``
+(``cycles_per_image``): the MAC array never idles; the pipeline adds latency only.
 """
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from shiftpq import intops, ir
 from shiftpq.levels import LevelSet
 
 from .checked import Checked
-from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
-                 weight_field_shape, weight_fields)
-from .requant import Pipe, affine_unit, threshold_search
-
-
-def _counter(n: int) -> Signal:
-    """A counter over range(n), at least one bit wide (zero-width signals upset Verilog linters)."""
-    return Signal(range(max(n, 2)))
+from .engine import LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue, TapSequencer
+from .pe import IMAGE, act_code_shape
 
 
 def _pow2_at_least(n: int) -> int:
@@ -199,247 +193,43 @@ class ConvRequant(Checked, wiring.Component):
         w = w.reshape(groups, lanes, chunks, simd, k * k)  # [g, lane, chunk, j, tap]
         return w.transpose(0, 4, 2, 1, 3).reshape(groups * k * k * chunks, lanes * simd)
 
+    def _lane_requant(self) -> LaneRequant:
+        rq = self._rq
+        threshold = isinstance(rq, ir.Requant) and rq.mode == ir.RequantMode.THRESHOLD
+        consts = {"thresholds": rq.thresholds, "sign": rq.sign} if threshold else \
+            {"mul": rq.mul, "bias": rq.bias, "shift": rq.shift}
+        shortcut = (self._res.shortcut_mul, self._sc_levels) if self._res else None
+        return LaneRequant(self._lanes, self._groups, self._k ** 2 * self._chunks, self._w.shape[0], self._acc_shape,
+                           self._partial_bound, self._ol, shortcut=shortcut, **consts)
+
     @property
     def requant_units(self) -> int:
         """Requantization units: each serves ``lanes / units`` lanes in turn, within the
         ``taps x chunks`` cycles before the lanes' next results."""
-        return -(-self._lanes // (self._k ** 2 * self._chunks))
-
-    def _unit_channels(self, unit: int, lane_bits: int) -> list[int | None]:
-        """The output channel of each row of a unit's constant tables, row ``g << lane_bits | j`` for
-        group g and the unit's j-th lane (None: no such channel; its row is padding)."""
-        per = -(-self._lanes // self.requant_units)
-        k_out = self._w.shape[0]
-        return [g * self._lanes + unit * per + j if j < per and unit * per + j < self._lanes
-                and g * self._lanes + unit * per + j < k_out else None
-                for g in range(self._groups) for j in range(1 << lane_bits)]
+        return self._lane_requant().units
 
     def elaborate(self, platform):
+        """The wiring of the engine's units (engine.py), in the order the pipeline runs; every unit's
+        registers advance with ``en``, which the output assembly drives."""
         m = Module()
-        k_out, c_in, k, _ = self._w.shape
-        hw, ohw, lanes, groups, taps = self._in_hw, self._out_hw, self._lanes, self._groups, k * k
-        simd, chunks, nslots = self._simd, self._chunks, self._slots
-        ab, sb = (hw - 1).bit_length(), max(1, (nslots - 1).bit_length())
-        en = Signal()  # the pipeline advances (driven at the end, from the last stage and the output)
-
-        # memories: the input rows, the weight codes, and each lane's requantization constants
-        m.submodules.rows = rows = Memory(shape=self.i.payload.shape(), depth=nslots * hw, init=[])
-        fw, fr = rows.write_port(), rows.read_port()
-        wshape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(self._wl), simd), lanes)
-        m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(groups * taps * chunks, 2),
-                                          init=pack_words(weight_fields(self._wl, self._lane_weights()),
-                                                          weight_code_shape(self._wl).width))
-        wr = wmem.read_port()
-        # the loader: a row goes into the slot after the newest held row while one is free
-        avail = Signal(range(nslots + 1))  # complete rows held
-        lslot = Signal(sb)
-        lx = _counter(hw)
-        take, row_loaded = Signal(), Signal()
-        can_load = avail < nslots
-        m.d.comb += [self.i.ready.eq(can_load), take.eq(self.i.valid & can_load)]
-        m.d.comb += [fw.addr.eq(Cat(lx[:ab], lslot)), fw.data.eq(self.i.payload), fw.en.eq(take),
-                     row_loaded.eq(take & (lx == hw - 1))]
-        with m.If(take):
-            m.d.sync += lx.eq(lx + 1)
-            with m.If(lx == hw - 1):
-                m.d.sync += [lx.eq(0), lslot.eq(lslot + 1)]
-
-        # stage 0: issue one (tap, chunk) per cycle once the output row's input rows are loaded
-        oy, ox = _counter(ohw), _counter(ohw)
-        by, bx = Signal(signed(ab + 2), init=-self._p), Signal(signed(ab + 2), init=-self._p)  # oy*s - p, ox*s - p
-        lo = Signal(unsigned(ab + 1))  # the oldest held row, max(0, by)
-        cslot = Signal(sb)  # its slot
-        g, ky, kx, ch = _counter(groups), _counter(k), _counter(k), _counter(chunks)
-        waddr = _counter(groups * taps * chunks)
-        # the current output row's (rows needed, rows freed), registered: loaded with the next row's
-        # pair when a row ends (a combinational table of a register that rarely changes stays X in
-        # Icarus 11, which does not evaluate `always @*` at time zero)
-        plan = self.rows()
-        need = Signal(range(nslots + 1), init=plan[0][0])
-        free = Signal(range(nslots + 1), init=plan[0][1])
-        iy, ix = Signal(signed(ab + 2)), Signal(signed(ab + 2))
-        m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
-        issue = Signal()
-        m.d.comb += issue.eq(en & (avail >= need))
-        if self._res is not None:
-            # the shortcut stream: its pixels wait in a two-entry queue and are taken, one per output
-            # pixel, when the pixel's first group reaches the requantization units; an output pixel
-            # starts only with a shortcut pixel in the queue that no started pixel has claimed
-            rpix = [Signal(self.r.payload.shape(), name=f"rpix{j}") for j in range(2)]
-            rcount, claimed = Signal(range(3)), Signal(range(3))
-            push, pop, start = Signal(), Signal(), Signal()
-            m.d.comb += [self.r.ready.eq(rcount < 2), push.eq(self.r.valid & self.r.ready),
-                         start.eq(en & (g == 0) & (ky == 0) & (kx == 0) & (ch == 0)),
-                         issue.eq(en & (avail >= need) & (~start | (rcount > claimed)))]
-            with m.If(pop):
-                m.d.sync += rpix[0].eq(rpix[1])
-            with m.If(push):
-                with m.If(rcount - pop == 0):
-                    m.d.sync += rpix[0].eq(self.r.payload)
-                with m.Else():
-                    m.d.sync += rpix[1].eq(self.r.payload)
-            m.d.sync += [rcount.eq(rcount + push - pop), claimed.eq(claimed + (issue & start) - pop)]
-        pad = (iy < 0) | (iy >= hw) | (ix < 0) | (ix >= hw)
-        slot = Signal(sb)
-        m.d.comb += slot.eq(cslot + (iy - lo))
-        m.d.comb += [fr.en.eq(en), fr.addr.eq(Cat(ix[:ab], slot)), wr.en.eq(en), wr.addr.eq(waddr)]
-        last_tc = (ky == k - 1) & (kx == k - 1) & (ch == chunks - 1)
-        last_group = g == groups - 1
-        row_done = Signal()
-        m.d.comb += row_done.eq(issue & last_tc & last_group & (ox == ohw - 1))
-        with m.If(issue):
-            m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1)]
-            with m.If(ch == chunks - 1):
-                m.d.sync += [ch.eq(0), kx.eq(kx + 1)]
-                with m.If(kx == k - 1):
-                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
-                    with m.If(ky == k - 1):
-                        m.d.sync += [ky.eq(0), g.eq(g + 1)]
-                        with m.If(last_group):
-                            m.d.sync += [g.eq(0), waddr.eq(0), ox.eq(ox + 1), bx.eq(bx + self._s)]
-                            with m.If(ox == ohw - 1):
-                                nby = by + self._s
-                                m.d.sync += [ox.eq(0), bx.eq(-self._p), oy.eq(oy + 1), by.eq(nby),
-                                             lo.eq(Mux(nby < 0, 0, nby)), cslot.eq(cslot + free)]
-                                with m.Switch(oy):
-                                    for y in range(ohw):
-                                        with (m.Case(y) if y < ohw - 1 else m.Default()):
-                                            nd, fr_ = plan[(y + 1) % ohw]
-                                            m.d.sync += [need.eq(nd), free.eq(fr_)]
-                                with m.If(oy == ohw - 1):
-                                    m.d.sync += [oy.eq(0), by.eq(-self._p), lo.eq(0)]
-        m.d.sync += avail.eq(avail + row_loaded - Mux(row_done, free, 0))
-
-        stage = Pipe(m, en).stage
-
-        # stage 1: memory data and the issue's control; the chunk's input channels (zero in the padding)
-        v1, pad1, first1, last1, done1 = Signal(), Signal(), Signal(), Signal(), Signal()
-        g1 = _counter(groups)
-        ch1 = _counter(chunks)
-        with m.If(en):
-            m.d.sync += [v1.eq(issue), pad1.eq(pad), first1.eq((ky == 0) & (kx == 0) & (ch == 0)),
-                         last1.eq(last_tc), g1.eq(g), ch1.eq(ch), done1.eq(last_tc & last_group)]
-        acts = [Signal(act_code_shape(self._al), name=f"a{j}") for j in range(simd)]
-        with m.If(~pad1):
-            with m.Switch(ch1):
-                for cj in range(chunks):
-                    with (m.Case(cj) if cj < chunks - 1 else m.Default()):
-                        for j, a in enumerate(acts):  # channels past the last are zero (complete cases)
-                            m.d.comb += a.eq(fr.data[cj * simd + j] if cj * simd + j < c_in else 0)
-        ctl = [v1, first1, last1, g1, done1]
-        # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
-        # codes registered (the memories' outputs go no further)
-        avals = [act_value(m, a, self._al, name=f"act{j}") for j, a in enumerate(acts)]
-        *acts_a, wflat_a = stage("sa_act", *avals, wr.data)
-        wdata_a = wshape(wflat_a)
-        ctl = stage("sa_ctl", *ctl)
-        # stage B: the products, registered; one PE per (lane, input channel of the chunk)
-        terms = [product_terms(m, wdata_a[p][j], a, self._wl, self._al, name=f"pe{p}_{j}")
-                 for p in range(lanes) for j, a in enumerate(acts_a)]
-        prods = stage("sb_prod", *[t for t, _ in terms])
-        ones = stage("sb_ones", *[adder_tree([c for _, c in terms[p * simd:(p + 1) * simd]]) for p in range(lanes)])
-        ctl = stage("sb_ctl", *ctl)
-        # stage 2: each lane's adder tree (balanced) with its count of negative weights (the + 1s,
-        # counted beside the products), registered; then accumulate
-        # over the taps and chunks
-        trees = [Signal(signed(product_shape(self._wl, self._al).width + simd.bit_length()), name=f"tree{p}")
-                 for p in range(lanes)]
-        m.d.comb += [t.eq(adder_tree([*prods[p * simd:(p + 1) * simd], o])) for p, (t, o) in enumerate(zip(trees, ones))]
-        sums2 = stage("sum", *trees)
-        v2, first2, last2, g2, done2 = stage("s2_ctl", *ctl)
-        accs = [Signal(self._acc_shape, name=f"acc{p}") for p in range(lanes)]
-        nexts = [Signal(self._acc_shape, name=f"acc_next{p}") for p in range(lanes)]
-        for acc, nxt, s in zip(accs, nexts, sums2):
-            m.d.comb += nxt.eq(s + acc)
-            with m.If(first2):
-                m.d.comb += nxt.eq(s)
-        # the lanes' results of a group, held while the requantization units take them in turn
-        units = self.requant_units
-        per = -(-lanes // units)
-        jb = max(1, (per - 1).bit_length())
-        fins = [Signal(self._acc_shape, name=f"fin{p}") for p in range(lanes)]
-        busy, turn, gq, doneq = Signal(), Signal(jb), _counter(groups), Signal()
-        if self._res is not None:
-            # the shortcut values of the pixel in lane order (position q: channel q, zero for a zero
-            # channel of the option-A shortcut or past the last filter), loaded with its first group
-            # and moved on by one group at each next one: a unit picks its lane's value by its turn
-            # alone (a pick by channel is a mux as wide as the layer: the engine's critical path)
-            vshape = self.r.payload.shape().elem_shape
-            order = [self._res.shortcut_index[q] if q < k_out else -1 for q in range(groups * lanes)]
-            rsr = Signal(data.ArrayLayout(vshape, groups * lanes), name="rsr")
-            loaded = Cat(*[rpix[0][i] if i >= 0 else Const(0, vshape) for i in order])
-            moved = rsr.as_value()[lanes * Shape.cast(vshape).width:]
-        with m.If(en):
-            with m.If(v2):
-                m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
-            with m.If(v2 & last2):
-                m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, nexts)]
-                m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(g2), doneq.eq(done2)]
-                if self._res is not None:
-                    m.d.sync += rsr.eq(Mux(g2 == 0, loaded, moved))
-                    m.d.comb += pop.eq(g2 == 0)
-            with m.Elif(busy):
-                m.d.sync += turn.eq(turn + 1)
-                with m.If(turn == per - 1):
-                    m.d.sync += busy.eq(0)
-        # stage 3: each unit takes lane `turn` of its lanes (table row Cat(turn, group)): the threshold
-        # search (one comparator per code bit) or the fixed-point multiply-add (the DSPs)
-        addr = Cat(turn, gq)
-        carry = [busy, turn, gq, doneq & (turn == per - 1)]
-        codes = []
-
-        def by_turn(u: int, values: list, shape, name: str) -> Signal:
-            """Unit u's lane value at its turn; 0 on a padding turn (complete case statements; the
-            turn's code is dropped)."""
-            out = Signal(shape, name=name)
-            with m.Switch(turn):
-                for jj in range(per):
-                    if u * per + jj < lanes:
-                        with m.Case(jj):
-                            m.d.comb += out.eq(values[u * per + jj])
-                with m.Default():
-                    m.d.comb += out.eq(0)
-            return out
-
-        for u in range(units):
-            chans = self._unit_channels(u, jb)
-            x = by_turn(u, fins, self._acc_shape, f"rq{u}_x")
-            rq = self._rq
-            if isinstance(rq, ir.Requant) and rq.mode == ir.RequantMode.THRESHOLD:
-                th, sign = np.asarray(rq.thresholds), np.asarray(rq.sign)
-                rows_th = np.stack([th[c] if c is not None else np.zeros_like(th[0]) for c in chans])
-                rows_sign = np.array([sign[c] if c is not None else 1 for c in chans])
-                code, out = threshold_search(m, Pipe(m, en), x, addr, rows_th, rows_sign, carry, name=f"rq{u}")
-            else:
-                pick = lambda a: np.array([int(np.asarray(a)[c]) if c is not None else 0 for c in chans])  # noqa: E731
-                xs, muls, bounds = [x], [pick(rq.mul)], [self._partial_bound]
-                if self._res is not None:  # the shortcut value of the lane's channel
-                    xs.append(by_turn(u, rsr, act_code_shape(self._sc_levels), f"rq{u}_sc"))
-                    muls.append(pick(self._res.shortcut_mul))
-                    bounds.append(self._sc_levels.denom)
-                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(rq.bias), pick(rq.shift),
-                                        self._ol.denom, bounds, carry, name=f"rq{u}")
-            codes.append(code)
-        v4, j4, g4, done4 = out  # the units run in lockstep: any unit's carried control
-        # the pipeline stops only while a finished pixel waits for the output register, which still
-        # holds the one before: registers of this engine alone, not the sink's ready, drive `en`
-        m.d.comb += en.eq(~(self.o.valid & v4 & done4))
-        # stage 4: place the codes into the output pixel; emit it after its last group's last lane
-        buf = Signal(self.o.payload.shape())
-        merged = Signal(self.o.payload.shape())
-        m.d.comb += merged.eq(buf)
-        tables = [self._unit_channels(u, jb) for u in range(units)]
-        rows = [row for row in range(groups << jb) if any(t[row] is not None for t in tables)]
-        with m.Switch(Cat(j4, g4)):
-            for row in rows:
-                with m.Case(row):
-                    m.d.comb += [merged[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
-            with m.Default():  # a padding turn places nothing
-                m.d.comb += merged.eq(buf)
-        with m.If(en & v4):
-            m.d.sync += buf.eq(merged)
-        with m.If(en & v4 & done4):
-            m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(merged)]
-        with m.Elif(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+        c_in, k = self._w.shape[1], self._k
+        en = Signal()  # the pipeline advances
+        lines = LineBuffer(self._in_hw, self._slots).build(m, self.i)
+        macs = MacPipeline(self._lane_weights(), self._wl, self._al, self._lanes, self._simd, c_in, self._acc_shape)
+        weights = macs.weight_memory(m)
+        shortcut = ShortcutQueue(self.r, self._res.shortcut_index, self._lanes, self._groups) if self._res else None
+        # stage 0: one (group, tap, chunk) per cycle reads the line buffer and the weight memory
+        seq = TapSequencer(k, self._s, self._p, self._in_hw, self._groups, self._chunks, self._slots,
+                           self.rows()).build(m, en, lines.avail, lines.read, weights, shortcut)
+        lines.release(m, seq.row_done, seq.free)
+        # stage 1: the memories' data and the issue's control; stages A, B, 2: the MAC lanes
+        seq.stage1(m)
+        macs.build(m, en, lines.read.data, weights.data, seq.pad1, seq.ch1, seq.v1, seq.first1,
+                   [seq.last1, seq.g1, seq.done1])
+        last2, g2, done2 = macs.carry2
+        # stage 3: the requantization units take the lanes of each finished group in turn
+        rq = self._lane_requant().build(m, en, macs.sums, macs.valid2, last2, g2, done2, shortcut)
+        # stage 4: the codes into the output pixel, the output register, and the stall enable
+        OutputAssembly([rq.channels(u) for u in range(rq.units)], rq.lane_bits, self._groups).build(
+            m, en, self.o, rq.codes, rq.valid, rq.turn, rq.group, rq.done)
         return m

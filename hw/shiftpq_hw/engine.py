@@ -1,0 +1,583 @@
+"""The units of a conv layer engine (``conv.ConvRequant`` wires them), in dataflow order:
+
+    LineBuffer      input rows in a circular buffer of memory words, loaded while a slot is free
+    TapSequencer    one (group, tap, chunk) per cycle: the line buffer's and the weight memory's reads
+    ShortcutQueue   the fused residual add's shortcut pixels: a two-entry queue and a lane register
+    MacPipeline     lanes x simd shift-add PEs, each lane's adder tree and accumulator
+    LaneRequant     the requantization units, each taking its lanes in turn
+    OutputAssembly  the codes placed into the output pixel; the output register; the stall enable
+
+Each unit is a class: its parameters in the constructor (checked eagerly), ``build(m, ...)`` adding
+its logic to the engine's Module ``m`` from named input signals and leaving its outputs as
+attributes, a docstring with its timing in cycles, and a NumPy reference model beside it
+(tests/test_engine_units.py drives each unit alone against its model). All pipeline registers
+advance with one stall enable ``en``, an input of every unit that OutputAssembly drives.
+
+Why not a ``wiring.Component`` each: an Amaranth submodule is its own module in the generated
+RTLIL and Verilog (Amaranth 0.5 does not flatten), which would rename and re-port every engine in
+``rtl/shiftpq_top.v``; the generated RTL is a contract (``make gen`` byte-identical across
+refactors), so the units add their logic to the one engine module, with the signal names of the
+engine they were split from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data
+from amaranth.lib.memory import Memory
+
+from shiftpq import intops
+from shiftpq.levels import LevelSet
+
+from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms,
+                 weight_code_shape, weight_field_shape, weight_fields)
+from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
+
+
+def counter(n: int) -> Signal:
+    """A counter over range(n), at least one bit wide (zero-width signals upset Verilog linters)."""
+    return Signal(range(max(n, 2)))
+
+
+def _power_of_two(name: str, n: int, least: int = 2):
+    if n < least or n & (n - 1):
+        raise ValueError(f"{name} must be a power of two >= {least}, got {n!r}")
+
+
+# -- the line buffer ------------------------------------------------------------------------------
+class LineBuffer:
+    """Input rows in a circular buffer of ``slots`` rows (a power of two), one memory word per pixel
+    (all its channels) at address ``Cat(x, slot)`` (``address``): a row goes into the slot after the
+    newest held row while one is free, so loading overlaps computing and runs into the next image
+    without a gap.
+
+    In: the pixel stream ``i`` (raster order); ``release(m, done, n)``: the ``n`` oldest rows are
+    freed when ``done``. Out: ``avail`` (complete rows held), ``read`` (the memory's read port: the
+    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later, held while
+    ``en`` is low). Timing: ``i.ready`` while ``avail < slots``; a pixel is written the cycle it is
+    taken; a row counts in ``avail`` from the cycle after its last pixel was taken, and released
+    rows leave it the cycle after ``done``."""
+
+    def __init__(self, in_hw: int, slots: int):
+        _power_of_two("in_hw", in_hw)
+        _power_of_two("slots", slots)
+        self.in_hw, self.slots = in_hw, slots
+        self.addr_bits = (in_hw - 1).bit_length()
+        self.slot_bits = max(1, (slots - 1).bit_length())
+
+    def address(self, row: int, x: int) -> int:
+        """Reference: the word of pixel ``x`` of the ``row``-th row taken since reset."""
+        return (row % self.slots) << self.addr_bits | x
+
+    def build(self, m: Module, i) -> "LineBuffer":
+        hw, nslots, ab, sb = self.in_hw, self.slots, self.addr_bits, self.slot_bits
+        m.submodules.rows = rows = Memory(shape=i.payload.shape(), depth=nslots * hw, init=[])
+        fw, fr = rows.write_port(), rows.read_port()
+        avail = Signal(range(nslots + 1))  # complete rows held
+        lslot = Signal(sb)
+        lx = counter(hw)
+        take, row_loaded = Signal(), Signal()
+        can_load = avail < nslots
+        m.d.comb += [i.ready.eq(can_load), take.eq(i.valid & can_load)]
+        m.d.comb += [fw.addr.eq(Cat(lx[:ab], lslot)), fw.data.eq(i.payload), fw.en.eq(take),
+                     row_loaded.eq(take & (lx == hw - 1))]
+        with m.If(take):
+            m.d.sync += lx.eq(lx + 1)
+            with m.If(lx == hw - 1):
+                m.d.sync += [lx.eq(0), lslot.eq(lslot + 1)]
+        self.read, self.avail, self.row_loaded = fr, avail, row_loaded
+        return self
+
+    def release(self, m: Module, done, n):
+        m.d.sync += self.avail.eq(self.avail + self.row_loaded - Mux(done, n, 0))
+
+
+# -- the tap and chunk sequencer ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Issue:
+    """One cycle of the MAC array, as the sequencer issues it (the reference model's record)."""
+    pixel: int | None  # the line buffer word read (None: padding, the activations are zero)
+    weight: int  # the weight memory word read
+    chunk: int
+    group: int
+    first: bool  # the first tap and chunk of the group (the accumulators restart)
+    last: bool  # the last tap and chunk of the group (the lanes' sums are complete)
+    done: bool  # the last of the output pixel
+
+
+class TapSequencer:
+    """Stage 0 of the MAC pipeline: for every output pixel (raster order), every group of lanes,
+    every kernel tap and every chunk of simd input channels, one issue per cycle: the tap's input
+    pixel is read from the line buffer (``Cat(x, slot)``; outside the map: padding, no read needed)
+    and the (group, tap, chunk)'s weight word from the weight memory. An output row starts once the
+    input rows it reads are held (``avail >= need``); at its end the ``free`` rows the next output
+    row no longer reads are released (``row_done``). ``rows``: per output row (rows needed, rows
+    freed), ``ConvRequant.rows()``.
+
+    In: ``en`` (the pipeline advances), ``avail`` (the line buffer's rows held), the two memory read
+    ports (addressed and enabled here), and optionally a ``ShortcutQueue``, whose ``start`` this
+    drives and whose ``unclaimed`` holds a pixel's first issue back. Out: ``issue`` (an issue this
+    cycle), ``row_done``/``free`` (for ``LineBuffer.release``) and stage 1 (``stage1``): the
+    issue's control registered beside the memories' read data, one cycle later: ``v1`` valid,
+    ``pad1``, ``first1``, ``last1``, ``g1`` group, ``ch1`` chunk, ``done1``."""
+
+    def __init__(self, kernel: int, stride: int, padding: int, in_hw: int, groups: int, chunks: int,
+                 slots: int, rows: list[tuple[int, int]]):
+        _power_of_two("in_hw", in_hw)
+        _power_of_two("slots", slots)
+        out_hw = (in_hw + 2 * padding - kernel) // stride + 1
+        if min(kernel, stride, groups, chunks) < 1 or padding < 0 or out_hw < 1 or len(rows) != out_hw:
+            raise ValueError(f"TapSequencer needs kernel, stride, groups, chunks >= 1, padding >= 0 and one "
+                             f"(need, free) per output row, got {kernel!r}, {stride!r}, {groups!r}, {chunks!r}, "
+                             f"{padding!r}, {len(rows)!r} rows for out_hw {out_hw!r}")
+        self.k, self.s, self.p, self.in_hw, self.out_hw = kernel, stride, padding, in_hw, out_hw
+        self.groups, self.chunks, self.slots, self.rows = groups, chunks, slots, list(rows)
+
+    def reference(self, images: int = 1) -> list[Issue]:
+        """The issues of ``images`` images in order, the input rows loaded in raster order from reset."""
+        k, s, p, hw, ab = self.k, self.s, self.p, self.in_hw, (self.in_hw - 1).bit_length()
+        out = []
+        for n in range(images):
+            for oy in range(self.out_hw):
+                for ox in range(self.out_hw):
+                    for g in range(self.groups):
+                        for t in range(k * k):
+                            for ch in range(self.chunks):
+                                iy, ix = oy * s - p + t // k, ox * s - p + t % k
+                                inside = 0 <= iy < hw and 0 <= ix < hw
+                                pixel = (n * hw + iy) % self.slots << ab | ix if inside else None
+                                first, last = t == 0 and ch == 0, t == k * k - 1 and ch == self.chunks - 1
+                                out.append(Issue(pixel, (g * k * k + t) * self.chunks + ch, ch, g, first, last,
+                                                 last and g == self.groups - 1))
+        return out
+
+    def build(self, m: Module, en, avail, pixels, weights, shortcut: "ShortcutQueue | None" = None) -> "TapSequencer":
+        k, hw, ohw, groups, chunks, nslots = self.k, self.in_hw, self.out_hw, self.groups, self.chunks, self.slots
+        taps = k * k
+        ab, sb = (hw - 1).bit_length(), max(1, (nslots - 1).bit_length())
+        oy, ox = counter(ohw), counter(ohw)
+        by, bx = Signal(signed(ab + 2), init=-self.p), Signal(signed(ab + 2), init=-self.p)  # oy*s - p, ox*s - p
+        lo = Signal(unsigned(ab + 1))  # the oldest held row, max(0, by)
+        cslot = Signal(sb)  # its slot
+        g, ky, kx, ch = counter(groups), counter(k), counter(k), counter(chunks)
+        waddr = counter(groups * taps * chunks)
+        # the current output row's (rows needed, rows freed), registered: loaded with the next row's
+        # pair when a row ends (a combinational table of a register that rarely changes stays X in
+        # Icarus 11, which does not evaluate `always @*` at time zero)
+        plan = self.rows
+        need = Signal(range(nslots + 1), init=plan[0][0])
+        free = Signal(range(nslots + 1), init=plan[0][1])
+        iy, ix = Signal(signed(ab + 2)), Signal(signed(ab + 2))
+        m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
+        issue = Signal()
+        m.d.comb += issue.eq(en & (avail >= need))
+        if shortcut is not None:
+            # an output pixel starts only with a shortcut pixel in the queue that no started pixel has
+            # claimed
+            start = shortcut.build(m).start
+            m.d.comb += [start.eq(en & (g == 0) & (ky == 0) & (kx == 0) & (ch == 0)),
+                         issue.eq(en & (avail >= need) & (~start | shortcut.unclaimed))]
+            shortcut.claim(m, issue & start)
+        pad = (iy < 0) | (iy >= hw) | (ix < 0) | (ix >= hw)
+        slot = Signal(sb)
+        m.d.comb += slot.eq(cslot + (iy - lo))
+        m.d.comb += [pixels.en.eq(en), pixels.addr.eq(Cat(ix[:ab], slot)), weights.en.eq(en),
+                     weights.addr.eq(waddr)]
+        last_tc = (ky == k - 1) & (kx == k - 1) & (ch == chunks - 1)
+        last_group = g == groups - 1
+        row_done = Signal()
+        m.d.comb += row_done.eq(issue & last_tc & last_group & (ox == ohw - 1))
+        with m.If(issue):
+            m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1)]
+            with m.If(ch == chunks - 1):
+                m.d.sync += [ch.eq(0), kx.eq(kx + 1)]
+                with m.If(kx == k - 1):
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                    with m.If(ky == k - 1):
+                        m.d.sync += [ky.eq(0), g.eq(g + 1)]
+                        with m.If(last_group):
+                            m.d.sync += [g.eq(0), waddr.eq(0), ox.eq(ox + 1), bx.eq(bx + self.s)]
+                            with m.If(ox == ohw - 1):
+                                nby = by + self.s
+                                m.d.sync += [ox.eq(0), bx.eq(-self.p), oy.eq(oy + 1), by.eq(nby),
+                                             lo.eq(Mux(nby < 0, 0, nby)), cslot.eq(cslot + free)]
+                                with m.Switch(oy):
+                                    for y in range(ohw):
+                                        with (m.Case(y) if y < ohw - 1 else m.Default()):
+                                            nd, fr_ = plan[(y + 1) % ohw]
+                                            m.d.sync += [need.eq(nd), free.eq(fr_)]
+                                with m.If(oy == ohw - 1):
+                                    m.d.sync += [oy.eq(0), by.eq(-self.p), lo.eq(0)]
+        self.issue, self.row_done, self.free = issue, row_done, free
+        self._en, self._pad, self._last_tc, self._last_group = en, pad, last_tc, last_group
+        self._g, self._ky, self._kx, self._ch = g, ky, kx, ch
+        return self
+
+    def stage1(self, m: Module) -> "TapSequencer":
+        """Stage 1: the issue's control, registered beside the memories' read data."""
+        groups, chunks, en, issue, pad = self.groups, self.chunks, self._en, self.issue, self._pad
+        last_tc, last_group, g, ky, kx, ch = self._last_tc, self._last_group, self._g, self._ky, self._kx, self._ch
+        v1, pad1, first1, last1, done1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        g1 = counter(groups)
+        ch1 = counter(chunks)
+        with m.If(en):
+            m.d.sync += [v1.eq(issue), pad1.eq(pad), first1.eq((ky == 0) & (kx == 0) & (ch == 0)),
+                         last1.eq(last_tc), g1.eq(g), ch1.eq(ch), done1.eq(last_tc & last_group)]
+        self.v1, self.pad1, self.first1, self.last1, self.g1, self.ch1, self.done1 = \
+            v1, pad1, first1, last1, g1, ch1, done1
+        return self
+
+
+# -- the shortcut of a fused residual add ---------------------------------------------------------
+class ShortcutQueue:
+    """The shortcut stream of a fused residual add: its pixels wait in a two-entry queue and are taken
+    (``pop``), one per output pixel, when the pixel's first group reaches the requantization units;
+    an output pixel starts only with a shortcut pixel in the queue that no started pixel has claimed
+    (``start``, ``unclaimed``, ``claim``: the sequencer's). Taken, the pixel's values go into a
+    register in lane order (``lane_order``: position ``q`` holds output channel ``q``'s shortcut
+    value, zero for a zero channel of the option-A shortcut or past the last filter), which moves on
+    by one group (``lanes`` values) at each next group: a requantization unit picks its lane's value
+    by its turn alone (a pick by channel is a mux as wide as the layer: the engine's critical path).
+
+    ``build(m)`` (called by the sequencer): ``r.ready`` while fewer than two are held; a pixel is
+    held from the cycle after it is taken. ``latch(m, group)`` (called by the scheduler, under its
+    condition that a group's sums are complete): the lane register ``lanes_reg`` is loaded with the
+    oldest held pixel (``group == 0``, which ``pop``s it) or moved on, the cycle after."""
+
+    def __init__(self, r, index: list[int], lanes: int, groups: int):
+        if lanes < 1 or groups < 1 or len(index) > lanes * groups:
+            raise ValueError(f"ShortcutQueue needs lanes, groups >= 1 and at most lanes * groups shortcut "
+                             f"indices, got {lanes!r}, {groups!r}, {len(index)!r}")
+        self.r, self.index, self.lanes, self.groups = r, list(index), lanes, groups
+
+    def lane_order(self) -> list[int]:
+        """The shortcut channel of each lane position, group by group (-1: zero)."""
+        k_out = len(self.index)
+        return [self.index[q] if q < k_out else -1 for q in range(self.groups * self.lanes)]
+
+    def reference(self, pixel: np.ndarray) -> np.ndarray:
+        """The lane values of one shortcut pixel, [groups, lanes]."""
+        pixel = np.asarray(pixel, dtype=np.int64)
+        return np.array([pixel[i] if i >= 0 else 0 for i in self.lane_order()]).reshape(self.groups, self.lanes)
+
+    def build(self, m: Module) -> "ShortcutQueue":
+        r = self.r
+        rpix = [Signal(r.payload.shape(), name=f"rpix{j}") for j in range(2)]
+        rcount, claimed = Signal(range(3)), Signal(range(3))
+        push, pop, start = Signal(), Signal(), Signal()
+        m.d.comb += [r.ready.eq(rcount < 2), push.eq(r.valid & r.ready)]
+        with m.If(pop):
+            m.d.sync += rpix[0].eq(rpix[1])
+        with m.If(push):
+            with m.If(rcount - pop == 0):
+                m.d.sync += rpix[0].eq(r.payload)
+            with m.Else():
+                m.d.sync += rpix[1].eq(r.payload)
+        m.d.sync += rcount.eq(rcount + push - pop)
+        self.rpix, self.rcount, self.claimed, self.pop, self.start = rpix, rcount, claimed, pop, start
+        self.unclaimed = rcount > claimed
+        self.lanes_reg = Signal(data.ArrayLayout(r.payload.shape().elem_shape, self.groups * self.lanes), name="rsr")
+        return self
+
+    def claim(self, m: Module, started):
+        """A started output pixel (``started``) claims the next unclaimed shortcut pixel."""
+        m.d.sync += self.claimed.eq(self.claimed + started - self.pop)
+
+    def latch(self, m: Module, group):
+        """Load or move the lane register; added under the scheduler's condition that a group's sums
+        are complete (``en & valid & last``: the statements of one condition, as the RTL had them)."""
+        rsr, lanes = self.lanes_reg, self.lanes
+        vshape = self.r.payload.shape().elem_shape
+        loaded = Cat(*[self.rpix[0][i] if i >= 0 else Const(0, vshape) for i in self.lane_order()])
+        moved = rsr.as_value()[lanes * Shape.cast(vshape).width:]
+        m.d.sync += rsr.eq(Mux(group == 0, loaded, moved))
+        m.d.comb += self.pop.eq(group == 0)
+
+
+# -- the MAC array --------------------------------------------------------------------------------
+class MacPipeline:
+    """``lanes x simd`` PEs, each lane's adder tree and accumulator, and the weight memory (a word
+    per (group, tap, chunk) of ``lanes x simd`` weight fields, ``words``: signed weight codes
+    [groups * taps * chunks, lanes * simd]).
+
+    In (stage 1, ``build``): ``pixel`` (the line buffer's word: all input channels of the tap's
+    pixel), ``pad``, ``chunk`` (which ``simd`` channels of the word; those past the last channel
+    and the whole chunk in the padding are zero), ``valid``, ``first`` (the accumulators restart),
+    and ``carry`` (control staged alongside). Stages: A, the activations decoded to their integer
+    levels (once for all lanes) and the weight word registered (the memories' outputs go no
+    further); B, the products registered, one PE per (lane, channel), with each lane's count of
+    negative weights (the + 1s of the ones'-complement products); 2, each lane's balanced adder tree
+    registered; then the accumulators. Out, three cycles after the inputs: ``valid2``, ``carry2``
+    and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum alone on ``first``;
+    the accumulators take ``sums`` on ``en & valid2``)."""
+
+    def __init__(self, words: np.ndarray, wlevels: LevelSet, alevels: LevelSet | None, lanes: int, simd: int,
+                 c_in: int, acc_shape: Shape):
+        words = np.asarray(words, dtype=np.int64)
+        if lanes < 1 or not 1 <= simd <= c_in or words.ndim != 2 or words.shape[1] != lanes * simd:
+            raise ValueError(f"MacPipeline needs lanes >= 1, simd in [1, c_in = {c_in!r}] and weight words "
+                             f"[rows, lanes * simd], got {lanes!r}, {simd!r}, {words.shape!r}")
+        self.words, self.wl, self.al, self.lanes, self.simd, self.c_in = words, wlevels, alevels, lanes, simd, c_in
+        self.chunks = -(-c_in // simd)
+        self.acc_shape = Shape.cast(acc_shape)
+        self.word_shape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(wlevels), simd), lanes)
+
+    def reference(self, weight_rows: list[int], pixels: np.ndarray, chunks: list[int], pads: list[bool],
+                  firsts: list[bool]) -> np.ndarray:
+        """The lane sums after each issue (``sums``), [issues, lanes], from the weight words read,
+        the pixels' activation codes [issues, c_in], the chunks, the padding flags and the restarts."""
+        wv = intops.decode_weights(self.words, self.wl.ints).reshape(len(self.words), self.lanes, self.simd)
+        acc, out = np.zeros(self.lanes, dtype=np.int64), []
+        for row, px, ch, pad, first in zip(weight_rows, pixels, chunks, pads, firsts):
+            codes = np.zeros(self.chunks * self.simd, dtype=np.int64)
+            codes[:self.c_in] = px
+            a = codes[ch * self.simd:(ch + 1) * self.simd]
+            a = a if self.al is IMAGE else np.asarray(self.al.ints, dtype=np.int64)[a]  # the stem: pixel - 128
+            s = wv[row] @ (np.zeros_like(a) if pad else a)
+            acc = s if first else acc + s
+            out.append(acc)
+        return np.array(out)
+
+    def weight_memory(self, m: Module):
+        """The weight memory (submodule ``wmem``); returns its read port (a word one cycle after its
+        address, held while ``en`` is low)."""
+        wshape = self.word_shape
+        m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(len(self.words), 2),
+                                          init=pack_words(weight_fields(self.wl, self.words),
+                                                          weight_code_shape(self.wl).width))
+        wr = wmem.read_port()  # the port's signals are named after it in the RTL: wr__addr, wr__data
+        return wr
+
+    def build(self, m: Module, en, pixel, weights, pad, chunk, valid, first, carry: list) -> "MacPipeline":
+        simd, chunks, c_in, lanes = self.simd, self.chunks, self.c_in, self.lanes
+        stage = Pipe(m, en).stage
+        # the chunk's input channels (zero in the padding)
+        acts = [Signal(act_code_shape(self.al), name=f"a{j}") for j in range(simd)]
+        with m.If(~pad):
+            with m.Switch(chunk):
+                for cj in range(chunks):
+                    with (m.Case(cj) if cj < chunks - 1 else m.Default()):
+                        for j, a in enumerate(acts):  # channels past the last are zero (complete cases)
+                            m.d.comb += a.eq(pixel[cj * simd + j] if cj * simd + j < c_in else 0)
+        ctl = [valid, first, *carry]
+        # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
+        # codes registered (the memories' outputs go no further)
+        avals = [act_value(m, a, self.al, name=f"act{j}") for j, a in enumerate(acts)]
+        *acts_a, wflat_a = stage("sa_act", *avals, weights)
+        wdata_a = self.word_shape(wflat_a)
+        ctl = stage("sa_ctl", *ctl)
+        # stage B: the products, registered; one PE per (lane, input channel of the chunk)
+        terms = [product_terms(m, wdata_a[p][j], a, self.wl, self.al, name=f"pe{p}_{j}")
+                 for p in range(lanes) for j, a in enumerate(acts_a)]
+        prods = stage("sb_prod", *[t for t, _ in terms])
+        ones = stage("sb_ones", *[adder_tree([c for _, c in terms[p * simd:(p + 1) * simd]]) for p in range(lanes)])
+        ctl = stage("sb_ctl", *ctl)
+        # stage 2: each lane's adder tree (balanced) with its count of negative weights (the + 1s,
+        # counted beside the products), registered; then accumulate over the taps and chunks
+        trees = [Signal(signed(product_shape(self.wl, self.al).width + simd.bit_length()), name=f"tree{p}")
+                 for p in range(lanes)]
+        m.d.comb += [t.eq(adder_tree([*prods[p * simd:(p + 1) * simd], o])) for p, (t, o) in enumerate(zip(trees, ones))]
+        sums2 = stage("sum", *trees)
+        v2, first2, *carry2 = stage("s2_ctl", *ctl)
+        accs = [Signal(self.acc_shape, name=f"acc{p}") for p in range(lanes)]
+        nexts = [Signal(self.acc_shape, name=f"acc_next{p}") for p in range(lanes)]
+        for acc, nxt, s in zip(accs, nexts, sums2):
+            m.d.comb += nxt.eq(s + acc)
+            with m.If(first2):
+                m.d.comb += nxt.eq(s)
+        with m.If(en):
+            with m.If(v2):
+                m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
+        self.valid2, self.carry2, self.sums = v2, carry2, nexts
+        return self
+
+
+# -- the lane requantization scheduler ------------------------------------------------------------
+class LaneRequant:
+    """The requantization units (the layer's BatchNorm, ReLU and next quantizer: requant.py's binary
+    threshold search or fixed-point multiply-add) shared by the lanes: a group's lanes finish
+    together once every ``taps x chunks`` cycles, so each of ``units`` units takes ``per`` lanes in
+    turn within that time instead of a requantizer per lane. Unit ``u``'s constant tables hold, at
+    row ``Cat(turn, group)``, the constants of output channel ``channels(u)[row]``.
+
+    The constants, per output channel: ``thresholds`` and ``sign`` (the threshold search) or ``mul``,
+    ``bias`` and ``shift`` (the multiply-add); ``shortcut``: ``(mul, levels)`` of a fused residual add (its
+    values come from ``ShortcutQueue``'s lane register). In (``build``): ``sums`` (the lanes'
+    results, taken on ``en & valid & last``), ``group``, ``done`` (the pixel's last group). The
+    lanes' results are held (``fin``) while ``turn`` counts through a unit's lanes, one per cycle
+    (``busy``); a group's last turn ends at most ``taps x chunks`` cycles after it was taken, before
+    the next group's sums. Out (``codes``, one per unit; ``valid``, ``turn``, ``group``,
+    ``done``: the pixel's last lane), ``latency`` cycles later with ``en`` high."""
+
+    def __init__(self, lanes: int, groups: int, slots_per_result: int, k_out: int, acc_shape: Shape,
+                 partial_bound: int, olevels: LevelSet, *, thresholds=None, sign=None, mul=None, bias=None,
+                 shift=None, shortcut: tuple | None = None):
+        given = {f: np.asarray(v, dtype=np.int64) for f, v in (("thresholds", thresholds), ("sign", sign),
+                 ("mul", mul), ("bias", bias), ("shift", shift)) if v is not None}
+        self.threshold = set(given) == {"thresholds", "sign"}
+        affine = set(given) == {"mul", "bias", "shift"}
+        if not (self.threshold and shortcut is None or affine and (shortcut is None or len(shortcut) == 2)) \
+                or any(len(v) != k_out for v in given.values()):
+            raise ValueError(f"LaneRequant needs thresholds and sign, or mul, bias and shift (and an optional "
+                             f"shortcut (mul, levels)), each per output channel ({k_out!r}), got "
+                             f"{ {f: v.shape for f, v in given.items()}!r}")
+        self.lanes, self.groups, self.k_out, self.consts = lanes, groups, k_out, given
+        self.units = -(-lanes // slots_per_result)
+        self.per = -(-lanes // self.units)
+        self.lane_bits = max(1, (self.per - 1).bit_length())
+        self.acc_shape, self.partial_bound = Shape.cast(acc_shape), partial_bound
+        self.ol, self.shortcut = olevels, shortcut
+
+    @property
+    def latency(self) -> int:
+        """Registers from the lanes' sums to the first lane's codes (the codes are valid ``latency``
+        cycles after the sums, with ``en`` high): the held sums, then ``threshold_search``'s
+        ``2 b + 2`` stages (b: code bits) or ``affine_unit``'s ``AFFINE_STAGES``."""
+        if self.threshold:
+            return 1 + 2 * search_levels(self.consts["thresholds"].shape[1]) + 2
+        return 1 + AFFINE_STAGES
+
+    def channels(self, unit: int) -> list[int | None]:
+        """The output channel of each row of a unit's constant tables, row ``g << lane_bits | j`` for
+        group g and the unit's j-th lane (None: no such channel; its row is padding)."""
+        per, lanes, k_out = self.per, self.lanes, self.k_out
+        return [g * lanes + unit * per + j if j < per and unit * per + j < lanes
+                and g * lanes + unit * per + j < k_out else None
+                for g in range(self.groups) for j in range(1 << self.lane_bits)]
+
+    def reference(self, sums: np.ndarray, group: int, shortcut: np.ndarray | None = None) -> dict[int, int]:
+        """The codes of one group's lane sums [lanes] (and shortcut lane values [lanes]): output
+        channel -> code (intops, the golden model's requantization)."""
+        out = {}
+        for p in range(self.lanes):
+            c = group * self.lanes + p
+            if c >= self.k_out:
+                continue
+            x = np.array([[int(sums[p])]])
+            q = self.consts
+            if self.threshold:
+                th, sign = q["thresholds"], q["sign"]
+                out[c] = int(intops.requant_threshold(x, th[c:c + 1], sign[c:c + 1])[0, 0])
+            else:
+                terms = [(x, q["mul"][c:c + 1])]
+                if self.shortcut is not None:
+                    terms.append((np.array([[int(shortcut[p])]]), np.asarray(self.shortcut[0])[c:c + 1]))
+                out[c] = int(intops.requant_affine(terms, q["bias"][c:c + 1], q["shift"][c:c + 1], self.ol.denom)[0, 0])
+        return out
+
+    def build(self, m: Module, en, sums, valid, last, group, done,
+              shortcut: ShortcutQueue | None = None) -> "LaneRequant":
+        lanes, groups, units, per, jb = self.lanes, self.groups, self.units, self.per, self.lane_bits
+        # the lanes' results of a group, held while the requantization units take them in turn
+        fins = [Signal(self.acc_shape, name=f"fin{p}") for p in range(lanes)]
+        busy, turn, gq, doneq = Signal(), Signal(jb), counter(groups), Signal()
+        rsr = shortcut.lanes_reg if shortcut is not None else None
+        with m.If(en):
+            with m.If(valid & last):
+                m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, sums)]
+                m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(group), doneq.eq(done)]
+                if shortcut is not None:
+                    shortcut.latch(m, group)
+            with m.Elif(busy):
+                m.d.sync += turn.eq(turn + 1)
+                with m.If(turn == per - 1):
+                    m.d.sync += busy.eq(0)
+        # stage 3: each unit takes lane `turn` of its lanes (table row Cat(turn, group)): the threshold
+        # search (one comparator per code bit) or the fixed-point multiply-add (the DSPs)
+        addr = Cat(turn, gq)
+        carry = [busy, turn, gq, doneq & (turn == per - 1)]
+        codes = []
+
+        def by_turn(u: int, values: list, shape, name: str) -> Signal:
+            """Unit u's lane value at its turn; 0 on a padding turn (complete case statements; the
+            turn's code is dropped)."""
+            out = Signal(shape, name=name)
+            with m.Switch(turn):
+                for jj in range(per):
+                    if u * per + jj < lanes:
+                        with m.Case(jj):
+                            m.d.comb += out.eq(values[u * per + jj])
+                with m.Default():
+                    m.d.comb += out.eq(0)
+            return out
+
+        for u in range(units):
+            chans = self.channels(u)
+            x = by_turn(u, fins, self.acc_shape, f"rq{u}_x")
+            q = self.consts
+            if self.threshold:
+                th, sign = q["thresholds"], q["sign"]
+                rows_th = np.stack([th[c] if c is not None else np.zeros_like(th[0]) for c in chans])
+                rows_sign = np.array([sign[c] if c is not None else 1 for c in chans])
+                code, out = threshold_search(m, Pipe(m, en), x, addr, rows_th, rows_sign, carry, name=f"rq{u}")
+            else:
+                pick = lambda a: np.array([int(np.asarray(a)[c]) if c is not None else 0 for c in chans])  # noqa: E731
+                xs, muls, bounds = [x], [pick(q["mul"])], [self.partial_bound]
+                if rsr is not None:  # the shortcut value of the lane's channel
+                    sc_mul, sc_levels = self.shortcut
+                    xs.append(by_turn(u, rsr, act_code_shape(sc_levels), f"rq{u}_sc"))
+                    muls.append(pick(sc_mul))
+                    bounds.append(sc_levels.denom)
+                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(q["bias"]), pick(q["shift"]),
+                                        self.ol.denom, bounds, carry, name=f"rq{u}")
+            codes.append(code)
+        self.codes = codes
+        self.valid, self.turn, self.group, self.done = out  # the units run in lockstep: any unit's carried control
+        return self
+
+
+# -- the output assembly --------------------------------------------------------------------------
+class OutputAssembly:
+    """The units' codes placed into the output pixel (``tables[u][row]``: the output channel of unit
+    ``u``'s code at row ``Cat(turn, group)``, None: a padding turn places nothing), which leaves
+    through the output register after its last group's last lane (``done``).
+
+    It drives the engine's stall enable ``en``: the pipeline stops only while a finished pixel waits
+    for the output register, which still holds the one before. ``en`` depends on registers alone,
+    never on the sink's ready: in a whole network that ready is a chain through forks and FIFOs, and
+    ``en`` fans out to every pipeline register (that path was the critical path of ResNet-20 on the
+    ECP5-85k). Timing: the pixel is ``o.valid`` the cycle after its last code; ``o.valid`` falls the
+    cycle after ``o.ready``, so a sink that is always ready takes a pixel per two cycles at most,
+    far more than a pixel's ``groups x taps x chunks`` cycles."""
+
+    def __init__(self, tables: list[list[int | None]], lane_bits: int, groups: int):
+        if any(len(t) != groups << lane_bits for t in tables):
+            raise ValueError(f"OutputAssembly needs one channel per (group, turn) row, {groups << lane_bits} per "
+                             f"unit, got {[len(t) for t in tables]!r}")
+        self.tables, self.lane_bits, self.groups = tables, lane_bits, groups
+
+    def reference(self, placed: list[tuple[int, int, list[int]]], channels: int) -> np.ndarray:
+        """The output pixel after the codes ``(turn, group, codes per unit)``, in order (unplaced
+        channels keep the previous pixel's codes; here zero)."""
+        pixel = np.zeros(channels, dtype=np.int64)
+        for turn, group, codes in placed:
+            row = group << self.lane_bits | turn
+            for t, code in zip(self.tables, codes):
+                if t[row] is not None:
+                    pixel[t[row]] = code
+        return pixel
+
+    def build(self, m: Module, en, o, codes, valid, turn, group, done) -> "OutputAssembly":
+        j4, g4, v4, done4 = turn, group, valid, done
+        m.d.comb += en.eq(~(o.valid & v4 & done4))
+        # place the codes into the output pixel; emit it after its last group's last lane
+        buf = Signal(o.payload.shape())
+        merged = Signal(o.payload.shape())
+        m.d.comb += merged.eq(buf)
+        tables = self.tables
+        rows = [row for row in range(self.groups << self.lane_bits) if any(t[row] is not None for t in tables)]
+        with m.Switch(Cat(j4, g4)):
+            for row in rows:
+                with m.Case(row):
+                    m.d.comb += [merged[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
+            with m.Default():  # a padding turn places nothing
+                m.d.comb += merged.eq(buf)
+        with m.If(en & v4):
+            m.d.sync += buf.eq(merged)
+        with m.If(en & v4 & done4):
+            m.d.sync += [o.valid.eq(1), o.payload.eq(merged)]
+        with m.Elif(o.ready):
+            m.d.sync += o.valid.eq(0)
+        return self

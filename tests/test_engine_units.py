@@ -1,0 +1,332 @@
+"""The conv engine's units (engine.py), each alone in a small Module under Amaranth simulation, against
+the NumPy reference beside it; tests/test_conv_hw.py checks the engine they make up against the golden
+model."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import data, stream
+from amaranth.sim import Simulator
+
+from shiftpq import intops
+from shiftpq.levels import level_set
+from shiftpq_hw.engine import (Issue, LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue,
+                               TapSequencer)
+from shiftpq_hw.pe import act_code_shape
+
+
+def simulate(m: Module, *testbenches):
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    for tb in testbenches:
+        sim.add_testbench(tb)
+    sim.run()
+
+
+async def push(ctx, port, payload):
+    """One beat of a stream: valid with ``payload`` until a cycle with ready."""
+    ctx.set(port.payload, payload)
+    ctx.set(port.valid, 1)
+    await ctx.tick().until(port.ready)
+    ctx.set(port.valid, 0)
+
+
+def test_line_buffer_holds_each_row_at_its_address_and_frees_released_rows():
+    lb = LineBuffer(in_hw=4, slots=4)
+    i = stream.Signature(data.ArrayLayout(unsigned(4), 3)).create()
+    done, n = Signal(), Signal(range(5))
+    m = Module()
+    lb.build(m, i)
+    lb.release(m, done, n)
+    rows = np.random.default_rng(0).integers(0, 16, (6, 4, 3))
+
+    async def read(ctx, row, x):
+        ctx.set(lb.read.addr, lb.address(row, x))
+        ctx.set(lb.read.en, 1)
+        await ctx.tick()
+        return [int(v) for v in ctx.get(lb.read.data)]
+
+    async def tb(ctx):
+        for r in range(4):
+            for x in range(4):
+                await push(ctx, i, [int(v) for v in rows[r, x]])
+            assert ctx.get(lb.avail) == r + 1  # the cycle after the row's last pixel was taken
+        assert not ctx.get(i.ready)  # every slot full
+        for r in range(4):
+            for x in range(4):
+                assert await read(ctx, r, x) == list(rows[r, x])
+        ctx.set(done, 1)
+        ctx.set(n, 2)
+        await ctx.tick()
+        ctx.set(done, 0)
+        assert ctx.get(lb.avail) == 2 and ctx.get(i.ready)
+        for r in (4, 5):  # into the two freed slots, the oldest rows' (the circle wraps)
+            for x in range(4):
+                await push(ctx, i, [int(v) for v in rows[r, x]])
+        assert ctx.get(lb.avail) == 4 and not ctx.get(i.ready)
+        for r in (2, 3, 4, 5):
+            for x in range(4):
+                assert await read(ctx, r, x) == list(rows[r, x])
+
+    simulate(m, tb)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,in_hw,groups,chunks,slots,rows", [
+    (3, 1, 1, 4, 2, 2, 4, [(2, 0), (3, 1), (3, 1), (2, 2)]),
+    (3, 2, 1, 4, 1, 3, 8, [(2, 1), (3, 3)]),
+])
+def test_tap_sequencer_issues_every_tap_and_chunk_in_order(kernel, stride, padding, in_hw, groups, chunks, slots, rows):
+    seq = TapSequencer(kernel, stride, padding, in_hw, groups, chunks, slots, rows)
+    en, avail = Signal(), Signal(range(slots + 1))
+    ports = [SimpleNamespace(en=Signal(), addr=Signal(16)) for _ in range(2)]
+    m = Module()
+    seq.build(m, en, avail, *ports)
+    seq.stage1(m)
+    want = seq.reference(images=2)
+    rng = np.random.default_rng(kernel * stride)
+    issued, staged = [], []
+
+    async def tb(ctx):
+        ctx.set(avail, 0)
+        ctx.set(en, 1)
+        for _ in range(5):  # no input rows held: nothing issues
+            assert not ctx.get(seq.issue)
+            await ctx.tick()
+        ctx.set(avail, slots)
+        while len(staged) < len(want):
+            ctx.set(en, int(rng.random() < 0.8))  # the stall enable holds everything
+            _, _, issue, pixel, weight, v1, pad1, first1, last1, g1, ch1, done1 = await ctx.tick().sample(
+                seq.issue, ports[0].addr, ports[1].addr, seq.v1, seq.pad1, seq.first1, seq.last1, seq.g1, seq.ch1,
+                seq.done1)
+            if ctx.get(en) and v1:
+                staged.append((pad1, ch1, g1, first1, last1, done1))
+            if issue:
+                issued.append((pixel, weight))
+
+    simulate(m, tb)
+    got = [Issue(None if pad else pixel, weight, ch, g, bool(first), bool(last), bool(done))
+           for (pixel, weight), (pad, ch, g, first, last, done) in zip(issued, staged)]
+    assert got == want
+    assert any(w.pixel is None for w in want) and any(w.done for w in want)
+
+
+def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
+    r = stream.Signature(data.ArrayLayout(unsigned(8), 3)).create()
+    q = ShortcutQueue(r, index=[0, -1, 2, 1, -1], lanes=2, groups=3)
+    started, load, group = Signal(), Signal(), Signal(range(3))
+    m = Module()
+    q.build(m)
+    q.claim(m, started)
+    lanes_reg = q.lanes_reg
+    with m.If(load):
+        q.latch(m, group)
+    pixels = [[11, 22, 33], [44, 55, 66], [77, 88, 99]]
+
+    async def tb(ctx):
+        await push(ctx, r, pixels[0])
+        await push(ctx, r, pixels[1])
+        assert not ctx.get(r.ready)  # two held
+        assert ctx.get(q.unclaimed)
+        for _ in range(2):  # two output pixels start, each claims one
+            ctx.set(started, 1)
+            await ctx.tick()
+        ctx.set(started, 0)
+        assert not ctx.get(q.unclaimed)
+        for p in range(2):
+            for g in range(3):  # the pixel's groups complete: loaded at the first, moved on at each next
+                ctx.set(load, 1)
+                ctx.set(group, g)
+                await ctx.tick()
+                ctx.set(load, 0)
+                got = [int(v) for v in ctx.get(lanes_reg)][:2]
+                assert got == list(q.reference(pixels[p])[g]), (p, g)
+            if p == 0:
+                assert ctx.get(r.ready)  # the first was popped
+                await push(ctx, r, pixels[2])
+                assert ctx.get(q.unclaimed)  # the third, not yet claimed
+
+    simulate(m, tb)
+
+
+@pytest.mark.parametrize("wbits,abits,simd,c_in", [(4, 4, 2, 3), (8, 8, 3, 3)])
+def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, simd, c_in):
+    wl, al = level_set(wbits, True), level_set(abits, False)
+    lanes, rows = 3, 6
+    rng = np.random.default_rng(wbits)
+    top = len(wl.ints) - 1
+    words = rng.integers(-top, top + 1, (rows, lanes * simd))
+    macs = MacPipeline(words, wl, al, lanes, simd, c_in, signed(24))
+    chunks = macs.chunks
+    en = Signal()
+    pixel_in = Signal(data.ArrayLayout(act_code_shape(al), c_in))
+    pad_in, chunk_in, valid_in, first_in = Signal(), Signal(range(max(chunks, 2))), Signal(), Signal()
+    m = Module()
+    wr = macs.weight_memory(m)
+    m.d.comb += wr.en.eq(en)
+    pixel = Signal(data.ArrayLayout(act_code_shape(al), c_in))
+    pad, chunk, valid, first = Signal(), Signal(range(max(chunks, 2))), Signal(), Signal()
+    with m.If(en):  # registered beside the weight memory's data, as the sequencer's stage 1 is
+        m.d.sync += [pixel.eq(pixel_in), pad.eq(pad_in), chunk.eq(chunk_in), valid.eq(valid_in), first.eq(first_in)]
+    macs.build(m, en, pixel, wr.data, pad, chunk, valid, first, [])
+    n = 60
+    issue = {"row": rng.integers(0, rows, n), "pixel": rng.integers(0, len(al.ints), (n, c_in)),
+             "chunk": rng.integers(0, chunks, n), "pad": rng.random(n) < 0.2, "first": rng.random(n) < 0.3}
+    issue["first"][0] = True
+    want = macs.reference(issue["row"], issue["pixel"], issue["chunk"], issue["pad"], issue["first"])
+    got = []
+
+    async def tb(ctx):
+        t = 0
+        while len(got) < n:
+            ctx.set(en, int(rng.random() < 0.8))
+            if t < n:
+                ctx.set(wr.addr, int(issue["row"][t]))
+                ctx.set(pixel_in, [int(v) for v in issue["pixel"][t]])
+                ctx.set(chunk_in, int(issue["chunk"][t]))
+                ctx.set(pad_in, bool(issue["pad"][t]))
+                ctx.set(first_in, bool(issue["first"][t]))
+            ctx.set(valid_in, t < n)
+            _, _, e, v2, *sums = await ctx.tick().sample(en, macs.valid2, *macs.sums)
+            if e:
+                t += 1
+                if v2:
+                    got.append(sums)
+
+    simulate(m, tb)
+    assert np.array_equal(np.array(got), want)
+
+
+@pytest.mark.parametrize("mode", ["threshold", "affine", "residual"])
+def test_lane_requant_units_take_their_lanes_in_turn(mode):
+    rng = np.random.default_rng(3)
+    lanes, groups, k_out, bound = 5, 2, 9, 3000
+    if mode == "threshold":
+        th, sign = intops.fold_thresholds(rng.uniform(-0.01, 0.01, k_out), rng.uniform(-0.5, 0.5, k_out),
+                                          level_set(4, False).midpoints, 2.0, bound)
+        consts = {"thresholds": th, "sign": sign}
+    else:  # the residual add: a second term, the shortcut's codes (an 8-bit stream)
+        gains = [rng.uniform(-0.002, 0.002, k_out)] + ([rng.uniform(0, 0.01, k_out)] if mode == "residual" else [])
+        muls, bias, shift = intops.fold_affine(gains, rng.uniform(-0.5, 1.0, k_out), 255, 3.0)
+        consts = {"mul": muls[0], "bias": bias, "shift": shift}
+    shortcut = (muls[1], level_set(8, False)) if mode == "residual" else None
+    unit = LaneRequant(lanes, groups, 2, k_out, signed(13), bound, level_set(8, False), shortcut=shortcut, **consts)
+    assert (unit.units, unit.per) == (3, 2)
+    en, valid, last, group, done = Signal(), Signal(), Signal(), Signal(range(groups)), Signal()
+    sums = [Signal(signed(13), name=f"sum{p}") for p in range(lanes)]
+    m = Module()
+    r = stream.Signature(data.ArrayLayout(unsigned(8), 6)).create()
+    queue = ShortcutQueue(r, [0, 1, -1, 2, 3, -1, 4, 5, 0], lanes, groups).build(m) if shortcut else None
+    unit.build(m, en, sums, valid, last, group, done, queue)
+    results = rng.integers(-bound, bound + 1, (6, lanes))
+    pixels = rng.integers(0, 256, (3, 6))  # the shortcut pixel of each output pixel
+    want, got = {}, {}
+    wait = 3  # cycles before the first sums: the first shortcut pixel is held
+
+    async def feed(ctx):
+        for px in pixels:
+            await push(ctx, r, [int(v) for v in px])
+
+    async def tb(ctx):
+        ctx.set(en, 1)
+        for _ in range(wait):
+            await ctx.tick()
+        for i, row in enumerate(results):
+            g = i % groups
+            sc = queue.reference(pixels[i // groups])[g] if queue else None
+            want.update({(i // groups, c): code for c, code in unit.reference(row, g, sc).items()})
+            for s, v in zip(sums, row):
+                ctx.set(s, int(v))
+            ctx.set(valid, 1)
+            ctx.set(last, 1)
+            ctx.set(group, g)
+            ctx.set(done, g == groups - 1)
+            await ctx.tick()
+            ctx.set(valid, 0)
+            await ctx.tick()  # the next group's sums two cycles later (taps x chunks = 2)
+        for _ in range(40):
+            await ctx.tick()
+
+    first = []
+
+    async def collect(ctx):
+        pixel, cycle = 0, 0
+        async for _, _, v, turn, g, d, *codes in ctx.tick().sample(unit.valid, unit.turn, unit.group, unit.done,
+                                                                   *unit.codes):
+            cycle += 1
+            if v:
+                first.append(cycle)
+                for u, code in enumerate(codes):
+                    c = unit.channels(u)[g << unit.lane_bits | turn]
+                    if c is not None:
+                        got[(pixel, c)] = code
+                pixel += bool(d)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    if queue:
+        sim.add_testbench(feed)
+    sim.add_process(collect)
+    sim.run()
+    assert got == want
+    assert first[0] == wait + unit.latency + 1  # the first sums were taken at edge wait + 1
+    assert len(want) == 3 * k_out and len(set(want.values())) > 3
+
+
+def test_output_assembly_places_codes_and_stalls_only_on_a_waiting_pixel():
+    lane_bits, groups, units = 1, 2, 2
+    tables = [[0, 1, 4, None], [2, 3, 5, None]]  # unit u's channel at row Cat(turn, group)
+    asm = OutputAssembly(tables, lane_bits, groups)
+    o = stream.Signature(data.ArrayLayout(unsigned(4), 6)).create()
+    en, valid, turn, group, done = Signal(), Signal(), Signal(lane_bits), Signal(range(groups)), Signal()
+    codes = [Signal(4, name=f"code{u}") for u in range(units)]
+    m = Module()
+    asm.build(m, en, o, codes, valid, turn, group, done)
+    rng = np.random.default_rng(5)
+    placed = [[(t, g, [int(c) for c in rng.integers(0, 16, units)]) for g in range(groups) for t in range(2)]
+              for _ in range(4)]
+    got = []
+
+    async def source(ctx):
+        for pixel in placed:
+            for i, (t, g, cs) in enumerate(pixel):
+                ctx.set(valid, 1)
+                ctx.set(turn, t)
+                ctx.set(group, g)
+                ctx.set(done, i == len(pixel) - 1)
+                for s, c in zip(codes, cs):
+                    ctx.set(s, c)
+                await ctx.tick().until(en)  # held while the engine stalls
+        ctx.set(valid, 0)
+
+    async def sink(ctx):
+        while len(got) < len(placed):
+            ready = int(rng.random() < 0.3)
+            ctx.set(o.ready, ready)
+            _, _, v, p, e, last, v_in = await ctx.tick().sample(o.valid, o.payload, en, done, valid)
+            assert e == (not (v and last and v_in))  # stalls only while a finished pixel waits
+            if v and ready:
+                got.append([int(c) for c in p])
+
+    simulate(m, source, sink)
+    assert got == [list(asm.reference(pixel, 6)) for pixel in placed]
+
+
+def test_units_reject_bad_parameters():
+    with pytest.raises(ValueError, match=r"slots must be a power of two >= 2, got 6"):
+        LineBuffer(in_hw=4, slots=6)
+    with pytest.raises(ValueError, match=r"one \(need, free\) per output row"):
+        TapSequencer(3, 1, 1, 4, 1, 1, 4, [(2, 0)])
+    with pytest.raises(ValueError, match=r"simd in \[1, c_in = 3\]"):
+        MacPipeline(np.zeros((2, 4)), level_set(4, True), level_set(4, False), 1, 4, 3, signed(16))
+    with pytest.raises(ValueError, match=r"thresholds and sign, or mul, bias and shift"):
+        LaneRequant(2, 1, 9, 2, signed(8), 100, level_set(8, False), mul=[1, 1], bias=[0, 0])
+    with pytest.raises(ValueError, match=r"each per output channel \(3\)"):
+        LaneRequant(2, 2, 9, 3, signed(8), 100, level_set(8, False), thresholds=np.zeros((2, 15)), sign=[1, 1])
+    with pytest.raises(ValueError, match=r"at most lanes \* groups shortcut indices, got 2, 1, 3"):
+        ShortcutQueue(None, [0, 1, 2], lanes=2, groups=1)
+    with pytest.raises(ValueError, match=r"one channel per \(group, turn\) row, 4 per unit"):
+        OutputAssembly([[0, 1, 2]], lane_bits=1, groups=2)
