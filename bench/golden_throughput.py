@@ -26,8 +26,8 @@ from shiftpq.export import export_model  # noqa: E402
 from shiftpq.golden import Golden, run_batched  # noqa: E402
 from shiftpq.models import build_model  # noqa: E402
 from shiftpq.pruning import gm_prune, layer_rates  # noqa: E402
+from shiftpq.quant import calibrate_quantizers  # noqa: E402
 from shiftpq.tables import load_tables  # noqa: E402
-from shiftpq.train import calibrate_quantizers  # noqa: E402
 
 
 def default_tables():

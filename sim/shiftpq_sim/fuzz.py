@@ -9,7 +9,7 @@ import torch
 
 from shiftpq.levels import ACT_BITS, WEIGHT_BITS
 from shiftpq.models import ModelSpec, Net
-from shiftpq.train import calibrate_quantizers
+from shiftpq.quant import calibrate_quantizers
 
 
 def random_spec(seed: int) -> ModelSpec:
