@@ -31,7 +31,7 @@ from shiftpq.data import RECORD, TEST_FILES
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden
 from shiftpq.tables import MANIFEST, array_file, load_tables
-from shiftpq_sim.fuzz import images, random_net
+from shiftpq.testnets import images, random_net
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 2  # random_net(2): 22 ops, every op type of a ResNet

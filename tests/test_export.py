@@ -17,7 +17,7 @@ from shiftpq.export import export_checkpoint, export_model
 from shiftpq.golden import Golden, GoldenError, predict
 from shiftpq.models import ModelSpec, Net, preprocess
 from shiftpq.tables import MANIFEST, array_file, load_tables, save_tables
-from shiftpq_sim.fuzz import images, random_net  # noqa: F401 (other tests import them from here)
+from shiftpq.testnets import images, random_net
 
 
 # -- an independent, slow integer reference written from docs/integer-semantics.md ---------------

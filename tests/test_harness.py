@@ -14,9 +14,9 @@ import pytest
 from shiftpq.data import load_split
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
+from shiftpq.testnets import images, random_net
 from shiftpq_hw.gen import TOP, generate
 from shiftpq_sim import harness
-from shiftpq_sim.fuzz import images, random_net
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from shiftpq.export import export_model
 from shiftpq.metrics import model_metrics, tables_metrics
 from shiftpq.tables import load_tables
 from shiftpq.templating import render
+from shiftpq.testnets import random_net
 from shiftpq_hw.gen import generate
-from shiftpq_sim.fuzz import random_net
 
 
 @pytest.fixture(scope="module")
