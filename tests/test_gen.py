@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from shiftpq.cli import main
 from shiftpq.export import export_model
 from shiftpq.tables import save_tables
 from shiftpq.testnets import random_net
+from shiftpq_cli import main
 from shiftpq_hw.gen import DEFAULT_PAR, generate
 from shiftpq_hw.network import Network, fold
 from shiftpq_hw.verilog import VERILATOR_BUILD_ARGS, verilator_lint_args

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shiftpq.cli import main
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq.tables import Tables, load_tables, save_tables
 from shiftpq.testnets import images, random_net
+from shiftpq_cli import main
 from shiftpq_hw.hls import DESIGN_FILES, HLS_DIR, generate_hls
 from shiftpq_hw.hls_csim import simulate_hls
 from shiftpq_hw.network import plan

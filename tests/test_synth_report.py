@@ -10,12 +10,12 @@ import shutil
 import jinja2
 import pytest
 
-from shiftpq.cli import main
 from shiftpq.export import export_model
 from shiftpq.metrics import model_metrics, tables_metrics
 from shiftpq.tables import load_tables
 from shiftpq.templating import render
 from shiftpq.testnets import random_net
+from shiftpq_cli import main
 from shiftpq_hw.gen import generate
 
 
