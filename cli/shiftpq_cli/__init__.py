@@ -1,15 +1,13 @@
-"""ShiftPQ's command line, the top package: ``shiftpq COMMAND``. It imports the stages' packages;
-none of them imports it (tests/test_layering.py):
+"""ShiftPQ's command line, the top package: ``shiftpq COMMAND``. Each package imports only those
+below it (tests/test_layering.py; docs/architecture.md, "Packages and CLI"):
 
-    shiftpq_cli   the commands                        cli/shiftpq_cli/
-        |    \\
-        |     shiftpq_hw, shiftpq_sim   RTL / HLS, simulation   hw/, sim/
-        |    /
-    shiftpq       compression, tables, golden model   sw/
+    shiftpq_cli   cli/   the commands
+    shiftpq_sim   sim/   simulation
+    shiftpq_hw    hw/    RTL, HLS C++, synthesis
+    shiftpq       sw/    compression, layer tables, golden model, report
 
-Modules: ``app`` (the parser, ``main``, ``run``), ``software`` (metrics, export, golden, report,
-data), ``hardware`` (gen, synth), ``simulation`` (sim); ``train`` and ``sweep`` come from
-``shiftpq.cmdline`` and ``shiftpq.sweep``. docs/architecture.md, "Packages and CLI".
+``app``: the parser, ``main`` (the console script) and ``run`` (a command from Python, its typed
+result); the commands by the package they drive: ``software``, ``hardware``, ``simulation``.
 """
 from shiftpq.cmdline import Result, show
 

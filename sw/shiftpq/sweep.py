@@ -454,7 +454,7 @@ class PlannedRun:
 
 
 @dataclass(frozen=True)
-class SweepPlan(Result):
+class DryRun(Result):
     """``shiftpq sweep --dry-run``: every run's state and command; nothing ran."""
     runs: tuple[PlannedRun, ...]
 
@@ -481,7 +481,7 @@ class Swept(Result):
         return not self.counts["failed"]
 
 
-def cmd_sweep(a) -> SweepPlan | Swept:
+def cmd_sweep(a) -> DryRun | Swept:
     if a.concurrent < 1:
         raise ShiftPQError(f"--concurrent must be >= 1, got {a.concurrent}")
     if a.time_limit <= 0:
@@ -498,7 +498,7 @@ def cmd_sweep(a) -> SweepPlan | Swept:
             st = run_state(plan.run_dir(r))
             runs.append(PlannedRun(r.name, st["state"], st["epochs"], tuple(r.needs),
                                    tuple(plan.command_args(r) + a.train_arg)))
-        return SweepPlan(tuple(runs))
+        return DryRun(tuple(runs))
     backend = None
     if a.ray:
         import torch
