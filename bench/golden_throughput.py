@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sw"))
@@ -26,8 +25,9 @@ from shiftpq.export import export_model  # noqa: E402
 from shiftpq.golden import Golden, run_batched  # noqa: E402
 from shiftpq.models import build_model  # noqa: E402
 from shiftpq.pruning import gm_prune, layer_rates  # noqa: E402
+from shiftpq.quant import calibrate_quantizers  # noqa: E402
 from shiftpq.tables import load_tables  # noqa: E402
-from shiftpq.train import calibrate_quantizers  # noqa: E402
+from shiftpq.testnets import images as random_images  # noqa: E402
 
 
 def default_tables():
@@ -48,9 +48,9 @@ def main() -> int:
     a = p.parse_args()
     tables = load_tables(a.tables) if a.tables else default_tables()
     golden = Golden(tables)
-    images = np.random.default_rng(0).integers(0, 256, (a.images, 3, 32, 32), dtype=np.uint8)
+    images = random_images(a.images)
     run_batched(golden, images[:250], progress=False)  # warm-up
-    result = {"model": tables.manifest["model"], "images": a.images, "repeats": a.repeats,
+    result = {"model": tables.model, "images": a.images, "repeats": a.repeats,
               "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(), "runs": {}}
     for workers in (1, 2, 4):
         secs = []

@@ -69,7 +69,7 @@ def main() -> int:
             t0 = time.perf_counter()
             run_batched(golden, images, progress=False)
             gtimes.append(time.perf_counter() - t0)
-        result = {"model": tables.manifest["model"], "source": tables.manifest.get("source", {}).get("path"),
+        result = {"model": tables.model, "source": (tables.source or {}).get("path"),
                   "par": json.loads((gen / "cycles.json").read_text())["par"], "images": int(len(images)),
                   "repeats": a.repeats, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
                   "csim_build_s": round(build_s, 1), "csim_images_per_s_by_jobs": csim,

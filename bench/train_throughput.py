@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sw"))
 from shiftpq.data import augment  # noqa: E402
-from shiftpq.models import build_model  # noqa: E402
+from shiftpq.models import build_model, model_input  # noqa: E402
 from shiftpq.pruning import gm_prune, layer_rates, zero_pruned  # noqa: E402
-from shiftpq.quant import COMPILED_QUANTIZERS, set_compiled_quantizer  # noqa: E402
-from shiftpq.train import RECIPES, _loss, _optimizer, _to_input, calibrate_quantizers  # noqa: E402
+from shiftpq.quant import COMPILED_QUANTIZERS, calibrate_quantizers, set_compiled_quantizer  # noqa: E402
+from shiftpq.train import RECIPES, _loss, _optimizer  # noqa: E402
 
 
 def _sync(dev):
@@ -60,7 +60,7 @@ def make_step(model_name: str, quant: bool, dev: torch.device, batch: int, compi
 
     def step(i):
         sl = slice((i % 4) * batch, (i % 4 + 1) * batch)
-        x = _to_input(augment(images[sl], gen))
+        x = model_input(augment(images[sl], gen))
         with torch.autocast("cuda", torch.bfloat16, enabled=amp):
             loss = _loss(fwd(x), labels[sl], recipe)
         opt.zero_grad(set_to_none=True)

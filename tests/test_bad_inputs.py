@@ -28,12 +28,12 @@ import pytest
 import torch
 
 from shiftpq.checkpoint import save_checkpoint
-from shiftpq.cli import main
 from shiftpq.data import RECORD, TEST_FILES
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden
 from shiftpq.tables import MANIFEST, array_file, load_tables
-from shiftpq_sim.fuzz import images, random_net
+from shiftpq.testnets import images, random_net
+from shiftpq_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 2  # random_net(2): 22 ops, every op type of a ResNet
@@ -374,7 +374,7 @@ import numpy as np
 # with SIGINT ignored, and Python then installs no KeyboardInterrupt handler
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import shiftpq.tables as tables
-from shiftpq.cli import main
+from shiftpq_cli import main
 real = np.save
 def slow(*a, **k):
     real(*a, **k)
@@ -386,7 +386,7 @@ sys.exit(main(["export", "--checkpoint", sys.argv[1], "--out", sys.argv[2]]))
 
 
 def _killed_in_write_phase(base, out: Path, sig) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("sw", "hw", "sim"))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("sw", "hw", "sim", "cli"))}
     p = subprocess.Popen([sys.executable, "-c", _SLOW_EXPORT, str(base / "m.pt"), str(out)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "writing", p.stderr.read()
@@ -551,7 +551,7 @@ def test_a_closed_stdout_is_no_error(tmp_path):
     r, w = os.pipe()
     os.close(r)
     try:
-        p = subprocess.run([sys.executable, "-m", "shiftpq.cli", "metrics", "--model", "resnet110", "--json"],
+        p = subprocess.run([sys.executable, "-m", "shiftpq_cli", "metrics", "--model", "resnet110", "--json"],
                            stdout=w, stderr=subprocess.PIPE, text=True, timeout=300)
     finally:
         os.close(w)

@@ -7,9 +7,9 @@ import pytest
 from shiftpq import ir
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
+from shiftpq.testnets import images, random_net
 from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, FullyConnected, MaxPool, ShortcutPath
 from streams import run_stream
-from test_export import images, random_net
 
 
 def _setup(seed=0):

@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shiftpq(*args, env_extra=None):
     import os
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "sw"), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "shiftpq", *args], capture_output=True, text=True, env=env)
+    path = os.pathsep.join(str(ROOT / p) for p in ("sw", "hw", "sim", "cli"))
+    env = {**os.environ, "PYTHONPATH": path, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "shiftpq_cli", *args], capture_output=True, text=True, env=env)
 
 
 def test_help_lists_commands():
@@ -69,3 +70,31 @@ def test_metrics_of_bad_checkpoint_exits_2(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     r = shiftpq("metrics", "--checkpoint", str(bad))
     assert r.returncode == 2 and str(bad) in r.stderr
+
+
+def test_commands_return_typed_results_that_one_function_prints(capsys):
+    """From Python a command returns its result and prints nothing; ``show`` prints what ``main`` does."""
+    from shiftpq_cli import run, show
+    from shiftpq_cli.software import Metrics
+    r = run(["metrics", "--model", "resnet20"])
+    assert isinstance(r, Metrics) and r.metrics["total"]["macs"] == 40_551_040 and r.code == 0
+    assert capsys.readouterr() == ("", "")
+    assert show(r, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out) == r.metrics
+
+
+def test_a_failed_check_is_exit_1_with_its_reason_on_stderr(capsys):
+    from shiftpq_cli import show
+    from shiftpq_cli.hardware import Synthesized
+    from shiftpq_cli.software import GoldenRun
+    golden = {"model": "tiny", "images": 100, "accuracy": 50.0, "golden_seconds": 1.0, "fakequant_accuracy": 51.0,
+              "agreement": 98.0, "accuracy_difference": -1.0}
+    assert show(GoldenRun(golden, min_agreement=98.0)) == 0 and capsys.readouterr().err == ""
+    assert show(GoldenRun(golden, min_agreement=99.0)) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["golden model (tiny): 50.00% on 100 test images (1.0 s)",
+                                "fake-quant model: 51.00%; top-1 agreement 98.00%, accuracy difference -1.00 points"]
+    assert err == "shiftpq golden: FAILED: top-1 agreement 98.00% on 100 images is below --min-agreement 99%\n"
+    r = Synthesized({"model": "tiny", "device": "ice40-up5k", "fits": False, "reason": "5,400 LUTs of 5,280"}, "s.json")
+    assert show(r) == 1
+    assert capsys.readouterr() == ("", "tiny does not fit ice40-up5k: 5,400 LUTs of 5,280 (report: s.json)\n")

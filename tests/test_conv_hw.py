@@ -9,8 +9,8 @@ from amaranth.sim import Simulator
 from shiftpq import ir
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
+from shiftpq.testnets import images, random_net
 from shiftpq_hw.conv import ConvRequant
-from test_export import images, random_net
 
 
 def run_engine(dut, frames: list[np.ndarray], residual: list[np.ndarray] | None = None):

@@ -12,13 +12,13 @@ import torch
 
 from shiftpq import intops, ir
 from shiftpq.checkpoint import save_checkpoint
-from shiftpq.cli import main
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_checkpoint, export_model
 from shiftpq.golden import Golden, GoldenError, predict
 from shiftpq.models import ModelSpec, Net, preprocess
 from shiftpq.tables import MANIFEST, array_file, load_tables, save_tables
-from shiftpq_sim.fuzz import images, random_net  # noqa: F401 (other tests import them from here)
+from shiftpq.testnets import images, random_net
+from shiftpq_cli import main
 
 
 # -- an independent, slow integer reference written from docs/integer-semantics.md ---------------

@@ -7,13 +7,13 @@ import subprocess
 
 import pytest
 
-from shiftpq.cli import main
 from shiftpq.export import export_model
 from shiftpq.tables import save_tables
+from shiftpq.testnets import random_net
+from shiftpq_cli import main
 from shiftpq_hw.gen import DEFAULT_PAR, generate
 from shiftpq_hw.plan import fold, make_plan
 from shiftpq_hw.verilog import VERILATOR_BUILD_ARGS, verilator_lint_args
-from test_export import random_net
 
 
 def test_gen_tiny_default_is_labelled_untrained_deterministic_lints_and_builds(tmp_path, capsys):

@@ -14,9 +14,9 @@ import pytest
 from shiftpq.data import load_split
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
+from shiftpq.testnets import images, random_net
 from shiftpq_hw.gen import TOP, generate
 from shiftpq_sim import harness
-from shiftpq_sim.fuzz import images, random_net
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_bad_arguments_are_refused(small, kwargs, needle):
     (["--jobs", "0"], "expected a positive integer"),
 ])
 def test_cli_refuses_bad_sim_arguments(args, needle, capsys):
-    from shiftpq.cli import main
+    from shiftpq_cli import main
     with pytest.raises(SystemExit) as e:
         main(["sim", "--build", "nowhere", *args])
     assert e.value.code == 2 and needle in capsys.readouterr().err

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 from shiftpq import ir
-from shiftpq.cli import main
 from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
+from shiftpq.testnets import images, random_net
+from shiftpq_cli import main
 from shiftpq_hw.hls import DESIGN_FILES, HLS_DIR, generate_hls
 from shiftpq_hw.hls_csim import simulate_hls
 from shiftpq_hw.plan import Kind, make_plan
-from shiftpq_sim.fuzz import images, random_net
 
 
 @pytest.fixture(scope="module")

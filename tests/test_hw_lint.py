@@ -12,11 +12,11 @@ from amaranth.hdl import signed, unsigned
 from shiftpq import intops, ir
 from shiftpq.export import export_model
 from shiftpq.levels import level_set
+from shiftpq.testnets import random_net
 from shiftpq_hw.conv import ConvRequant
 from shiftpq_hw.pe import ShiftAddPE
 from shiftpq_hw.requant import AffineRequant, ThresholdRequant
 from shiftpq_hw.verilog import verilator_lint_args
-from test_export import random_net
 
 
 def _conv(simd=None):

@@ -15,7 +15,7 @@ from shiftpq.export import export_model
 from shiftpq.golden import Golden, GoldenError
 from shiftpq.tables import MANIFEST, load_tables, save_tables
 from shiftpq_hw.plan import make_plan
-from shiftpq_sim.fuzz import images, random_net
+from shiftpq.testnets import images, random_net
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from amaranth.sim import Simulator
 
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
+from shiftpq.testnets import images, random_net
 from shiftpq_hw.network import Network
 from shiftpq_hw.plan import Kind, make_plan
-from test_export import images, random_net
 
 
 def run_network(dut, x: np.ndarray):

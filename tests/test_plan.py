@@ -12,7 +12,7 @@ from shiftpq_hw.blocks import AvgPoolRequant
 from shiftpq_hw.conv import ConvRequant
 from shiftpq_hw.plan import (PASSES, HwPlan, Kind, annotate_cycles, cycle_model, fewest_pool_lanes, fold_by_par, fuse,
                              insert_fifos, insert_forks, make_plan, size_fifos)
-from test_export import random_net
+from shiftpq.testnets import random_net
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 from shiftpq import ir
 from shiftpq.data import load_split
 from shiftpq.export import export_model
+from shiftpq.testnets import images, random_net
 from shiftpq_hw.gen import generate
-from shiftpq_sim.fuzz import images, random_net
 from shiftpq_sim.runner import simulate
 
 

@@ -57,7 +57,7 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "qat_epochs=1"]
     ("[[run\n", "not valid TOML"),
 ])
 def test_bad_plans_are_refused_with_one_line(tmp_path, capsys, text, msg):
-    from shiftpq.cli import main
+    from shiftpq_cli import main
     p = _plan(tmp_path, text)
     with pytest.raises(ShiftPQError, match="plan.toml"):
         sw.load_plan(p)
@@ -181,7 +181,7 @@ def test_sweep_on_a_local_ray_instance(tmp_path, cifar_dir):
 
 
 def _exit_code(main, argv) -> int:
-    """cli.main's return value, or the code of the SystemExit an argparse error raises."""
+    """shiftpq_cli.main's return value, or the code of the SystemExit an argparse error raises."""
     try:
         return main(argv)
     except SystemExit as e:
@@ -198,7 +198,7 @@ def _exit_code(main, argv) -> int:
     (["--time-limit", "10", "--train-arg=--set", "--train-arg=lr=x"], "--train-arg: --set: recipe field 'lr'"),
 ])
 def test_bad_sweep_arguments_are_one_line(tmp_path, capsys, argv, msg):
-    from shiftpq.cli import main
+    from shiftpq_cli import main
     p = _plan(tmp_path, GOOD)
     assert _exit_code(main, ["sweep", str(p), "--runs-dir", str(tmp_path / "runs"), *argv]) == 2
     err = capsys.readouterr().err
@@ -208,7 +208,7 @@ def test_bad_sweep_arguments_are_one_line(tmp_path, capsys, argv, msg):
 
 @pytest.mark.parametrize("value", ["nan", "0", "-5", "inf"])
 def test_train_time_limit_must_be_finite_and_positive(tmp_path, capsys, value):
-    from shiftpq.cli import main
+    from shiftpq_cli import main
     out = tmp_path / "run"
     assert _exit_code(main, ["train", "--model", "tiny", "--method", "fp", "--out", str(out), "--time-limit", value]) == 2
     err = capsys.readouterr().err

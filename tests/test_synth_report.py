@@ -11,13 +11,13 @@ import jinja2
 import pytest
 
 from shiftpq import ir
-from shiftpq.cli import main
 from shiftpq.export import export_model
 from shiftpq.metrics import model_metrics, tables_metrics
 from shiftpq.tables import load_tables
 from shiftpq.templating import render
+from shiftpq.testnets import random_net
+from shiftpq_cli import main
 from shiftpq_hw.gen import generate
-from shiftpq_sim.fuzz import random_net
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq.levels import level_set
+from shiftpq.testnets import images, random_net
 from shiftpq_hw.blocks import AvgPoolRequant, FullyConnected, ShortcutPath
 from shiftpq_hw.conv import ConvRequant
 from shiftpq_hw.pe import ShiftAddPE, act_code_shape, reference
 from shiftpq_hw.requant import AffineRequant, ThresholdRequant
-from shiftpq_sim.fuzz import images, random_net
 from shiftpq_sim.unit import pack, run_unit
 from test_pe import all_codes
 

@@ -185,9 +185,8 @@ def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, 
     import random as _random
 
     from shiftpq.export import export_model
+    from shiftpq.testnets import images, random_net
     from shiftpq_hw.gen import generate
-
-    from .fuzz import images, random_net
     results = []
     for seed in seeds:
         par = _random.Random(seed).choice([None, 1, 2, 4, 8])

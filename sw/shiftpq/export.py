@@ -307,7 +307,7 @@ def untrained_tables(name: str, seed: int = 0, rate: float = 0.3) -> Tables:
     The generator's default where no trained checkpoint is shipped."""
     from .models import ModelSpec
     from .pruning import gm_prune, layer_rates, zero_pruned
-    from .train import calibrate_quantizers
+    from .quant import calibrate_quantizers
     spec = ModelSpec(name)
     spec.validate()
     gen = torch.Generator().manual_seed(seed)

@@ -223,3 +223,9 @@ def count_parameters(model: Net) -> int:
 def preprocess(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, 3, 32, 32) -> the model's centered input, exactly (pixel - 128) / 128."""
     return (images_u8.float() - 128.0) / 128.0
+
+
+def model_input(images_u8: torch.Tensor) -> torch.Tensor:
+    """What training and calibration feed the model: ``preprocess``, channels_last on CUDA."""
+    x = preprocess(images_u8)
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x

@@ -365,3 +365,28 @@ class ConvBN(nn.Module):
     def forward(self, x):
         y = self.bn(self.conv(x))
         return _masked(y, self.conv.mask, 1)
+
+
+@torch.no_grad()
+def calibrate_quantizers(model, images: torch.Tensor) -> dict[str, float]:
+    """Initialize the clipping thresholds when quantization is switched on: weight alphas by
+    ``init_alpha``, activation alphas to the MSE-optimal clip for a fixed (un-augmented) batch.
+    ``model``: a ``models.Net``; ``images``: uint8 [N, 3, 32, 32]."""
+    from .models import model_input  # models builds its layers from this module's quantizers
+    for layer in model.weight_layers().values():
+        layer.init_alpha()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [q.register_forward_hook(lambda m, inp, out, n=n: seen.__setitem__(n, inp[0]))
+             for n, q in model.act_quantizers().items()]
+    was_training = model.training
+    model.eval()
+    quant = model.quantized
+    model.set_quant(False)
+    try:
+        model(model_input(images))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.set_quant(quant)
+        model.train(was_training)
+    return {n: q.calibrate(seen[n]) for n, q in model.act_quantizers().items()}

@@ -43,7 +43,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cmdline
 from .atomic import write_text_atomic
+from .cmdline import Parser, Result, add_train_arguments, seconds
 from .errors import ShiftPQError
 
 SWEEP_DESCRIPTION = ("Run the trainings of a plan (TOML: [[run]] rows of name, shiftpq train args, optional init "
@@ -106,7 +108,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def train_parser(prog: str = "shiftpq train") -> argparse.ArgumentParser:
-    from .cli import add_train_arguments
     p = _Parser(prog=prog, description="Train on CIFAR-10 (shiftpq train).")
     add_train_arguments(p)
     return p
@@ -425,9 +426,10 @@ def sweep(plan: Plan, time_limit: float, concurrent: int = 1, extra_args: list[s
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``shiftpq sweep``; ``run``: cmd_sweep."""
+    p.set_defaults(run=cmd_sweep)
     p.add_argument("plan", metavar="PLAN.toml")
-    from .cli import _seconds
-    p.add_argument("--time-limit", type=_seconds, required=True, metavar="SECONDS",
+    p.add_argument("--time-limit", type=seconds, required=True, metavar="SECONDS",
                    help="wall time of the whole sweep; every run stops (resumably) before it")
     p.add_argument("--concurrent", type=int, default=1, metavar="N", help="runs at once (default 1)")
     p.add_argument("--runs-dir", default=None, metavar="DIR",
@@ -441,7 +443,45 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print each run's state and command, run nothing")
 
 
-def cmd_sweep(a) -> int:
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of ``shiftpq sweep --dry-run``: its state and the train command it would get."""
+    name: str
+    state: str
+    epochs: int
+    needs: tuple[str, ...]
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DryRun(Result):
+    """``shiftpq sweep --dry-run``: every run's state and command; nothing ran."""
+    runs: tuple[PlannedRun, ...]
+
+    def lines(self) -> list[str]:
+        return [f"{r.name}: {r.state} ({r.epochs} epochs)  needs: {', '.join(r.needs) or '-'}\n  "
+                f"shiftpq train {' '.join(r.args)}" for r in self.runs]
+
+
+@dataclass(frozen=True)
+class Swept(Result):
+    """``shiftpq sweep``: the state of every run (``sweep``'s, also in RUNS_DIR/sweep-state.json);
+    exit 1 when a run failed."""
+    state: dict
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.state["counts"]
+
+    def lines(self) -> list[str]:
+        return [json.dumps(self.counts, sort_keys=True)]
+
+    @property
+    def passed(self) -> bool:
+        return not self.counts["failed"]
+
+
+def cmd_sweep(a) -> DryRun | Swept:
     if a.concurrent < 1:
         raise ShiftPQError(f"--concurrent must be >= 1, got {a.concurrent}")
     if a.time_limit <= 0:
@@ -453,31 +493,34 @@ def cmd_sweep(a) -> int:
     check_train_args(train_parser(), a.train_arg, "--train-arg", required=("--model", "tiny", "--method", "fp"))
     log = lambda s: print(f"shiftpq sweep: {s}", file=sys.stderr, flush=True)
     if a.dry_run:
+        runs = []
         for r in plan.runs:
             st = run_state(plan.run_dir(r))
-            print(f"{r.name}: {st['state']} ({st['epochs']} epochs)  needs: {', '.join(r.needs) or '-'}\n  "
-                  f"shiftpq train {' '.join(plan.command_args(r) + a.train_arg)}")
-        return 0
+            runs.append(PlannedRun(r.name, st["state"], st["epochs"], tuple(r.needs),
+                                   tuple(plan.command_args(r) + a.train_arg)))
+        return DryRun(tuple(runs))
     backend = None
     if a.ray:
         import torch
         gpus = a.gpus_per_run if a.gpus_per_run is not None else (1.0 / a.concurrent if torch.cuda.is_available() else 0.0)
         backend = RayBackend(a.ray, gpus, 1.0)
-    state = sweep(plan, a.time_limit, a.concurrent, a.train_arg, backend, progress=sys.stderr.isatty(), log=log)
-    print(json.dumps(state["counts"], sort_keys=True))
-    return 1 if state["counts"]["failed"] else 0
+    return Swept(sweep(plan, a.time_limit, a.concurrent, a.train_arg, backend, progress=sys.stderr.isatty(), log=log))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m shiftpq.sweep``: ``shiftpq`` with only train and sweep."""
+    p = Parser(prog="shiftpq", description="shiftpq train and sweep, without the hardware packages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_arguments(sub.add_parser("train", help="train a model (shiftpq train --help)"))
+    add_sweep_arguments(sub.add_parser("sweep", help="run a plan (shiftpq sweep --help)", description=SWEEP_DESCRIPTION))
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m shiftpq.sweep train ...`` / ``python -m shiftpq.sweep sweep PLAN ...``: shiftpq with
     only these two commands, so that it runs without the hardware packages (Amaranth, cocotb) on a
     bare GPU machine; the sweep's children run this way. Errors as in ``shiftpq``: one line, exit 2."""
-    from .cli import Parser, add_train_arguments, main as cli_main
-    p = Parser(prog="shiftpq", description="shiftpq train and sweep, without the hardware packages")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_train_arguments(sub.add_parser("train", help="train a model (shiftpq train --help)"))
-    add_sweep_arguments(sub.add_parser("sweep", help="run a plan (shiftpq sweep --help)", description=SWEEP_DESCRIPTION))
-    return cli_main(argv, parser=p)
+    return cmdline.main(argv, build_parser)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ from .atomic import write_text_atomic
 from .checkpoint import model_from_state, read_checkpoint, save_checkpoint
 from .data import augment, load_split
 from .errors import ShiftPQError
-from .models import ModelSpec, Net, preprocess
+from .models import ModelSpec, Net, model_input
 from .pruning import gm_prune, kept_filters, layer_rates, zero_pruned
+from .quant import calibrate_quantizers
 
 METHODS = ("fp", "spq", "ppq")
 RESIDUAL_PRUNING = ("grouped", "layer")
@@ -218,39 +219,11 @@ def evaluate(model: Net, images: torch.Tensor, labels: torch.Tensor, batch: int 
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     for i in range(0, len(labels), batch):
-        x = _to_input(images[i:i + batch])
+        x = model_input(images[i:i + batch])
         with torch.autocast("cuda", torch.bfloat16, enabled=amp):
             correct += (model(x).argmax(1) == labels[i:i + batch]).sum()
     model.train(was_training)
     return 100.0 * float(correct) / len(labels)
-
-
-def _to_input(images_u8: torch.Tensor) -> torch.Tensor:
-    x = preprocess(images_u8)
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
-
-
-@torch.no_grad()
-def calibrate_quantizers(model: Net, images: torch.Tensor) -> dict[str, float]:
-    """Initialize the clipping thresholds when quantization is switched on: weight alphas by
-    ``init_alpha``, activation alphas to the MSE-optimal clip for a fixed (un-augmented) batch."""
-    for layer in model.weight_layers().values():
-        layer.init_alpha()
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [q.register_forward_hook(lambda m, inp, out, n=n: seen.__setitem__(n, inp[0]))
-             for n, q in model.act_quantizers().items()]
-    was_training = model.training
-    model.eval()
-    quant = model.quantized
-    model.set_quant(False)
-    try:
-        model(_to_input(images))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.set_quant(quant)
-        model.train(was_training)
-    return {n: q.calibrate(seen[n]) for n, q in model.act_quantizers().items()}
 
 
 def _loss(logits, labels, recipe: Recipe, teacher_logits=None):
@@ -406,7 +379,7 @@ class Trainer:
         with _progress(steps, f"{phase} epoch {self.epoch + 1}/{cfg.total_epochs}", self.progress) as bar:
             for step in range(steps):
                 idx = perm[step * bs:(step + 1) * bs]
-                x = _to_input(augment(self.xtr[idx], gen))
+                x = model_input(augment(self.xtr[idx], gen))
                 y = self.ytr[idx]
                 mult = self.sched.multiplier(ep_in_phase, step)
                 for g in self.opt.param_groups:

@@ -1,4 +1,5 @@
-"""Seeded random networks for bit-exactness tests and architecture fuzzing: random stage widths,
+"""Seeded random networks, the one home of the test networks: the tests, architecture fuzzing
+(``shiftpq sim --fuzz``: shiftpq_sim.runner.fuzz) and the benches import them. Random stage widths,
 random weights, BatchNorm statistics and pruning masks (kept filters down to 1), optionally random
 bit widths and a random architecture (residual or plain, one or two blocks per stage). The same
 seed always gives the same network."""
@@ -7,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shiftpq.levels import ACT_BITS, WEIGHT_BITS
-from shiftpq.models import ModelSpec, Net
-from shiftpq.train import calibrate_quantizers
+from .levels import ACT_BITS, WEIGHT_BITS
+from .models import ModelSpec, Net
+from .quant import calibrate_quantizers
 
 
 def random_spec(seed: int) -> ModelSpec:

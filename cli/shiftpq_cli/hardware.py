@@ -1,0 +1,90 @@
+"""The commands of the hardware stages (package ``shiftpq_hw``): gen (RTL or HLS C++ and the cycle
+model) and synth (Yosys + nextpnr)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from shiftpq.cmdline import Result, progress
+from shiftpq.errors import ShiftPQError
+
+
+# -- shiftpq gen --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Generated(Result):
+    """The accelerator written to ``out``: its PEs, cycles per image, utilization and inferences/s
+    at 100 MHz (from its cycles.json), and the seconds the command took."""
+    out: str
+    pes: int
+    cycles_per_image: int
+    utilization: float
+    inferences_per_s_100mhz: float
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [f"wrote {self.out}: {self.pes} PEs, {self.cycles_per_image} cycles per image, utilization "
+                f"{self.utilization:.1%}, {self.inferences_per_s_100mhz:.0f} inferences/s at 100 MHz "
+                f"({self.seconds:.1f} s)"]
+
+
+def cmd_gen(a) -> Generated:
+    from shiftpq.atomic import prepare_output
+    from shiftpq_hw.gen import DEFAULT_PAR, generate, resolve_source
+    if a.backend == "hls":
+        from shiftpq_hw.hls import generate_hls as generate
+    if not (a.model or a.checkpoint or a.tables):
+        raise ShiftPQError("give --model, --checkpoint or --tables")
+    if a.out or a.model:  # the output is known: check it before the work
+        if a.backend == "hls":  # it may add hls/ to an RTL build of the same design: generate_hls decides
+            from shiftpq_hw.hls import check_hls_output
+            check_hls_output(a.out or os.path.join("build", a.model), a.force)
+        else:
+            prepare_output(a.out or os.path.join("build", a.model), a.force)
+    t0 = time.perf_counter()
+    log = progress("gen")
+    tables = resolve_source(a.model, a.checkpoint, a.tables, a.seed)
+    name = tables.model
+    if a.model and name != a.model:
+        raise ShiftPQError(f"--model {a.model}, but the {'tables' if a.tables else 'checkpoint'} hold a {name}")
+    src = tables.source or {}
+    log(f"{name} from {src.get('path') or src.get('note')} ({time.perf_counter() - t0:.1f} s)")
+    par = None if a.par == "max" else (a.par or DEFAULT_PAR)
+    out = a.out or os.path.join("build", name)
+    model = generate(tables, out, par, force=a.force, log=log)
+    return Generated(out, model["pes"], model["cycles_per_image"], model["utilization"],
+                     model["inferences_per_s"]["100MHz"], time.perf_counter() - t0)
+
+
+# -- shiftpq synth ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Synthesized(Result):
+    """Yosys + nextpnr's figures (``synth.synthesize``, also in ``path``); exit 1 when the design
+    does not fit the device."""
+    report: dict
+    path: str
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["fits"])
+
+    def lines(self) -> list[str]:
+        if not self.passed:
+            return []
+        r = self.report
+        lat = f", latency {r['latency_us']} us" if r["latency_us"] else " (latency: run make sim first)"
+        return [f"{r['model']} on {r['device']}: {r['luts']} LUTs, {r['ffs']} FFs, {r['brams']} BRAMs, {r['dsps']} "
+                f"DSPs; Fmax {r['fmax_mhz']} MHz (target {r['freq_target_mhz']:g}); {r['inferences_per_s']:.0f} "
+                f"inferences/s{lat}; wrote {self.path}"]
+
+    def problems(self) -> list[str]:
+        r = self.report
+        return [] if self.passed else [f"{r['model']} does not fit {r['device']}: {r['reason']} (report: {self.path})"]
+
+
+def cmd_synth(a) -> Synthesized:
+    from shiftpq_hw.synth import synthesize
+    r = synthesize(a.build, a.device, a.freq, a.seed, log=progress("synth"))
+    return Synthesized(r, os.path.join(a.build, "synth", "report.json"))
