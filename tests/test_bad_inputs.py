@@ -342,6 +342,68 @@ def test_min_agreement(base, capsys, cifar_dir, monkeypatch):
     refused(rc, err, "agreement 0.00% on 40 images is below --min-agreement 50%", code=1)
 
 
+# -- a generator's output read by `sim` ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gen_out(base):
+    """``shiftpq gen`` of the module's tables (PAR 2), once for the module."""
+    assert main(["gen", "--tables", str(base / "t"), "--par", "2", "--out", str(base / "g")]) == 0
+    return base / "g"
+
+
+def _gen_json(name, fn):
+    def edit(d: Path):
+        obj = json.loads((d / name).read_text())
+        (d / name).write_text(json.dumps(fn(obj)))
+    return edit
+
+
+def _golden_block(d: dict, i: int = 1) -> dict:
+    return [b for b in d["blocks"] if b["golden"]][i]
+
+
+GEN_OUT = {  # hand-edited, truncated or mixed-up cycles.json / probes.json: refused before any simulation
+    "probes missing": (lambda d: (d / "probes.json").unlink(), "probes.json", "missing"),
+    "probes not JSON": (lambda d: (d / "probes.json").write_text('{"blocks": ['), "probes.json", "not valid JSON"),
+    "probes a list": (lambda d: (d / "probes.json").write_text("[]"), "probes.json", "expected an object"),
+    "probes no blocks": (_gen_json("probes.json", lambda o: {k: v for k, v in o.items() if k != "blocks"}),
+                         "probes.json", "field 'blocks' is missing"),
+    "probes block a string": (_gen_json("probes.json", lambda o: {**o, "blocks": ["stem"]}),
+                              "probes.json", "field 'blocks[0]' is 'stem', expected an object"),
+    "probes golden missing": (_gen_json("probes.json", lambda o: (o["blocks"][0].pop("golden"), o)[1]),
+                              "probes.json", "field 'blocks[0].golden' is missing"),
+    "probes width a string": (_gen_json("probes.json", lambda o: (_golden_block(o).update(width="4"), o)[1]),
+                              "probes.json", ".width' is '4', expected an integer"),
+    "probes width off by one": (_gen_json("probes.json", lambda o: (_golden_block(o).update(
+        width=_golden_block(o)["width"] + 1), o)[1]), "probes.json", "the bits of"),
+    "probes unknown tensor": (_gen_json("probes.json", lambda o: (_golden_block(o).update(tensor="nope"), o)[1]),
+                              "probes.json", ".tensor' is 'nope', expected an activation-code tensor"),
+    "probes instance no name": (_gen_json("probes.json", lambda o: (_golden_block(o).update(instance="a.b"), o)[1]),
+                                "probes.json", ".instance' is 'a.b'"),
+    "probes of another model": (_gen_json("probes.json", lambda o: {**o, "model": "resnet20"}),
+                                "probes.json", "field 'model' is 'resnet20'"),
+    "cycles not JSON": (lambda d: (d / "cycles.json").write_text("{"), "cycles.json", "not valid JSON"),
+    "cycles per image true": (_gen_json("cycles.json", lambda o: {**o, "cycles_per_image": True}),
+                              "cycles.json", "field 'cycles_per_image' is True, expected an integer"),
+    "cycles per image 0": (_gen_json("cycles.json", lambda o: {**o, "cycles_per_image": 0}),
+                           "cycles.json", "field 'cycles_per_image' is 0, expected an integer >= 1"),
+    "cycles layer without cycles": (_gen_json("cycles.json", lambda o: (o["layers"][1].pop("cycles"), o)[1]),
+                                    "cycles.json", "field 'layers[1].cycles' is missing"),
+    "cycles no model": (_gen_json("cycles.json", lambda o: {k: v for k, v in o.items() if k != "model"}),
+                        "cycles.json", "field 'model' is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GEN_OUT))
+def test_bad_generator_output_is_refused_by_sim(case, base, gen_out, tmp_path, capsys, cifar_dir):
+    edit, file, needle = GEN_OUT[case]
+    g = tmp_path / "g"
+    shutil.copytree(gen_out, g)
+    edit(g)
+    for bench in (["--bench", "harness"], ["--bench", "cocotb", "--simulator", "icarus"]):
+        refused(*run(capsys, "sim", "--build", g, *bench, "--images", 1, "--data-dir", cifar_dir), g / file, needle)
+    assert not (g / "sim").exists()  # refused before anything was built or run
+
+
 # -- the file system -----------------------------------------------------------------------------------
 def test_out_is_a_file_or_under_one_or_not_writable(base, tmp_path, capsys):
     (tmp_path / "f").write_text("x")

@@ -70,7 +70,8 @@ def test_a_hung_design_fails_with_a_timeout_naming_the_stream(small, tmp_path):
     hung = tmp_path / "hung"
     shutil.copytree(small / "rtl", hung / "rtl")
     shutil.copytree(small / "tables", hung / "tables")
-    shutil.copy(small / "cycles.json", hung)
+    for f in ("cycles.json", "probes.json"):
+        shutil.copy(small / f, hung)
     v = (hung / "rtl" / f"{TOP}.v").read_text()
     top = v.index(f"module {TOP}(")
     head, body = v[:top], v[top:]

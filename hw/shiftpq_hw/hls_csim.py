@@ -31,6 +31,7 @@ from shiftpq.golden import Golden, predict, run_batched
 from shiftpq.tables import load_tables
 
 from .hls import FILES, HLS_DIR, Design, block_outputs
+from .outputs import read_cycles
 
 RESULTS = "results-hls.json"
 WRONG_LISTED = 20  # mismatching images named in the results
@@ -133,12 +134,11 @@ def require_hls_build(gen_dir: str | Path) -> None:
 def simulate_hls(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = None,
                  jobs: int | None = None, progress: bool = True, diagnose: bool = True, log=lambda s: None) -> dict:
     gen_dir = Path(gen_dir)
-    cyc_path = gen_dir / "cycles.json"
     require_hls_build(gen_dir)
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise ShiftPQError(f"--jobs must be a positive integer, got {jobs}")
-    cycles = json.loads(cyc_path.read_text())
+    cycles = read_cycles(gen_dir)
     tables = load_tables(gen_dir / "tables")
     images = np.ascontiguousarray(images, dtype=np.uint8)
     classes = tables.classes

@@ -189,10 +189,11 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
 
     from shiftpq.golden import Golden, predict, run_batched
     from shiftpq.tables import load_tables
+    from shiftpq_hw.outputs import read_cycles, read_probes
     gen_dir = Path(gen_dir).resolve()
     gap, stall = check_fraction("gap", gap), check_fraction("stall", stall)
     cyc_path = gen_dir / "cycles.json"
-    for p in (cyc_path, gen_dir / "tables"):
+    for p in (cyc_path, gen_dir / "probes.json", gen_dir / "tables"):
         if not p.exists():
             raise ShiftPQError(f"{p}: missing; run `shiftpq gen` (make gen) first")
     images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -201,8 +202,9 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if not isinstance(jobs, int) or jobs < 1:
         raise ShiftPQError(f"jobs must be a positive integer, got {jobs!r}")
-    cycles = json.loads(cyc_path.read_text())
+    cycles = read_cycles(gen_dir)
     tables = load_tables(gen_dir / "tables")
+    read_probes(gen_dir, tables)  # the mismatch diagnosis reads it: checked before hours of simulation
     classes = int(tables.classes)
     exe, binfo = build(gen_dir, waves=waves, log=log)
     if expected is None:

@@ -53,15 +53,12 @@ def prepare_env(simulator: str) -> None:
             os.environ["MAKEFLAGS"] = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), VERILATOR_PCH_MAKEVAR]))
 
 
-def probe_points(gen_dir: str | Path) -> list[dict]:
+def probe_points(gen_dir: str | Path, tables) -> list[dict]:
     """The blocks whose output stream carries one golden-model tensor, one beat per pixel (an array of
     the tensor's channel codes), in execution order, from the generator's ``probes.json``:
-    ``instance``, ``block``, ``tensor``, ``width`` (bits per code)."""
-    path = Path(gen_dir) / "probes.json"
-    if not path.is_file():
-        raise ShiftPQError(f"{path}: missing; run `shiftpq gen` (make gen) again (an output from before the probe map)")
-    return [{k: b[k] for k in ("instance", "block", "tensor", "width")}
-            for b in json.loads(path.read_text())["blocks"] if b["golden"]]
+    ``instance``, ``block``, ``tensor``, ``width`` (bits per code), checked against ``tables``."""
+    from shiftpq_hw.outputs import read_probes
+    return read_probes(gen_dir, tables)
 
 
 def first_wrong_block(tables, image: np.ndarray, points: list[dict], probed: dict) -> dict:
@@ -93,6 +90,7 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     from cocotb_tools.runner import get_runner
 
     from shiftpq_hw.gen import TOP  # here, not at import: the CLI reads SIMULATORS without loading Amaranth
+    from shiftpq_hw.outputs import read_cycles
     from .harness import budget_cycles, check_fraction
     gen_dir = Path(gen_dir).resolve()
     gap, stall = check_fraction("gap", gap), check_fraction("stall", stall)
@@ -102,8 +100,9 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     for p in (rtl, cyc_path, gen_dir / "probes.json", gen_dir / "tables"):
         if not p.exists():
             raise ShiftPQError(f"{p}: missing; run `shiftpq gen` (make gen) first")
-    cycles = json.loads(cyc_path.read_text())
+    cycles = read_cycles(gen_dir)
     tables = load_tables(gen_dir / "tables")
+    blocks = probe_points(gen_dir, tables)  # checked before the simulation, read by the diagnosis
     images = np.ascontiguousarray(images, dtype=np.uint8)
     expected = Golden(tables).run(images)
     build = gen_dir / "sim" / simulator / "build"  # one build per simulator, shared by every run
@@ -159,7 +158,6 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
         i = m["wrong"][0]["image"]
         dwork = work.parent / f"{work.name}-diagnosis"
         dwork.mkdir(exist_ok=True)
-        blocks = probe_points(gen_dir)
         dstim, dmeasured = dwork / "stimulus.npz", dwork / "measured.json"
         np.savez(dstim, images=images[i:i + 1], expected=expected[i:i + 1])
         dmeasured.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import ir
 from .atomic import atomic_dir, prepare_output
-from .errors import ShiftPQError
+from .errors import ShiftPQError, read_json
 from .ir import IMAGE_LEVELS, Tables, array_file
 from .levels import level_set
 
@@ -234,12 +234,7 @@ def load_tables(d: str | Path) -> Tables:
     mpath = d / MANIFEST
     if not mpath.is_file():
         raise ShiftPQError(f"{mpath}: missing (not a tables directory; create one with `shiftpq export`)")
-    try:
-        m = json.loads(mpath.read_text())
-    except (ValueError, RecursionError) as e:
-        raise ShiftPQError(f"{mpath}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise ShiftPQError(f"{mpath}: cannot be read ({e.strerror})") from None
+    m = read_json(mpath)
     c = _Checker(d)
     if not isinstance(m, dict):
         c.fail("schema", f"cannot be read: the manifest is a JSON {type(m).__name__}, expected an object")
