@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "sw"), str(ROOT / "hw")]
 
 from amaranth.back import rtlil  # noqa: E402
-from amaranth.hdl import Cat, Module, Signal  # noqa: E402
+from amaranth.hdl import Cat, Fragment, Module, Signal  # noqa: E402
 from amaranth.lib import data, wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -63,10 +63,10 @@ class SharedPart(wiring.Component):
 
     def __init__(self, kind: str, wl, al, simd: int):
         self.kind, self.wl, self.al, self.simd = kind, wl, al, simd
-        m = Module()  # the shared values' widths, for the output port (a scratch module, never elaborated)
-        m._MustUse__silence = True
+        m = Module()  # the shared values' widths, for the output port (a scratch module, then discarded)
         width = sum(len(v) for j in range(simd) for v in shared_values(m, kind, Signal(act_code_shape(al)), wl, al,
                                                                        f"ch{j}").values())
+        Fragment.get(m, None)  # used (Amaranth's public way): no unused-elaboratable warning for the scratch
         super().__init__({"a": In(data.ArrayLayout(act_code_shape(al), simd)), "o": Out(width)})
 
     def elaborate(self, platform):
