@@ -130,6 +130,16 @@ def test_sim_hls_without_a_generated_design_is_one_line_exit_2(tmp_path, capsys)
     assert len(err.splitlines()) == 1 and "gen --backend hls" in err
 
 
+def test_sim_hls_with_a_hand_edited_cycles_json_is_one_line_exit_2(tiny_hls, tmp_path, capsys, cifar_dir):
+    """A wrong type in cycles.json is refused by name, not reported under the wrong model name."""
+    g = tmp_path / "g"
+    shutil.copytree(tiny_hls, g, ignore=shutil.ignore_patterns("sim"))
+    (g / "cycles.json").write_text(json.dumps({**json.loads((g / "cycles.json").read_text()), "model": 3}))
+    assert main(["sim", "--backend", "hls", "--build", str(g), "--images", "1", "--data-dir", cifar_dir]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{g / 'cycles.json'}: field 'model' is 3, expected a string" in err, err
+
+
 # -- the synthesizable subset and the directives -----------------------------------------------------
 _STATIC_FOR = re.compile(r"for \(int (\w+) = 0; \1 < (\d+); \1\+\+\)")
 _FORBIDDEN = [(re.compile(p), why) for p, why in [
