@@ -92,10 +92,10 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
     build's record (``key``, ``build_s``, ``options``, ``cached``)."""
     from shiftpq.templating import render
     from shiftpq_hw.gen import TOP
+    from shiftpq_hw.outputs import require
     gen_dir = Path(gen_dir).resolve()
     rtl = gen_dir / "rtl" / f"{TOP}.v"
-    if not rtl.is_file():
-        raise ShiftPQError(f"{rtl}: missing; run `shiftpq gen` (make gen) first")
+    require(rtl)
     model_class = f"V{WRAPPER}"
     wrapper = render("verilator/wrapper.v.j2", top=TOP, wrapper=WRAPPER, ports=stream_ports(),
                      reset_cycles=RESET_CYCLES, reset_bits=RESET_CYCLES.bit_length())
@@ -189,13 +189,11 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
 
     from shiftpq.golden import Golden, predict, run_batched
     from shiftpq.tables import load_tables
-    from shiftpq_hw.outputs import read_cycles, read_probes
+    from shiftpq_hw.outputs import read_cycles, read_probes, require
     gen_dir = Path(gen_dir).resolve()
     gap, stall = check_fraction("gap", gap), check_fraction("stall", stall)
     cyc_path = gen_dir / "cycles.json"
-    for p in (cyc_path, gen_dir / "probes.json", gen_dir / "tables"):
-        if not p.exists():
-            raise ShiftPQError(f"{p}: missing; run `shiftpq gen` (make gen) first")
+    require(cyc_path, gen_dir / "probes.json", gen_dir / "tables")
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if images.ndim != 4 or images.shape[1:] != (3, 32, 32) or not len(images):
         raise ShiftPQError(f"images: expected uint8 (N >= 1, 3, 32, 32), got {images.shape}")

@@ -90,16 +90,14 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     from cocotb_tools.runner import get_runner
 
     from shiftpq_hw.gen import TOP  # here, not at import: the CLI reads SIMULATORS without loading Amaranth
-    from shiftpq_hw.outputs import read_cycles
+    from shiftpq_hw.outputs import read_cycles, require
     from .harness import budget_cycles, check_fraction
     gen_dir = Path(gen_dir).resolve()
     gap, stall = check_fraction("gap", gap), check_fraction("stall", stall)
     if simulator not in SIMULATORS:
         raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
     rtl, cyc_path = gen_dir / "rtl" / f"{TOP}.v", gen_dir / "cycles.json"
-    for p in (rtl, cyc_path, gen_dir / "probes.json", gen_dir / "tables"):
-        if not p.exists():
-            raise ShiftPQError(f"{p}: missing; run `shiftpq gen` (make gen) first")
+    require(rtl, cyc_path, gen_dir / "probes.json", gen_dir / "tables")
     cycles = read_cycles(gen_dir)
     tables = load_tables(gen_dir / "tables")
     blocks = probe_points(gen_dir, tables)  # checked before the simulation, read by the diagnosis
