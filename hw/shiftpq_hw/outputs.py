@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shiftpq.errors import ShiftPQError, read_json
+from shiftpq.errors import JSON_TYPE_NAMES, ShiftPQError, read_json
 from shiftpq.ir import Tables, TensorKind
-
-_TYPES = {int: "an integer", str: "a string", list: "a list", dict: "an object", bool: "true or false"}
 
 
 def require(*paths: Path) -> None:
@@ -37,7 +35,7 @@ def _field(path: Path, d: dict, key: str, fld: str, typ, lo: int | None = None):
         raise ShiftPQError(f"{path}: field '{fld}' is missing")
     v = d[key]
     if type(v) is not typ:
-        raise ShiftPQError(f"{path}: field '{fld}' is {v!r}, expected {_TYPES[typ]}")
+        raise ShiftPQError(f"{path}: field '{fld}' is {v!r}, expected {JSON_TYPE_NAMES[typ]}")
     if lo is not None and v < lo:
         raise ShiftPQError(f"{path}: field '{fld}' is {v}, expected an integer >= {lo}")
     return v

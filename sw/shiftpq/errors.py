@@ -5,6 +5,10 @@ class ShiftPQError(Exception):
     """Bad input (a file, a field, an option): the message names it and what was expected."""
 
 
+# How a message names the JSON type a field should have ("field 'x' is "3", expected an integer").
+JSON_TYPE_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "an object", bool: "true or false"}
+
+
 def read_json(path):
     """The JSON value in the file ``path`` (a ``pathlib.Path``); not JSON or unreadable: one
     ShiftPQError naming the file."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import ir
 from .atomic import atomic_dir, prepare_output
-from .errors import ShiftPQError, read_json
+from .errors import JSON_TYPE_NAMES, ShiftPQError, read_json
 from .ir import IMAGE_LEVELS, Tables, array_file
 from .levels import level_set
 
@@ -138,7 +138,6 @@ INPUT = {"tensor": "input", "shape": list(ir.INPUT_SHAPE), "dtype": "uint8", "of
 IMAGE_TENSOR = {"kind": "image", "channels": [0, 1, 2], "hw": 32, "lo": -128, "hi": 127, "bits": 8}
 MAX_KERNEL = 15
 MAX_HW = 1024
-_TYPES = {int: "an integer", str: "a string", list: "a list", dict: "an object", bool: "true or false"}
 
 
 def _same(a, b) -> bool:
@@ -163,7 +162,7 @@ class _Checker:
 
     def typed(self, v, fld: str, typ):
         if type(v) is not typ:
-            self.fail(fld, f"is {v!r}, expected {_TYPES[typ]}")
+            self.fail(fld, f"is {v!r}, expected {JSON_TYPE_NAMES[typ]}")
         return v
 
     def key(self, d: dict, k: str, fld: str, typ=None):
