@@ -80,31 +80,39 @@ def test_line_buffer_holds_each_row_at_its_address_and_frees_released_rows():
 ])
 def test_tap_sequencer_issues_every_tap_and_chunk_in_order(kernel, stride, padding, in_hw, groups, chunks, slots, rows):
     seq = TapSequencer(kernel, stride, padding, in_hw, groups, chunks, slots, rows)
-    en, avail = Signal(), Signal(range(slots + 1))
+    credit, avail = Signal(), Signal(range(slots + 1))
     ports = [SimpleNamespace(en=Signal(), addr=Signal(16)) for _ in range(2)]
     m = Module()
-    seq.build(m, en, avail, *ports)
+    seq.build(m, avail, *ports, credit)
     seq.stage1(m)
     want = seq.reference(images=2)
+    period = groups * kernel ** 2 * chunks  # the issues of one output pixel
     rng = np.random.default_rng(kernel * stride)
-    issued, staged = [], []
+    issued, staged, pending = [], [], [False]
 
     async def tb(ctx):
         ctx.set(avail, 0)
-        ctx.set(en, 1)
+        ctx.set(credit, 1)
         for _ in range(5):  # no input rows held: nothing issues
             assert not ctx.get(seq.issue)
             await ctx.tick()
         ctx.set(avail, slots)
         while len(staged) < len(want):
-            ctx.set(en, int(rng.random() < 0.8))  # the stall enable holds everything
-            _, _, issue, pixel, weight, v1, pad1, first1, last1, g1, ch1, done1 = await ctx.tick().sample(
-                seq.issue, ports[0].addr, ports[1].addr, seq.v1, seq.pad1, seq.first1, seq.last1, seq.g1, seq.ch1,
-                seq.done1)
-            if ctx.get(en) and v1:
+            credit_now = int(rng.random() < 0.5)  # a pixel starts only with a credit
+            ctx.set(credit, credit_now)
+            _, _, issue, started, pixel, weight, en0, en1, v1, pad1, first1, last1, g1, ch1, done1 = \
+                await ctx.tick().sample(seq.issue, seq.started, ports[0].addr, ports[1].addr, ports[0].en,
+                                        ports[1].en, seq.v1, seq.pad1, seq.first1, seq.last1, seq.g1, seq.ch1,
+                                        seq.done1)
+            assert en0 and en1  # the memories are always read; v1 qualifies their data
+            first_issue = (len(issued) + pending[0]) % period == 0
+            # the only wait: a pixel's first issue without a credit; once started, one issue a cycle
+            assert issue == (credit_now or not first_issue) and started == (issue and first_issue)
+            if v1:
                 staged.append((pad1, ch1, g1, first1, last1, done1))
-            if issue:
+            if pending[0]:  # the read addresses are registered: the previous cycle's issue's
                 issued.append((pixel, weight))
+            pending[0] = issue
 
     simulate(m, tb)
     got = [Issue(None if pad else pixel, weight, ch, g, bool(first), bool(last), bool(done))
@@ -160,17 +168,17 @@ def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, sim
     words = rng.integers(-top, top + 1, (rows, lanes * simd))
     macs = MacPipeline(words, wl, al, lanes, simd, c_in, signed(24))
     chunks = macs.chunks
-    en = Signal()
+    assert macs.latency == 3 + simd.bit_length()
     pixel_in = Signal(data.ArrayLayout(act_code_shape(al), c_in))
     pad_in, chunk_in, valid_in, first_in = Signal(), Signal(range(max(chunks, 2))), Signal(), Signal()
     m = Module()
     wr = macs.weight_memory(m)
-    m.d.comb += wr.en.eq(en)
+    m.d.comb += wr.en.eq(1)
     pixel = Signal(data.ArrayLayout(act_code_shape(al), c_in))
     pad, chunk, valid, first = Signal(), Signal(range(max(chunks, 2))), Signal(), Signal()
-    with m.If(en):  # registered beside the weight memory's data, as the sequencer's stage 1 is
-        m.d.sync += [pixel.eq(pixel_in), pad.eq(pad_in), chunk.eq(chunk_in), valid.eq(valid_in), first.eq(first_in)]
-    macs.build(m, en, pixel, wr.data, pad, chunk, valid, first, [])
+    # registered beside the weight memory's data, as the sequencer's stage 1 is
+    m.d.sync += [pixel.eq(pixel_in), pad.eq(pad_in), chunk.eq(chunk_in), valid.eq(valid_in), first.eq(first_in)]
+    macs.build(m, pixel, wr.data, pad, chunk, valid, first, [])
     n = 60
     issue = {"row": rng.integers(0, rows, n), "pixel": rng.integers(0, len(al.ints), (n, c_in)),
              "chunk": rng.integers(0, chunks, n), "pad": rng.random(n) < 0.2, "first": rng.random(n) < 0.3}
@@ -178,24 +186,31 @@ def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, sim
     want = macs.reference(issue["row"], issue["pixel"], issue["chunk"], issue["pad"], issue["first"])
     got = []
 
+    issued_at, valid_at = [], []
+
     async def tb(ctx):
-        t = 0
+        t, cycle = 0, 0
         while len(got) < n:
-            ctx.set(en, int(rng.random() < 0.8))
-            if t < n:
+            go = t < n and rng.random() < 0.8  # gaps between issues: the pipeline runs on regardless
+            if go:
                 ctx.set(wr.addr, int(issue["row"][t]))
                 ctx.set(pixel_in, [int(v) for v in issue["pixel"][t]])
                 ctx.set(chunk_in, int(issue["chunk"][t]))
                 ctx.set(pad_in, bool(issue["pad"][t]))
                 ctx.set(first_in, bool(issue["first"][t]))
-            ctx.set(valid_in, t < n)
-            _, _, e, v2, *sums = await ctx.tick().sample(en, macs.valid2, *macs.sums)
-            if e:
+                issued_at.append(cycle)
                 t += 1
-                if v2:
-                    got.append(sums)
+            ctx.set(valid_in, go)
+            _, _, v2, *sums = await ctx.tick().sample(macs.valid2, *macs.sums)
+            cycle += 1
+            if v2:
+                got.append(sums)
+                valid_at.append(cycle)
 
     simulate(m, tb)
+    # each result ``latency`` cycles after its inputs reached stage 1 (the edge after it was issued);
+    # ``tick().sample`` gives the values before its edge, one more
+    assert [c - i for c, i in zip(valid_at, issued_at)] == [2 + macs.latency] * n
     assert np.array_equal(np.array(got), want)
 
 
@@ -214,12 +229,12 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
     shortcut = (muls[1], level_set(8, False)) if mode == "residual" else None
     unit = LaneRequant(lanes, groups, 2, k_out, signed(13), bound, level_set(8, False), shortcut=shortcut, **consts)
     assert (unit.units, unit.per) == (3, 2)
-    en, valid, last, group, done = Signal(), Signal(), Signal(), Signal(range(groups)), Signal()
+    valid, last, group, done = Signal(), Signal(), Signal(range(groups)), Signal()
     sums = [Signal(signed(13), name=f"sum{p}") for p in range(lanes)]
     m = Module()
     r = stream.Signature(data.ArrayLayout(unsigned(8), 6)).create()
     queue = ShortcutQueue(r, [0, 1, -1, 2, 3, -1, 4, 5, 0], lanes, groups).build(m) if shortcut else None
-    unit.build(m, en, sums, valid, last, group, done, queue)
+    unit.build(m, sums, valid, last, group, done, queue)
     results = rng.integers(-bound, bound + 1, (6, lanes))
     pixels = rng.integers(0, 256, (3, 6))  # the shortcut pixel of each output pixel
     want, got = {}, {}
@@ -230,7 +245,6 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
             await push(ctx, r, [int(v) for v in px])
 
     async def tb(ctx):
-        ctx.set(en, 1)
         for _ in range(wait):
             await ctx.tick()
         for i, row in enumerate(results):
@@ -276,22 +290,32 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
     assert len(want) == 3 * k_out and len(set(want.values())) > 3
 
 
-def test_output_assembly_places_codes_and_stalls_only_on_a_waiting_pixel():
+@pytest.mark.parametrize("depth", [2, 3])
+def test_output_assembly_queues_pixels_in_order_and_gives_credits_back(depth):
     lane_bits, groups, units = 1, 2, 2
     tables = [[0, 1, 4, None], [2, 3, 5, None]]  # unit u's channel at row Cat(turn, group)
-    asm = OutputAssembly(tables, lane_bits, groups)
+    asm = OutputAssembly(tables, lane_bits, groups, depth)
     o = stream.Signature(data.ArrayLayout(unsigned(4), 6)).create()
-    en, valid, turn, group, done = Signal(), Signal(), Signal(lane_bits), Signal(range(groups)), Signal()
+    valid, turn, group, done = Signal(), Signal(lane_bits), Signal(range(groups)), Signal()
     codes = [Signal(4, name=f"code{u}") for u in range(units)]
     m = Module()
-    asm.build(m, en, o, codes, valid, turn, group, done)
-    rng = np.random.default_rng(5)
+    asm.build(m, o, codes, valid, turn, group, done)
+    rng = np.random.default_rng(5 + depth)
     placed = [[(t, g, [int(c) for c in rng.integers(0, 16, units)]) for g in range(groups) for t in range(2)]
-              for _ in range(4)]
-    got = []
+              for _ in range(12)]
+    got, in_flight = [], [0]
 
     async def source(ctx):
+        """As the sequencer and the pipeline: a pixel starts with a credit and its codes then come
+        without a stop, with gaps."""
         for pixel in placed:
+            while not ctx.get(asm.credit):
+                await ctx.tick()
+            ctx.set(asm.started, 1)
+            await ctx.tick()
+            ctx.set(asm.started, 0)
+            in_flight[0] += 1
+            assert in_flight[0] <= depth  # never more pixels started and not taken than entries
             for i, (t, g, cs) in enumerate(pixel):
                 ctx.set(valid, 1)
                 ctx.set(turn, t)
@@ -299,20 +323,32 @@ def test_output_assembly_places_codes_and_stalls_only_on_a_waiting_pixel():
                 ctx.set(done, i == len(pixel) - 1)
                 for s, c in zip(codes, cs):
                     ctx.set(s, c)
-                await ctx.tick().until(en)  # held while the engine stalls
-        ctx.set(valid, 0)
+                await ctx.tick()
+                ctx.set(valid, 0)
+                for _ in range(int(rng.integers(0, 3))):
+                    await ctx.tick()
 
     async def sink(ctx):
         while len(got) < len(placed):
             ready = int(rng.random() < 0.3)
             ctx.set(o.ready, ready)
-            _, _, v, p, e, last, v_in = await ctx.tick().sample(o.valid, o.payload, en, done, valid)
-            assert e == (not (v and last and v_in))  # stalls only while a finished pixel waits
+            _, _, v, p = await ctx.tick().sample(o.valid, o.payload)
             if v and ready:
                 got.append([int(c) for c in p])
+                in_flight[0] -= 1
 
     simulate(m, source, sink)
     assert got == [list(asm.reference(pixel, 6)) for pixel in placed]
+
+
+def test_output_queue_depth_covers_the_latency():
+    # a pixel taken period + latency cycles after its start, its credit usable a cycle later (+ 1 margin)
+    assert OutputAssembly.depth_for(latency=20, period=72) == 2
+    assert OutputAssembly.depth_for(latency=70, period=72) == 2
+    assert OutputAssembly.depth_for(latency=71, period=72) == 3
+    assert OutputAssembly.depth_for(latency=30, period=9) == 5
+    with pytest.raises(ValueError, match=r"latency >= 0 and period >= 1"):
+        OutputAssembly.depth_for(latency=5, period=0)
 
 
 def test_units_reject_bad_parameters():
@@ -326,7 +362,11 @@ def test_units_reject_bad_parameters():
         LaneRequant(2, 1, 9, 2, signed(8), 100, level_set(8, False), mul=[1, 1], bias=[0, 0])
     with pytest.raises(ValueError, match=r"each per output channel \(3\)"):
         LaneRequant(2, 2, 9, 3, signed(8), 100, level_set(8, False), thresholds=np.zeros((2, 15)), sign=[1, 1])
-    with pytest.raises(ValueError, match=r"at most lanes \* groups shortcut indices, got 2, 1, 3"):
+    with pytest.raises(ValueError, match=r"at most lanes \* groups shortcut indices and a depth >= 2, got 2, 1, 3, 2"):
         ShortcutQueue(None, [0, 1, 2], lanes=2, groups=1)
+    with pytest.raises(ValueError, match=r"a depth >= 2, got 2, 1, 2, 1"):
+        ShortcutQueue(None, [0, 1], lanes=2, groups=1, depth=1)
     with pytest.raises(ValueError, match=r"one channel per \(group, turn\) row, 4 per unit"):
-        OutputAssembly([[0, 1, 2]], lane_bits=1, groups=2)
+        OutputAssembly([[0, 1, 2]], lane_bits=1, groups=2, depth=2)
+    with pytest.raises(ValueError, match=r"a depth >= 2, got \[4\], 1"):
+        OutputAssembly([[0, 1, 2, 3]], lane_bits=1, groups=2, depth=1)

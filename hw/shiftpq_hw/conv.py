@@ -11,21 +11,24 @@ in their docstrings):
   once the input rows it reads are loaded, and at its end the rows the next output row no longer
   reads are freed;
 - ``MacPipeline``: ``lanes x simd`` shift-add PEs multiply, an adder tree sums the chunk and each
-  lane accumulates (stages: memory read; activations and weights registered; products registered;
-  adder tree registered; accumulate);
+  lane accumulates (stages: memory read; the memories' words registered; activations and weights
+  registered; products registered; every level of the adder tree registered; accumulate);
 - ``LaneRequant``: after the last tap and chunk the lanes' sums are held, and the requantization
   units (the layer's BatchNorm, ReLU and next quantizer: a binary threshold search or a fixed-point
   multiply-add, requant.py) take the lanes in turn, one unit per ``kernel**2 * chunks`` lanes,
   before the next group's sums arrive;
 - ``ShortcutQueue``: a fused residual add takes one shortcut pixel (second input ``r``) per output
-  pixel, from a two-entry queue, as the pixel's first group is requantized;
-- ``OutputAssembly``: the codes go into the output pixel, which leaves when its last group is done.
-Every pipeline register advances together (``en``); the engine stalls as a whole only while a
-finished pixel waits for the output register, which still holds the one before. ``en`` depends on
-the engine's own registers, never on the sink's ready. Cycles per image, in steady state with a
-source that keeps the buffer ahead and a sink that takes each pixel before the next one is finished
-(``groups * chunks * kernel**2`` cycles later): ``out_hw**2 * groups * chunks * kernel**2``
-(``cycles_per_image``): the MAC array never idles; the pipeline adds latency only.
+  pixel, from a queue (``shortcut_depth``), as the pixel's first group is requantized;
+- ``OutputAssembly``: the codes go into the output pixel's entry of the output queue, which the
+  pixel leaves, in order, once its last group is done.
+Only the sequencer waits: for the input rows of an output row, and at an output pixel's start for a
+credit (a free entry of the output queue) and a shortcut pixel. Every register after it loads every
+cycle, its data qualified by its stage's valid bit, so no enable fans out over the engine and the
+sink's ready reaches only the output queue's pointers and the credit counter (the clock does not
+depend on how the placer spreads an engine). The queue is deep enough that a pixel never waits for
+a credit while the sink takes each pixel as it comes (``output_depth``). Cycles per image, in steady
+state with a source that keeps the buffer ahead and such a sink: ``out_hw**2 * groups * chunks *
+kernel**2`` (``cycles_per_image``): the MAC array never idles; the pipeline adds latency only.
 """
 from __future__ import annotations
 
@@ -203,33 +206,57 @@ class ConvRequant(Checked, wiring.Component):
                            self._partial_bound, self._ol, shortcut=shortcut, **consts)
 
     @property
+    def latency(self) -> int:
+        """Cycles from a pixel's last issue to its last code (stage 1, the MAC pipeline, the
+        requantization units and their turns)."""
+        rq = self._lane_requant()
+        return TapSequencer.READ_LATENCY + MacPipeline.latency_of(self._simd) + rq.latency + rq.per - 1
+
+    @property
+    def output_depth(self) -> int:
+        """Pixels the output queue holds (``OutputAssembly.depth_for``)."""
+        return OutputAssembly.depth_for(self.latency, self._groups * self._chunks * self._k ** 2)
+
+    @property
+    def shortcut_depth(self) -> int:
+        """Shortcut pixels a fused residual add's queue holds (``ShortcutQueue.depth_for``): a pixel's
+        shortcut is popped when its first group's sums are complete."""
+        first_group = self._k ** 2 * self._chunks
+        pop_latency = first_group - 1 + TapSequencer.READ_LATENCY + MacPipeline.latency_of(self._simd)
+        return ShortcutQueue.depth_for(pop_latency, self._groups * first_group)
+
+    @property
     def requant_units(self) -> int:
         """Requantization units: each serves ``lanes / units`` lanes in turn, within the
         ``taps x chunks`` cycles before the lanes' next results."""
         return self._lane_requant().units
 
     def elaborate(self, platform):
-        """The wiring of the engine's units (engine.py), in the order the pipeline runs; every unit's
-        registers advance with ``en``, which the output assembly drives."""
+        """The wiring of the engine's units (engine.py), in the order the pipeline runs. Only the
+        sequencer waits (for input rows, a credit, a shortcut pixel); everything after it loads
+        every cycle, its data qualified by valid bits."""
         m = Module()
         c_in, k = self._w.shape[1], self._k
-        en = Signal()  # the pipeline advances
         lines = LineBuffer(self._in_hw, self._slots).build(m, self.i)
         macs = MacPipeline(self._lane_weights(), self._wl, self._al, self._lanes, self._simd, c_in, self._acc_shape)
         weights = macs.weight_memory(m)
-        shortcut = ShortcutQueue(self.r, self._res.shortcut_index, self._lanes, self._groups) if self._res else None
+        lane_rq = self._lane_requant()
+        output = OutputAssembly([lane_rq.channels(u) for u in range(lane_rq.units)], lane_rq.lane_bits,
+                                self._groups, self.output_depth)
+        shortcut = ShortcutQueue(self.r, self._res.shortcut_index, self._lanes, self._groups,
+                                 self.shortcut_depth) if self._res else None
         # stage 0: one (group, tap, chunk) per cycle reads the line buffer and the weight memory
         seq = TapSequencer(k, self._s, self._p, self._in_hw, self._groups, self._chunks, self._slots,
-                           self.rows()).build(m, en, lines.avail, lines.read, weights, shortcut)
+                           self.rows()).build(m, lines.avail, lines.read, weights, output.credit, shortcut)
         lines.release(m, seq.row_done, seq.free)
-        # stage 1: the memories' data and the issue's control; stages A, B, 2: the MAC lanes
+        m.d.comb += output.started.eq(seq.started)
+        # stage 1: the memories' data and the issue's control; then the MAC lanes
         seq.stage1(m)
-        macs.build(m, en, lines.read.data, weights.data, seq.pad1, seq.ch1, seq.v1, seq.first1,
+        macs.build(m, lines.read.data, weights.data, seq.pad1, seq.ch1, seq.v1, seq.first1,
                    [seq.last1, seq.g1, seq.done1])
         last2, g2, done2 = macs.carry2
-        # stage 3: the requantization units take the lanes of each finished group in turn
-        rq = self._lane_requant().build(m, en, macs.sums, macs.valid2, last2, g2, done2, shortcut)
-        # stage 4: the codes into the output pixel, the output register, and the stall enable
-        OutputAssembly([rq.channels(u) for u in range(rq.units)], rq.lane_bits, self._groups).build(
-            m, en, self.o, rq.codes, rq.valid, rq.turn, rq.group, rq.done)
+        # the requantization units take the lanes of each finished group in turn
+        rq = lane_rq.build(m, macs.sums, macs.valid2, last2, g2, done2, shortcut)
+        # the codes into the output queue
+        output.build(m, self.o, rq.codes, rq.valid, rq.turn, rq.group, rq.done)
         return m

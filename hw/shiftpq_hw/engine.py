@@ -2,16 +2,18 @@
 
     LineBuffer      input rows in a circular buffer of memory words, loaded while a slot is free
     TapSequencer    one (group, tap, chunk) per cycle: the line buffer's and the weight memory's reads
-    ShortcutQueue   the fused residual add's shortcut pixels: a two-entry queue and a lane register
+    ShortcutQueue   the fused residual add's shortcut pixels: a queue and a lane register
     MacPipeline     lanes x simd shift-add PEs, each lane's adder tree and accumulator
     LaneRequant     the requantization units, each taking its lanes in turn
-    OutputAssembly  the codes placed into the output pixel; the output register; the stall enable
+    OutputAssembly  the codes placed into the output queue's pixels; the credits that start a pixel
 
 Each unit is a class: its parameters in the constructor (checked eagerly), ``build(m, ...)`` adding
 its logic to the engine's Module ``m`` from named input signals and leaving its outputs as
 attributes, a docstring with its timing in cycles, and a NumPy reference model beside it
-(tests/test_engine_units.py drives each unit alone against its model). All pipeline registers
-advance with one stall enable ``en``, an input of every unit that OutputAssembly drives.
+(tests/test_engine_units.py drives each unit alone against its model). Only the sequencer waits;
+every register after it loads every cycle, its data qualified by its stage's valid bit, so no
+enable fans out over the engine (the earlier design's engine-wide stall enable was the critical
+path of every routed ResNet-20, and its delay depended on where the placer spread the engine).
 
 Why not a ``wiring.Component`` each: an Amaranth submodule is its own module in the generated
 RTLIL and Verilog (Amaranth 0.5 does not flatten), which would rename and re-port every engine in
@@ -31,7 +33,7 @@ from amaranth.lib.memory import Memory
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms,
+from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_terms, registered_tree,
                  weight_code_shape, weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
 
@@ -55,9 +57,8 @@ class LineBuffer:
 
     In: the pixel stream ``i`` (raster order); ``release(m, done, n)``: the ``n`` oldest rows are
     freed when ``done``. Out: ``avail`` (complete rows held), ``read`` (the memory's read port: the
-    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later, held while
-    ``en`` is low). Timing: ``i.ready`` while ``avail < slots``; a pixel is written the cycle it is
-    taken; a row counts in ``avail`` from the cycle after its last pixel was taken, and released
+    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later). Timing:
+    ``i.ready`` while ``avail < slots``; a pixel is written the cycle it is taken; a row counts in ``avail`` from the cycle after its last pixel was taken, and released
     rows leave it the cycle after ``done``."""
 
     def __init__(self, in_hw: int, slots: int):
@@ -116,12 +117,21 @@ class TapSequencer:
     row no longer reads are released (``row_done``). ``rows``: per output row (rows needed, rows
     freed), ``ConvRequant.rows()``.
 
-    In: ``en`` (the pipeline advances), ``avail`` (the line buffer's rows held), the two memory read
-    ports (addressed and enabled here), and optionally a ``ShortcutQueue``, whose ``start`` this
-    drives and whose ``unclaimed`` holds a pixel's first issue back. Out: ``issue`` (an issue this
-    cycle), ``row_done``/``free`` (for ``LineBuffer.release``) and stage 1 (``stage1``): the
-    issue's control registered beside the memories' read data, one cycle later: ``v1`` valid,
-    ``pad1``, ``first1``, ``last1``, ``g1`` group, ``ch1`` chunk, ``done1``."""
+    This is the only place the engine waits: once issued, a (group, tap, chunk) runs through the
+    pipeline to the output without stopping (every later register loads every cycle, its data
+    qualified by a valid bit). An output pixel's first issue waits for a credit (``credit``: a place
+    in the output queue, ``OutputAssembly``) and, with a fused residual add, for a shortcut pixel no
+    started pixel has claimed; a pixel once started issues every cycle its rows are held.
+
+    In: ``avail`` (the line buffer's rows held), the two memory read ports (addressed here, always
+    enabled: their data are qualified by ``v1``), ``credit``, and optionally a ``ShortcutQueue``,
+    whose ``start`` this drives. Out: ``issue`` (an issue this cycle), ``started`` (the issue is an
+    output pixel's first), ``row_done``/``free`` (for ``LineBuffer.release``, the cycle after the
+    row's last issue) and stage 1 (``stage1``): the issue's control registered beside the memories'
+    read data, ``READ_LATENCY`` cycles after the issue (the read addresses are registered, then
+    read): ``v1`` valid, ``pad1``, ``first1``, ``last1``, ``g1`` group, ``ch1`` chunk, ``done1``."""
+
+    READ_LATENCY = 2
 
     def __init__(self, kernel: int, stride: int, padding: int, in_hw: int, groups: int, chunks: int,
                  slots: int, rows: list[tuple[int, int]]):
@@ -153,7 +163,8 @@ class TapSequencer:
                                                  last and g == self.groups - 1))
         return out
 
-    def build(self, m: Module, en, avail, pixels, weights, shortcut: "ShortcutQueue | None" = None) -> "TapSequencer":
+    def build(self, m: Module, avail, pixels, weights, credit,
+              shortcut: "ShortcutQueue | None" = None) -> "TapSequencer":
         k, hw, ohw, groups, chunks, nslots = self.k, self.in_hw, self.out_hw, self.groups, self.chunks, self.slots
         taps = k * k
         ab, sb = (hw - 1).bit_length(), max(1, (nslots - 1).bit_length())
@@ -171,24 +182,33 @@ class TapSequencer:
         free = Signal(range(nslots + 1), init=plan[0][1])
         iy, ix = Signal(signed(ab + 2)), Signal(signed(ab + 2))
         m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
-        issue = Signal()
-        m.d.comb += issue.eq(en & (avail >= need))
+        issue, start, started = Signal(), Signal(), Signal()
+        m.d.comb += start.eq((g == 0) & (ky == 0) & (kx == 0) & (ch == 0))  # an output pixel's first issue
+        may_start = credit
         if shortcut is not None:
             # an output pixel starts only with a shortcut pixel in the queue that no started pixel has
             # claimed
-            start = shortcut.build(m).start
-            m.d.comb += [start.eq(en & (g == 0) & (ky == 0) & (kx == 0) & (ch == 0)),
-                         issue.eq(en & (avail >= need) & (~start | shortcut.unclaimed))]
-            shortcut.claim(m, issue & start)
+            m.d.comb += shortcut.build(m).start.eq(start)
+            may_start = credit & shortcut.unclaimed
+        m.d.comb += [issue.eq((avail >= need) & (~start | may_start)), started.eq(issue & start)]
+        if shortcut is not None:
+            shortcut.claim(m, started)
         pad = (iy < 0) | (iy >= hw) | (ix < 0) | (ix >= hw)
         slot = Signal(sb)
         m.d.comb += slot.eq(cslot + (iy - lo))
-        m.d.comb += [pixels.en.eq(en), pixels.addr.eq(Cat(ix[:ab], slot)), weights.en.eq(en),
-                     weights.addr.eq(waddr)]
+        # the read addresses registered: the line buffer's address is two adds away from the counters
+        # and fans out to every cell of a LUT-RAM line buffer (the engine's critical path otherwise)
+        raddr, waddr_q = Signal(ab + sb, name="raddr"), Signal.like(waddr, name="waddr_q")
+        m.d.sync += [raddr.eq(Cat(ix[:ab], slot)), waddr_q.eq(waddr)]
+        m.d.comb += [pixels.en.eq(1), pixels.addr.eq(raddr), weights.en.eq(1), weights.addr.eq(waddr_q)]
         last_tc = (ky == k - 1) & (kx == k - 1) & (ch == chunks - 1)
         last_group = g == groups - 1
-        row_done = Signal()
+        row_done, row_done_q, free_q = Signal(), Signal(name="row_done_q"), Signal.like(free, name="free_q")
         m.d.comb += row_done.eq(issue & last_tc & last_group & (ox == ohw - 1))
+        # released a cycle later, once the row's last read address is in its register: a load into the
+        # freed slot is written after that read (the read port returns the old word on a collision,
+        # but nothing here relies on it)
+        m.d.sync += [row_done_q.eq(row_done), free_q.eq(free)]
         with m.If(issue):
             m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1)]
             with m.If(ch == chunks - 1):
@@ -210,21 +230,22 @@ class TapSequencer:
                                             m.d.sync += [need.eq(nd), free.eq(fr_)]
                                 with m.If(oy == ohw - 1):
                                     m.d.sync += [oy.eq(0), by.eq(-self.p), lo.eq(0)]
-        self.issue, self.row_done, self.free = issue, row_done, free
-        self._en, self._pad, self._last_tc, self._last_group = en, pad, last_tc, last_group
+        self.issue, self.started, self.row_done, self.free = issue, started, row_done_q, free_q
+        self._pad, self._last_tc, self._last_group = pad, last_tc, last_group
         self._g, self._ky, self._kx, self._ch = g, ky, kx, ch
         return self
 
     def stage1(self, m: Module) -> "TapSequencer":
-        """Stage 1: the issue's control, registered beside the memories' read data."""
-        groups, chunks, en, issue, pad = self.groups, self.chunks, self._en, self.issue, self._pad
+        """Stage 1: the issue's control, registered beside the read addresses and then beside the
+        memories' read data (``READ_LATENCY`` cycles after the issue)."""
+        groups, chunks, issue, pad = self.groups, self.chunks, self.issue, self._pad
         last_tc, last_group, g, ky, kx, ch = self._last_tc, self._last_group, self._g, self._ky, self._kx, self._ch
+        ctl = [issue, pad, (ky == 0) & (kx == 0) & (ch == 0), last_tc, g, ch, last_tc & last_group]
+        ctl = Pipe(m, Const(1)).stage("s0_ctl", *ctl)
         v1, pad1, first1, last1, done1 = Signal(), Signal(), Signal(), Signal(), Signal()
         g1 = counter(groups)
         ch1 = counter(chunks)
-        with m.If(en):
-            m.d.sync += [v1.eq(issue), pad1.eq(pad), first1.eq((ky == 0) & (kx == 0) & (ch == 0)),
-                         last1.eq(last_tc), g1.eq(g), ch1.eq(ch), done1.eq(last_tc & last_group)]
+        m.d.sync += [r.eq(v) for r, v in zip([v1, pad1, first1, last1, g1, ch1, done1], ctl)]
         self.v1, self.pad1, self.first1, self.last1, self.g1, self.ch1, self.done1 = \
             v1, pad1, first1, last1, g1, ch1, done1
         return self
@@ -232,7 +253,7 @@ class TapSequencer:
 
 # -- the shortcut of a fused residual add ---------------------------------------------------------
 class ShortcutQueue:
-    """The shortcut stream of a fused residual add: its pixels wait in a two-entry queue and are taken
+    """The shortcut stream of a fused residual add: its pixels wait in a queue of ``depth`` and are taken
     (``pop``), one per output pixel, when the pixel's first group reaches the requantization units;
     an output pixel starts only with a shortcut pixel in the queue that no started pixel has claimed
     (``start``, ``unclaimed``, ``claim``: the sequencer's). Taken, the pixel's values go into a
@@ -241,16 +262,27 @@ class ShortcutQueue:
     by one group (``lanes`` values) at each next group: a requantization unit picks its lane's value
     by its turn alone (a pick by channel is a mux as wide as the layer: the engine's critical path).
 
-    ``build(m)`` (called by the sequencer): ``r.ready`` while fewer than two are held; a pixel is
-    held from the cycle after it is taken. ``latch(m, group)`` (called by the scheduler, under its
+    ``build(m)`` (called by the sequencer): ``r.ready`` while fewer than ``depth`` are held; a pixel
+    is held from the cycle after it is taken. ``depth_for``: the fewest entries that never make a
+    pixel wait for its shortcut pixel while the source keeps the queue full. ``latch(m, group)`` (called by the scheduler, under its
     condition that a group's sums are complete): the lane register ``lanes_reg`` is loaded with the
     oldest held pixel (``group == 0``, which ``pop``s it) or moved on, the cycle after."""
 
-    def __init__(self, r, index: list[int], lanes: int, groups: int):
-        if lanes < 1 or groups < 1 or len(index) > lanes * groups:
-            raise ValueError(f"ShortcutQueue needs lanes, groups >= 1 and at most lanes * groups shortcut "
-                             f"indices, got {lanes!r}, {groups!r}, {len(index)!r}")
-        self.r, self.index, self.lanes, self.groups = r, list(index), lanes, groups
+    def __init__(self, r, index: list[int], lanes: int, groups: int, depth: int = 2):
+        if lanes < 1 or groups < 1 or len(index) > lanes * groups or depth < 2:
+            raise ValueError(f"ShortcutQueue needs lanes, groups >= 1, at most lanes * groups shortcut "
+                             f"indices and a depth >= 2, got {lanes!r}, {groups!r}, {len(index)!r}, {depth!r}")
+        self.r, self.index, self.lanes, self.groups, self.depth = r, list(index), lanes, groups, depth
+
+    @staticmethod
+    def depth_for(pop_latency: int, period: int) -> int:
+        """Entries so that pixels start every ``period`` cycles: pixel ``n``'s shortcut pixel is
+        popped ``pop_latency`` cycles after it started, the next one is taken the cycle after the
+        pop frees its entry and is claimable a cycle later, when pixel ``n + depth`` starts, ``depth
+        * period`` cycles after pixel ``n``; one cycle more as a margin."""
+        if pop_latency < 0 or period < 1:
+            raise ValueError(f"depth_for needs pop_latency >= 0 and period >= 1, got {pop_latency!r}, {period!r}")
+        return max(2, -(-(pop_latency + 3) // period))
 
     def lane_order(self) -> list[int]:
         """The shortcut channel of each lane position, group by group (-1: zero)."""
@@ -264,17 +296,18 @@ class ShortcutQueue:
 
     def build(self, m: Module) -> "ShortcutQueue":
         r = self.r
-        rpix = [Signal(r.payload.shape(), name=f"rpix{j}") for j in range(2)]
-        rcount, claimed = Signal(range(3)), Signal(range(3))
+        depth = self.depth
+        rpix = [Signal(r.payload.shape(), name=f"rpix{j}") for j in range(depth)]
+        rcount, claimed = Signal(range(depth + 1)), Signal(range(depth + 1))
         push, pop, start = Signal(), Signal(), Signal()
-        m.d.comb += [r.ready.eq(rcount < 2), push.eq(r.valid & r.ready)]
-        with m.If(pop):
-            m.d.sync += rpix[0].eq(rpix[1])
-        with m.If(push):
-            with m.If(rcount - pop == 0):
-                m.d.sync += rpix[0].eq(r.payload)
-            with m.Else():
-                m.d.sync += rpix[1].eq(r.payload)
+        m.d.comb += [r.ready.eq(rcount < depth), push.eq(r.valid & r.ready)]
+        with m.If(pop):  # the oldest leaves, the others move up
+            m.d.sync += [rpix[j].eq(rpix[j + 1]) for j in range(depth - 1)]
+        with m.If(push):  # behind the last held (after the pop)
+            with m.Switch(rcount - pop):
+                for j in range(depth):
+                    with m.Case(j):
+                        m.d.sync += rpix[j].eq(r.payload)
         m.d.sync += rcount.eq(rcount + push - pop)
         self.rpix, self.rcount, self.claimed, self.pop, self.start = rpix, rcount, claimed, pop, start
         self.unclaimed = rcount > claimed
@@ -287,7 +320,7 @@ class ShortcutQueue:
 
     def latch(self, m: Module, group):
         """Load or move the lane register; added under the scheduler's condition that a group's sums
-        are complete (``en & valid & last``: the statements of one condition, as the RTL had them)."""
+        are complete (``valid & last``)."""
         rsr, lanes = self.lanes_reg, self.lanes
         vshape = self.r.payload.shape().elem_shape
         loaded = Cat(*[self.rpix[0][i] if i >= 0 else Const(0, vshape) for i in self.lane_order()])
@@ -305,13 +338,15 @@ class MacPipeline:
     In (stage 1, ``build``): ``pixel`` (the line buffer's word: all input channels of the tap's
     pixel), ``pad``, ``chunk`` (which ``simd`` channels of the word; those past the last channel
     and the whole chunk in the padding are zero), ``valid``, ``first`` (the accumulators restart),
-    and ``carry`` (control staged alongside). Stages: A, the activations decoded to their integer
-    levels (once for all lanes) and the weight word registered (the memories' outputs go no
-    further); B, the products registered, one PE per (lane, channel), with each lane's count of
-    negative weights (the + 1s of the ones'-complement products); 2, each lane's balanced adder tree
-    registered; then the accumulators. Out, three cycles after the inputs: ``valid2``, ``carry2``
-    and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum alone on ``first``;
-    the accumulators take ``sums`` on ``en & valid2``)."""
+    and ``carry`` (control staged alongside). Every register loads every cycle; what it holds
+    counts only with its stage's valid bit. Stages: P, the two memories' words registered as they
+    come out (a block RAM's clock-to-output is most of a cycle); A, the activations decoded to
+    their integer levels (once for all lanes) and the weight word registered; B, the products
+    registered, one PE per (lane, channel), with each lane's count of negative weights (the + 1s of
+    the ones'-complement products); T, each lane's balanced adder tree, every level registered
+    (``tree_levels``); then the accumulators. Out, ``latency`` cycles after the inputs:
+    ``valid2``, ``carry2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum
+    alone on ``first``; the accumulators take ``sums`` on ``valid2``)."""
 
     def __init__(self, words: np.ndarray, wlevels: LevelSet, alevels: LevelSet | None, lanes: int, simd: int,
                  c_in: int, acc_shape: Shape):
@@ -323,6 +358,13 @@ class MacPipeline:
         self.chunks = -(-c_in // simd)
         self.acc_shape = Shape.cast(acc_shape)
         self.word_shape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(wlevels), simd), lanes)
+        self.tree_levels = simd.bit_length()  # ceil(log2(simd + 1)): simd products and the count of + 1s
+        self.latency = self.latency_of(simd)
+
+    @staticmethod
+    def latency_of(simd: int) -> int:
+        """Cycles from the inputs to ``valid2``/``sums``: stages P, A, B and the tree's levels."""
+        return 3 + simd.bit_length()
 
     def reference(self, weight_rows: list[int], pixels: np.ndarray, chunks: list[int], pads: list[bool],
                   firsts: list[bool]) -> np.ndarray:
@@ -342,7 +384,7 @@ class MacPipeline:
 
     def weight_memory(self, m: Module):
         """The weight memory (submodule ``wmem``); returns its read port (a word one cycle after its
-        address, held while ``en`` is low)."""
+        address)."""
         wshape = self.word_shape
         m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(len(self.words), 2),
                                           init=pack_words(weight_fields(self.wl, self.words),
@@ -350,9 +392,12 @@ class MacPipeline:
         wr = wmem.read_port()  # the port's signals are named after it in the RTL: wr__addr, wr__data
         return wr
 
-    def build(self, m: Module, en, pixel, weights, pad, chunk, valid, first, carry: list) -> "MacPipeline":
+    def build(self, m: Module, pixel, weights, pad, chunk, valid, first, carry: list) -> "MacPipeline":
         simd, chunks, c_in, lanes = self.simd, self.chunks, self.c_in, self.lanes
-        stage = Pipe(m, en).stage
+        stage = Pipe(m, Const(1)).stage
+        # stage P: the memories' words and the control, registered
+        pixel, weights_p = stage("sp_px", pixel, weights)
+        pad, chunk, valid, first, *carry = stage("sp_ctl", pad, chunk, valid, first, *carry)
         # the chunk's input channels (zero in the padding)
         acts = [Signal(act_code_shape(self.al), name=f"a{j}") for j in range(simd)]
         with m.If(~pad):
@@ -365,7 +410,7 @@ class MacPipeline:
         # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
         # codes registered (the memories' outputs go no further)
         avals = [act_value(m, a, self.al, name=f"act{j}") for j, a in enumerate(acts)]
-        *acts_a, wflat_a = stage("sa_act", *avals, weights)
+        *acts_a, wflat_a = stage("sa_act", *avals, weights_p)
         wdata_a = self.word_shape(wflat_a)
         ctl = stage("sa_ctl", *ctl)
         # stage B: the products, registered; one PE per (lane, input channel of the chunk)
@@ -374,22 +419,25 @@ class MacPipeline:
         prods = stage("sb_prod", *[t for t, _ in terms])
         ones = stage("sb_ones", *[adder_tree([c for _, c in terms[p * simd:(p + 1) * simd]]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
-        # stage 2: each lane's adder tree (balanced) with its count of negative weights (the + 1s,
-        # counted beside the products), registered; then accumulate over the taps and chunks
-        trees = [Signal(signed(product_shape(self.wl, self.al).width + simd.bit_length()), name=f"tree{p}")
-                 for p in range(lanes)]
-        m.d.comb += [t.eq(adder_tree([*prods[p * simd:(p + 1) * simd], o])) for p, (t, o) in enumerate(zip(trees, ones))]
-        sums2 = stage("sum", *trees)
-        v2, first2, *carry2 = stage("s2_ctl", *ctl)
+        # stage T: each lane's adder tree (balanced, every level registered) with its count of
+        # negative weights (the + 1s, counted beside the products); then accumulate over the taps and
+        # chunks
+        sums2 = []
+        for p, o in enumerate(ones):
+            tree, levels = registered_tree(m, [*prods[p * simd:(p + 1) * simd], o], f"tree{p}")
+            assert levels == self.tree_levels
+            sums2.append(tree)
+        for level in range(self.tree_levels):
+            ctl = stage(f"st{level}_ctl", *ctl)
+        v2, first2, *carry2 = ctl
         accs = [Signal(self.acc_shape, name=f"acc{p}") for p in range(lanes)]
         nexts = [Signal(self.acc_shape, name=f"acc_next{p}") for p in range(lanes)]
         for acc, nxt, s in zip(accs, nexts, sums2):
             m.d.comb += nxt.eq(s + acc)
             with m.If(first2):
                 m.d.comb += nxt.eq(s)
-        with m.If(en):
-            with m.If(v2):
-                m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
+        with m.If(v2):
+            m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
         self.valid2, self.carry2, self.sums = v2, carry2, nexts
         return self
 
@@ -405,11 +453,12 @@ class LaneRequant:
     The constants, per output channel: ``thresholds`` and ``sign`` (the threshold search) or ``mul``,
     ``bias`` and ``shift`` (the multiply-add); ``shortcut``: ``(mul, levels)`` of a fused residual add (its
     values come from ``ShortcutQueue``'s lane register). In (``build``): ``sums`` (the lanes'
-    results, taken on ``en & valid & last``), ``group``, ``done`` (the pixel's last group). The
+    results, taken on ``valid & last``), ``group``, ``done`` (the pixel's last group). The
     lanes' results are held (``fin``) while ``turn`` counts through a unit's lanes, one per cycle
     (``busy``); a group's last turn ends at most ``taps x chunks`` cycles after it was taken, before
     the next group's sums. Out (``codes``, one per unit; ``valid``, ``turn``, ``group``,
-    ``done``: the pixel's last lane), ``latency`` cycles later with ``en`` high."""
+    ``done``: the pixel's last lane), ``latency`` cycles later. Every register loads every cycle
+    (the units' pipelines and table reads too); ``valid`` qualifies the codes."""
 
     def __init__(self, lanes: int, groups: int, slots_per_result: int, k_out: int, acc_shape: Shape,
                  partial_bound: int, olevels: LevelSet, *, thresholds=None, sign=None, mul=None, bias=None,
@@ -433,7 +482,7 @@ class LaneRequant:
     @property
     def latency(self) -> int:
         """Registers from the lanes' sums to the first lane's codes (the codes are valid ``latency``
-        cycles after the sums, with ``en`` high): the held sums, then ``threshold_search``'s
+        cycles after the sums): the held sums, then ``threshold_search``'s
         ``2 b + 2`` stages (b: code bits) or ``affine_unit``'s ``AFFINE_STAGES``."""
         if self.threshold:
             return 1 + 2 * search_levels(self.consts["thresholds"].shape[1]) + 2
@@ -467,23 +516,22 @@ class LaneRequant:
                 out[c] = int(intops.requant_affine(terms, q["bias"][c:c + 1], q["shift"][c:c + 1], self.ol.denom)[0, 0])
         return out
 
-    def build(self, m: Module, en, sums, valid, last, group, done,
+    def build(self, m: Module, sums, valid, last, group, done,
               shortcut: ShortcutQueue | None = None) -> "LaneRequant":
         lanes, groups, units, per, jb = self.lanes, self.groups, self.units, self.per, self.lane_bits
         # the lanes' results of a group, held while the requantization units take them in turn
         fins = [Signal(self.acc_shape, name=f"fin{p}") for p in range(lanes)]
         busy, turn, gq, doneq = Signal(), Signal(jb), counter(groups), Signal()
         rsr = shortcut.lanes_reg if shortcut is not None else None
-        with m.If(en):
-            with m.If(valid & last):
-                m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, sums)]
-                m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(group), doneq.eq(done)]
-                if shortcut is not None:
-                    shortcut.latch(m, group)
-            with m.Elif(busy):
-                m.d.sync += turn.eq(turn + 1)
-                with m.If(turn == per - 1):
-                    m.d.sync += busy.eq(0)
+        with m.If(valid & last):
+            m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, sums)]
+            m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(group), doneq.eq(done)]
+            if shortcut is not None:
+                shortcut.latch(m, group)
+        with m.Elif(busy):
+            m.d.sync += turn.eq(turn + 1)
+            with m.If(turn == per - 1):
+                m.d.sync += busy.eq(0)
         # stage 3: each unit takes lane `turn` of its lanes (table row Cat(turn, group)): the threshold
         # search (one comparator per code bit) or the fixed-point multiply-add (the DSPs)
         addr = Cat(turn, gq)
@@ -511,7 +559,7 @@ class LaneRequant:
                 th, sign = q["thresholds"], q["sign"]
                 rows_th = np.stack([th[c] if c is not None else np.zeros_like(th[0]) for c in chans])
                 rows_sign = np.array([sign[c] if c is not None else 1 for c in chans])
-                code, out = threshold_search(m, Pipe(m, en), x, addr, rows_th, rows_sign, carry, name=f"rq{u}")
+                code, out = threshold_search(m, Pipe(m, Const(1)), x, addr, rows_th, rows_sign, carry, name=f"rq{u}")
             else:
                 pick = lambda a: np.array([int(np.asarray(a)[c]) if c is not None else 0 for c in chans])  # noqa: E731
                 xs, muls, bounds = [x], [pick(q["mul"])], [self.partial_bound]
@@ -520,7 +568,7 @@ class LaneRequant:
                     xs.append(by_turn(u, rsr, act_code_shape(sc_levels), f"rq{u}_sc"))
                     muls.append(pick(sc_mul))
                     bounds.append(sc_levels.denom)
-                code, out = affine_unit(m, Pipe(m, en), xs, addr, muls, pick(q["bias"]), pick(q["shift"]),
+                code, out = affine_unit(m, Pipe(m, Const(1)), xs, addr, muls, pick(q["bias"]), pick(q["shift"]),
                                         self.ol.denom, bounds, carry, name=f"rq{u}")
             codes.append(code)
         self.codes = codes
@@ -530,27 +578,42 @@ class LaneRequant:
 
 # -- the output assembly --------------------------------------------------------------------------
 class OutputAssembly:
-    """The units' codes placed into the output pixel (``tables[u][row]``: the output channel of unit
-    ``u``'s code at row ``Cat(turn, group)``, None: a padding turn places nothing), which leaves
-    through the output register after its last group's last lane (``done``).
+    """The units' codes placed into the output pixels (``tables[u][row]``: the output channel of unit
+    ``u``'s code at row ``Cat(turn, group)``, None: a padding turn places nothing) of a queue of
+    ``depth`` pixels, whose oldest complete pixel is the output stream ``o``; and the credits that
+    keep the queue from overflowing.
 
-    It drives the engine's stall enable ``en``: the pipeline stops only while a finished pixel waits
-    for the output register, which still holds the one before. ``en`` depends on registers alone,
-    never on the sink's ready: in a whole network that ready is a chain through forks and FIFOs, and
-    ``en`` fans out to every pipeline register (that path was the critical path of ResNet-20 on the
-    ECP5-85k). Timing: the pixel is ``o.valid`` the cycle after its last code; ``o.valid`` falls the
-    cycle after ``o.ready``, so a sink that is always ready takes a pixel per two cycles at most,
-    far more than a pixel's ``groups x taps x chunks`` cycles."""
+    Nothing after the sequencer ever stops, so every output pixel that starts must find a place:
+    the sequencer starts a pixel only with a credit (``credit``: one of ``depth``, taken by
+    ``started``, given back when the sink takes a pixel). Pixel ``n`` is assembled in entry ``n mod
+    depth`` from its first code on, and that entry is free: pixel ``n - depth`` left before pixel
+    ``n`` started. The sink's ``ready`` reaches the credit counter and the read pointer only,
+    never the pipeline (``ready`` is a chain through forks and FIFOs in a network). Timing: a pixel
+    is ``o.valid`` the cycle after its last code; its credit can be taken again the cycle after the
+    sink takes it. ``depth_for(latency, period)``: the fewest entries that never make a pixel wait
+    for a credit while the sink takes each pixel at once."""
 
-    def __init__(self, tables: list[list[int | None]], lane_bits: int, groups: int):
-        if any(len(t) != groups << lane_bits for t in tables):
+    def __init__(self, tables: list[list[int | None]], lane_bits: int, groups: int, depth: int):
+        if any(len(t) != groups << lane_bits for t in tables) or depth < 2:
             raise ValueError(f"OutputAssembly needs one channel per (group, turn) row, {groups << lane_bits} per "
-                             f"unit, got {[len(t) for t in tables]!r}")
-        self.tables, self.lane_bits, self.groups = tables, lane_bits, groups
+                             f"unit, and a depth >= 2, got {[len(t) for t in tables]!r}, {depth!r}")
+        self.tables, self.lane_bits, self.groups, self.depth = tables, lane_bits, groups, depth
+        self.credit = Signal(name="credit")  # a pixel may start (for the sequencer)
+        self.started = Signal(name="started")  # a pixel starts (from the sequencer)
+
+    @staticmethod
+    def depth_for(latency: int, period: int) -> int:
+        """Entries so that pixels start every ``period`` cycles: pixel ``n`` is taken ``period +
+        latency`` cycles after it started (``period - 1`` to its last issue, ``latency`` from there
+        to its last code, one to ``o.valid``), its credit is usable the cycle after, and pixel ``n +
+        depth`` starts ``depth * period`` cycles after pixel ``n``; one cycle more as a margin."""
+        if latency < 0 or period < 1:
+            raise ValueError(f"depth_for needs latency >= 0 and period >= 1, got {latency!r}, {period!r}")
+        return max(2, 1 + -(-(latency + 2) // period))
 
     def reference(self, placed: list[tuple[int, int, list[int]]], channels: int) -> np.ndarray:
         """The output pixel after the codes ``(turn, group, codes per unit)``, in order (unplaced
-        channels keep the previous pixel's codes; here zero)."""
+        channels keep the entry's previous pixel's codes; here zero)."""
         pixel = np.zeros(channels, dtype=np.int64)
         for turn, group, codes in placed:
             row = group << self.lane_bits | turn
@@ -559,25 +622,35 @@ class OutputAssembly:
                     pixel[t[row]] = code
         return pixel
 
-    def build(self, m: Module, en, o, codes, valid, turn, group, done) -> "OutputAssembly":
-        j4, g4, v4, done4 = turn, group, valid, done
-        m.d.comb += en.eq(~(o.valid & v4 & done4))
-        # place the codes into the output pixel; emit it after its last group's last lane
-        buf = Signal(o.payload.shape())
-        merged = Signal(o.payload.shape())
-        m.d.comb += merged.eq(buf)
+    def build(self, m: Module, o, codes, valid, turn, group, done) -> "OutputAssembly":
+        depth = self.depth
+        entries = [Signal(o.payload.shape(), name=f"opix{e}") for e in range(depth)]
+        wptr, rptr = counter(depth), counter(depth)
+        count = Signal(range(depth + 1))  # complete pixels held
+        credits = Signal(range(depth + 1), init=depth)
+        push, pop = Signal(), Signal()
+        m.d.comb += [push.eq(valid & done), pop.eq(o.valid & o.ready)]
+        # each code goes straight into its channel of the entry being assembled: one (unit, row) per
+        # output channel, so a channel's bits load one code under one condition (no mux in front)
         tables = self.tables
         rows = [row for row in range(self.groups << self.lane_bits) if any(t[row] is not None for t in tables)]
-        with m.Switch(Cat(j4, g4)):
-            for row in rows:
-                with m.Case(row):
-                    m.d.comb += [merged[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
-            with m.Default():  # a padding turn places nothing
-                m.d.comb += merged.eq(buf)
-        with m.If(en & v4):
-            m.d.sync += buf.eq(merged)
-        with m.If(en & v4 & done4):
-            m.d.sync += [o.valid.eq(1), o.payload.eq(merged)]
-        with m.Elif(o.ready):
-            m.d.sync += o.valid.eq(0)
+        with m.If(valid):
+            with m.Switch(Cat(turn, group)):
+                for row in rows:
+                    with m.Case(row):
+                        with m.Switch(wptr):
+                            for e, entry in enumerate(entries):
+                                with m.Case(e):
+                                    m.d.sync += [entry[t[row]].eq(code) for t, code in zip(tables, codes)
+                                                 if t[row] is not None]
+        with m.If(push):
+            m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
+        with m.If(pop):
+            m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
+        m.d.sync += [count.eq(count + push - pop), credits.eq(credits - self.started + pop)]
+        m.d.comb += [o.valid.eq(count != 0), o.payload.eq(entries[0]), self.credit.eq(credits != 0)]
+        with m.Switch(rptr):
+            for e in range(1, depth):
+                with m.Case(e):
+                    m.d.comb += o.payload.eq(entries[e])
         return self

@@ -164,6 +164,24 @@ def adder_tree(values: list) -> Value:
     return vals[0]
 
 
+def registered_tree(m: Module, values: list, name: str, shape=None) -> tuple[Signal, int]:
+    """The sum of ``values`` as a balanced tree of two-input adds with every level registered (each
+    add a carry chain of its own; one expression would be merged by Yosys into a multi-operand sum
+    mapped to full adders in LUTs, slower and larger). Returns the sum's register and the levels
+    (cycles from ``values`` to the sum); at least one level, a lone value is registered once. Each
+    register is ``shape``, or (None) exactly as wide as its add."""
+    level, depth = list(values), 0
+    while len(level) > 1 or depth == 0:
+        nxt = []
+        for i in range(0, len(level), 2):
+            v = level[i] + level[i + 1] if i + 1 < len(level) else level[i]
+            s = Signal(shape if shape is not None else v.shape(), name=f"{name}_{depth}_{i // 2}")
+            m.d.sync += s.eq(v)
+            nxt.append(s)
+        level, depth = nxt, depth + 1
+    return level[0], depth
+
+
 def weight_field_shape(wl: LevelSet):
     """How an engine stores a weight code in its memory: APoT weights as sign and magnitude index
     (the PE needs no negation of the code), uniform weights as the signed weight (the multiplier's
@@ -534,15 +552,7 @@ class MacArray(Checked, wiring.Component):
                 tree = Signal(self.tree_shape, name=f"tree{p}")
                 m.d.sync += tree.eq(adder_tree([*prods[p], ones[p]]))
             else:
-                level, depth = [*prods[p], ones[p]], 0
-                while len(level) > 1:
-                    nxt = []
-                    for i in range(0, len(level), 2):
-                        s = Signal(self.tree_shape, name=f"tree{p}_{depth}_{i // 2}")
-                        m.d.sync += s.eq(level[i] + level[i + 1] if i + 1 < len(level) else level[i])
-                        nxt.append(s)
-                    level, depth = nxt, depth + 1
-                tree = level[0]
+                tree, _ = registered_tree(m, [*prods[p], ones[p]], f"tree{p}", self.tree_shape)
             acc = Signal(self.acc_shape, name=f"acc{p}")
             m.d.sync += acc.eq(acc + tree)
             m.d.comb += self.acc[p].eq(acc)

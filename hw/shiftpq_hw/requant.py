@@ -113,8 +113,8 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
     m.d.comb += sx.eq(Mux(neg, -x, x))
     sx, addr, *carry = pipe.stage(f"{name}_sx_", sx, addr, *carry)  # the signed value, registered
     code = Const(0, 0)
+    hit = sx >= th
     for level in range(b):
-        hit = sx >= th
         if level + 1 < b:
             pairs = [(node(r, level + 1, 2 * p + 1) & mask) << thw | node(r, level + 1, 2 * p) & mask
                      for r in range(rows) for p in range(1 << level)]
@@ -122,7 +122,8 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
         sx, addr, code, *carry = pipe.stage(f"{name}_s{level}_", sx, addr, Cat(hit, code), *carry)
         if level + 1 < b:
             sx, addr, code, *carry = pipe.stage(f"{name}_t{level}_", sx, addr, code, *carry)
-            th = Mux(code[0], pair[thw:].as_signed(), pair[:thw].as_signed())
+            # both candidates compared, the comparison picked after: no select in front of the carry chain
+            hit = Mux(code[0], sx >= pair[thw:].as_signed(), sx >= pair[:thw].as_signed())
     return code, carry
 
 
