@@ -306,7 +306,7 @@ class ShortcutQueue:
         with m.If(push):  # behind the last held (after the pop)
             with m.Switch(rcount - pop):
                 for j in range(depth):
-                    with m.Case(j):
+                    with (m.Case(j) if j < depth - 1 else m.Default()):
                         m.d.sync += rpix[j].eq(r.payload)
         m.d.sync += rcount.eq(rcount + push - pop)
         self.rpix, self.rcount, self.claimed, self.pop, self.start = rpix, rcount, claimed, pop, start
@@ -634,23 +634,21 @@ class OutputAssembly:
         # output channel, so a channel's bits load one code under one condition (no mux in front)
         tables = self.tables
         rows = [row for row in range(self.groups << self.lane_bits) if any(t[row] is not None for t in tables)]
-        with m.If(valid):
-            with m.Switch(Cat(turn, group)):
-                for row in rows:
-                    with m.Case(row):
-                        with m.Switch(wptr):
-                            for e, entry in enumerate(entries):
-                                with m.Case(e):
-                                    m.d.sync += [entry[t[row]].eq(code) for t, code in zip(tables, codes)
-                                                 if t[row] is not None]
+        at = [Signal(name=f"oq_at{e}") for e in range(depth)]  # the entry being assembled
+        m.d.comb += [a.eq(valid & (wptr == e)) for e, a in enumerate(at)]
+        for row in rows:
+            here = Cat(turn, group) == row
+            for e, entry in enumerate(entries):
+                with m.If(at[e] & here):
+                    m.d.sync += [entry[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
         with m.If(push):
             m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
         with m.If(pop):
             m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
         m.d.sync += [count.eq(count + push - pop), credits.eq(credits - self.started + pop)]
-        m.d.comb += [o.valid.eq(count != 0), o.payload.eq(entries[0]), self.credit.eq(credits != 0)]
-        with m.Switch(rptr):
-            for e in range(1, depth):
-                with m.Case(e):
+        m.d.comb += [o.valid.eq(count != 0), self.credit.eq(credits != 0)]
+        with m.Switch(rptr):  # complete case statements (Verilator's CASEINCOMPLETE)
+            for e in range(depth):
+                with (m.Case(e) if e < depth - 1 else m.Default()):
                     m.d.comb += o.payload.eq(entries[e])
         return self
