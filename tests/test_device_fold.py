@@ -5,8 +5,12 @@ is one line, exit 2, nothing written."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 from amaranth.back import rtlil
@@ -20,6 +24,9 @@ from shiftpq_hw.gen import TOP, generate
 from shiftpq_hw.network import Network
 from shiftpq_hw.plan import (Mem, bram_cells, cycle_model, device_budget, dsp_cells, estimate, fold_for_device,
                              make_plan, memories, multipliers)
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +105,30 @@ def test_nothing_fits_names_the_device_and_resource(tiny):
         fold_for_device(tiny, "ecp5-25k", margin=0.01)
     with pytest.raises(ShiftPQError, match="unknown device 'ice40-up5k' for the fold's estimate"):
         fold_for_device(tiny, "ice40-up5k")
+
+
+def test_block_rams_can_be_the_limit(tiny, monkeypatch):
+    """Weights, line buffers and FIFOs on chip do not shrink with the fold: with fewer block RAMs than
+    PAR 1 needs, nothing fits, and the line names them (as ResNet-32 on the 85k: 232 > 208)."""
+    from shiftpq_hw import synth
+    need = estimate(make_plan(tiny, 1))["brams"]
+    cap = dict(synth.DEVICES["ecp5-85k"].capacity, brams=need - 1)
+    monkeypatch.setitem(synth.DEVICES, "ecp5-85k", dataclasses.replace(synth.DEVICES["ecp5-85k"], capacity=cap))
+    with pytest.raises(ShiftPQError, match=rf"fits no fold on ecp5-85k: .* needs {need} block RAMs \(DP16KD\) > "
+                                           rf"{need - 1} \(the budget"):
+        fold_for_device(tiny, "ecp5-85k")
+
+
+def test_make_gen_passes_device_only_from_the_command_line():
+    """make gen DEVICE=... adds --device; plain make gen (and DEVICE from the environment, which
+    make synth's default also is) keeps --par's default."""
+    def gen_line(*args, env=None) -> str:
+        out = subprocess.run(["make", "-n", "gen", "MODEL=tiny", *args], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, **(env or {})}, check=True).stdout
+        return next(ln for ln in out.splitlines() if "shiftpq gen" in ln)
+    assert "--device ecp5-25k" in gen_line("DEVICE=ecp5-25k")
+    assert "--device" not in gen_line() and "--par" not in gen_line()
+    assert "--device" not in gen_line(env={"DEVICE": "ecp5-45k"})
 
 
 def test_gen_device_records_the_fit_and_default_gen_does_not(tiny, tmp_path, monkeypatch):

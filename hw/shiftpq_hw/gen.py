@@ -3,7 +3,8 @@
 The pipeline is explicit: ``resolve_source`` (a checkpoint, a tables directory, or the model's default:
 the shipped checkpoint, else a deterministic untrained model, labelled as such) gives layer tables;
 ``plan.make_plan(tables, par)`` runs the hardware plan's passes (the folded engines, the FIFOs, the
-cycle model) and ``Network(plan)`` elaborates it; ``generate`` writes, into a temporary directory
+cycle model), or ``plan.fold_for_device(tables, device)`` picks the PAR whose estimated size fits an
+FPGA, and ``Network(plan)`` elaborates it; ``generate`` writes, into a temporary directory
 renamed into place at the end (never a half-written build):
 
     <out>/rtl/shiftpq_top.v   the whole accelerator (weights and constants as memory initializers),
