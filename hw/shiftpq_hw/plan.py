@@ -385,8 +385,8 @@ def probe_map(plan: HwPlan, top: str) -> dict:
 # ``estimate(plan)`` sizes a plan without building its netlist: logic cells and flip-flops from the
 # linear model ``COST`` over the plan's counts (``cost_features``), block RAMs and DSPs counted from
 # the memories and multipliers the blocks declare (``memories``, ``multipliers``) by Yosys' mapping
-# rules for the ECP5 (``bram_cells``, ``dsp_cells``). ``fold_for_device`` picks the largest PAR whose
-# estimate fits a device with ``MARGIN`` of its logic cells left for placement. The coefficients are
+# rules for the ECP5 (``bram_cells``, ``dsp_cells``). ``fold_for_device`` picks the fastest plan whose
+# estimate fits a device within ``MARGIN`` of its logic cells (the rest left to placement). The coefficients are
 # fitted to Yosys' ``stat -json`` of generated designs by bench/fold_cost.py, which prints this table
 # again after a change to the engines; docs/hw-round5-design.md, "Device-aware folding", says where
 # each number comes from and how close the estimate is.
@@ -402,8 +402,8 @@ COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' EC
 # check's, synth.min_logic_cells). ResNet-20 at PAR 22 has 65,704 by Yosys' count (78.6 % of an ECP5-85k);
 # nextpnr packed it into 68,700 TRELLIS_COMB (+ 900 LUT-RAM write ports: 69,600, 5.9 % more than Yosys'
 # count, 83 % of the device) and routed it (router2, seeds 1-3, 30-40 min); PAR 16 routed at 69 %; PAR 32
-# needed >= 90,856 by Yosys' count, more than the device. Nothing at 90 % or more has routed here, and the
-# router's time grows steeply near full: 80 % of the device by Yosys' count is about 85 % by nextpnr's.
+# has 78,516 by Yosys' count (94 %) and was never placed. Nothing at 90 % or more has routed here: 80 % of
+# the device by Yosys' count is about 85 % by nextpnr's, and the estimate's own error (4 %) is inside the rest.
 MARGIN = 0.80
 
 
@@ -666,6 +666,8 @@ def fold_for_device(tables: Tables, device: str, margin: float | None = None) ->
 
     def largest(fits, lo: int, hi: int) -> int | None:
         """The largest PAR in [lo, hi] that fits (fits is monotone: more PAR, more PEs)."""
+        if fits(hi):
+            return hi
         if not fits(lo):
             return None
         while lo < hi:
