@@ -80,9 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", metavar="CKPT", help="a quantized checkpoint (spq or ppq)")
     src.add_argument("--tables", metavar="DIR", help="a layer tables directory (shiftpq export)")
     gn.add_argument("--model", choices=MODEL_NAMES, help="the model whose default source to use")
-    gn.add_argument("--par", type=par, default=None, metavar="N|max",
-                    help="PEs of the largest layer; every other layer gets the fewest PEs that keep up with it "
-                    "(default 22: ResNet-20 fits an ECP5-85k); max: every layer fully parallel")
+    fold = gn.add_mutually_exclusive_group()  # --device picks the PAR
+    fold.add_argument("--par", type=par, default=None, metavar="N|max",
+                      help="PEs of the largest layer; every other layer gets the fewest PEs that keep up with it "
+                      "(default 22: ResNet-20 fits an ECP5-85k); max: every layer fully parallel")
+    from shiftpq_hw.synth import DEVICES
+    fold.add_argument("--device", choices=[d for d in DEVICES if DEVICES[d].family == "ecp5"], default=None,
+                      help="instead of --par: the fastest fold whose estimated size (logic cells within a placement "
+                      "margin, block RAMs, DSPs) fits this FPGA, recorded in cycles.json (exit 2 when none fits)")
     gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
     gn.add_argument("--force", action="store_true",
                     help="replace OUT if it exists (its sim/, synth/ and report/ results are lost)")
@@ -133,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "when the design does not fit the device.")
     sy.set_defaults(run=hardware.cmd_synth)
     sy.add_argument("--build", required=True, metavar="GEN_DIR", help="a `shiftpq gen` output directory")
-    from shiftpq_hw.synth import DEFAULT_DEVICE, DEVICES
+    from shiftpq_hw.synth import DEFAULT_DEVICE
     sy.add_argument("--device", choices=list(DEVICES), default=DEFAULT_DEVICE, help=f"(default {DEFAULT_DEVICE})")
     sy.add_argument("--freq", type=float, default=100.0, metavar="MHZ", help="clock constraint (default 100)")
     sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")

@@ -15,16 +15,20 @@ from shiftpq.errors import ShiftPQError
 @dataclass(frozen=True)
 class Generated(Result):
     """The accelerator written to ``out``: its PEs, cycles per image, utilization and inferences/s
-    at 100 MHz (from its cycles.json), and the seconds the command took."""
+    at 100 MHz (from its cycles.json), and the seconds the command took; with ``--device``, the
+    device and the PAR chosen for it."""
     out: str
     pes: int
     cycles_per_image: int
     utilization: float
     inferences_per_s_100mhz: float
     seconds: float
+    device: str | None = None
+    par: int | None = None
 
     def lines(self) -> list[str]:
-        return [f"wrote {self.out}: {self.pes} PEs, {self.cycles_per_image} cycles per image, utilization "
+        fold = f" (PAR {self.par}, the fastest fold that fits {self.device})" if self.device else ""
+        return [f"wrote {self.out}{fold}: {self.pes} PEs, {self.cycles_per_image} cycles per image, utilization "
                 f"{self.utilization:.1%}, {self.inferences_per_s_100mhz:.0f} inferences/s at 100 MHz "
                 f"({self.seconds:.1f} s)"]
 
@@ -36,6 +40,8 @@ def cmd_gen(a) -> Generated:
         from shiftpq_hw.hls import generate_hls as generate
     if not (a.model or a.checkpoint or a.tables):
         raise ShiftPQError("give --model, --checkpoint or --tables")
+    if a.device and a.backend == "hls":
+        raise ShiftPQError(f"--device {a.device} sizes the RTL for an ECP5; with --backend hls give --par")
     if a.out or a.model:  # the output is known: check it before the work
         if a.backend == "hls":  # it may add hls/ to an RTL build of the same design: generate_hls decides
             from shiftpq_hw.hls import check_hls_output
@@ -52,9 +58,10 @@ def cmd_gen(a) -> Generated:
     log(f"{name} from {src.get('path') or src.get('note')} ({time.perf_counter() - t0:.1f} s)")
     par = None if a.par == "max" else (a.par or DEFAULT_PAR)
     out = a.out or os.path.join("build", name)
-    model = generate(tables, out, par, force=a.force, log=log)
+    fold = {"device": a.device} if a.device else {}  # the RTL backend only (checked above)
+    model = generate(tables, out, par, force=a.force, log=log, **fold)
     return Generated(out, model["pes"], model["cycles_per_image"], model["utilization"],
-                     model["inferences_per_s"]["100MHz"], time.perf_counter() - t0)
+                     model["inferences_per_s"]["100MHz"], time.perf_counter() - t0, model.get("device"), model["par"])
 
 
 # -- shiftpq synth ------------------------------------------------------------------------------

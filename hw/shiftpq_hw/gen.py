@@ -3,7 +3,8 @@
 The pipeline is explicit: ``resolve_source`` (a checkpoint, a tables directory, or the model's default:
 the shipped checkpoint, else a deterministic untrained model, labelled as such) gives layer tables;
 ``plan.make_plan(tables, par)`` runs the hardware plan's passes (the folded engines, the FIFOs, the
-cycle model) and ``Network(plan)`` elaborates it; ``generate`` writes, into a temporary directory
+cycle model), or ``plan.fold_for_device(tables, device)`` picks the PAR whose estimated size fits an
+FPGA, and ``Network(plan)`` elaborates it; ``generate`` writes, into a temporary directory
 renamed into place at the end (never a half-written build):
 
     <out>/rtl/shiftpq_top.v   the whole accelerator (weights and constants as memory initializers),
@@ -31,7 +32,7 @@ from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
 
 from .network import Network
-from .plan import cycle_model, make_plan, probe_map
+from .plan import cycle_model, fold_for_device, make_plan, probe_map
 from .verilog import verilog_from_rtlil
 
 TOP = "shiftpq_top"
@@ -65,12 +66,22 @@ def resolve_source(model: str | None, checkpoint: str | None = None, tables: str
 
 
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
-             log=lambda s: None) -> dict:
-    """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json."""
+             log=lambda s: None, device: str | None = None) -> dict:
+    """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json.
+    ``device``: the fold is the fastest whose estimate fits it (``plan.fold_for_device``; ``par`` is
+    not used), recorded in cycles.json; a design that fits no fold raises before anything is written."""
     out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked
     t0 = time.perf_counter()
-    plan = make_plan(tables, par)
-    model, probes = cycle_model(plan), probe_map(plan, TOP)
+    fit = None
+    if device is not None:
+        plan, fit = fold_for_device(tables, device)
+        est, budget = fit["estimate"], fit["budget"]
+        log(f"{device}: PAR {plan.par} is the fastest fold that fits: estimate {est['logic']:,} of {budget['logic']:,} "
+            f"logic cells ({fit['margin']:.0%} of the device), {est['ffs']:,} FFs, {est['brams']} of {budget['brams']} "
+            f"block RAMs, {est['dsps']} of {budget['dsps']} DSPs ({time.perf_counter() - t0:.1f} s)")
+    else:
+        plan = make_plan(tables, par)
+    model, probes = cycle_model(plan, fit), probe_map(plan, TOP)
     log(f"planned {len(plan.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
         f"utilization {model['utilization']:.1%} ({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()
