@@ -30,7 +30,7 @@ help:
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
-	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
+	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max | DEVICE=ecp5-85k|ecp5-45k|ecp5-25k] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
 	@echo "make sim [MODEL=m BACKEND=rtl|hls SIM=icarus|verilator IMAGES=N|all JOBS=N BENCH=harness|cocotb WAVES=1]   RTL (or g++ C simulation of the HLS C++) vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on the Verilator harness, tiny on Icarus"
 	@echo "                                  (cocotb), 50 fuzz seeds on the harness)"

@@ -1,4 +1,4 @@
-"""Refit the device-aware fold's cost model (``shiftpq_hw.plan.COST``) to Yosys' counts.
+"""Refit the device-aware fold's cost model (``shiftpq_hw.estimate.COST``) to Yosys' counts.
 
     python bench/fold_cost.py [--designs resnet20:8,resnet20:16,resnet20:22,tiny:4,...] [--device ecp5-85k]
                               [--work build/fold_cost] [--out bench/results/fold_cost-ecp5.json] [--refit]
@@ -11,12 +11,12 @@ records Yosys' cells beside the plan's ``cost_features`` and ``estimate``. A des
 ``<work>/<model>-<par>/y/stat.json`` exists is not synthesized again (delete it after changing the
 generator). Then it fits ``COST``'s logic and flip-flop rows by least squares with non-negative
 coefficients: logic to ``min_logic_cells`` less the LUT RAMs' six cells each (which ``estimate``
-counts exactly), flip-flops to TRELLIS_FF; prints the fitted table (paste it into plan.py) and each
+counts exactly), flip-flops to TRELLIS_FF; prints the fitted table (paste it into estimate.py) and each
 design's estimate against Yosys, and writes the JSON (byte-identical for the same tools and
 designs). ``--refit``: fit the records already in ``--out`` again, running nothing.
 
 ``--table MODELS``: no fit; for each model (its default source) and each ECP5 the fold
-``shiftpq gen --device`` picks (``plan.fold_for_device``) with its PEs, cycles per image,
+``shiftpq gen --device`` picks (``estimate.fold_for_device``) with its PEs, cycles per image,
 inferences/s at 100 MHz and estimate, or why none fits; printed as Markdown rows and written as JSON.
 
 Block RAMs, LUT RAMs and DSPs are not fitted: ``estimate`` counts them by Yosys' rules; the JSON
@@ -36,7 +36,8 @@ sys.path[:0] = [str(ROOT / "sw"), str(ROOT / "hw")]
 
 from shiftpq_hw.gen import TOP, generate, resolve_source  # noqa: E402
 from shiftpq.errors import ShiftPQError  # noqa: E402
-from shiftpq_hw.plan import COST, cost_features, estimate, fold_for_device, make_plan, memories  # noqa: E402
+from shiftpq_hw.estimate import COST, cost_features, estimate, fold_for_device, memories  # noqa: E402
+from shiftpq_hw.plan import make_plan  # noqa: E402
 from shiftpq_hw.synth import DEVICES, min_logic_cells, run_flow  # noqa: E402
 
 DESIGNS = "tiny:2,tiny:8,tiny:max,tinyvgg:4,tinyvgg:max,resnet20:8,resnet20:16,resnet20:22"

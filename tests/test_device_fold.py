@@ -1,4 +1,4 @@
-"""Device-aware folding (hw/shiftpq_hw/plan.py: estimate, fold_for_device; shiftpq gen --device): the
+"""Device-aware folding (hw/shiftpq_hw/estimate.py: estimate, fold_for_device; shiftpq gen --device): the
 memories and multipliers the estimate counts are the generated design's, Yosys' mapping rules as
 Yosys applied them to ResNet-20, the fold is the fastest that fits, and a design that fits nothing
 is one line, exit 2, nothing written."""
@@ -19,11 +19,12 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.export import export_model
 from shiftpq.testnets import random_net
 from shiftpq_cli import main
-from shiftpq_hw import plan as plan_mod
+from shiftpq_hw import estimate as estimate_mod
 from shiftpq_hw.gen import TOP, generate
 from shiftpq_hw.network import Network
-from shiftpq_hw.plan import (Mem, bram_cells, cycle_model, device_budget, dsp_cells, estimate, fold_for_device,
-                             make_plan, memories, multipliers)
+from shiftpq_hw.estimate import (Mem, bram_cells, device_budget, dsp_cells, estimate, fold_for_device, memories,
+                                 multipliers)
+from shiftpq_hw.plan import cycle_model, make_plan
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +163,7 @@ def test_gen_device_refusals_are_one_line_exit_2(tiny, tmp_path, capsys, monkeyp
     line = refused("gen", "--tables", str(tables), "--device", "ecp5-25k", "--par", "4", "--out", str(tmp_path / "a"))
     assert "--par: not allowed with argument --device" in line
     assert "invalid choice: 'ice40-up5k'" in refused("gen", "--tables", str(tables), "--device", "ice40-up5k")
-    monkeypatch.setattr(plan_mod, "MARGIN", 0.01)  # nothing fits
+    monkeypatch.setattr(estimate_mod, "MARGIN", 0.01)  # nothing fits
     capsys.readouterr()
     assert main(["gen", "--tables", str(tables), "--device", "ecp5-25k", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err

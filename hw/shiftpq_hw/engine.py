@@ -57,9 +57,10 @@ class LineBuffer:
 
     In: the pixel stream ``i`` (raster order); ``release(m, done, n)``: the ``n`` oldest rows are
     freed when ``done``. Out: ``avail`` (complete rows held), ``read`` (the memory's read port: the
-    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later). Timing:
-    ``i.ready`` while ``avail < slots``; a pixel is written the cycle it is taken; a row counts in ``avail`` from the cycle after its last pixel was taken, and released
-    rows leave it the cycle after ``done``."""
+    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later, the word before
+    a write at the same edge). Timing: ``i.ready`` while ``avail < slots``; a pixel is written the
+    cycle it is taken; a row counts in ``avail`` from the cycle after its last pixel was taken, and
+    released rows leave it the cycle after ``done``."""
 
     def __init__(self, in_hw: int, slots: int):
         _power_of_two("in_hw", in_hw)
@@ -126,10 +127,10 @@ class TapSequencer:
     In: ``avail`` (the line buffer's rows held), the two memory read ports (addressed here, always
     enabled: their data are qualified by ``v1``), ``credit``, and optionally a ``ShortcutQueue``,
     whose ``start`` this drives. Out: ``issue`` (an issue this cycle), ``started`` (the issue is an
-    output pixel's first), ``row_done``/``free`` (for ``LineBuffer.release``, the cycle after the
-    row's last issue) and stage 1 (``stage1``): the issue's control registered beside the memories'
-    read data, ``READ_LATENCY`` cycles after the issue (the read addresses are registered, then
-    read): ``v1`` valid, ``pad1``, ``first1``, ``last1``, ``g1`` group, ``ch1`` chunk, ``done1``."""
+    output pixel's first), ``row_done``/``free`` (for ``LineBuffer.release``) and stage 1
+    (``stage1``): the issue's control registered beside the memories' read data, ``READ_LATENCY``
+    cycles after the issue (the read addresses are registered, then read): ``v1`` valid, ``pad1``,
+    ``first1``, ``last1``, ``g1`` group, ``ch1`` chunk, ``done1``."""
 
     READ_LATENCY = 2
 
@@ -203,12 +204,12 @@ class TapSequencer:
         m.d.comb += [pixels.en.eq(1), pixels.addr.eq(raddr), weights.en.eq(1), weights.addr.eq(waddr_q)]
         last_tc = (ky == k - 1) & (kx == k - 1) & (ch == chunks - 1)
         last_group = g == groups - 1
-        row_done, row_done_q, free_q = Signal(), Signal(name="row_done_q"), Signal.like(free, name="free_q")
+        row_done = Signal()
+        # released at once (``avail`` must fall at the edge ``lo`` and ``need`` move on, or the next
+        # row's first issue could read a row not yet loaded); the row's last read, whose address is
+        # registered, happens at the edge a load into a freed slot can first be written: the read
+        # port is not transparent, so it returns the word before that write
         m.d.comb += row_done.eq(issue & last_tc & last_group & (ox == ohw - 1))
-        # released a cycle later, once the row's last read address is in its register: a load into the
-        # freed slot is written after that read (the read port returns the old word on a collision,
-        # but nothing here relies on it)
-        m.d.sync += [row_done_q.eq(row_done), free_q.eq(free)]
         with m.If(issue):
             m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1)]
             with m.If(ch == chunks - 1):
@@ -230,7 +231,7 @@ class TapSequencer:
                                             m.d.sync += [need.eq(nd), free.eq(fr_)]
                                 with m.If(oy == ohw - 1):
                                     m.d.sync += [oy.eq(0), by.eq(-self.p), lo.eq(0)]
-        self.issue, self.started, self.row_done, self.free = issue, started, row_done_q, free_q
+        self.issue, self.started, self.row_done, self.free = issue, started, row_done, free
         self._pad, self._last_tc, self._last_group = pad, last_tc, last_group
         self._g, self._ky, self._kx, self._ch = g, ky, kx, ch
         return self
@@ -253,10 +254,10 @@ class TapSequencer:
 
 # -- the shortcut of a fused residual add ---------------------------------------------------------
 class ShortcutQueue:
-    """The shortcut stream of a fused residual add: its pixels wait in a queue of ``depth`` and are taken
-    (``pop``), one per output pixel, when the pixel's first group reaches the requantization units;
-    an output pixel starts only with a shortcut pixel in the queue that no started pixel has claimed
-    (``start``, ``unclaimed``, ``claim``: the sequencer's). Taken, the pixel's values go into a
+    """The shortcut stream of a fused residual add: its pixels wait in a queue of ``depth`` and are
+    taken (``pop``), one per output pixel, when the pixel's first group reaches the requantization
+    units; an output pixel starts only with a shortcut pixel in the queue that no started pixel has
+    claimed (``start``, ``unclaimed``, ``claim``: the sequencer's). Taken, the pixel's values go into a
     register in lane order (``lane_order``: position ``q`` holds output channel ``q``'s shortcut
     value, zero for a zero channel of the option-A shortcut or past the last filter), which moves on
     by one group (``lanes`` values) at each next group: a requantization unit picks its lane's value
@@ -264,9 +265,10 @@ class ShortcutQueue:
 
     ``build(m)`` (called by the sequencer): ``r.ready`` while fewer than ``depth`` are held; a pixel
     is held from the cycle after it is taken. ``depth_for``: the fewest entries that never make a
-    pixel wait for its shortcut pixel while the source keeps the queue full. ``latch(m, group)`` (called by the scheduler, under its
-    condition that a group's sums are complete): the lane register ``lanes_reg`` is loaded with the
-    oldest held pixel (``group == 0``, which ``pop``s it) or moved on, the cycle after."""
+    pixel wait for its shortcut pixel while the source keeps the queue full. ``latch(m, group)``
+    (called by the scheduler, under its condition that a group's sums are complete): the lane
+    register ``lanes_reg`` is loaded with the oldest held pixel (``group == 0``, which ``pop``s it)
+    or moved on, the cycle after."""
 
     def __init__(self, r, index: list[int], lanes: int, groups: int, depth: int = 2):
         if lanes < 1 or groups < 1 or len(index) > lanes * groups or depth < 2:

