@@ -210,11 +210,22 @@ class AvgPoolRequant(Checked, wiring.Component):
         state = Signal(2)  # 0: accumulate, 1: requantize, 2: output
         w = Shape.cast(act_code_shape(self._il)).width
         # the channels past c that fill the last step: code 0 and constants 0, dropped at the output
-        codes = [self.i.payload[ch] if ch < c else Const(0, w) for ch in range(k * L)]
-        held = _table([Cat(*codes[j * L:(j + 1) * L]) for j in range(k)], step)[step]
+        codes = Cat(*[self.i.payload[ch] if ch < c else Const(0, w) for ch in range(k * L)])
+        # the held pixel's codes of the step at the head: at its first step straight from the input,
+        # then from a register that moves on by a step's channels each step (a multiplexer over the
+        # steps, 45 of them in ResNet-20, was the critical path of the routed network)
+        held = Signal(L * w, name="pool_held")
+        if k == 1:
+            m.d.comb += held.eq(codes)
+        else:
+            rest = Signal((k - 1) * L * w, name="pool_rest")  # the codes of the steps after the head
+            m.d.comb += held.eq(Mux(step == 0, codes[:L * w], rest[:L * w]))
         accumulate = (state == 0) & self.i.valid
         feed = (state == 1) & (step < k)
         m.d.comb += self.i.ready.eq(accumulate & (step == k - 1))
+        if k > 1:
+            with m.If(accumulate):
+                m.d.sync += rest.eq(Mux(step == 0, codes[L * w:], rest[L * w:]))
         with m.If(accumulate | feed):  # the ring turns: the head, plus its channels' codes, to the tail
             m.d.sync += [ring[j][l].eq(ring[j + 1][l]) for j in range(k - 1) for l in range(L)]
             m.d.sync += [ring[k - 1][l].eq(Mux(count == 0, 0, ring[0][l]) + decode[held[l * w:(l + 1) * w]])
