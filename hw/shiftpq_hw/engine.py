@@ -305,11 +305,11 @@ class ShortcutQueue:
         m.d.comb += [r.ready.eq(rcount < depth), push.eq(r.valid & r.ready)]
         with m.If(pop):  # the oldest leaves, the others move up
             m.d.sync += [rpix[j].eq(rpix[j + 1]) for j in range(depth - 1)]
-        with m.If(push):  # behind the last held (after the pop)
-            with m.Switch(rcount - pop):
-                for j in range(depth):
-                    with (m.Case(j) if j < depth - 1 else m.Default()):
-                        m.d.sync += rpix[j].eq(r.payload)
+        with m.If(push):  # behind the last held (after the pop); if statements, not a case statement
+            after = rcount - pop  # that the Verilog backend would split into incomplete ones per entry
+            for j in range(depth):
+                with m.If(after == j if j < depth - 1 else after >= j):
+                    m.d.sync += rpix[j].eq(r.payload)
         m.d.sync += rcount.eq(rcount + push - pop)
         self.rpix, self.rcount, self.claimed, self.pop, self.start = rpix, rcount, claimed, pop, start
         self.unclaimed = rcount > claimed
