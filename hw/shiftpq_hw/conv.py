@@ -33,7 +33,7 @@ kernel**2`` (``cycles_per_image``): the MAC array never idles; the pipeline adds
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 

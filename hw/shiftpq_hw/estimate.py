@@ -19,10 +19,9 @@ from shiftpq import intops, ir
 from shiftpq.errors import ShiftPQError
 from shiftpq.ir import Tables
 
-from .blocks import AvgPoolRequant
 from .network import components
 from .pe import IMAGE, act_code_shape, weight_code_shape
-from .plan import Block, HwPlan, Kind, make_plan
+from .plan import HwPlan, Kind, make_plan
 from .requant import search_levels
 
 
