@@ -29,6 +29,18 @@ def test_code_lut_equals_golden_requant_of_codes():
     assert np.array_equal(np.array(got), env[op.dst].reshape(len(got), -1))
 
 
+def test_code_lut_takes_a_beat_every_cycle_while_the_sink_is_ready():
+    """The credits cover the pipeline: no bubbles in a stream with no gaps and no stalls."""
+    t, g, env = _setup(0)
+    op = next(o for o in t.ops if o.name == "layer2.0.act_in")
+    src = env[op.src]
+    dut = CodeLUT(g.code_table(op.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
+    cycles = []
+    got = run_stream(dut, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])][:40], gap=0, stall=0,
+                     cycles=cycles)
+    assert len(got) == 40 and np.all(np.diff(cycles) == 1)
+
+
 def test_shortcut_path_subsamples_and_buffers_a_whole_map():
     t, g, env = _setup(1)
     op = next(o for o in t.ops if isinstance(o, ir.Shortcut))

@@ -15,6 +15,7 @@ from shiftpq import intops
 from shiftpq.levels import level_set
 from shiftpq_hw.engine import (Issue, LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue,
                                TapSequencer)
+from shiftpq_hw.memmap import SplitRom
 from shiftpq_hw.pe import act_code_shape
 
 
@@ -155,6 +156,58 @@ def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
                 assert ctx.get(r.ready)  # the first was popped
                 await push(ctx, r, pixels[2])
                 assert ctx.get(q.unclaimed)  # the third, not yet claimed
+
+    simulate(m, tb)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_shortcut_queue_gives_pixels_in_order_around_its_circle(depth):
+    """Pixels pushed and popped at random through every entry, several times round: each pop loads the
+    oldest pixel held, never more than ``depth`` are held."""
+    r = stream.Signature(data.ArrayLayout(unsigned(8), 2)).create()
+    q = ShortcutQueue(r, index=[1, 0], lanes=2, groups=1, depth=depth)
+    started, load = Signal(), Signal()
+    m = Module()
+    q.build(m)
+    q.claim(m, started)
+    with m.If(load):
+        q.latch(m, 0)
+    pixels = [[3 * n + 1, 3 * n + 2] for n in range(4 * depth + 3)]
+    rng = np.random.default_rng(depth)
+
+    async def tb(ctx):
+        pushed = popped = 0
+        while popped < len(pixels):
+            held = pushed - popped
+            assert bool(ctx.get(r.ready)) == (held < depth)
+            if pushed < len(pixels) and held < depth and (held == 0 or rng.random() < 0.5):
+                await push(ctx, r, pixels[pushed])
+                pushed += 1
+            else:
+                ctx.set(load, 1)
+                await ctx.tick()
+                ctx.set(load, 0)
+                assert [int(v) for v in ctx.get(q.lanes_reg)] == list(q.reference(pixels[popped])[0]), popped
+                popped += 1
+
+    simulate(m, tb)
+
+
+@pytest.mark.parametrize("words,parts", [(4, 2), (5, 2), (5, 4), (54, 4), (33, 4)])
+def test_split_rom_reads_like_a_memory(words, parts):
+    """Any address sequence: the word one cycle after its address (the sequencer's read port)."""
+    rng = np.random.default_rng(words)
+    init = [int(w) for w in rng.integers(0, 1 << 12, words)]
+    rom = SplitRom(unsigned(12), init, parts)
+    m = Module()
+    rom.build(m, "wmem")
+    addrs = [int(a) for a in rng.integers(0, words, 40)]
+
+    async def tb(ctx):
+        for n, a in enumerate(addrs):
+            ctx.set(rom.addr, a)
+            await ctx.tick()
+            assert ctx.get(rom.data) == rom.reference(a), (n, a)
 
     simulate(m, tb)
 

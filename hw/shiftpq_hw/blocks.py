@@ -75,7 +75,16 @@ class ShortcutPath(wiring.Component):
 
 class CodeLUT(Checked, wiring.Component):
     """A requant whose input is codes (e.g. a block's 4-bit quantizer reading the 8-bit stream): every
-    channel maps its code through a table tabulated from the op's thresholds; one register stage."""
+    channel maps its code through a table tabulated from the op's thresholds. Like the conv engines,
+    no stall enable: the input codes are registered every cycle (stage 1, valid while a beat was
+    taken), their lookups written into an output queue of ``DEPTH`` entries (stage 2), and a beat is
+    taken only with a credit (a free entry), so ``i.ready`` is a register compare and the sink's
+    ``o.ready`` reaches only the queue's read pointer, count and credits. (A stall enable reached
+    from the next engine's line buffer through this block's whole input register to the fork and
+    the FIFO before it; a skid register beside the first stage made it worse: its load enable is
+    the same stall condition.)"""
+
+    DEPTH = 3  # a credit is taken at a beat, its entry written the cycle after, popped the next
 
     @staticmethod
     def check(luts: np.ndarray, in_levels: LevelSet, out_levels: LevelSet):
@@ -91,13 +100,33 @@ class CodeLUT(Checked, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        en = self.o.ready | ~self.o.valid
-        m.d.comb += self.i.ready.eq(en)
-        with m.If(en):
-            m.d.sync += self.o.valid.eq(self.i.valid)
-            for c in range(self._luts.shape[1]):
-                table = Array(Const(int(v), act_code_shape(self._ol)) for v in self._luts[:, c])
-                m.d.sync += self.o.payload[c].eq(table[self.i.payload[c]])
+        depth = self.DEPTH
+        credits = Signal(range(depth + 1), init=depth)
+        count = Signal(range(depth + 1))  # entries held
+        wptr, rptr = Signal(range(depth)), Signal(range(depth))
+        take, pop = Signal(), Signal()
+        m.d.comb += [self.i.ready.eq(credits != 0), take.eq(self.i.valid & self.i.ready),
+                     self.o.valid.eq(count != 0), pop.eq(self.o.valid & self.o.ready)]
+        v1 = Signal()
+        p1 = Signal(self.i.payload.shape(), name="codes_in")
+        m.d.sync += [v1.eq(take), p1.eq(self.i.payload)]
+        looked = Signal(self.o.payload.shape(), name="codes_out")
+        for c in range(self._luts.shape[1]):
+            table = Array(Const(int(v), act_code_shape(self._ol)) for v in self._luts[:, c])
+            m.d.comb += looked[c].eq(table[p1[c]])
+        entries = [Signal(self.o.payload.shape(), name=f"lut_q{e}") for e in range(depth)]
+        for e, entry in enumerate(entries):
+            with m.If(v1 & (wptr == e)):
+                m.d.sync += entry.eq(looked)
+        with m.If(v1):
+            m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
+        with m.If(pop):
+            m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
+        m.d.sync += [count.eq(count + v1 - pop), credits.eq(credits - take + pop)]
+        with m.Switch(rptr):  # complete (Verilator's CASEINCOMPLETE)
+            for e, entry in enumerate(entries):
+                with (m.Case(e) if e < depth - 1 else m.Default()):
+                    m.d.comb += self.o.payload.eq(entry)
         return m
 
 
@@ -209,8 +238,16 @@ class AvgPoolRequant(Checked, wiring.Component):
         step = Signal(range(k + 1))  # the ring position at the head
         state = Signal(2)  # 0: accumulate, 1: requantize, 2: output
         w = Shape.cast(act_code_shape(self._il)).width
+        # the input pixel, registered (``px``, ``vin``): the ring turns on a register's valid bit, not
+        # on the producer's (its output queue's count drove the whole ring's enable), and the next
+        # pixel is taken as the last step of this one turns, so no cycle is lost
+        vin = Signal()
+        px = Signal(self.i.payload.shape(), name="pool_px")
+        m.d.comb += self.i.ready.eq(~vin | ((state == 0) & (step == k - 1)))
+        with m.If(self.i.ready):
+            m.d.sync += [vin.eq(self.i.valid), px.eq(self.i.payload)]
         # the channels past c that fill the last step: code 0 and constants 0, dropped at the output
-        codes = Cat(*[self.i.payload[ch] if ch < c else Const(0, w) for ch in range(k * L)])
+        codes = Cat(*[px[ch] if ch < c else Const(0, w) for ch in range(k * L)])
         # the held pixel's codes of the step at the head: at its first step straight from the input,
         # then from a register that moves on by a step's channels each step (a multiplexer over the
         # steps, 45 of them in ResNet-20, was the critical path of the routed network)
@@ -220,9 +257,8 @@ class AvgPoolRequant(Checked, wiring.Component):
         else:
             rest = Signal((k - 1) * L * w, name="pool_rest")  # the codes of the steps after the head
             m.d.comb += held.eq(Mux(step == 0, codes[:L * w], rest[:L * w]))
-        accumulate = (state == 0) & self.i.valid
+        accumulate = (state == 0) & vin
         feed = (state == 1) & (step < k)
-        m.d.comb += self.i.ready.eq(accumulate & (step == k - 1))
         if k > 1:
             with m.If(accumulate):
                 m.d.sync += rest.eq(Mux(step == 0, codes[L * w:], rest[L * w:]))

@@ -225,6 +225,10 @@ class ConvRequant(Checked, wiring.Component):
         pop_latency = first_group - 1 + TapSequencer.READ_LATENCY + MacPipeline.latency_of(self._simd)
         return ShortcutQueue.depth_for(pop_latency, self._groups * first_group)
 
+    def _macs(self) -> MacPipeline:
+        return MacPipeline(self._lane_weights(), self._wl, self._al, self._lanes, self._simd, self._w.shape[1],
+                           self._acc_shape)
+
     @property
     def requant_units(self) -> int:
         """Requantization units: each serves ``lanes / units`` lanes in turn, within the
@@ -238,7 +242,7 @@ class ConvRequant(Checked, wiring.Component):
         m = Module()
         c_in, k = self._w.shape[1], self._k
         lines = LineBuffer(self._in_hw, self._slots).build(m, self.i)
-        macs = MacPipeline(self._lane_weights(), self._wl, self._al, self._lanes, self._simd, c_in, self._acc_shape)
+        macs = self._macs()
         weights = macs.weight_memory(m)
         lane_rq = self._lane_requant()
         output = OutputAssembly([lane_rq.channels(u) for u in range(lane_rq.units)], lane_rq.lane_bits,

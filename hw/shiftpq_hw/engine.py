@@ -33,8 +33,9 @@ from amaranth.lib.memory import Memory
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
-from .pe import (IMAGE, act_code_shape, act_value, adder_tree, pack_words, product_terms, registered_tree,
-                 weight_code_shape, weight_field_shape, weight_fields)
+from .memmap import rom_port
+from .pe import (IMAGE, act_code_shape, act_value, adder_tree, ones_bit, pack_words, product_terms,
+                 registered_tree, weight_code_shape, weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
 
 
@@ -93,7 +94,10 @@ class LineBuffer:
         return self
 
     def release(self, m: Module, done, n):
-        m.d.sync += self.avail.eq(self.avail + self.row_loaded - Mux(done, n, 0))
+        # both sums first, ``done`` (the sequencer's issue logic, the latest signal) picks one
+        kept, dropped = Signal.like(self.avail, name="avail_kept"), Signal.like(self.avail, name="avail_dropped")
+        m.d.comb += [kept.eq(self.avail + self.row_loaded), dropped.eq(self.avail + self.row_loaded - n)]
+        m.d.sync += self.avail.eq(Mux(done, dropped, kept))
 
 
 # -- the tap and chunk sequencer ------------------------------------------------------------------
@@ -183,8 +187,9 @@ class TapSequencer:
         free = Signal(range(nslots + 1), init=plan[0][1])
         iy, ix = Signal(signed(ab + 2)), Signal(signed(ab + 2))
         m.d.comb += [iy.eq(by + ky), ix.eq(bx + kx)]
-        issue, start, started = Signal(), Signal(), Signal()
-        m.d.comb += start.eq((g == 0) & (ky == 0) & (kx == 0) & (ch == 0))  # an output pixel's first issue
+        issue, started = Signal(), Signal()
+        # an output pixel's first issue (g, ky, kx, ch all zero), a register: the issue after a pixel's last
+        start = Signal(init=1, name="at_start")
         may_start = credit
         if shortcut is not None:
             # an output pixel starts only with a shortcut pixel in the queue that no started pixel has
@@ -211,7 +216,7 @@ class TapSequencer:
         # port is not transparent, so it returns the word before that write
         m.d.comb += row_done.eq(issue & last_tc & last_group & (ox == ohw - 1))
         with m.If(issue):
-            m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1)]
+            m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1), start.eq(last_tc & last_group)]
             with m.If(ch == chunks - 1):
                 m.d.sync += [ch.eq(0), kx.eq(kx + 1)]
                 with m.If(kx == k - 1):
@@ -299,33 +304,43 @@ class ShortcutQueue:
     def build(self, m: Module) -> "ShortcutQueue":
         r = self.r
         depth = self.depth
+        # a circular buffer: a pixel is written at ``wptr`` and taken from ``rptr``, so a pop moves only
+        # the pointers and the count (a queue whose entries move up made the pop select every entry's
+        # input: the pop's control fanned out to the whole queue, the network's critical path)
         rpix = [Signal(r.payload.shape(), name=f"rpix{j}") for j in range(depth)]
-        rcount, claimed = Signal(range(depth + 1)), Signal(range(depth + 1))
+        rcount = Signal(range(depth + 1))
+        waiting = Signal(range(depth + 1), name="unclaimed_n")  # held pixels no started pixel has claimed
+        wptr, rptr = counter(depth), counter(depth)
         push, pop, start = Signal(), Signal(), Signal()
         m.d.comb += [r.ready.eq(rcount < depth), push.eq(r.valid & r.ready)]
-        with m.If(pop):  # the oldest leaves, the others move up
-            m.d.sync += [rpix[j].eq(rpix[j + 1]) for j in range(depth - 1)]
-        with m.If(push):  # behind the last held (after the pop); if statements, not a case statement
-            after = rcount - pop  # that the Verilog backend would split into incomplete ones per entry
-            for j in range(depth):
-                with m.If(after == j if j < depth - 1 else after >= j):
+        with m.If(push):
+            m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
+            for j in range(depth):  # if statements, not a case statement that the Verilog backend
+                with m.If(wptr == j):  # would split into incomplete ones per entry
                     m.d.sync += rpix[j].eq(r.payload)
+        with m.If(pop):
+            m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
         m.d.sync += rcount.eq(rcount + push - pop)
-        self.rpix, self.rcount, self.claimed, self.pop, self.start = rpix, rcount, claimed, pop, start
-        self.unclaimed = rcount > claimed
+        self.rpix, self.rcount, self.waiting, self.push, self.pop, self.start = rpix, rcount, waiting, push, pop, start
+        self.oldest = Signal(r.payload.shape(), name="rpix_oldest")
+        with m.Switch(rptr):
+            for j in range(depth):
+                with (m.Case(j) if j < depth - 1 else m.Default()):
+                    m.d.comb += self.oldest.eq(rpix[j])
+        self.unclaimed = waiting != 0  # a count of its own, not rcount > claimed: one LUT before the issue
         self.lanes_reg = Signal(data.ArrayLayout(r.payload.shape().elem_shape, self.groups * self.lanes), name="rsr")
         return self
 
     def claim(self, m: Module, started):
         """A started output pixel (``started``) claims the next unclaimed shortcut pixel."""
-        m.d.sync += self.claimed.eq(self.claimed + started - self.pop)
+        m.d.sync += self.waiting.eq(self.waiting + self.push - started)
 
     def latch(self, m: Module, group):
         """Load or move the lane register; added under the scheduler's condition that a group's sums
         are complete (``valid & last``)."""
         rsr, lanes = self.lanes_reg, self.lanes
         vshape = self.r.payload.shape().elem_shape
-        loaded = Cat(*[self.rpix[0][i] if i >= 0 else Const(0, vshape) for i in self.lane_order()])
+        loaded = Cat(*[self.oldest[i] if i >= 0 else Const(0, vshape) for i in self.lane_order()])
         moved = rsr.as_value()[lanes * Shape.cast(vshape).width:]
         m.d.sync += rsr.eq(Mux(group == 0, loaded, moved))
         m.d.comb += self.pop.eq(group == 0)
@@ -384,15 +399,15 @@ class MacPipeline:
             out.append(acc)
         return np.array(out)
 
+    def weight_init(self) -> list[int]:
+        """The weight memory's words, packed."""
+        return pack_words(weight_fields(self.wl, self.words), weight_code_shape(self.wl).width)
+
     def weight_memory(self, m: Module):
-        """The weight memory (submodule ``wmem``); returns its read port (a word one cycle after its
-        address)."""
-        wshape = self.word_shape
-        m.submodules.wmem = wmem = Memory(shape=unsigned(wshape.size), depth=max(len(self.words), 2),
-                                          init=pack_words(weight_fields(self.wl, self.words),
-                                                          weight_code_shape(self.wl).width))
-        wr = wmem.read_port()  # the port's signals are named after it in the RTL: wr__addr, wr__data
-        return wr
+        """The weight memory (submodule ``wmem``, or parts of it where Yosys would build it of LUTs:
+        ``memmap.rom_port``); returns its read port (``addr``, ``en``; ``data``, the word one cycle
+        after its address: ``wmem__data``)."""
+        return rom_port(m, "wmem", unsigned(self.word_shape.size), self.weight_init(), max(len(self.words), 2))
 
     def build(self, m: Module, pixel, weights, pad, chunk, valid, first, carry: list) -> "MacPipeline":
         simd, chunks, c_in, lanes = self.simd, self.chunks, self.c_in, self.lanes
@@ -415,11 +430,20 @@ class MacPipeline:
         *acts_a, wflat_a = stage("sa_act", *avals, weights_p)
         wdata_a = self.word_shape(wflat_a)
         ctl = stage("sa_ctl", *ctl)
+        # the + 1s of the ones'-complement products (``product_terms``' ``c``) are the word's negative
+        # weights, whatever the activations: counted from the word as it comes out of stage P, in fours
+        # in stage A, the fours summed in stage B (all in one stage: five levels of LUTs, one of the
+        # engine's deepest paths)
+        wdata_p = self.word_shape(weights_p)
+        fours = [[adder_tree([ones_bit(wdata_p[p][j], self.wl) for j in range(q, min(q + 4, simd))])
+                  for q in range(0, simd, 4)] for p in range(lanes)]
+        fours_a = stage("sa_negs", *[f for lane in fours for f in lane])
+        nq = len(fours[0])
         # stage B: the products, registered; one PE per (lane, input channel of the chunk)
         terms = [product_terms(m, wdata_a[p][j], a, self.wl, self.al, name=f"pe{p}_{j}")
                  for p in range(lanes) for j, a in enumerate(acts_a)]
         prods = stage("sb_prod", *[t for t, _ in terms])
-        ones = stage("sb_ones", *[adder_tree([c for _, c in terms[p * simd:(p + 1) * simd]]) for p in range(lanes)])
+        ones = stage("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
         # stage T: each lane's adder tree (balanced, every level registered) with its count of
         # negative weights (the + 1s, counted beside the products); then accumulate over the taps and

@@ -11,14 +11,13 @@ each number comes from and how close the estimate is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from amaranth.hdl import Fragment, Shape
 
 from shiftpq import intops, ir
 from shiftpq.errors import ShiftPQError
 from shiftpq.ir import Tables
 
+from .memmap import EBR_SHAPES, LUTRAM_SHAPE, Mem, bram_cells, varying_bits  # noqa: F401 (re-exported)
 from .network import components
 from .pe import IMAGE, act_code_shape, weight_code_shape
 from .plan import HwPlan, Kind, make_plan
@@ -41,42 +40,29 @@ COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' EC
 MARGIN = 0.80
 
 
-@dataclass(frozen=True)
-class Mem:
-    """A memory a block declares: ``width`` its bits that vary between rows (Yosys drops the columns
-    that hold one value in every row of a constant table), ``rom`` constant (no write port),
-    ``sync`` read through a register (an asynchronous read cannot go to block RAM)."""
-    block: str
-    name: str
-    width: int
-    depth: int
-    rom: bool
-    sync: bool = True
-    declared: int = 0  # the width the generator declares (a multiplier's operand is that wide)
-
-
-def _varying_bits(mem) -> int:
-    """Columns of a constant table (padded with zero rows to its depth) that do not hold the same bit
-    in every row: Yosys keeps only those (``opt_mem``)."""
-    mask = (1 << Shape.cast(mem.shape).width) - 1
-    words = [int(w) & mask for w in mem.init] + [0] * (mem.depth - len(mem.init))
-    diff = 0
-    for w in words:
-        diff |= w ^ words[0]
-    return bin(diff).count("1")
-
-
 def _declared(block: str, module, names) -> list[Mem]:
-    """The memories ``names`` of a block's module (one level of elaboration: the block's own module)."""
+    """The memories ``names`` of a block's module (one level of elaboration: the block's own module);
+    a table built in parts (``memmap.SplitRom``: submodules ``<name>0``, ``<name>1``, ...) is a memory
+    of that name per part."""
     out = []
     for name in names:
-        mem = module.submodules[name]
-        width = Shape.cast(mem.shape).width
-        if mem.write_ports:
-            sync = all(p.domain != "comb" for p in mem.read_ports)
-            out.append(Mem(block, name, width, mem.depth, rom=False, sync=sync, declared=width))
-        else:
-            out.append(Mem(block, name, _varying_bits(mem), mem.depth, rom=True, declared=width))
+        try:
+            parts = [module.submodules[name]]
+        except AttributeError:
+            parts = [module.submodules[f"{name}0"], module.submodules[f"{name}1"]]
+            for j in range(2, 4):
+                try:
+                    parts.append(module.submodules[f"{name}{j}"])
+                except AttributeError:
+                    break
+        for mem in parts:
+            width = Shape.cast(mem.shape).width
+            if mem.write_ports:
+                sync = all(p.domain != "comb" for p in mem.read_ports)
+                out.append(Mem(block, name, width, mem.depth, rom=False, sync=sync, declared=width))
+            else:
+                out.append(Mem(block, name, varying_bits(width, mem.init, mem.depth), mem.depth, rom=True,
+                               declared=width))
     return out
 
 
@@ -121,48 +107,6 @@ def memories(plan: HwPlan) -> list[Mem]:
         Fragment.get(module, None)  # both used (Amaranth's public way): no unused-elaboratable warnings
         Fragment.get(c, None)
     return out
-
-
-# Yosys' memory_libmap (passes/memory/memory_libmap.cc) with the ECP5 libraries (share/lattice/
-# brams_16kd.txt, lutrams_trellis.txt), as it treats the memories the generator makes (one write port
-# with one enable or none, one read port, no transparency): a memory stays in logic at
-# int(bits x LOGIC_COST) (1/16 a bit for a constant table, 1 for a RAM) unless a RAM cell's cost is
-# lower. A cell's cost: its library cost (EBR_COST; LUTRAM_COST; LUT RAM takes no constant tables:
-# prune_rom) times the cells, plus 0.5 a bit for the read multiplexer and 0.5 per write enable for the
-# decoder when the depth spans several cells, plus 2 (one read port of its own), plus 12 for a RAM in
-# block RAM (its read port reads the old word in the cycle of a write, which the ECP5 libraries do not
-# declare: memory_libmap emulates it, 3 points for the write port and 3 for the read port, x 2).
-# Block RAM shapes: (bits a word, words) of one DP16KD, 36 x 512 only as a simple dual-port RAM
-# (PDPW16KD). Checked memory by memory against Yosys' log for eight designs (bench/fold_cost.py).
-EBR_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
-LUTRAM_SHAPE = (4, 16)  # TRELLIS_DPR16X4
-EBR_COST, LUTRAM_COST, LOGIC_COST_ROM, LOGIC_COST_RAM, READ_PORT_COST, READ_FIRST_COST = 128, 4, 1 / 16, 1, 2, 12
-
-
-def _ram_cost(mem: Mem, unit: int, words: int, cost: int, byte: int) -> tuple[float, int]:
-    """(memory_libmap's cost, cells) of ``mem`` in cells of ``unit`` bits x ``words``: the word padded
-    to whole write bytes (none for a constant table), the depth in whole cells."""
-    byte = 1 if mem.rom else min(byte, unit)
-    mult_a = -(-mem.depth // words)
-    cells = -(-mult_a * (-(-mem.width // byte) * byte) // unit)
-    mux = 0.5 * (mult_a - 1) * mem.width + (0.5 * mult_a if mult_a > 1 and not mem.rom else 0)
-    read_first = READ_FIRST_COST if cost == EBR_COST and not mem.rom else 0
-    return cells * cost + mux + READ_PORT_COST + read_first, cells
-
-
-def bram_cells(mem: Mem) -> tuple[str, int]:
-    """Where Yosys puts a memory on an ECP5 and how many cells it takes: ("bram", DP16KDs),
-    ("lutram", 16 x 4 LUT RAMs) or ("logic", 0), by memory_libmap's costs; logic on a tie."""
-    if mem.width == 0:
-        return "logic", 0  # a table of one value: a constant
-    best, kind, cells = int(mem.width * mem.depth * (LOGIC_COST_ROM if mem.rom else LOGIC_COST_RAM)), "logic", 0
-    options = [("bram", *_ram_cost(mem, w, d, EBR_COST, 9)) for w, d in EBR_SHAPES if mem.sync]
-    if not mem.rom:
-        options.append(("lutram", *_ram_cost(mem, *LUTRAM_SHAPE, LUTRAM_COST, 4)))
-    for name, cost, n in options:
-        if cost < best:
-            best, kind, cells = cost, name, n
-    return kind, cells
 
 
 def dsp_cells(a: int, b: int) -> int:

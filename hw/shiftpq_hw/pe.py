@@ -199,6 +199,12 @@ def weight_fields(wl: LevelSet, codes: np.ndarray) -> np.ndarray:
     return codes
 
 
+def ones_bit(w, wl: LevelSet) -> Value:
+    """``product_terms``' ``c`` of a weight field, which depends on the weight alone: the sign of an
+    APoT weight (the ones' complement's ``+ 1``), zero for a uniform one."""
+    return w.neg if wl.kind == "apot" else Const(0, 1)
+
+
 def product_terms(m: Module, w, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> tuple[Signal, Value]:
     """``w * a == p + c`` as the engines compute it, for a weight field (``weight_field_shape``) and
     a decoded activation (``act_value``): the shift-add PE for APoT weights (at most a few shifted
@@ -210,7 +216,7 @@ def product_terms(m: Module, w, aval, wl: LevelSet, al: LevelSet, name: str = "p
         return shift_add_terms(m, w.mag, w.neg, aval, wl, al, name)
     out = Signal(product_shape(wl, al), name=f"{name}_product")
     m.d.comb += out.eq(w * aval)
-    return out, Const(0, 1)
+    return out, ones_bit(w, wl)
 
 
 # -- MAC-array variants (the PE cost study, bench/pe_cost.py) -------------------------------------

@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from shiftpq import intops
 
 from .checked import Checked
+from .memmap import rom_port
 
 
 def _index_shape(n: int) -> Shape:
@@ -58,12 +58,12 @@ def rom(m: Module, name: str, shape, rows: list, addr, en) -> Signal:
     the values two ``Pipe`` stages with the same ``en`` register from this cycle, and holds while
     ``en`` is low. The memory's own read register, then one in logic: an ECP5 block RAM's clock to
     output alone takes about 5.5 ns, too long to be followed by a comparator or an adder in the same
-    cycle. Padded with zero rows to every address; Yosys maps it to block RAM or to logic by size."""
+    cycle. Padded with zero rows to every address; Yosys maps it to block RAM or to logic by size (in
+logic: two or four parts, ``memmap.rom_port``)."""
     depth = max(2, 1 << len(addr))
     if len(rows) > depth:
         raise ValueError(f"{name}: {len(rows)} rows do not fit a {len(addr)}-bit address")
-    m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=list(rows) + [0] * (depth - len(rows)))
-    port = mem.read_port()
+    port = rom_port(m, name, shape, list(rows) + [0] * (depth - len(rows)), depth)
     m.d.comb += [port.addr.eq(addr), port.en.eq(en)]
     out = Signal(shape, name=f"{name}_q")
     with m.If(en):
