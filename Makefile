@@ -21,7 +21,7 @@ SIM ?= verilator
 IMAGES ?= 100
 JOBS ?=
 
-.PHONY: help setup iverilog test train metrics bench-train bench-golden bench-hls bench-pe bench-sim gen sim sim-one sim-full synth report clean
+.PHONY: help setup iverilog test train metrics bench-train bench-golden bench-hls bench-pe bench-depth bench-sim gen sim sim-one sim-full synth report clean
 
 help:
 	@echo "make test                         set up (venv, packages, iverilog, verilator wrapper) and run the tests"
@@ -39,6 +39,7 @@ help:
 	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
 	@echo "make report MODEL=m [REPORT_IMAGES=1000 MIN_AGREEMENT=99]   build/m/report/index.html and report.md"
 	@echo "make bench-pe                     APoT PE variants vs a LUT 4x4 multiplier, DSP packing (bench/results/)"
+	@echo "make bench-depth [MODEL=m]        slow paths of build/m's synthesized netlist, no place and route (bench/results/)"
 
 setup: $(STAMP) $(VENV)/bin/verilator iverilog
 
@@ -132,6 +133,10 @@ report: $(STAMP)
 bench-pe: $(STAMP)
 	$(PY) bench/pe_cost.py
 	$(PY) bench/pe_cost.py --shapes 2x12,1x23 --tree registered
+
+# the depth model on `make synth`'s Yosys netlist (build/MODEL/synth/netlist.json)
+bench-depth: $(STAMP)
+	$(PY) bench/logic_depth.py --build build/$(MODEL)
 
 clean:
 	rm -rf build runs .pytest_cache

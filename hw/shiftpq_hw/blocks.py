@@ -238,14 +238,29 @@ class AvgPoolRequant(Checked, wiring.Component):
         step = Signal(range(k + 1))  # the ring position at the head
         state = Signal(2)  # 0: accumulate, 1: requantize, 2: output
         w = Shape.cast(act_code_shape(self._il)).width
+        # the control's next values (``*_n``, combinational) and, registered from them, the
+        # conditions that fan out to the ring, the held codes and the input register: each a register
+        # of its own (they were combinations of the state, the step compare and the input's valid bit,
+        # and the ring's turn enable, 45 x 13 clock enables in ResNet-20, was the pool's slowest net)
+        step_n, state_n, vin_n = Signal.like(step), Signal.like(state), Signal()
+        accumulate = Signal(name="pool_accumulate")  # == (state == 0) & vin
+        feed = Signal(name="pool_feed")  # == (state == 1) & (step < k)
+        last = Signal(init=int(k == 1), name="pool_last")  # == (state == 0) & (step == k - 1)
+        head = Signal(init=1, name="pool_head")  # == (step == 0)
+        turn = Signal(name="pool_turn")  # == accumulate | feed: the ring's and the held codes' enable alone
         # the input pixel, registered (``px``, ``vin``): the ring turns on a register's valid bit, not
         # on the producer's (its output queue's count drove the whole ring's enable), and the next
         # pixel is taken as the last step of this one turns, so no cycle is lost
         vin = Signal()
         px = Signal(self.i.payload.shape(), name="pool_px")
-        m.d.comb += self.i.ready.eq(~vin | ((state == 0) & (step == k - 1)))
+        m.d.comb += [step_n.eq(step), state_n.eq(state), vin_n.eq(vin), self.i.ready.eq(~vin | last)]
         with m.If(self.i.ready):
-            m.d.sync += [vin.eq(self.i.valid), px.eq(self.i.payload)]
+            m.d.comb += vin_n.eq(self.i.valid)
+            m.d.sync += px.eq(self.i.payload)
+        m.d.sync += [step.eq(step_n), state.eq(state_n), vin.eq(vin_n),
+                     accumulate.eq((state_n == 0) & vin_n), feed.eq((state_n == 1) & (step_n < k)),
+                     last.eq((state_n == 0) & (step_n == k - 1)), head.eq(step_n == 0),
+                     turn.eq(((state_n == 0) & vin_n) | ((state_n == 1) & (step_n < k)))]
         # the channels past c that fill the last step: code 0 and constants 0, dropped at the output
         codes = Cat(*[px[ch] if ch < c else Const(0, w) for ch in range(k * L)])
         # the held pixel's codes of the step at the head: at its first step straight from the input,
@@ -256,37 +271,41 @@ class AvgPoolRequant(Checked, wiring.Component):
             m.d.comb += held.eq(codes)
         else:
             rest = Signal((k - 1) * L * w, name="pool_rest")  # the codes of the steps after the head
-            m.d.comb += held.eq(Mux(step == 0, codes[:L * w], rest[:L * w]))
-        accumulate = (state == 0) & vin
-        feed = (state == 1) & (step < k)
-        if k > 1:
-            with m.If(accumulate):
-                m.d.sync += rest.eq(Mux(step == 0, codes[L * w:], rest[L * w:]))
-        with m.If(accumulate | feed):  # the ring turns: the head, plus its channels' codes, to the tail
+            m.d.comb += held.eq(Mux(head, codes[:L * w], rest[:L * w]))
+            with m.If(turn):  # also while feeding, harmlessly: a pixel's first step reloads it from px
+                m.d.sync += rest.eq(Mux(head, codes[L * w:], rest[L * w:]))
+        with m.If(turn):  # the ring turns: the head, plus its channels' codes, to the tail
             m.d.sync += [ring[j][l].eq(ring[j + 1][l]) for j in range(k - 1) for l in range(L)]
             m.d.sync += [ring[k - 1][l].eq(Mux(count == 0, 0, ring[0][l]) + decode[held[l * w:(l + 1) * w]])
                          for l in range(L)]
-            m.d.sync += step.eq(step + 1)
+        with m.If(accumulate | feed):  # the same condition as ``turn``, kept apart from its fanout
+            m.d.comb += step_n.eq(step + 1)
         with m.If(accumulate & (step == k - 1)):
-            m.d.sync += [step.eq(0), count.eq(count + 1)]
+            m.d.comb += step_n.eq(0)
+            m.d.sync += count.eq(count + 1)
             with m.If(count == n - 1):
-                m.d.sync += [count.eq(0), state.eq(1)]
+                m.d.sync += count.eq(0)
+                m.d.comb += state_n.eq(1)
         pipe = Pipe(m, Const(1))
         outs = [[Signal(self.o.payload[0].shape(), name=f"out{j}_{l}") for l in range(L)] for j in range(k)]
-        done = Signal(range(max(k, 2)))
         for l in range(L):  # lane l requantizes channels l, L + l, ...; its table row is the step
             col = lambda a: np.array([a[j * L + l] if j * L + l < c else 0 for j in range(k)], dtype=np.int64)
-            code, (valid,) = affine_unit(m, pipe, [ring[0][l]], step, [col(self._mul)], col(self._bias),
-                                         col(self._shift), self._ol.denom, [top * n], [feed], name=f"pool{l}")
+            # the feed's valid bit and its last step go through the unit beside the codes: the last
+            # ends the requantization (a count of the valid codes made the valid bit, which loads
+            # the whole output ring, part of the control's paths)
+            code, (valid, final) = affine_unit(m, pipe, [ring[0][l]], step, [col(self._mul)], col(self._bias),
+                                               col(self._shift), self._ol.denom, [top * n],
+                                               [feed, feed & (step == k - 1)], name=f"pool{l}")
             with m.If(valid):  # every lane's valid is the same
                 m.d.sync += [*(outs[j][l].eq(outs[j + 1][l]) for j in range(k - 1)), outs[k - 1][l].eq(code)]
-                if l == 0:
-                    m.d.sync += done.eq(done + 1)
-                    with m.If(done == k - 1):
-                        m.d.sync += [done.eq(0), step.eq(0), state.eq(2), self.o.valid.eq(1)]
+            if l == 0:
+                with m.If(final):
+                    m.d.sync += self.o.valid.eq(1)
+                    m.d.comb += [step_n.eq(0), state_n.eq(2)]
         m.d.comb += [self.o.payload[ch].eq(outs[ch // L][ch % L]) for ch in range(c)]
         with m.If((state == 2) & self.o.ready):
-            m.d.sync += [state.eq(0), self.o.valid.eq(0)]
+            m.d.sync += self.o.valid.eq(0)
+            m.d.comb += state_n.eq(0)
         return m
 
 
@@ -350,26 +369,29 @@ class FullyConnected(Checked, wiring.Component):
         rd = wmem.read_port()
         # the input vector is held while its steps are issued; the next one is taken once the last
         # score has left the pipeline
-        x = Signal(self.i.payload.shape())
+        # (in a ring of its chunks that turns by one chunk per issue: the chunk being issued is always
+        # at the front, so no multiplexer over the chunks, which was the FC's slowest path)
+        aw = Shape.cast(act_code_shape(self._al)).width
+        x = Signal(chunks * simd * aw, name="fc_x_ring")
         busy, issuing = Signal(), Signal()
         step, cls, ch = Signal(range(max(steps, 2))), Signal(range(max(k, 2))), Signal(range(max(chunks, 2)))
         m.d.comb += self.i.ready.eq(~busy)
-        with m.If(self.i.valid & ~busy):
-            m.d.sync += [x.eq(self.i.payload), busy.eq(1), issuing.eq(1), step.eq(0), cls.eq(0), ch.eq(0)]
+        with m.If(self.i.valid & ~busy):  # the channels past c that fill the last chunk: code 0
+            m.d.sync += [x.eq(self.i.payload.as_value()), busy.eq(1), issuing.eq(1), step.eq(0), cls.eq(0),
+                         ch.eq(0)]
         issue = issuing & en
         m.d.comb += [rd.en.eq(en), rd.addr.eq(step)]
         with m.If(issue):
             m.d.sync += [step.eq(step + 1), ch.eq(ch + 1)]
+            if chunks > 1:
+                m.d.sync += x.eq(x.rotate_right(simd * aw))
             with m.If(ch == chunks - 1):
                 m.d.sync += [ch.eq(0), cls.eq(cls + 1)]
             with m.If(step == steps - 1):
                 m.d.sync += issuing.eq(0)
         # stage 1: the weight memory's word; the chunk's inputs beside it
         acts = [Signal(act_code_shape(self._al), name=f"x{j}") for j in range(simd)]
-        with m.Switch(ch):
-            for q in range(chunks):
-                with (m.Case(q) if q < chunks - 1 else m.Default()):
-                    m.d.comb += [a.eq(x[q * simd + j] if q * simd + j < c else 0) for j, a in enumerate(acts)]
+        m.d.comb += [a.eq(x[j * aw:(j + 1) * aw]) for j, a in enumerate(acts)]
         ctl = [issue, ch == 0, ch == chunks - 1, cls == k - 1]
         acts = stage("fc_a", *[act_value(m, a, self._al, name=f"fc_x{j}") for j, a in enumerate(acts)])
         ctl = stage("fc_c1_", *ctl)
