@@ -17,7 +17,7 @@ from shiftpq import intops, ir
 from shiftpq.errors import ShiftPQError
 from shiftpq.ir import Tables
 
-from .memmap import EBR_SHAPES, LUTRAM_SHAPE, Mem, bram_cells, varying_bits  # noqa: F401 (re-exported)
+from .memmap import Mem, bram_cells, varying_bits
 from .network import components
 from .pe import IMAGE, act_code_shape, weight_code_shape
 from .plan import HwPlan, Kind, make_plan
