@@ -20,24 +20,27 @@ def _setup(seed=0):
     return t, g, env
 
 
-def test_code_lut_equals_golden_requant_of_codes():
+@pytest.fixture(scope="module")
+def code_lut_case():
+    """layer2.0's 4-bit quantizer of the 8-bit stream: (a CodeLUT maker, its input pixels, its golden output)."""
     t, g, env = _setup(0)
     op = next(o for o in t.ops if o.name == "layer2.0.act_in")
     src = env[op.src]
-    dut = CodeLUT(g.code_table(op.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
-    got = run_stream(dut, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])])
-    assert np.array_equal(np.array(got), env[op.dst].reshape(len(got), -1))
+    make = lambda: CodeLUT(g.code_table(op.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
+    return make, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])], env[op.dst]
 
 
-def test_code_lut_takes_a_beat_every_cycle_while_the_sink_is_ready():
+def test_code_lut_equals_golden_requant_of_codes(code_lut_case):
+    make, pixels, want = code_lut_case
+    got = run_stream(make(), pixels)
+    assert np.array_equal(np.array(got), want.reshape(len(got), -1))
+
+
+def test_code_lut_takes_a_beat_every_cycle_while_the_sink_is_ready(code_lut_case):
     """The credits cover the pipeline: no bubbles in a stream with no gaps and no stalls."""
-    t, g, env = _setup(0)
-    op = next(o for o in t.ops if o.name == "layer2.0.act_in")
-    src = env[op.src]
-    dut = CodeLUT(g.code_table(op.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
+    make, pixels, _ = code_lut_case
     cycles = []
-    got = run_stream(dut, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])][:40], gap=0, stall=0,
-                     cycles=cycles)
+    got = run_stream(make(), pixels[:40], gap=0, stall=0, cycles=cycles)
     assert len(got) == 40 and np.all(np.diff(cycles) == 1)
 
 
@@ -77,6 +80,14 @@ def test_avgpool_requant_and_fc_equal_golden():
     out = run_stream(folded, [[int(v) for v in row] for row in env[act.dst]], n_out=20)
     assert np.array_equal(np.array([int(o.score) for o in out]).reshape(2, 10), env[fc.dst])
     assert folded.cycles_per_image == 10 * folded._chunks + FullyConnected.LATENCY + 1 and folded.pes == max(1, (c + 1) // 2)
+    # with the input always there and the sink always ready, an image every cycles_per_image cycles
+    # (the score queue's credits never hold an issue back), folded or one class per cycle
+    rows = [[int(v) for v in row] for row in env[act.dst]] * 2
+    for simd in (None, max(1, (c + 1) // 2)):
+        dut, times = FullyConnected(fc.weight, t.level_set(fc.weight_levels), t.level_set(act.levels), fc.bias,
+                                    fc.shift, simd=simd), []
+        run_stream(dut, rows, gap=0, stall=0, n_out=40, cycles=times)
+        assert np.diff(times[9::10]).tolist() == [dut.cycles_per_image] * 3, simd
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 3, "all"])

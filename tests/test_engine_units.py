@@ -162,8 +162,9 @@ def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
 def test_shortcut_queue_gives_pixels_in_order_around_its_circle(depth):
-    """Pixels pushed and popped at random through every entry, several times round: each pop loads the
-    oldest pixel held, never more than ``depth`` are held."""
+    """Pixels pushed, claimed and popped at random through every entry, several times round: each pop
+    loads the oldest pixel held, never more than ``depth`` are held, and ``unclaimed`` says whether a
+    held pixel is left that no started pixel has claimed (a pixel is claimed before it is popped)."""
     r = stream.Signature(data.ArrayLayout(unsigned(8), 2)).create()
     q = ShortcutQueue(r, index=[1, 0], lanes=2, groups=1, depth=depth)
     started, load = Signal(), Signal()
@@ -176,13 +177,20 @@ def test_shortcut_queue_gives_pixels_in_order_around_its_circle(depth):
     rng = np.random.default_rng(depth)
 
     async def tb(ctx):
-        pushed = popped = 0
+        pushed = claimed = popped = 0
         while popped < len(pixels):
             held = pushed - popped
             assert bool(ctx.get(r.ready)) == (held < depth)
-            if pushed < len(pixels) and held < depth and (held == 0 or rng.random() < 0.5):
+            assert bool(ctx.get(q.unclaimed)) == (claimed < pushed), (pushed, claimed)
+            move = rng.random()
+            if pushed < len(pixels) and held < depth and (claimed == pushed or move < 0.4):
                 await push(ctx, r, pixels[pushed])
                 pushed += 1
+            elif claimed < pushed and (popped == claimed or move < 0.7):
+                ctx.set(started, 1)
+                await ctx.tick()
+                ctx.set(started, 0)
+                claimed += 1
             else:
                 ctx.set(load, 1)
                 await ctx.tick()
@@ -221,7 +229,7 @@ def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, sim
     words = rng.integers(-top, top + 1, (rows, lanes * simd))
     macs = MacPipeline(words, wl, al, lanes, simd, c_in, signed(24))
     chunks = macs.chunks
-    assert macs.latency == 3 + simd.bit_length()
+    assert macs.latency == 3 + simd.bit_length() + (0 if wl.kind == "apot" else 2)  # A', B': the multipliers
     pixel_in = Signal(data.ArrayLayout(act_code_shape(al), c_in))
     pad_in, chunk_in, valid_in, first_in = Signal(), Signal(range(max(chunks, 2))), Signal(), Signal()
     m = Module()
@@ -423,3 +431,26 @@ def test_units_reject_bad_parameters():
         OutputAssembly([[0, 1, 2]], lane_bits=1, groups=2, depth=2)
     with pytest.raises(ValueError, match=r"a depth >= 2, got \[4\], 1"):
         OutputAssembly([[0, 1, 2, 3]], lane_bits=1, groups=2, depth=1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_a_counters_last_flag_follows_it(n):
+    """``advance`` steps a counter over range(n) and keeps ``last_flag`` equal to ``cnt == n - 1``."""
+    from shiftpq_hw.engine import advance, counter, last_flag
+    cnt, last, step, ticks = counter(n), last_flag(n, "last"), Signal(), Signal(8)
+    m = Module()
+    m.d.sync += ticks.eq(ticks + 1)  # a clock domain even where n == 1 leaves nothing to step
+    with m.If(step):
+        m.d.sync += advance(cnt, last, n)
+    rng = np.random.default_rng(n)
+
+    async def tb(ctx):
+        want = 0
+        for _ in range(4 * n + 5):
+            assert (ctx.get(cnt), ctx.get(last)) == (want, int(want == n - 1))
+            go = int(rng.random() < 0.7)
+            ctx.set(step, go)
+            await ctx.tick()
+            want = (want + go) % n
+
+    simulate(m, tb)

@@ -59,3 +59,32 @@ def test_requant_units_reject_mismatched_constants():
     with pytest.raises(ValueError, match="one multiplier array per input"):
         AffineRequant([np.zeros(3)], np.zeros(3), np.zeros(3), 255, [signed(8), unsigned(8)])
 
+
+
+@pytest.mark.parametrize("shape", [signed(20), unsigned(8), unsigned(17), unsigned(18), signed(18), signed(36),
+                                   unsigned(35), signed(25)])
+def test_dsp_chunks_are_multiplier_operands_that_sum_to_the_value(shape):
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+    from shiftpq_hw.requant import DSP_BITS, dsp_chunks
+
+    v = Signal(shape)
+    parts = dsp_chunks(v)
+    # every part one multiplier operand: signed, or unsigned with room for Amaranth's sign bit
+    assert all(len(p) + (0 if p.shape().signed else 1) <= DSP_BITS for p, _ in parts)
+    assert len(parts) == -(-(len(v) + (0 if shape.signed else 1) - DSP_BITS) // (DSP_BITS - 1)) + 1 \
+        if len(v) + (0 if shape.signed else 1) > DSP_BITS else len(parts) == 1
+    total = Signal(signed(len(v) + 2))
+    m = Module()
+    m.d.comb += total.eq(sum(p << s for p, s in parts))
+    lo, hi = (-(1 << (len(v) - 1)), (1 << (len(v) - 1)) - 1) if shape.signed else (0, (1 << len(v)) - 1)
+    values = [lo, hi, 0, 1, -1 if shape.signed else 2] + list(np.random.default_rng(len(v)).integers(lo, hi, 40))
+    sim = Simulator(m)
+
+    async def tb(ctx):
+        for x in values:
+            ctx.set(v, int(x))
+            assert ctx.get(total) == int(x), (shape, x)
+
+    sim.add_testbench(tb)
+    sim.run()

@@ -17,7 +17,9 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .checked import Checked
+from .queues import CreditQueue
 from .pe import act_code_shape, act_value, adder_tree, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
+from .engine import OutputAssembly, advance, last_flag
 from .requant import AFFINE_STAGES, Pipe, affine_unit
 
 
@@ -100,33 +102,18 @@ class CodeLUT(Checked, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        depth = self.DEPTH
-        credits = Signal(range(depth + 1), init=depth)
-        count = Signal(range(depth + 1))  # entries held
-        wptr, rptr = Signal(range(depth)), Signal(range(depth))
-        take, pop = Signal(), Signal()
-        m.d.comb += [self.i.ready.eq(credits != 0), take.eq(self.i.valid & self.i.ready),
-                     self.o.valid.eq(count != 0), pop.eq(self.o.valid & self.o.ready)]
-        v1 = Signal()
+        take, v1 = Signal(), Signal()
+        q = CreditQueue(self.o.payload.shape(), self.DEPTH, "lut_q").build(m, self.o, push=v1, take=take)
+        m.d.comb += [self.i.ready.eq(q.credit), take.eq(self.i.valid & self.i.ready)]
         p1 = Signal(self.i.payload.shape(), name="codes_in")
         m.d.sync += [v1.eq(take), p1.eq(self.i.payload)]
         looked = Signal(self.o.payload.shape(), name="codes_out")
         for c in range(self._luts.shape[1]):
             table = Array(Const(int(v), act_code_shape(self._ol)) for v in self._luts[:, c])
             m.d.comb += looked[c].eq(table[p1[c]])
-        entries = [Signal(self.o.payload.shape(), name=f"lut_q{e}") for e in range(depth)]
-        for e, entry in enumerate(entries):
-            with m.If(v1 & (wptr == e)):
+        for e, entry in enumerate(q.entries):
+            with m.If(v1 & q.at(e)):
                 m.d.sync += entry.eq(looked)
-        with m.If(v1):
-            m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
-        with m.If(pop):
-            m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
-        m.d.sync += [count.eq(count + v1 - pop), credits.eq(credits - take + pop)]
-        with m.Switch(rptr):  # complete (Verilator's CASEINCOMPLETE)
-            for e, entry in enumerate(entries):
-                with (m.Case(e) if e < depth - 1 else m.Default()):
-                    m.d.comb += self.o.payload.eq(entry)
         return m
 
 
@@ -235,14 +222,19 @@ class AvgPoolRequant(Checked, wiring.Component):
         decode = Array(Const(v, unsigned(max(1, top.bit_length()))) for v in self._il.ints)
         ring = [[Signal(sum_shape, name=f"sum{j}_{l}") for l in range(L)] for j in range(k)]
         count = Signal(range(max(n, 2)))  # the pixel
-        step = Signal(range(k + 1))  # the ring position at the head
+        count_first = Signal(init=1, name="pool_count_first")  # == (count == 0)
+        count_last = last_flag(n, "pool_count_last")  # == (count == n - 1)
+        step = Signal(range(k + 1))  # the ring position at the head (the requant tables' row)
+        pos = Signal(k + 1, init=1, name="pool_pos")  # the same, one-hot: the control's compares are bits
         state = Signal(2)  # 0: accumulate, 1: requantize, 2: output
         w = Shape.cast(act_code_shape(self._il)).width
         # the control's next values (``*_n``, combinational) and, registered from them, the
         # conditions that fan out to the ring, the held codes and the input register: each a register
         # of its own (they were combinations of the state, the step compare and the input's valid bit,
-        # and the ring's turn enable, 45 x 13 clock enables in ResNet-20, was the pool's slowest net)
-        step_n, state_n, vin_n = Signal.like(step), Signal.like(state), Signal()
+        # and the ring's turn enable, 45 x 13 clock enables in ResNet-20, was the pool's slowest net);
+        # the position one-hot, so no next value waits on a carry chain (the binary step's increment
+        # and compares were the pool's deepest path)
+        step_n, pos_n, state_n, vin_n = Signal.like(step), Signal.like(pos), Signal.like(state), Signal()
         accumulate = Signal(name="pool_accumulate")  # == (state == 0) & vin
         feed = Signal(name="pool_feed")  # == (state == 1) & (step < k)
         last = Signal(init=int(k == 1), name="pool_last")  # == (state == 0) & (step == k - 1)
@@ -253,14 +245,15 @@ class AvgPoolRequant(Checked, wiring.Component):
         # pixel is taken as the last step of this one turns, so no cycle is lost
         vin = Signal()
         px = Signal(self.i.payload.shape(), name="pool_px")
-        m.d.comb += [step_n.eq(step), state_n.eq(state), vin_n.eq(vin), self.i.ready.eq(~vin | last)]
+        m.d.comb += [step_n.eq(step), pos_n.eq(pos), state_n.eq(state), vin_n.eq(vin),
+                     self.i.ready.eq(~vin | last)]
         with m.If(self.i.ready):
             m.d.comb += vin_n.eq(self.i.valid)
             m.d.sync += px.eq(self.i.payload)
-        m.d.sync += [step.eq(step_n), state.eq(state_n), vin.eq(vin_n),
-                     accumulate.eq((state_n == 0) & vin_n), feed.eq((state_n == 1) & (step_n < k)),
-                     last.eq((state_n == 0) & (step_n == k - 1)), head.eq(step_n == 0),
-                     turn.eq(((state_n == 0) & vin_n) | ((state_n == 1) & (step_n < k)))]
+        m.d.sync += [step.eq(step_n), pos.eq(pos_n), state.eq(state_n), vin.eq(vin_n),
+                     accumulate.eq((state_n == 0) & vin_n), feed.eq((state_n == 1) & ~pos_n[k]),
+                     last.eq((state_n == 0) & pos_n[k - 1]), head.eq(pos_n[0]),
+                     turn.eq(((state_n == 0) & vin_n) | ((state_n == 1) & ~pos_n[k]))]
         # the channels past c that fill the last step: code 0 and constants 0, dropped at the output
         codes = Cat(*[px[ch] if ch < c else Const(0, w) for ch in range(k * L)])
         # the held pixel's codes of the step at the head: at its first step straight from the input,
@@ -276,15 +269,14 @@ class AvgPoolRequant(Checked, wiring.Component):
                 m.d.sync += rest.eq(Mux(head, codes[L * w:], rest[L * w:]))
         with m.If(turn):  # the ring turns: the head, plus its channels' codes, to the tail
             m.d.sync += [ring[j][l].eq(ring[j + 1][l]) for j in range(k - 1) for l in range(L)]
-            m.d.sync += [ring[k - 1][l].eq(Mux(count == 0, 0, ring[0][l]) + decode[held[l * w:(l + 1) * w]])
+            m.d.sync += [ring[k - 1][l].eq(Mux(count_first, 0, ring[0][l]) + decode[held[l * w:(l + 1) * w]])
                          for l in range(L)]
         with m.If(accumulate | feed):  # the same condition as ``turn``, kept apart from its fanout
-            m.d.comb += step_n.eq(step + 1)
-        with m.If(accumulate & (step == k - 1)):
-            m.d.comb += step_n.eq(0)
-            m.d.sync += count.eq(count + 1)
-            with m.If(count == n - 1):
-                m.d.sync += count.eq(0)
+            m.d.comb += [step_n.eq(step + 1), pos_n.eq(pos << 1)]
+        with m.If(accumulate & pos[k - 1]):
+            m.d.comb += [step_n.eq(0), pos_n.eq(1)]
+            m.d.sync += [*advance(count, count_last, n), count_first.eq(count_last)]
+            with m.If(count_last):
                 m.d.comb += state_n.eq(1)
         pipe = Pipe(m, Const(1))
         outs = [[Signal(self.o.payload[0].shape(), name=f"out{j}_{l}") for l in range(L)] for j in range(k)]
@@ -295,13 +287,13 @@ class AvgPoolRequant(Checked, wiring.Component):
             # the whole output ring, part of the control's paths)
             code, (valid, final) = affine_unit(m, pipe, [ring[0][l]], step, [col(self._mul)], col(self._bias),
                                                col(self._shift), self._ol.denom, [top * n],
-                                               [feed, feed & (step == k - 1)], name=f"pool{l}")
+                                               [feed, feed & pos[k - 1]], name=f"pool{l}")
             with m.If(valid):  # every lane's valid is the same
                 m.d.sync += [*(outs[j][l].eq(outs[j + 1][l]) for j in range(k - 1)), outs[k - 1][l].eq(code)]
             if l == 0:
                 with m.If(final):
                     m.d.sync += self.o.valid.eq(1)
-                    m.d.comb += [step_n.eq(0), state_n.eq(2)]
+                    m.d.comb += [step_n.eq(0), pos_n.eq(1), state_n.eq(2)]
         m.d.comb += [self.o.payload[ch].eq(outs[ch // L][ch % L]) for ch in range(c)]
         with m.If((state == 2) & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
@@ -312,13 +304,16 @@ class AvgPoolRequant(Checked, wiring.Component):
 class FullyConnected(Checked, wiring.Component):
     """The 8-bit FC, folded: ``simd`` PEs (default: one per input channel; ``pe.product_terms``: the
     DSP multiplier for the 8-bit uniform weights) and an adder tree; one class takes ``chunks``
-    cycles, accumulating, then ``score = (acc << shift) + bias``. A pipeline (weights and the chunk's
-    inputs registered, products registered, the tree and accumulator, the score registered) that
-    stalls as a whole when the output waits. Output: one int32 score per beat, ``last`` on the final
-    class. An image takes ``classes * chunks + LATENCY + 1`` cycles (the input beat, the steps, the
-    pipeline draining before the next image is taken)."""
+    cycles, accumulating, then ``score = (acc << shift) + bias``. A pipeline that never stalls
+    (weights and the chunk's inputs registered, the multipliers' operands registered again, the
+    products registered twice, the tree and accumulator) into an output queue of scores
+    (``queues.CreditQueue``): a class is issued only with a credit, so the sink's ``ready`` reaches
+    the queue's pointers and credits, not the pipeline (its stall enable fanned out to the input
+    vector's ring: the FC's slowest path). Output: one int32 score per beat, ``last`` on the final
+    class. An image takes ``classes * chunks + LATENCY + 1`` cycles while the sink takes every score
+    at once (the input beat, the steps, the pipeline draining before the next image is taken)."""
 
-    LATENCY = 4  # cycles from a step's issue to its score on the output
+    LATENCY = 6  # cycles from a step's issue to its score on the output
 
     @staticmethod
     def check(weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, bias, shift: int, simd: int | None = None):
@@ -357,9 +352,7 @@ class FullyConnected(Checked, wiring.Component):
         m = Module()
         k, c = self._w.shape
         simd, chunks, steps = self._simd, self._chunks, self._w.shape[0] * self._chunks
-        en = Signal()
-        m.d.comb += en.eq(self.o.ready | ~self.o.valid)
-        stage = Pipe(m, en).stage
+        stage = Pipe(m, Const(1)).stage
         w = np.zeros((k, chunks * simd), dtype=np.int64)
         w[:, :c] = self._w
         wshape = data.ArrayLayout(weight_field_shape(self._wl), simd)
@@ -367,42 +360,55 @@ class FullyConnected(Checked, wiring.Component):
                                           init=pack_words(weight_fields(self._wl, w.reshape(steps, simd)),
                                                           weight_code_shape(self._wl).width))
         rd = wmem.read_port()
+        # the scores' queue: a class takes a credit at its first issue, its score is pushed the
+        # cycle it leaves the accumulator (``depth_for`` as the conv engines' output queue)
+        take, push = Signal(), Signal()
+        q = CreditQueue(self.o.payload.shape(), OutputAssembly.depth_for(self.LATENCY, chunks), "fc_q")
+        q.build(m, self.o, push=push, take=take)
         # the input vector is held while its steps are issued; the next one is taken once the last
-        # score has left the pipeline
+        # score has left the queue
         # (in a ring of its chunks that turns by one chunk per issue: the chunk being issued is always
         # at the front, so no multiplexer over the chunks, which was the FC's slowest path)
         aw = Shape.cast(act_code_shape(self._al)).width
         x = Signal(chunks * simd * aw, name="fc_x_ring")
-        busy, issuing = Signal(), Signal()
+        busy, issuing, issue = Signal(), Signal(), Signal()
         step, cls, ch = Signal(range(max(steps, 2))), Signal(range(max(k, 2))), Signal(range(max(chunks, 2)))
-        m.d.comb += self.i.ready.eq(~busy)
+        # the compares of the counters, as registers of their own
+        ch_first, ch_last = Signal(init=1, name="fc_ch_first"), last_flag(chunks, "fc_ch_last")
+        step_last = Signal(init=int(steps == 1), name="fc_step_last")
+        m.d.comb += [self.i.ready.eq(~busy), issue.eq(issuing & (~ch_first | q.credit)), take.eq(issue & ch_first)]
         with m.If(self.i.valid & ~busy):  # the channels past c that fill the last chunk: code 0
             m.d.sync += [x.eq(self.i.payload.as_value()), busy.eq(1), issuing.eq(1), step.eq(0), cls.eq(0),
-                         ch.eq(0)]
-        issue = issuing & en
-        m.d.comb += [rd.en.eq(en), rd.addr.eq(step)]
+                         ch.eq(0), ch_first.eq(1), ch_last.eq(chunks == 1), step_last.eq(steps == 1)]
+        m.d.comb += [rd.en.eq(1), rd.addr.eq(step)]
         with m.If(issue):
-            m.d.sync += [step.eq(step + 1), ch.eq(ch + 1)]
+            m.d.sync += [step.eq(step + 1), step_last.eq(step == steps - 2), ch_first.eq(ch_last),
+                         *advance(ch, ch_last, chunks)]
             if chunks > 1:
                 m.d.sync += x.eq(x.rotate_right(simd * aw))
-            with m.If(ch == chunks - 1):
-                m.d.sync += [ch.eq(0), cls.eq(cls + 1)]
-            with m.If(step == steps - 1):
+            with m.If(ch_last):
+                m.d.sync += cls.eq(cls + 1)
+            with m.If(step_last):
                 m.d.sync += issuing.eq(0)
         # stage 1: the weight memory's word; the chunk's inputs beside it
         acts = [Signal(act_code_shape(self._al), name=f"x{j}") for j in range(simd)]
         m.d.comb += [a.eq(x[j * aw:(j + 1) * aw]) for j, a in enumerate(acts)]
-        ctl = [issue, ch == 0, ch == chunks - 1, cls == k - 1]
+        ctl = [issue, ch_first, ch_last, cls == k - 1]
         acts = stage("fc_a", *[act_value(m, a, self._al, name=f"fc_x{j}") for j, a in enumerate(acts)])
         ctl = stage("fc_c1_", *ctl)
-        # stage 2: the weights and inputs registered (the memory's output goes no further)
+        # stage 2: the weights and inputs registered (the memory's output goes no further), and again
+        # where the multipliers can have them beside them
         wflat, *acts = stage("fc_w", rd.data, *acts)
-        wdata = wshape(wflat)
         ctl = stage("fc_c2_", *ctl)
-        # stage 3: the products registered
+        wflat, *acts = stage("fc_op", wflat, *acts)
+        wdata = wshape(wflat)
+        ctl = stage("fc_c2b_", *ctl)
+        # stage 3: the products registered, as they leave the multipliers and again
         terms = [product_terms(m, wdata[j], a, self._wl, self._al, name=f"fc{j}") for j, a in enumerate(acts)]
         prods = stage("fc_p", *[t for t, _ in terms], *[cr for _, cr in terms])
-        v3, first3, last3, final3 = stage("fc_c3_", *ctl)
+        ctl = stage("fc_c3_", *ctl)
+        prods = stage("fc_p2", *prods)
+        v3, first3, last3, final3 = stage("fc_c3b_", *ctl)
         # stage 4: the adder tree into the accumulator; the class's score leaves after its last chunk
         bound = int(np.abs(intops.decode_weights(self._w, self._wl.ints)).sum(1).max()) * max(self._al.ints)
         acc_shape = signed(intops.signed_bits(-bound, bound))
@@ -410,13 +416,14 @@ class FullyConnected(Checked, wiring.Component):
         m.d.comb += total.eq(Mux(first3, 0, acc) + adder_tree(prods))
         score_cls = Signal(range(max(k, 2)))
         bias = _table([Const(int(v), signed(32)) for v in self._bias], score_cls)
-        with m.If(en):
-            with m.If(v3):
-                m.d.sync += acc.eq(total)
-            m.d.sync += [self.o.valid.eq(v3 & last3), self.o.payload.score.eq((total << self._shift) + bias[score_cls]),
-                         self.o.payload.last.eq(final3)]
-            with m.If(v3 & last3):
-                m.d.sync += score_cls.eq(Mux(final3, 0, score_cls + 1))
+        m.d.comb += push.eq(v3 & last3)
+        with m.If(v3):
+            m.d.sync += acc.eq(total)
+        for e, entry in enumerate(q.entries):
+            with m.If(push & q.at(e)):
+                m.d.sync += [entry.score.eq((total << self._shift) + bias[score_cls]), entry.last.eq(final3)]
+        with m.If(push):
+            m.d.sync += score_cls.eq(Mux(final3, 0, score_cls + 1))
         with m.If(self.o.valid & self.o.ready & self.o.payload.last):
             m.d.sync += busy.eq(0)
         return m

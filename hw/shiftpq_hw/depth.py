@@ -94,6 +94,7 @@ class Netlist:
         """Every driven bit's arrival time and the input bit it arrives through (None: a start)."""
         arrival: dict[int, float] = {}
         via: dict[int, int | None] = {}
+        inputs: dict[int, list] = {}  # a bit's (input bit, port, arc delay), between its two visits
         for root in self.driver:
             stack = [(root, False)]
             on_stack = set()
@@ -103,12 +104,17 @@ class Netlist:
                     continue
                 name, port = self.driver[bit]
                 cell = self.cells[name]
-                arcs = self.arcs(cell, port)
-                if arcs is None:
-                    arrival[bit], via[bit] = CLOCK_TO_Q[cell["type"]], None
-                    continue
-                ins = [(b, p, d) for p, d in arcs for b in cell["connections"].get(p, ()) if not isinstance(b, str)]
+                if expanded:
+                    ins = inputs.pop(bit)
+                else:
+                    arcs = self.arcs(cell, port)
+                    if arcs is None:
+                        arrival[bit], via[bit] = CLOCK_TO_Q[cell["type"]], None
+                        continue
+                    ins = [(b, p, d) for p, d in arcs for b in cell["connections"].get(p, ())
+                           if not isinstance(b, str)]
                 if not expanded:
+                    inputs[bit] = ins
                     if bit in on_stack:
                         raise ShiftPQError(f"combinational loop through {name}.{port}")
                     on_stack.add(bit)
@@ -148,7 +154,6 @@ class Netlist:
                     out.append(Endpoint(round(arrival[b] + self.net(b), 2), name, port, tuple(reversed(path))))
         out.sort(key=lambda e: (-e.delay, e.cell, e.port))
         return out
-
 
 
 def register_class(e: Endpoint) -> str:

@@ -34,6 +34,7 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .memmap import rom_port
+from .queues import CreditQueue, select, wrap_increment
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, ones_bit, pack_words, product_terms,
                  registered_tree, weight_code_shape, weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
@@ -42,6 +43,18 @@ from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_
 def counter(n: int) -> Signal:
     """A counter over range(n), at least one bit wide (zero-width signals upset Verilog linters)."""
     return Signal(range(max(n, 2)))
+
+
+def last_flag(n: int, name: str) -> Signal:
+    """A counter over range(n)'s ``== n - 1``, as a register (reset: the counter at 0)."""
+    return Signal(init=int(n == 1), name=name)
+
+
+def advance(cnt: Signal, last: Signal, n: int) -> list:
+    """The statements that step ``cnt`` over range(n) (0 after n - 1) and keep ``last`` its flag."""
+    if n == 1:
+        return []  # always 0, always last
+    return [cnt.eq(Mux(last, 0, cnt + 1)), last.eq(Mux(last, 0, cnt == n - 2))]
 
 
 def _power_of_two(name: str, n: int, least: int = 2):
@@ -174,10 +187,15 @@ class TapSequencer:
         taps = k * k
         ab, sb = (hw - 1).bit_length(), max(1, (nslots - 1).bit_length())
         oy, ox = counter(ohw), counter(ohw)
+        oy_last, ox_last = last_flag(ohw, "oy_last"), last_flag(ohw, "ox_last")
         by, bx = Signal(signed(ab + 2), init=-self.p), Signal(signed(ab + 2), init=-self.p)  # oy*s - p, ox*s - p
         lo = Signal(unsigned(ab + 1))  # the oldest held row, max(0, by)
         cslot = Signal(sb)  # its slot
         g, ky, kx, ch = counter(groups), counter(k), counter(k), counter(chunks)
+        # each counter's last value, a register of its own (``last_flag``): the issue's conditions are
+        # ANDs of registers, not compares (a row's end enabled the row registers through five levels)
+        g_last, ky_last, kx_last, ch_last = (last_flag(n, name) for n, name in
+                                             ((groups, "g_last"), (k, "ky_last"), (k, "kx_last"), (chunks, "ch_last")))
         waddr = counter(groups * taps * chunks)
         # the current output row's (rows needed, rows freed), registered: loaded with the next row's
         # pair when a row ends (a combinational table of a register that rarely changes stays X in
@@ -207,35 +225,36 @@ class TapSequencer:
         raddr, waddr_q = Signal(ab + sb, name="raddr"), Signal.like(waddr, name="waddr_q")
         m.d.sync += [raddr.eq(Cat(ix[:ab], slot)), waddr_q.eq(waddr)]
         m.d.comb += [pixels.en.eq(1), pixels.addr.eq(raddr), weights.en.eq(1), weights.addr.eq(waddr_q)]
-        last_tc = (ky == k - 1) & (kx == k - 1) & (ch == chunks - 1)
-        last_group = g == groups - 1
+        last_tc = ky_last & kx_last & ch_last
+        last_group = g_last
         row_done = Signal()
         # released at once (``avail`` must fall at the edge ``lo`` and ``need`` move on, or the next
         # row's first issue could read a row not yet loaded); the row's last read, whose address is
         # registered, happens at the edge a load into a freed slot can first be written: the read
         # port is not transparent, so it returns the word before that write
-        m.d.comb += row_done.eq(issue & last_tc & last_group & (ox == ohw - 1))
+        m.d.comb += row_done.eq(issue & last_tc & last_group & ox_last)
         with m.If(issue):
-            m.d.sync += [waddr.eq(waddr + 1), ch.eq(ch + 1), start.eq(last_tc & last_group)]
-            with m.If(ch == chunks - 1):
-                m.d.sync += [ch.eq(0), kx.eq(kx + 1)]
-                with m.If(kx == k - 1):
-                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
-                    with m.If(ky == k - 1):
-                        m.d.sync += [ky.eq(0), g.eq(g + 1)]
+            m.d.sync += [waddr.eq(waddr + 1), start.eq(last_tc & last_group)]
+            m.d.sync += advance(ch, ch_last, chunks)
+            with m.If(ch_last):
+                m.d.sync += advance(kx, kx_last, k)
+                with m.If(kx_last):
+                    m.d.sync += advance(ky, ky_last, k)
+                    with m.If(ky_last):
+                        m.d.sync += advance(g, g_last, groups)
                         with m.If(last_group):
-                            m.d.sync += [g.eq(0), waddr.eq(0), ox.eq(ox + 1), bx.eq(bx + self.s)]
-                            with m.If(ox == ohw - 1):
+                            m.d.sync += [waddr.eq(0), bx.eq(bx + self.s), *advance(ox, ox_last, ohw)]
+                            with m.If(ox_last):
                                 nby = by + self.s
-                                m.d.sync += [ox.eq(0), bx.eq(-self.p), oy.eq(oy + 1), by.eq(nby),
+                                m.d.sync += [bx.eq(-self.p), by.eq(nby), *advance(oy, oy_last, ohw),
                                              lo.eq(Mux(nby < 0, 0, nby)), cslot.eq(cslot + free)]
                                 with m.Switch(oy):
                                     for y in range(ohw):
                                         with (m.Case(y) if y < ohw - 1 else m.Default()):
                                             nd, fr_ = plan[(y + 1) % ohw]
                                             m.d.sync += [need.eq(nd), free.eq(fr_)]
-                                with m.If(oy == ohw - 1):
-                                    m.d.sync += [oy.eq(0), by.eq(-self.p), lo.eq(0)]
+                                with m.If(oy_last):
+                                    m.d.sync += [by.eq(-self.p), lo.eq(0)]
         self.issue, self.started, self.row_done, self.free = issue, started, row_done, free
         self._pad, self._last_tc, self._last_group = pad, last_tc, last_group
         self._g, self._ky, self._kx, self._ch = g, ky, kx, ch
@@ -314,19 +333,16 @@ class ShortcutQueue:
         push, pop, start = Signal(), Signal(), Signal()
         m.d.comb += [r.ready.eq(rcount < depth), push.eq(r.valid & r.ready)]
         with m.If(push):
-            m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
+            m.d.sync += wptr.eq(wrap_increment(wptr, depth))
             for j in range(depth):  # if statements, not a case statement that the Verilog backend
                 with m.If(wptr == j):  # would split into incomplete ones per entry
                     m.d.sync += rpix[j].eq(r.payload)
         with m.If(pop):
-            m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
+            m.d.sync += rptr.eq(wrap_increment(rptr, depth))
         m.d.sync += rcount.eq(rcount + push - pop)
         self.rpix, self.rcount, self.waiting, self.push, self.pop, self.start = rpix, rcount, waiting, push, pop, start
         self.oldest = Signal(r.payload.shape(), name="rpix_oldest")
-        with m.Switch(rptr):
-            for j in range(depth):
-                with (m.Case(j) if j < depth - 1 else m.Default()):
-                    m.d.comb += self.oldest.eq(rpix[j])
+        select(m, self.oldest, rpix, rptr)
         self.unclaimed = waiting != 0  # a count of its own, not rcount > claimed: one LUT before the issue
         self.lanes_reg = Signal(data.ArrayLayout(r.payload.shape().elem_shape, self.groups * self.lanes), name="rsr")
         return self
@@ -360,7 +376,8 @@ class MacPipeline:
     come out (a block RAM's clock-to-output is most of a cycle); A, the activations decoded to
     their integer levels (once for all lanes) and the weight word registered; B, the products
     registered, one PE per (lane, channel), with each lane's count of negative weights (the + 1s of
-    the ones'-complement products); T, each lane's balanced adder tree, every level registered
+    the ones'-complement products; uniform weights, the FPGA's multipliers, have their operands
+    registered once more before, A', and their products once more after, B'); T, each lane's balanced adder tree, every level registered
     (``tree_levels``); then the accumulators. Out, ``latency`` cycles after the inputs:
     ``valid2``, ``carry2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum
     alone on ``first``; the accumulators take ``sums`` on ``valid2``)."""
@@ -376,12 +393,13 @@ class MacPipeline:
         self.acc_shape = Shape.cast(acc_shape)
         self.word_shape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(wlevels), simd), lanes)
         self.tree_levels = simd.bit_length()  # ceil(log2(simd + 1)): simd products and the count of + 1s
-        self.latency = self.latency_of(simd)
+        self.latency = self.latency_of(simd, wlevels)
 
     @staticmethod
-    def latency_of(simd: int) -> int:
-        """Cycles from the inputs to ``valid2``/``sums``: stages P, A, B and the tree's levels."""
-        return 3 + simd.bit_length()
+    def latency_of(simd: int, wlevels: LevelSet) -> int:
+        """Cycles from the inputs to ``valid2``/``sums``: stages P, A, B and the tree's levels, and
+        for uniform weights (the FPGA's multipliers) A' and B'."""
+        return 3 + simd.bit_length() + (0 if wlevels.kind == "apot" else 2)
 
     def reference(self, weight_rows: list[int], pixels: np.ndarray, chunks: list[int], pads: list[bool],
                   firsts: list[bool]) -> np.ndarray:
@@ -439,12 +457,23 @@ class MacPipeline:
                   for q in range(0, simd, 4)] for p in range(lanes)]
         fours_a = stage("sa_negs", *[f for lane in fours for f in lane])
         nq = len(fours[0])
+        if self.wl.kind != "apot":
+            # a multiplier's operands registered once more, where the placer can put them beside it
+            # (the FPGA's multipliers sit in a few columns, far from the weight memory and the
+            # activations' decode): stage A'
+            *acts_a, wflat_a = stage("sa_op", *acts_a, wflat_a)
+            wdata_a = self.word_shape(wflat_a)
+            fours_a = stage("sa_op_negs", *fours_a)
+            ctl = stage("sa_op_ctl", *ctl)
         # stage B: the products, registered; one PE per (lane, input channel of the chunk)
         terms = [product_terms(m, wdata_a[p][j], a, self.wl, self.al, name=f"pe{p}_{j}")
                  for p in range(lanes) for j, a in enumerate(acts_a)]
         prods = stage("sb_prod", *[t for t, _ in terms])
         ones = stage("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
+        if self.wl.kind != "apot":
+            # and its product registered twice, once beside it and once beside the adder tree: B'
+            prods, ones, ctl = stage("sb_prod2", *prods), stage("sb_ones2", *ones), stage("sb_ctl2", *ctl)
         # stage T: each lane's adder tree (balanced, every level registered) with its count of
         # negative weights (the + 1s, counted beside the products); then accumulate over the taps and
         # chunks
@@ -649,32 +678,17 @@ class OutputAssembly:
         return pixel
 
     def build(self, m: Module, o, codes, valid, turn, group, done) -> "OutputAssembly":
-        depth = self.depth
-        entries = [Signal(o.payload.shape(), name=f"opix{e}") for e in range(depth)]
-        wptr, rptr = counter(depth), counter(depth)
-        count = Signal(range(depth + 1))  # complete pixels held
-        credits = Signal(range(depth + 1), init=depth)
-        push, pop = Signal(), Signal()
-        m.d.comb += [push.eq(valid & done), pop.eq(o.valid & o.ready)]
+        q = CreditQueue(o.payload.shape(), self.depth, "opix").build(m, o, push=valid & done, take=self.started)
+        m.d.comb += self.credit.eq(q.credit)
         # each code goes straight into its channel of the entry being assembled: one (unit, row) per
         # output channel, so a channel's bits load one code under one condition (no mux in front)
         tables = self.tables
         rows = [row for row in range(self.groups << self.lane_bits) if any(t[row] is not None for t in tables)]
-        at = [Signal(name=f"oq_at{e}") for e in range(depth)]  # the entry being assembled
-        m.d.comb += [a.eq(valid & (wptr == e)) for e, a in enumerate(at)]
+        at = [Signal(name=f"oq_at{e}") for e in range(self.depth)]  # the entry being assembled
+        m.d.comb += [a.eq(valid & q.at(e)) for e, a in enumerate(at)]
         for row in rows:
             here = Cat(turn, group) == row
-            for e, entry in enumerate(entries):
+            for e, entry in enumerate(q.entries):
                 with m.If(at[e] & here):
                     m.d.sync += [entry[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
-        with m.If(push):
-            m.d.sync += wptr.eq(Mux(wptr == depth - 1, 0, wptr + 1))
-        with m.If(pop):
-            m.d.sync += rptr.eq(Mux(rptr == depth - 1, 0, rptr + 1))
-        m.d.sync += [count.eq(count + push - pop), credits.eq(credits - self.started + pop)]
-        m.d.comb += [o.valid.eq(count != 0), self.credit.eq(credits != 0)]
-        with m.Switch(rptr):  # complete case statements (Verilator's CASEINCOMPLETE)
-            for e in range(depth):
-                with (m.Case(e) if e < depth - 1 else m.Default()):
-                    m.d.comb += o.payload.eq(entries[e])
         return self

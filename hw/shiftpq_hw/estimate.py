@@ -11,7 +11,7 @@ each number comes from and how close the estimate is.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Fragment, Shape
+from amaranth.hdl import Fragment, Shape, signed, unsigned
 
 from shiftpq import intops, ir
 from shiftpq.errors import ShiftPQError
@@ -21,18 +21,18 @@ from .memmap import Mem, bram_cells, varying_bits
 from .network import components
 from .pe import IMAGE, act_code_shape, weight_code_shape
 from .plan import HwPlan, Kind, make_plan
-from .requant import search_levels
+from .requant import dsp_products, search_levels
 
 
 COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' ECP5 cells) and flip-flops
     # bench/fold_cost.py: non-negative least squares over the designs of bench/results/fold_cost-ecp5.json
     # (tiny, tinyvgg, ResNet-20 at several PARs; Yosys 0.70), within 5 % of every one of them
-    "logic": {"shift_add_pes": 75.8, "lanes": 0.0, "engines": 417.5, "stream_bits": 3.8, "rom_luts": 0.7, "fixed": 0.0},
-    "ffs": {"shift_add_pes": 14.1, "lanes": 69.1, "engines": 195.9, "stream_bits": 4.0, "rom_luts": 0.9,
-            "fixed": 431.2},
+    "logic": {"shift_add_pes": 64.7, "lanes": 42.1, "engines": 400.5, "stream_bits": 3.8, "rom_luts": 1.5, "fixed": 0.0},
+    "ffs": {"shift_add_pes": 19.7, "lanes": 110.8, "engines": 265.9, "stream_bits": 5.0, "rom_luts": 3.4, "fixed": 0.0},
 }
 # placement margin: the share of a device's logic cells an estimate may use, by Yosys' count (the capacity
-# check's, synth.min_logic_cells). ResNet-20 at PAR 22 has 65,704 by Yosys' count (78.6 % of an ECP5-85k);
+# check's, synth.min_logic_cells). ResNet-20 at PAR 22 had 65,704 by Yosys' count (78.6 % of an ECP5-85k; 64,700
+# in the eighth round);
 # nextpnr packed it into 68,700 TRELLIS_COMB (+ 900 LUT-RAM write ports: 69,600, 5.9 % more than Yosys'
 # count, 83 % of the device) and routed it (router2, seeds 1-3, 30-40 min); PAR 16 routed at 69 %; PAR 32
 # has 78,516 by Yosys' count (94 %) and was never placed. Nothing at 90 % or more has routed here: 80 % of
@@ -127,7 +127,8 @@ def _signed_width(shape) -> int:
 def multipliers(plan: HwPlan, mems: list[Mem]) -> list[tuple[str, int, int]]:
     """(block, a bits, b bits) of every ``*`` in the design: a PE of a uniform (8-bit) layer (the stem,
     the FC), and each requant unit's fixed-point multiplies (affine_unit: the accumulator, and a fused
-    add's shortcut code, times its table's constant; the average pool's sums likewise)."""
+    add's shortcut code, times its table's constant; the average pool's sums likewise; each in its
+    multiplier-sized parts, ``requant.dsp_products``)."""
 
     t = plan.tables
     table = {(m.block, m.name): m.declared for m in mems}
@@ -145,14 +146,15 @@ def multipliers(plan: HwPlan, mems: list[Mem]) -> list[tuple[str, int, int]]:
             acc = intops.signed_bits(-op.partial_bound, op.partial_bound)
             for u in range(-(-b.lanes // (op.kernel ** 2 * b.chunks))):  # LaneRequant.units
                 if (b.name, f"rq{u}_mul0") in table:
-                    out.append((b.name, acc, table[b.name, f"rq{u}_mul0"]))
+                    out += [(b.name, *w) for w in dsp_products(signed(acc), signed(table[b.name, f"rq{u}_mul0"]))]
                 if (b.name, f"rq{u}_mul1") in table:
                     sc = t.level_set(t.tensors[rq.shortcut_src].levels)
-                    out.append((b.name, _signed_width(act_code_shape(sc)), table[b.name, f"rq{u}_mul1"]))
+                    out += [(b.name, *w) for w in dsp_products(act_code_shape(sc), signed(table[b.name, f"rq{u}_mul1"]))]
         elif b.kind == Kind.AVGPOOL:
             levels = t.level_set(t.tensors[op.src].levels)
             ring = max(1, (max(levels.ints) * op.hw ** 2).bit_length())  # AvgPoolRequant's sums, unsigned
-            out += [(b.name, ring + 1, table[b.name, f"pool{lane}_mul0"]) for lane in range(b.lanes)]
+            out += [(b.name, *w) for lane in range(b.lanes)
+                    for w in dsp_products(unsigned(ring), signed(table[b.name, f"pool{lane}_mul0"]))]
     return out
 
 

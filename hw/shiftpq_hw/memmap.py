@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Mux, Shape, Signal
+from amaranth.hdl import Module, Shape, Signal
 from amaranth.lib.memory import Memory
+
+from .queues import select
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,7 @@ class SplitRom:
         with m.If(self.en):
             m.d.sync += low.eq(self.addr[:k])
         self.data = Signal(self.shape, name=f"{name}__data")
-        with m.Switch(low):  # complete (Verilator's CASEINCOMPLETE)
-            for j, p in enumerate(ports):
-                with (m.Case(j) if j < self.parts - 1 else m.Default()):
-                    m.d.comb += self.data.eq(p.data)
+        select(m, self.data, [p.data for p in ports], low)
         return self
 
 

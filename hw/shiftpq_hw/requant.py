@@ -13,7 +13,7 @@ engines run one unit per engine over their lanes in turn; ``ThresholdRequant`` a
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -127,41 +127,99 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
     return code, carry
 
 
-AFFINE_STAGES = 6  # affine_unit's pipeline: inputs twice (the tables' read), products, sum, shift, clamp
+AFFINE_STAGES = 8  # affine_unit's pipeline: inputs twice (the tables' read), operands, partial products,
+#                    the products and the bias, their sum, shift, clamp
+
+DSP_BITS = 18  # a signed operand of the FPGA's multiplier (ECP5 MULT18X18D; 18 of a DSP48's 25x18)
+
+
+def dsp_parts(width: int, is_signed: bool) -> list[tuple[int, int, bool]]:
+    """``(low bit, width, signed)`` of each part of a ``width``-bit value (``dsp_chunks``)."""
+    room = DSP_BITS if is_signed else DSP_BITS - 1  # the top part's bits
+    parts, low = [], 0
+    while width - low > room:
+        parts.append((low, DSP_BITS - 1, False))
+        low += DSP_BITS - 1
+    return parts + [(low, width - low, is_signed)]
+
+
+def dsp_chunks(v) -> list[tuple[Value, int]]:
+    """``v == sum(part << shift)`` with every part a signed operand of at most ``DSP_BITS`` bits as
+    Amaranth extends it (an unsigned part one bit wider): unsigned ``DSP_BITS - 1``-bit slices from
+    the bottom, the rest (signed if ``v`` is) on top. A product of two such parts is one multiplier,
+    exactly, whatever Yosys' own splitting of wider products would add after it in the same cycle."""
+    return [(v[low:low + w].as_signed() if sgn else v[low:low + w], low)
+            for low, w, sgn in dsp_parts(len(v), v.shape().signed)]
+
+
+def dsp_products(a: Shape, b: Shape) -> list[tuple[int, int]]:
+    """The operand widths of the ``*`` cells ``affine_unit`` builds for an ``a`` x ``b`` product (one
+    per pair of ``dsp_chunks``; a signed product's unsigned operand one bit wider, as Amaranth
+    emits it)."""
+    a, b = Shape.cast(a), Shape.cast(b)
+    out = []
+    for _, wa, sa in dsp_parts(a.width, a.signed):
+        for _, wb, sb in dsp_parts(b.width, b.signed):
+            out.append((wa + (sb and not sa), wb + (sa and not sb)))
+    return out
 
 
 def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], bias: np.ndarray,
                 shift: np.ndarray, top: int, bounds: list[int], carry: list = (),
                 name: str = "aff") -> tuple[Signal, list]:
     """``clamp((sum_k xs[k] * muls[k][c] + bias[c]) >> shift[c], 0, top)`` of row ``c = addr``: the
-    inputs registered twice while the row's constants are read (``rom``), the products (the FPGA's
-    multipliers; 25-bit constants, intops.MUL_BITS) registered, their sum and the bias registered,
-    the arithmetic shift registered, the clamp registered. ``bounds``: |xs[k]| <= bounds[k]. Returns
-    the code (valid after ``AFFINE_STAGES`` stages) and the carried values."""
+    inputs registered twice while the row's constants are read (``rom``); the operands registered
+    once more where the multipliers can have them beside them; the partial products (``dsp_chunks``
+    of each input and constant: one FPGA multiplier each, 25-bit constants, intops.MUL_BITS)
+    registered as they leave the multipliers; each input's product (its partial products summed,
+    the bias added to the first) registered; their sum registered; the arithmetic shift registered;
+    the clamp registered. ``bounds``: |xs[k]| <= bounds[k]. Returns the code (valid after
+    ``AFFINE_STAGES`` stages) and the carried values."""
     muls = [np.asarray(mk, dtype=np.int64) for mk in muls]
     bias, shift = np.asarray(bias, dtype=np.int64), np.asarray(shift, dtype=np.int64)
     mshape = [signed(max(2, _signed_width(mk))) for mk in muls]
     bshape = signed(max(2, _signed_width(bias)))
     sshape = unsigned(max(1, int(shift.max(initial=0)).bit_length()))
+    n = len(xs)
     # the inputs registered twice, then beside the row's constants
     consts = [pipe.rom(f"{name}_mul{k}", sh, [int(v) for v in mk], addr) for k, (sh, mk) in enumerate(zip(mshape, muls))]
     b0 = pipe.rom(f"{name}_bias", bshape, [int(v) for v in bias], addr)
     s0 = pipe.rom(f"{name}_shift", sshape, [int(v) for v in shift], addr)
     for st in ("in_", "in2_"):
         staged = pipe.stage(f"{name}_{st}", *xs, *carry)
-        xs, carry = staged[:len(xs)], staged[len(xs):]
+        xs, carry = staged[:n], staged[n:]
+    # the operands, registered again (the multipliers sit in a few columns of the FPGA; the tables and
+    # the inputs' registers may be placed far from them)
+    staged = pipe.stage(f"{name}_op_", *xs, *consts, b0, s0, *carry)
+    xs, consts, (b1, s1), carry = staged[:n], staged[n:2 * n], staged[2 * n:2 * n + 2], staged[2 * n + 2:]
     width = intops.affine_bits(bounds, muls, bias)
-    prods = [Signal(signed(width), name=f"{name}_p{k}") for k in range(len(xs))]
-    m.d.comb += [p.eq(x * c) for p, x, c in zip(prods, xs, consts)]
-    staged = pipe.stage(f"{name}_s0_", b0, s0, *prods, *carry)
-    b1, s1, prods, carry = staged[0], staged[1], staged[2:2 + len(xs)], staged[2 + len(xs):]
+    # the partial products, each one multiplier, registered as they come out
+    parts, shifts = [], []
+    for k, (x, c) in enumerate(zip(xs, consts)):
+        for i, (xp, xs_) in enumerate(dsp_chunks(x)):
+            for j, (cp, cs) in enumerate(dsp_chunks(c)):
+                p = Signal(signed(len(xp) + len(cp) + 1), name=f"{name}_p{k}_{i}{j}")
+                m.d.comb += p.eq(xp * cp)
+                parts.append((k, p))
+                shifts.append(xs_ + cs)
+    staged = pipe.stage(f"{name}_s0_", b1, s1, *[p for _, p in parts], *carry)
+    b2, s2, pregs, carry = staged[0], staged[1], staged[2:2 + len(parts)], staged[2 + len(parts):]
+    # each input's product (the bias added to the first input's), registered
+    prods = []
+    for k in range(n):
+        pk = Signal(signed(width), name=f"{name}_prod{k}")
+        m.d.comb += pk.eq(sum(pr << sh for (kk, _), pr, sh in zip(parts, pregs, shifts) if kk == k)
+                          + (b2 if k == 0 else 0))
+        prods.append(pk)
+    staged = pipe.stage(f"{name}_s1_", s2, *prods, *carry)
+    s3, prods, carry = staged[0], staged[1:1 + n], staged[1 + n:]
     y = Signal(signed(width), name=f"{name}_y")
-    m.d.comb += y.eq(sum(prods) + b1)
-    y2, s2, *carry = pipe.stage(f"{name}_s1_", y, s1, *carry)
+    m.d.comb += y.eq(sum(prods))
+    y2, s4, *carry = pipe.stage(f"{name}_s2_", y, s3, *carry)
     shifted = Signal(signed(width), name=f"{name}_shifted")
-    m.d.comb += shifted.eq(y2 >> s2)
-    y3, *carry = pipe.stage(f"{name}_s2_", shifted, *carry)
-    code, *carry = pipe.stage(f"{name}_s3_", clamp(m, y3, top, name), *carry)
+    m.d.comb += shifted.eq(y2 >> s4)
+    y3, *carry = pipe.stage(f"{name}_s3_", shifted, *carry)
+    code, *carry = pipe.stage(f"{name}_s4_", clamp(m, y3, top, name), *carry)
     return code, carry
 
 

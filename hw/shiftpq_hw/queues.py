@@ -1,0 +1,58 @@
+"""Ring buffers, one home for their pieces: the pointer that wraps around (``wrap_increment``), the
+read of the entry a pointer names (``select``: a complete case statement, which Verilator's
+CASEINCOMPLETE asks for and the Verilog backend keeps whole), and the credit queue (``CreditQueue``)
+of the conv engines' output assembly and the code lookups, whose writer never waits.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+
+
+def wrap_increment(p, depth: int):
+    """``p + 1`` over ``range(depth)``: 0 after ``depth - 1``."""
+    return Mux(p == depth - 1, 0, p + 1)
+
+
+def select(m: Module, target, entries: list, index):
+    """``target = entries[index]`` (combinational), the last entry on every index past the others."""
+    with m.Switch(index):
+        for j, entry in enumerate(entries):
+            with (m.Case(j) if j < len(entries) - 1 else m.Default()):
+                m.d.comb += target.eq(entry)
+
+
+class CreditQueue:
+    """A queue of ``depth`` entries in a ring, the output stream ``o`` its oldest held entry, for a
+    writer that never waits: a place is reserved by taking a credit (``take``, while ``credit``),
+    the writer fills entry ``wptr`` (``at(e)``: entry ``e`` is the one being filled) in as many
+    cycles as it needs, and ``push`` ends it. A credit comes back when the sink takes an entry, so
+    the sink's ``o.ready`` reaches only the read pointer, the count and the credits. Timing: an
+    entry is ``o.valid`` the cycle after its push; its credit can be taken the cycle after the sink
+    takes it."""
+
+    def __init__(self, shape, depth: int, name: str):
+        if depth < 2:
+            raise ValueError(f"CreditQueue needs a depth >= 2, got {depth!r}")
+        self.shape, self.depth, self.name = shape, depth, name
+
+    def build(self, m: Module, o, push, take) -> "CreditQueue":
+        depth, name = self.depth, self.name
+        self.entries = [Signal(self.shape, name=f"{name}{e}") for e in range(depth)]
+        self.wptr = Signal(range(depth), name=f"{name}_wptr")
+        rptr = Signal(range(depth), name=f"{name}_rptr")
+        count = Signal(range(depth + 1), name=f"{name}_count")  # entries pushed, not yet taken
+        credits = Signal(range(depth + 1), init=depth, name=f"{name}_credits")
+        self.credit = Signal(name=f"{name}_credit")
+        pop = Signal(name=f"{name}_pop")
+        m.d.comb += [o.valid.eq(count != 0), pop.eq(o.valid & o.ready), self.credit.eq(credits != 0)]
+        with m.If(push):
+            m.d.sync += self.wptr.eq(wrap_increment(self.wptr, depth))
+        with m.If(pop):
+            m.d.sync += rptr.eq(wrap_increment(rptr, depth))
+        m.d.sync += [count.eq(count + push - pop), credits.eq(credits - take + pop)]
+        select(m, o.payload, self.entries, rptr)
+        return self
+
+    def at(self, e: int):
+        """Entry ``e`` is the one being filled."""
+        return self.wptr == e
