@@ -377,8 +377,9 @@ class MacPipeline:
     their integer levels (once for all lanes) and the weight word registered; B, the products
     registered, one PE per (lane, channel), with each lane's count of negative weights (the + 1s of
     the ones'-complement products; uniform weights, the FPGA's multipliers, have their operands
-    registered once more before, A', and their products once more after, B'); T, each lane's balanced adder tree, every level registered
-    (``tree_levels``); then the accumulators. Out, ``latency`` cycles after the inputs:
+    registered once more before, A', and their products once more after, B'); T, each lane's
+    balanced adder tree, every level registered (``tree_levels``); then the accumulators. Out,
+    ``latency`` cycles after the inputs:
     ``valid2``, ``carry2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum
     alone on ``first``; the accumulators take ``sums`` on ``valid2``)."""
 

@@ -149,7 +149,8 @@ def multipliers(plan: HwPlan, mems: list[Mem]) -> list[tuple[str, int, int]]:
                     out += [(b.name, *w) for w in dsp_products(signed(acc), signed(table[b.name, f"rq{u}_mul0"]))]
                 if (b.name, f"rq{u}_mul1") in table:
                     sc = t.level_set(t.tensors[rq.shortcut_src].levels)
-                    out += [(b.name, *w) for w in dsp_products(act_code_shape(sc), signed(table[b.name, f"rq{u}_mul1"]))]
+                    mul1 = signed(table[b.name, f"rq{u}_mul1"])
+                    out += [(b.name, *w) for w in dsp_products(act_code_shape(sc), mul1)]
         elif b.kind == Kind.AVGPOOL:
             levels = t.level_set(t.tensors[op.src].levels)
             ring = max(1, (max(levels.ints) * op.hw ** 2).bit_length())  # AvgPoolRequant's sums, unsigned
