@@ -72,8 +72,9 @@ def test_dsp_chunks_are_multiplier_operands_that_sum_to_the_value(shape):
     parts = dsp_chunks(v)
     # every part one multiplier operand: signed, or unsigned with room for Amaranth's sign bit
     assert all(len(p) + (0 if p.shape().signed else 1) <= DSP_BITS for p, _ in parts)
-    assert len(parts) == -(-(len(v) + (0 if shape.signed else 1) - DSP_BITS) // (DSP_BITS - 1)) + 1 \
-        if len(v) + (0 if shape.signed else 1) > DSP_BITS else len(parts) == 1
+    operand = len(v) + (0 if shape.signed else 1)  # the value's width as a signed operand
+    fewest = 1 if operand <= DSP_BITS else 1 + -(-(operand - DSP_BITS) // (DSP_BITS - 1))
+    assert len(parts) == fewest  # 17 new bits per part below a full-width top
     total = Signal(signed(len(v) + 2))
     m = Module()
     m.d.comb += total.eq(sum(p << s for p, s in parts))

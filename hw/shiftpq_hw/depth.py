@@ -104,17 +104,13 @@ class Netlist:
                     continue
                 name, port = self.driver[bit]
                 cell = self.cells[name]
-                if expanded:
-                    ins = inputs.pop(bit)
-                else:
+                if not expanded:
                     arcs = self.arcs(cell, port)
                     if arcs is None:
                         arrival[bit], via[bit] = CLOCK_TO_Q[cell["type"]], None
                         continue
-                    ins = [(b, p, d) for p, d in arcs for b in cell["connections"].get(p, ())
-                           if not isinstance(b, str)]
-                if not expanded:
-                    inputs[bit] = ins
+                    ins = inputs[bit] = [(b, p, d) for p, d in arcs for b in cell["connections"].get(p, ())
+                                         if not isinstance(b, str)]
                     if bit in on_stack:
                         raise ShiftPQError(f"combinational loop through {name}.{port}")
                     on_stack.add(bit)
@@ -122,7 +118,7 @@ class Netlist:
                     stack += [(b, False) for b, _, _ in ins if b in self.driver and b not in arrival]
                     continue
                 best, best_in = 0.0, None
-                for b, p, d in ins:
+                for b, p, d in inputs.pop(bit):
                     chained = cell["type"] == "CCU2C" and p == "CIN"
                     t = arrival.get(b, 0.0) + (0.0 if chained else self.net(b)) + d
                     if t > best:

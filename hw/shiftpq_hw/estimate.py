@@ -31,12 +31,12 @@ COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' EC
     "ffs": {"shift_add_pes": 19.7, "lanes": 110.8, "engines": 265.9, "stream_bits": 5.0, "rom_luts": 3.4, "fixed": 0.0},
 }
 # placement margin: the share of a device's logic cells an estimate may use, by Yosys' count (the capacity
-# check's, synth.min_logic_cells). ResNet-20 at PAR 22 had 65,704 by Yosys' count (78.6 % of an ECP5-85k; 64,700
-# in the eighth round);
-# nextpnr packed it into 68,700 TRELLIS_COMB (+ 900 LUT-RAM write ports: 69,600, 5.9 % more than Yosys'
-# count, 83 % of the device) and routed it (router2, seeds 1-3, 30-40 min); PAR 16 routed at 69 %; PAR 32
-# has 78,516 by Yosys' count (94 %) and was never placed. Nothing at 90 % or more has routed here: 80 % of
-# the device by Yosys' count is about 85 % by nextpnr's, and the estimate's own error (4 %) is inside the rest.
+# check's, synth.min_logic_cells). ResNet-20 at PAR 22 had 65,704 by Yosys' count (78.6 % of an ECP5-85k;
+# 64,700 in the eighth round); nextpnr packed it into 68,700 TRELLIS_COMB (+ 900 LUT-RAM write ports:
+# 69,600, 5.9 % more than Yosys' count, 83 % of the device) and routed it (router2, seeds 1-3, 30-40 min;
+# in the eighth round, with 57,162 FFs, seed 1 did not route); PAR 16 routed at 69 %; PAR 32 has 78,516 by
+# Yosys' count (94 %) and was never placed. Nothing at 90 % or more has routed here: 80 % of the device by
+# Yosys' count is about 85 % by nextpnr's, and the estimate's own error (4 %) is inside the rest.
 MARGIN = 0.80
 
 

@@ -86,9 +86,11 @@ class SplitRom:
     parts`` (submodule ``<name><part>``); every part is read at ``addr // parts`` and ``data`` picks
     one by the address's low bits, registered beside them. The pick (a LUT or two) lands before the
     reader's next register, and a part of at most 16 words (every part of a table up to 64 words) is
-    one LUT per bit: a whole table of a layer-1 engine (54 words of 96 bits) was six levels of LUTs
-    behind an address register with a fanout of 95 (the engine's deepest path), and so were its
-    halves (27 words: Yosys' mapping does not make a 5-input function two levels deep)."""
+    a function of four address bits: a whole table of a layer-1 engine (54 words of 96 bits) was six
+    levels of LUTs behind an address register with a fanout of 95 (the engine's deepest path), and
+    so were its halves (27 words: Yosys' mapping does not make a 5-input function two levels deep).
+    Its four parts map to two LUT levels alone, but in the whole network ``abc -lut 4`` shares the
+    address decode across parts and bits and left them five deep (hw/README.md)."""
 
     def __init__(self, shape, init: list[int], parts: int):
         init = [int(w) for w in init]
