@@ -81,10 +81,11 @@ bench-hls: $(STAMP)
 
 # MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
 # CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 22), PAR=max: fully parallel;
+# DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs;
 # DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA.
 # An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1.
 gen: $(STAMP)
-	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(filter command line,$(origin DEVICE)),--device $(DEVICE)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
+	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(if $(filter command line,$(origin DEVICE)),--device $(DEVICE)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
 # when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json. BACKEND=hls: the g++ C

@@ -94,11 +94,13 @@ def predict(cost: dict, r: dict) -> dict:
 
 
 def fit(records: list[dict]) -> dict:
-    names = list(COST["logic"])
+    """``COST`` refitted; a feature that is zero in every design (no design with multiplier pairs)
+    keeps its present price."""
+    names = [k for k in COST["logic"] if any(r["features"].get(k) for r in records)]
     a = np.array([[r["features"][k] for k in names] for r in records], dtype=float)
     targets = {"logic": [r["yosys"]["logic"] - 6 * r["yosys"]["lutrams"] for r in records],
                "ffs": [r["yosys"]["ffs"] for r in records]}
-    return {kind: {k: round(float(v), 1) for k, v in zip(names, nnls(a, np.array(y, dtype=float)))}
+    return {kind: {**COST[kind], **{k: round(float(v), 1) for k, v in zip(names, nnls(a, np.array(y, dtype=float)))}}
             for kind, y in targets.items()}
 
 

@@ -46,12 +46,14 @@ def rtl_memories_and_products(plan) -> tuple[collections.Counter, collections.Co
     return mems, muls
 
 
-@pytest.mark.parametrize("seed,par", [(4, 2), (4, None), (11, 3)])
-def test_memories_and_multipliers_are_the_generated_designs(seed, par, tiny):
+@pytest.mark.parametrize("seed,par,pairs", [(4, 2, 0), (4, None, 0), (11, 3, 0), (4, 2, 100), (11, 3, 7)])
+def test_memories_and_multipliers_are_the_generated_designs(seed, par, pairs, tiny):
     """What the estimate counts is what the generator builds (catches a change to the engines that
-    the estimate does not follow): every memory's declared width and depth, every product's widths."""
+    the estimate does not follow): every memory's declared width and depth, every product's widths
+    (with multiplier pairs: their 18 x 18 products and the weight words' 10-bit pair fields)."""
     tables = tiny if seed == 4 else export_model(random_net(seed, name="tinyvgg"), {"path": "random"})
-    plan = make_plan(tables, par)
+    plan = make_plan(tables, par, pairs)
+    assert (plan.dsp_pairs == 0) == (sum(b.pairs for b in plan.blocks) == 0)
     mems = memories(plan)
     muls = multipliers(plan, mems)
     rtl_mems, rtl_muls = rtl_memories_and_products(plan)
@@ -176,14 +178,23 @@ def test_gen_device_refusals_are_one_line_exit_2(tiny, tmp_path, capsys, monkeyp
                  "--out", str(tmp_path / "c")]) == 2
     assert "with --backend hls give --par" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+    capsys.readouterr()
+    assert main(["gen", "--tables", str(tables), "--device", "ecp5-25k", "--dsp-pairs", "4",
+                 "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dsp-pairs 4 goes with --par" in err[0], err
+    assert not (tmp_path / "d").exists()
+    assert "expected a non-negative integer, got -1" in refused("gen", "--tables", str(tables), "--dsp-pairs", "-1")
 
 
-def test_estimate_against_yosys_for_a_small_network(tiny, tmp_path):
-    """Yosys' own count of a generated tiny network: block RAMs, LUT RAMs and DSPs exactly, logic
-    cells and flip-flops within the model's accuracy on small designs (docs/hw-round5-design.md)."""
+@pytest.mark.parametrize("pairs", [0, 100])
+def test_estimate_against_yosys_for_a_small_network(tiny, tmp_path, pairs):
+    """Yosys' own count of a generated tiny network: block RAMs, LUT RAMs and DSPs exactly (each
+    multiplier pair one MULT18X18D), logic cells and flip-flops within the model's accuracy on small
+    designs (docs/hw-round5-design.md)."""
     from shiftpq_hw.synth import min_logic_cells, run_flow
-    plan = make_plan(tiny, 2)
-    generate(tiny, tmp_path / "g", 2)
+    plan = make_plan(tiny, 2, pairs)
+    generate(tiny, tmp_path / "g", 2, dsp_pairs=pairs)
     (tmp_path / "g" / "y").mkdir()
     r = run_flow(tmp_path / "g" / "y", f"../rtl/{TOP}.il", TOP, "ecp5-85k", place=False, log=lambda s: None)
     cells, est = r["yosys_cells"], estimate(plan)

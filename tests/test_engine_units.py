@@ -220,14 +220,18 @@ def test_split_rom_reads_like_a_memory(words, parts):
     simulate(m, tb)
 
 
-@pytest.mark.parametrize("wbits,abits,simd,c_in", [(4, 4, 2, 3), (8, 8, 3, 3)])
-def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, simd, c_in):
+@pytest.mark.parametrize("wbits,abits,simd,c_in,pairs", [(4, 4, 2, 3, 0), (8, 8, 3, 3, 0), (4, 4, 2, 3, 1),
+                                                           (4, 4, 5, 7, 2), (4, 4, 4, 4, 1)])
+def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, simd, c_in, pairs):
+    """Shift-add PEs, multiplier PEs (8-bit) and pairs of products in one multiplier (``pairs``: all of
+    a lane's channels, some of them with an odd one left, some of them with an even one left)."""
     wl, al = level_set(wbits, True), level_set(abits, False)
     lanes, rows = 3, 6
-    rng = np.random.default_rng(wbits)
+    rng = np.random.default_rng(wbits + 10 * pairs + simd)
     top = len(wl.ints) - 1
     words = rng.integers(-top, top + 1, (rows, lanes * simd))
-    macs = MacPipeline(words, wl, al, lanes, simd, c_in, signed(24))
+    words[0] = -top  # the most negative products, every borrow set
+    macs = MacPipeline(words, wl, al, lanes, simd, c_in, signed(24), pairs)
     chunks = macs.chunks
     assert macs.latency == 3 + simd.bit_length() + (0 if wl.kind == "apot" else 2)  # A', B': the multipliers
     pixel_in = Signal(data.ArrayLayout(act_code_shape(al), c_in))

@@ -67,3 +67,18 @@ def test_folded_tiny_network_equals_golden_model_at_the_modelled_rate():
     got, _, stamps = run_network(Network(plan), x)
     assert np.array_equal(got, Golden(t).run(x))
     assert stamps[19] - stamps[9] == plan.period == 18432
+
+
+def test_tiny_network_with_multiplier_pairs_equals_golden_model():
+    """Every 4-bit conv's PEs as many multiplier pairs as its lanes allow (all of a lane's channels on
+    multipliers where simd is even, one left in logic where it is odd): the same scores and cycles."""
+    t = export_model(random_net(4), {"path": "random"})
+    plan = make_plan(t, 6, dsp_pairs=100)
+    convs = [b for b in plan.blocks if b.kind == Kind.CONV]
+    assert {(b.simd, b.pairs) for b in convs if b.pairs} >= {(2, 1), (5, 2)}
+    assert all(b.pairs == 0 for b in convs if b.name == "stem")  # 8-bit image: no pairs
+    assert plan.period == make_plan(t, 6).period
+    x = images(2, 4)
+    got, _, stamps = run_network(Network(plan), x)
+    assert np.array_equal(got, Golden(t).run(x))
+    assert stamps[19] - stamps[9] == plan.period

@@ -10,8 +10,8 @@ from shiftpq import ir
 from shiftpq.export import export_model
 from shiftpq_hw.blocks import AvgPoolRequant
 from shiftpq_hw.conv import ConvRequant
-from shiftpq_hw.plan import (PASSES, HwPlan, Kind, annotate_cycles, cycle_model, fewest_pool_lanes, fold_by_par, fuse,
-                             insert_fifos, insert_forks, make_plan, size_fifos)
+from shiftpq_hw.plan import (PASSES, HwPlan, Kind, annotate_cycles, assign_pairs, cycle_model, fewest_pool_lanes,
+                             fold_by_par, fuse, insert_fifos, insert_forks, make_plan, pair_candidates, size_fifos)
 from shiftpq.testnets import random_net
 
 
@@ -21,15 +21,36 @@ def tiny():
 
 
 def test_passes_run_in_their_listed_order_and_are_pure(tiny):
-    assert PASSES == (fuse, insert_fifos, insert_forks, fold_by_par, size_fifos, annotate_cycles)
-    plan = HwPlan(tiny, 6)
+    assert PASSES == (fuse, insert_fifos, insert_forks, fold_by_par, assign_pairs, size_fifos, annotate_cycles)
+    plan = HwPlan(tiny, 6, dsp_pairs=3)
     for p in PASSES:
         before, snapshot = plan, dataclasses.replace(plan)
         plan = p(plan)
         assert before == snapshot and plan != before  # a new plan; the one it was given is untouched
-    assert plan == make_plan(tiny, 6)
+    assert plan == make_plan(tiny, 6, 3)
     with pytest.raises(ValueError, match="par must be a positive integer"):
         make_plan(tiny, 0)
+    with pytest.raises(ValueError, match="dsp_pairs must be a non-negative integer"):
+        make_plan(tiny, 6, -1)
+
+
+@pytest.mark.parametrize("budget", [0, 1, 3, 5, 7, 1000])
+def test_assign_pairs_spends_at_most_the_budget_on_4_bit_convs(tiny, budget):
+    """Multiplier pairs per lane: within the budget, at most simd // 2 per lane, only in the convs
+    whose products fit (not the 8-bit stem), spread a round at a time (largest conv first); the
+    fold, the cycles and the PE count do not change."""
+    plan, plain = make_plan(tiny, 6, budget), make_plan(tiny, 6)
+    cands = {b.name for b in pair_candidates(plain)}
+    assert "stem" not in cands and len(cands) >= 3
+    used = sum(b.lanes * b.pairs for b in plan.blocks if b.pairs)
+    assert used <= budget
+    for b, p in zip(plan.blocks, plain.blocks):
+        assert dataclasses.replace(b, pairs=0) == p
+        assert b.pairs == 0 or (2 * b.pairs <= b.simd and b.name in cands)
+    # nothing left that the budget could still pay for
+    assert all(2 * (b.pairs + 1) > b.simd or b.lanes > budget - used for b in plan.blocks if b.name in cands)
+    assert (plan.period, plan.pes) == (plain.period, plain.pes)
+    assert cycle_model(plan)["dsp_pairs"] == {"budget": budget, "used": used}
 
 
 def test_fuse_gives_every_op_one_block(tiny):

@@ -42,7 +42,7 @@ from shiftpq.levels import LevelSet
 
 from .checked import Checked
 from .engine import LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue, TapSequencer
-from .pe import IMAGE, act_code_shape
+from .pe import IMAGE, act_code_shape, dsp_pairs_fit
 
 
 def _pow2_at_least(n: int) -> int:
@@ -56,10 +56,12 @@ class ConvRequant(Checked, wiring.Component):
 
     def __init__(self, weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, olevels: LevelSet,
                  stride: int, padding: int, in_hw: int, requant: ir.Requant | ir.Add, partial_bound: int,
-                 lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None):
+                 lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None,
+                 pairs: int = 0):
         """``requant``: the IR op that reads the accumulators (its constants by output channel, in the
         order of ``weights``): a ``Requant``, or an ``Add`` (the fused residual add: ``shortcut`` gives
-        the level set and channel count of its second input, the stream ``r``)."""
+        the level set and channel count of its second input, the stream ``r``). ``pairs``: per lane,
+        the multiplier pairs among its ``simd`` PEs (``MacPipeline``)."""
         weights = np.asarray(weights, dtype=np.int64)
         k_out, c_in, k, _ = weights.shape
         self._res = requant if isinstance(requant, ir.Add) else None
@@ -71,6 +73,7 @@ class ConvRequant(Checked, wiring.Component):
         self._groups = -(-k_out // self._lanes)
         self._simd = simd or c_in
         self._chunks = -(-c_in // self._simd)
+        self._pairs = pairs
         self._slots = self.line_buffer_slots(k, stride)
         self._rq = requant
         self._acc_shape = signed(intops.signed_bits(-partial_bound, partial_bound))
@@ -83,7 +86,8 @@ class ConvRequant(Checked, wiring.Component):
 
     @staticmethod
     def check(weights, wlevels, alevels, olevels, stride: int, padding: int, in_hw: int, requant, partial_bound: int,
-              lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None):
+              lanes: int | None = None, shortcut: tuple[LevelSet, int] | None = None, simd: int | None = None,
+              pairs: int = 0):
         k_out, c_in, k, k2 = np.shape(weights)
         problems = []
         if k != k2:
@@ -95,6 +99,11 @@ class ConvRequant(Checked, wiring.Component):
             problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
         if simd is not None and not 1 <= simd <= c_in:
             problems.append(f"simd must be in [1, {c_in}], got {simd!r}")
+        if isinstance(pairs, bool) or not isinstance(pairs, int) or not 0 <= 2 * pairs <= (simd or c_in):
+            problems.append(f"pairs must be an integer in [0, simd // 2 = {(simd or c_in) // 2}], got {pairs!r}")
+        elif pairs and not dsp_pairs_fit(wlevels, alevels):
+            problems.append("multiplier pairs need APoT weights and decoded activations whose two products fit "
+                            "one 18x18 multiplier (pe.dsp_pair_layout)")
         residual = requant if isinstance(requant, ir.Add) else None
         if not isinstance(requant, (ir.Requant, ir.Add)):
             problems.append(f"requant must be an ir.Requant or ir.Add op, got {requant!r}")
@@ -109,7 +118,7 @@ class ConvRequant(Checked, wiring.Component):
 
     @classmethod
     def from_tables(cls, tables: ir.Tables, conv_op: ir.Conv, requant_op: ir.Requant | ir.Add,
-                    lanes: int | None = None, simd: int | None = None) -> "ConvRequant":
+                    lanes: int | None = None, simd: int | None = None, pairs: int = 0) -> "ConvRequant":
         """The engine of one conv op and the requant op that reads its accumulators."""
         lv = tables.level_set
         src_levels = tables.tensors[conv_op.src].levels
@@ -124,7 +133,7 @@ class ConvRequant(Checked, wiring.Component):
             raise ValueError(f"{requant_op.name!r} does not requantize {conv_op.name!r}")
         return cls(weights, lv(conv_op.weight_levels), lv(src_levels) if src_levels else IMAGE,
                    lv(requant_op.levels), conv_op.stride, conv_op.padding, conv_op.in_hw, requant_op,
-                   conv_op.partial_bound, lanes, shortcut, simd)
+                   conv_op.partial_bound, lanes, shortcut, simd, pairs)
 
     # -- the analytic model the simulation must match (the hardware plan, plan.py, sizes with it) --
     @staticmethod
@@ -157,6 +166,10 @@ class ConvRequant(Checked, wiring.Component):
     @property
     def slots(self) -> int:
         return self._slots
+
+    @property
+    def pairs(self) -> int:
+        return self._pairs
 
     @property
     def pes(self) -> int:
@@ -227,7 +240,7 @@ class ConvRequant(Checked, wiring.Component):
 
     def _macs(self) -> MacPipeline:
         return MacPipeline(self._lane_weights(), self._wl, self._al, self._lanes, self._simd, self._w.shape[1],
-                           self._acc_shape)
+                           self._acc_shape, self._pairs)
 
     @property
     def requant_units(self) -> int:

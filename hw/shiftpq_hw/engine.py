@@ -35,8 +35,9 @@ from shiftpq.levels import LevelSet
 
 from .memmap import rom_port
 from .queues import CreditQueue, select, wrap_increment
-from .pe import (IMAGE, act_code_shape, act_value, adder_tree, ones_bit, pack_words, product_terms,
-                 registered_tree, weight_code_shape, weight_field_shape, weight_fields)
+from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair, dsp_pairs_fit, ones_bit, pack_lane_words,
+                 pack_words, product_terms, registered_tree, variant_field_shape, variant_fields, weight_code_shape,
+                 weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
 
 
@@ -381,18 +382,37 @@ class MacPipeline:
     balanced adder tree, every level registered (``tree_levels``); then the accumulators. Out,
     ``latency`` cycles after the inputs:
     ``valid2``, ``carry2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum
-    alone on ``first``; the accumulators take ``sums`` on ``valid2``)."""
+    alone on ``first``; the accumulators take ``sums`` on ``valid2``).
+
+    ``pairs``: the first ``2 * pairs`` channels of each lane's ``simd`` are multiplied in ``pairs``
+    18x18 multipliers, two products each (``pe.dsp_pair``; the FPGA's DSPs as PEs), the rest by
+    shift-add PEs. A lane's word then holds its ``pairs`` fields (``variant_fields("dsp2")``) below
+    its shift-add fields; in stage B each pair's middle field and borrow bit are registered, and
+    both are leaves of the lane's tree: ``simd - 2 * pairs`` products, ``pairs`` middle fields,
+    ``pairs`` borrow bits and the count of negative weights, ``simd + 1`` leaves as without pairs,
+    so the latency is the same."""
 
     def __init__(self, words: np.ndarray, wlevels: LevelSet, alevels: LevelSet | None, lanes: int, simd: int,
-                 c_in: int, acc_shape: Shape):
+                 c_in: int, acc_shape: Shape, pairs: int = 0):
         words = np.asarray(words, dtype=np.int64)
         if lanes < 1 or not 1 <= simd <= c_in or words.ndim != 2 or words.shape[1] != lanes * simd:
             raise ValueError(f"MacPipeline needs lanes >= 1, simd in [1, c_in = {c_in!r}] and weight words "
                              f"[rows, lanes * simd], got {lanes!r}, {simd!r}, {words.shape!r}")
+        if not 0 <= pairs <= simd // 2 or (pairs and not dsp_pairs_fit(wlevels, alevels)):
+            raise ValueError(f"MacPipeline: {pairs!r} multiplier pairs per lane need 0 <= pairs <= simd // 2 = "
+                             f"{simd // 2} and APoT weights with decoded activations that fit two products "
+                             f"per multiplier (pe.dsp_pair_layout)")
         self.words, self.wl, self.al, self.lanes, self.simd, self.c_in = words, wlevels, alevels, lanes, simd, c_in
+        self.pairs = pairs
         self.chunks = -(-c_in // simd)
         self.acc_shape = Shape.cast(acc_shape)
-        self.word_shape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(wlevels), simd), lanes)
+        if pairs:
+            lane = {"pairs": data.ArrayLayout(variant_field_shape("dsp2", wlevels), pairs)}
+            if simd > 2 * pairs:
+                lane["pes"] = data.ArrayLayout(weight_field_shape(wlevels), simd - 2 * pairs)
+            self.word_shape = data.ArrayLayout(data.StructLayout(lane), lanes)
+        else:
+            self.word_shape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(wlevels), simd), lanes)
         self.tree_levels = simd.bit_length()  # ceil(log2(simd + 1)): simd products and the count of + 1s
         self.latency = self.latency_of(simd, wlevels)
 
@@ -419,8 +439,17 @@ class MacPipeline:
         return np.array(out)
 
     def weight_init(self) -> list[int]:
-        """The weight memory's words, packed."""
-        return pack_words(weight_fields(self.wl, self.words), weight_code_shape(self.wl).width)
+        """The weight memory's words, packed (``word_shape``)."""
+        if not self.pairs:
+            return pack_words(weight_fields(self.wl, self.words), weight_code_shape(self.wl).width)
+        w, d = self.words.reshape(len(self.words), self.lanes, self.simd), 2 * self.pairs
+        pair_bits = variant_field_shape("dsp2", self.wl).size
+        return pack_lane_words([(variant_fields("dsp2", self.wl, w[..., :d]), pair_bits),
+                                (weight_fields(self.wl, w[..., d:]), weight_code_shape(self.wl).width)])
+
+    def _pe_field(self, word, p: int, j: int):
+        """Lane ``p``'s shift-add weight field of channel ``j`` (``j >= 2 * pairs``) in a word view."""
+        return word[p]["pes"][j - 2 * self.pairs] if self.pairs else word[p][j]
 
     def weight_memory(self, m: Module):
         """The weight memory (submodule ``wmem``, or parts of it where Yosys would build it of LUTs:
@@ -454,8 +483,9 @@ class MacPipeline:
         # in stage A, the fours summed in stage B (all in one stage: five levels of LUTs, one of the
         # engine's deepest paths)
         wdata_p = self.word_shape(weights_p)
-        fours = [[adder_tree([ones_bit(wdata_p[p][j], self.wl) for j in range(q, min(q + 4, simd))])
-                  for q in range(0, simd, 4)] for p in range(lanes)]
+        d = 2 * self.pairs  # channels [0, d) on multiplier pairs, [d, simd) on shift-add PEs
+        fours = [[adder_tree([ones_bit(self._pe_field(wdata_p, p, j), self.wl) for j in range(q, min(q + 4, simd))])
+                  for q in range(d, simd, 4)] or [Const(0, 1)] for p in range(lanes)]
         fours_a = stage("sa_negs", *[f for lane in fours for f in lane])
         nq = len(fours[0])
         if self.wl.kind != "apot":
@@ -466,10 +496,14 @@ class MacPipeline:
             wdata_a = self.word_shape(wflat_a)
             fours_a = stage("sa_op_negs", *fours_a)
             ctl = stage("sa_op_ctl", *ctl)
-        # stage B: the products, registered; one PE per (lane, input channel of the chunk)
-        terms = [product_terms(m, wdata_a[p][j], a, self.wl, self.al, name=f"pe{p}_{j}")
-                 for p in range(lanes) for j, a in enumerate(acts_a)]
+        # stage B: the products, registered; one PE per (lane, input channel of the chunk), or a
+        # multiplier per (lane, pair of channels): its middle field and its borrow bit registered
+        terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
+                 for p in range(lanes) for j in range(d, simd)]
         prods = stage("sb_prod", *[t for t, _ in terms])
+        pairs = [dsp_pair(m, wdata_a[p]["pairs"][f], acts_a[2 * f], acts_a[2 * f + 1], self.wl, self.al,
+                          name=f"dsp{p}_{f}") for p in range(lanes) for f in range(self.pairs)]
+        mids, borrows = stage("sb_mid", *[mid for mid, _ in pairs]), stage("sb_borrow", *[c for _, c in pairs])
         ones = stage("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
         if self.wl.kind != "apot":
@@ -478,9 +512,11 @@ class MacPipeline:
         # stage T: each lane's adder tree (balanced, every level registered) with its count of
         # negative weights (the + 1s, counted beside the products); then accumulate over the taps and
         # chunks
-        sums2 = []
+        sums2, n_pe, n_pair = [], simd - d, self.pairs
         for p, o in enumerate(ones):
-            tree, levels = registered_tree(m, [*prods[p * simd:(p + 1) * simd], o], f"tree{p}")
+            leaves = [*prods[p * n_pe:(p + 1) * n_pe], *mids[p * n_pair:(p + 1) * n_pair],
+                      *borrows[p * n_pair:(p + 1) * n_pair], o]
+            tree, levels = registered_tree(m, leaves, f"tree{p}")
             assert levels == self.tree_levels
             sums2.append(tree)
         for level in range(self.tree_levels):

@@ -19,16 +19,24 @@ from shiftpq.ir import Tables
 
 from .memmap import Mem, bram_cells, varying_bits
 from .network import components
-from .pe import IMAGE, act_code_shape, weight_code_shape
+from .pe import IMAGE, act_code_shape, dsp_pair_layout, weight_code_shape
 from .plan import HwPlan, Kind, make_plan
 from .requant import dsp_products, search_levels
 
 
+# a multiplier pair (two products in one MULT18X18D, plan.assign_pairs) in logic: its share of the lane's
+# tree (a middle field and a borrow bit, the leaves of two shift-add PEs), its registers and its 10-bit
+# weight field; not fitted yet (the PE study's dsp2 arrays, bench/pe_cost.py: about 14 cells per product
+# besides the shared decode the engines have anyway)
+DSP_PAIR_COST = {"logic": 28.0, "ffs": 12.0}
+
 COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' ECP5 cells) and flip-flops
     # bench/fold_cost.py: non-negative least squares over the designs of bench/results/fold_cost-ecp5.json
     # (tiny, tinyvgg, ResNet-20 at several PARs; Yosys 0.70), within 5 % of every one of them
-    "logic": {"shift_add_pes": 64.7, "lanes": 42.1, "engines": 400.5, "stream_bits": 3.8, "rom_luts": 1.5, "fixed": 0.0},
-    "ffs": {"shift_add_pes": 19.7, "lanes": 110.8, "engines": 265.9, "stream_bits": 5.0, "rom_luts": 3.4, "fixed": 0.0},
+    "logic": {"shift_add_pes": 64.7, "dsp_pairs": DSP_PAIR_COST["logic"], "lanes": 42.1, "engines": 400.5,
+              "stream_bits": 3.8, "rom_luts": 1.5, "fixed": 0.0},
+    "ffs": {"shift_add_pes": 19.7, "dsp_pairs": DSP_PAIR_COST["ffs"], "lanes": 110.8, "engines": 265.9,
+            "stream_bits": 5.0, "rom_luts": 3.4, "fixed": 0.0},
 }
 # placement margin: the share of a device's logic cells an estimate may use, by Yosys' count (the capacity
 # check's, synth.min_logic_cells). ResNet-20 at PAR 22 had 65,704 by Yosys' count (78.6 % of an ECP5-85k;
@@ -141,6 +149,9 @@ def multipliers(plan: HwPlan, mems: list[Mem]) -> list[tuple[str, int, int]]:
             act = act_code_shape(t.level_set(src.levels) if src.levels else IMAGE)
             if wl.kind != "apot":
                 out += [(b.name, _signed_width(act), weight_code_shape(wl).width)] * b.pes
+            elif b.pairs:  # two products per 18x18 multiplier (pe.dsp_pair)
+                lay = dsp_pair_layout(wl, t.level_set(src.levels))
+                out += [(b.name, lay["a_bits"], lay["b_bits"])] * (b.lanes * b.pairs)
         if b.kind == Kind.CONV:
             rq = t.op(b.ops[1])
             acc = intops.signed_bits(-op.partial_bound, op.partial_bound)
@@ -161,13 +172,14 @@ def multipliers(plan: HwPlan, mems: list[Mem]) -> list[tuple[str, int, int]]:
 
 def cost_features(plan: HwPlan, mems: list[Mem] | None = None) -> dict[str, float]:
     """The counts ``COST`` prices: shift-add PEs (a product, its adder-tree input and register each),
-    conv lanes (an adder tree's root, an accumulator, a held sum), conv engines (line buffer and
-    sequencer control, the requant units), ``stream_bits`` (every block's output pixel in bits: the
-    registers and multiplexers a pixel's width costs in every block, which grow with the channels,
-    not the fold), the look-up tables Yosys builds for the constant tables it keeps out of block
-    RAM (``rom_luts``: their bits / 16, a LUT4's) and one (``fixed``: the pool's control, the FC,
-    the input). ``mems``: ``memories(plan)``, when known (otherwise ``rom_luts`` is left out: the fold
-    search prices the tables once, for the candidates)."""
+    multiplier pairs (``dsp_pairs``: a pair's weight field, its middle field and borrow bit into the
+    tree), conv lanes (an adder tree's root, an accumulator, a held sum), conv engines (line buffer
+    and sequencer control, the requant units), ``stream_bits`` (every block's output pixel in bits:
+    the registers and multiplexers a pixel's width costs in every block, which grow with the
+    channels, not the fold), the look-up tables Yosys builds for the constant tables it keeps out of
+    block RAM (``rom_luts``: their bits / 16, a LUT4's) and one (``fixed``: the pool's control, the
+    FC, the input). ``mems``: ``memories(plan)``, when known (otherwise ``rom_luts`` is left out: the
+    fold search prices the tables once, for the candidates)."""
     t = plan.tables
     convs = [b for b in plan.blocks if b.kind == Kind.CONV]
     apot = [b for b in convs if t.level_set(t.op(b.name).weight_levels).kind == "apot"]
@@ -176,7 +188,9 @@ def cost_features(plan: HwPlan, mems: list[Mem] | None = None) -> dict[str, floa
         info = t.tensors.get(b.output.split("@")[0])  # a shortcut FIFO's output: its source's pixels
         if info is not None and info.kind == ir.TensorKind.CODES:
             stream += len(info.channels) * Shape.cast(act_code_shape(t.level_set(info.levels))).width
-    f = {"shift_add_pes": sum(b.pes for b in apot), "lanes": sum(b.lanes for b in convs), "engines": len(convs),
+    pairs = sum(b.lanes * b.pairs for b in apot)
+    f = {"shift_add_pes": sum(b.pes for b in apot) - 2 * pairs, "dsp_pairs": pairs,
+         "lanes": sum(b.lanes for b in convs), "engines": len(convs),
          "stream_bits": stream, "rom_luts": 0.0, "fixed": 1}
     if mems is not None:
         f["rom_luts"] = sum(m.width * m.depth for m in mems if m.rom and bram_cells(m)[0] == "logic") / 16

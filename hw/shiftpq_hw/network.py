@@ -53,7 +53,7 @@ def components(plan: HwPlan) -> dict[str, wiring.Component]:
     for b in plan.blocks:
         op = t.op(b.ops[0]) if b.ops else None
         if b.kind == Kind.CONV:
-            blk = ConvRequant.from_tables(t, op, t.op(b.ops[1]), b.lanes, b.simd)
+            blk = ConvRequant.from_tables(t, op, t.op(b.ops[1]), b.lanes, b.simd, b.pairs)
         elif b.kind == Kind.LUT:
             blk = CodeLUT(golden.code_table(b.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
         elif b.kind == Kind.SHORTCUT:

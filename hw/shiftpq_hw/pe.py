@@ -34,6 +34,22 @@ def pack_words(codes: np.ndarray, bits: int) -> list[int]:
     return [int.from_bytes(row.tobytes(), "little") for row in packed]
 
 
+def pack_lane_words(parts: list[tuple[np.ndarray, int]]) -> list[int]:
+    """Memory words of ``lanes`` fields each, a lane's fields of several widths: ``parts`` is
+    ``(fields [words, lanes, n], bits)`` in a lane's bit order (the first part's fields at its low
+    bits). The layout of an ``ArrayLayout`` (over lanes) of a ``StructLayout`` of ``ArrayLayout``s
+    (``pack_words`` when there is one part)."""
+    planes = []
+    for fields, bits in parts:
+        f = np.asarray(fields, dtype=np.int64)
+        n, lanes, k = f.shape
+        planes.append(((f[..., None] >> np.arange(bits)) & 1).reshape(n, lanes, k * bits))
+    bitplanes = np.concatenate(planes, axis=2)
+    n = bitplanes.shape[0]
+    packed = np.packbits(bitplanes.reshape(n, -1).astype(np.uint8), axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]
+
+
 IMAGE = None  # activation "levels" of the stem: the int8 image itself (pixel - 128)
 
 
@@ -427,7 +443,23 @@ def dsp_pair_layout(wl: LevelSet, al: LevelSet) -> dict:
     if max(a_max, b_max) >= 1 << 17:
         raise ValueError(f"two {wl.bits}-bit x {al.bits}-bit products do not pack into an 18x18 multiplier "
                          f"(field {k} bits: |A| up to {a_max}, B up to {b_max})")
-    return {"k": k, "a_bits": 18, "b_bits": 18}
+    vb = intops.signed_bits(-wl.denom - 1, wl.denom)  # a stored weight (variant_field_shape)
+    # the product's operand widths as the RTL's multiply has them: A = Cat(lo sign-extended to k bits, hi)
+    # (its top bit the sign), B an 18-bit signed operand
+    return {"k": k, "a_bits": k + vb, "b_bits": 18}
+
+
+def dsp_pairs_fit(wl: LevelSet, al: LevelSet | None) -> bool:
+    """Whether an engine of these weight and activation levels can put two products in one
+    multiplier (``dsp_pair``): APoT weights, decoded activations (not the stem's image), fields that
+    fit (``dsp_pair_layout``)."""
+    if wl.kind != "apot" or al is IMAGE:
+        return False
+    try:
+        dsp_pair_layout(wl, al)
+    except ValueError:
+        return False
+    return True
 
 
 def dsp_reference(hi_codes, lo_codes, a0_codes, a1_codes, wl: LevelSet, al: LevelSet) -> tuple[np.ndarray, np.ndarray]:
@@ -454,7 +486,7 @@ def dsp_pair(m: Module, w, a0, a1, wl: LevelSet, al: LevelSet, name: str) -> tup
     the low field's sign (its borrow from the middle), for the lane to add after its tree like the
     shift-add PE's ``+ 1``."""
     k = dsp_pair_layout(wl, al)["k"]
-    a = Signal(signed(18), name=f"{name}_A")
+    a = Signal(signed(18), name=f"{name}_A")  # the multiplier's operands (the RTL's $mul: a_bits x b_bits)
     b = Signal(signed(18), name=f"{name}_B")
     p = Signal(signed(36), name=f"{name}_P")
     m.d.comb += [a.eq(Cat(w.lo, w.lo[-1].replicate(k - len(w.lo)), w.hi).as_signed()),

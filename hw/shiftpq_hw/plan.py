@@ -1,6 +1,6 @@
 """The hardware plan: layer tables -> the blocks of the accelerator, as explicit passes.
 
-``make_plan(tables, par)`` runs ``PASSES`` in order, each a pure function from one ``HwPlan`` to the
+``make_plan(tables, par, dsp_pairs)`` runs ``PASSES`` in order, each a pure function from one ``HwPlan`` to the
 next (nothing is built, nothing is elaborated):
 
     fuse             one block per conv and the requant or residual add after it, per code lookup
@@ -10,6 +10,8 @@ next (nothing is built, nothing is elaborated):
     fold             lanes x simd of every conv and simd of the FC (``fold``: the fewest PEs that meet
                      the target period, largest conv's MACs / PAR), lanes of the average pool (the
                      fewest that keep it off the period the blocks before it set)
+    assign_pairs     of a budget of 18x18 multipliers (``dsp_pairs``), pairs of PEs per lane that
+                     become one multiplier each (two products summed in one, ``pe.dsp_pair``)
     size_fifos       every shortcut FIFO's depth, from the line buffers of the engines around it
     annotate_cycles  cycles per image, PEs and MACs of every block; the period, bottleneck, utilization
 
@@ -32,7 +34,7 @@ from shiftpq.ir import Tables
 
 from .blocks import AvgPoolRequant, FullyConnected, MaxPool
 from .conv import ConvRequant
-from .pe import act_code_shape
+from .pe import IMAGE, act_code_shape, dsp_pairs_fit
 
 REPORT_MHZ = (50, 100, 150)  # the clock rates cycles.json quotes inferences per second at
 
@@ -58,6 +60,7 @@ class Block:
     output: str  # the tensor its output stream carries ("<tensor>@fifo": an identity shortcut's FIFO)
     lanes: int | None = None  # conv: output channels at a time; avgpool: channels summed at a time
     simd: int | None = None  # conv, fc: input channels at a time
+    pairs: int = 0  # conv: per lane, multipliers computing two of its simd products each
     groups: int | None = None  # conv: output channel groups, ceil(channels / lanes)
     chunks: int | None = None  # conv, fc: input channel chunks, ceil(channels / simd)
     slots: int | None = None  # conv: line buffer rows
@@ -81,6 +84,7 @@ class ForkChain:
 class HwPlan:
     tables: Tables = field(repr=False, compare=False)
     par: int | None  # the largest conv's PEs (None: every conv fully parallel)
+    dsp_pairs: int = 0  # multipliers the convs may use for their PEs, two products each (assign_pairs)
     target: int | None = None  # the target period: the largest conv's MACs / par
     input_cycles: int = 0  # cycles an image takes to enter: one byte per cycle
     blocks: tuple[Block, ...] = ()  # in execution order (the RTL's creation order)
@@ -228,6 +232,38 @@ def fold_by_par(plan: HwPlan) -> HwPlan:
     return replace(plan, target=target, blocks=tuple(blocks))
 
 
+def pair_candidates(plan: HwPlan) -> list[Block]:
+    """The convs whose PEs can be multiplier pairs (``pe.dsp_pairs_fit``: APoT weights, decoded
+    activations), largest first (most PEs, then plan order)."""
+    t = plan.tables
+    out = []
+    for b in plan.blocks:
+        if b.kind == Kind.CONV:
+            op = t.op(b.name)
+            src = t.tensors[op.src].levels
+            if dsp_pairs_fit(t.level_set(op.weight_levels), t.level_set(src) if src else IMAGE):
+                out.append(b)
+    return sorted(out, key=lambda b: -b.lanes * b.simd)
+
+
+def assign_pairs(plan: HwPlan) -> HwPlan:
+    """Of ``dsp_pairs`` multipliers, give the convs pairs of PEs per lane, one round at a time: in
+    each round every candidate (``pair_candidates``, largest first) whose lanes still have two
+    shift-add PEs gets one more pair per lane if the multipliers left cover its lanes. The
+    products and the cycles do not change, only which PEs compute them (fewer in logic)."""
+    left, pairs = plan.dsp_pairs, {}
+    cands = pair_candidates(plan)
+    grew = True
+    while grew:
+        grew = False
+        for b in cands:
+            if 2 * (pairs.get(b.name, 0) + 1) <= b.simd and b.lanes <= left:
+                pairs[b.name] = pairs.get(b.name, 0) + 1
+                left -= b.lanes
+                grew = True
+    return replace(plan, blocks=tuple(replace(b, pairs=pairs.get(b.name, 0)) for b in plan.blocks))
+
+
 def size_fifos(plan: HwPlan) -> HwPlan:
     """Every shortcut FIFO's depth. It holds what has entered the residual block but not yet been
     added: at most the first engine's line buffer rows plus one (in shortcut rows), the adding
@@ -293,14 +329,17 @@ def annotate_cycles(plan: HwPlan) -> HwPlan:
                    utilization=macs / (pes * period))
 
 
-PASSES = (fuse, insert_fifos, insert_forks, fold_by_par, size_fifos, annotate_cycles)
+PASSES = (fuse, insert_fifos, insert_forks, fold_by_par, assign_pairs, size_fifos, annotate_cycles)
 
 
-def make_plan(tables: Tables, par: int | None) -> HwPlan:
-    """The hardware plan of ``tables`` at ``par`` (None: every conv fully parallel): ``PASSES`` in order."""
+def make_plan(tables: Tables, par: int | None, dsp_pairs: int = 0) -> HwPlan:
+    """The hardware plan of ``tables`` at ``par`` (None: every conv fully parallel) with ``dsp_pairs``
+    multipliers for PE pairs: ``PASSES`` in order."""
     if par is not None and (isinstance(par, bool) or not isinstance(par, int) or par < 1):
         raise ValueError(f"par must be a positive integer or None (fully parallel), got {par!r}")
-    plan = HwPlan(tables, par)
+    if isinstance(dsp_pairs, bool) or not isinstance(dsp_pairs, int) or dsp_pairs < 0:
+        raise ValueError(f"dsp_pairs must be a non-negative integer, got {dsp_pairs!r}")
+    plan = HwPlan(tables, par, dsp_pairs=dsp_pairs)
     for p in PASSES:
         plan = p(plan)
     return plan
@@ -326,7 +365,7 @@ def layers(plan: HwPlan) -> list[dict]:
             continue
         row = {"name": b.name, "kind": str(b.kind), "pes": b.pes, "macs": b.macs, "cycles": b.cycles}
         if b.kind == Kind.CONV:
-            row.update(lanes=b.lanes, simd=b.simd, groups=b.groups, chunks=b.chunks)
+            row.update(lanes=b.lanes, simd=b.simd, pairs=b.pairs, groups=b.groups, chunks=b.chunks)
         elif b.kind == Kind.FC:
             row.update(simd=b.simd)
         elif b.kind == Kind.AVGPOOL:
@@ -348,6 +387,8 @@ def cycle_model(plan: HwPlan, fit: dict | None = None) -> dict:
         "model": plan.tables.model,
         "source": plan.tables.source or {},
         "par": plan.par,
+        "dsp_pairs": {"budget": plan.dsp_pairs,
+                      "used": sum(b.lanes * b.pairs for b in plan.blocks if b.kind == Kind.CONV)},
         "target_cycles": plan.target,
         "pes": plan.pes,
         "macs_per_image": plan.macs,

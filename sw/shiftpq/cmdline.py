@@ -61,14 +61,21 @@ def fraction(what: str):
 rate = fraction("pruning rate")
 
 
-def positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _at_least(least: int, what: str):
+    """An argparse type for an integer of at least ``least``: ``expected WHAT, got TEXT`` otherwise."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < least:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+    return parse
+
+
+positive = _at_least(1, "a positive integer")
+nonnegative = _at_least(0, "a non-negative integer")
 
 
 def _number(expected: str, ok):
