@@ -190,17 +190,17 @@ def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, 
         net = random_net(seed, random_bits=True, random_arch=True)
         s = net.spec
         log(f"fuzz seed {seed}: {s.name} widths {list(s.widths)} x{s.blocks} blocks, W{s.wbits}A{s.abits}, "
-            f"PAR={par or 'max'}, {pairs} multiplier pairs, {simulator} ({bench})")
+            f"PAR={par or 'max'}, a budget of {pairs} multiplier pairs, {simulator} ({bench})")
         tables = export_model(net, {"path": None, "fuzz_seed": seed})
         out = Path(work) / f"seed{seed}"
-        generate(tables, out, par, force=True, dsp_pairs=pairs)
+        used = generate(tables, out, par, force=True, dsp_pairs=pairs)["dsp_pairs"]["used"]
         if bench == "harness":
             from .harness import run
             r = run(out, images(n_images, seed), jobs=1, progress=False)
         else:
             r = simulate(out, simulator, images(n_images, seed))
-        r["seed"], r["par"], r["dsp_pairs"] = seed, par, pairs
+        r["seed"], r["par"], r["dsp_pairs"] = seed, par, used
         results.append(r)
         log(f"fuzz seed {seed}: {'PASS' if r['passed'] else 'FAIL'} ({r['mismatches']} mismatches, "
-            f"{r['cycles_per_image']} cycles per image, model {r['model_cycles_per_image']})")
+            f"{r['cycles_per_image']} cycles per image, model {r['model_cycles_per_image']}, {used} multiplier pairs)")
     return results
