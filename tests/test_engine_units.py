@@ -16,7 +16,7 @@ from shiftpq.levels import level_set
 from shiftpq_hw.engine import (Issue, LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue,
                                TapSequencer)
 from shiftpq_hw.memmap import SplitRom
-from shiftpq_hw.pe import act_code_shape
+from shiftpq_hw.pe import IMAGE, act_code_shape
 
 
 def simulate(m: Module, *testbenches):
@@ -277,6 +277,16 @@ def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, sim
     # ``tick().sample`` gives the values before its edge, one more
     assert [c - i for c, i in zip(valid_at, issued_at)] == [2 + macs.latency] * n
     assert np.array_equal(np.array(got), want)
+
+
+def test_mac_pipeline_refuses_pairs_it_cannot_build():
+    """More pairs than half a lane's PEs, and pairs of the 8-bit image (the stem): refused, named."""
+    wl, al = level_set(4, True), level_set(4, False)
+    words = np.zeros((2, 3), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"pairs must be an integer in \[0, simd // 2 = 1\], got 2"):
+        MacPipeline(words, wl, al, 1, 3, 3, signed(24), 2)
+    with pytest.raises(ValueError, match="multiplier pairs need APoT weights and decoded activations"):
+        MacPipeline(words, wl, IMAGE, 1, 3, 3, signed(24), 1)
 
 
 @pytest.mark.parametrize("mode", ["threshold", "affine", "residual"])

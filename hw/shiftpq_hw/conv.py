@@ -42,7 +42,7 @@ from shiftpq.levels import LevelSet
 
 from .checked import Checked
 from .engine import LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue, TapSequencer
-from .pe import IMAGE, act_code_shape, dsp_pairs_fit
+from .pe import IMAGE, act_code_shape
 
 
 def _pow2_at_least(n: int) -> int:
@@ -99,11 +99,9 @@ class ConvRequant(Checked, wiring.Component):
             problems.append(f"lanes must be in [1, {k_out}], got {lanes!r}")
         if simd is not None and not 1 <= simd <= c_in:
             problems.append(f"simd must be in [1, {c_in}], got {simd!r}")
-        if isinstance(pairs, bool) or not isinstance(pairs, int) or not 0 <= 2 * pairs <= (simd or c_in):
-            problems.append(f"pairs must be an integer in [0, simd // 2 = {(simd or c_in) // 2}], got {pairs!r}")
-        elif pairs and not dsp_pairs_fit(wlevels, alevels):
-            problems.append("multiplier pairs need APoT weights and decoded activations whose two products fit "
-                            "one 18x18 multiplier (pe.dsp_pair_layout)")
+        problem = MacPipeline.pairs_problem(pairs, simd or c_in, wlevels, alevels)
+        if problem:
+            problems.append(problem)
         residual = requant if isinstance(requant, ir.Add) else None
         if not isinstance(requant, (ir.Requant, ir.Add)):
             problems.append(f"requant must be an ir.Requant or ir.Add op, got {requant!r}")

@@ -398,10 +398,9 @@ class MacPipeline:
         if lanes < 1 or not 1 <= simd <= c_in or words.ndim != 2 or words.shape[1] != lanes * simd:
             raise ValueError(f"MacPipeline needs lanes >= 1, simd in [1, c_in = {c_in!r}] and weight words "
                              f"[rows, lanes * simd], got {lanes!r}, {simd!r}, {words.shape!r}")
-        if not 0 <= pairs <= simd // 2 or (pairs and not dsp_pairs_fit(wlevels, alevels)):
-            raise ValueError(f"MacPipeline: {pairs!r} multiplier pairs per lane need 0 <= pairs <= simd // 2 = "
-                             f"{simd // 2} and APoT weights with decoded activations that fit two products "
-                             f"per multiplier (pe.dsp_pair_layout)")
+        problem = self.pairs_problem(pairs, simd, wlevels, alevels)
+        if problem:
+            raise ValueError(f"MacPipeline: {problem}")
         self.words, self.wl, self.al, self.lanes, self.simd, self.c_in = words, wlevels, alevels, lanes, simd, c_in
         self.pairs = pairs
         self.chunks = -(-c_in // simd)
@@ -415,6 +414,16 @@ class MacPipeline:
             self.word_shape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(wlevels), simd), lanes)
         self.tree_levels = simd.bit_length()  # ceil(log2(simd + 1)): simd products and the count of + 1s
         self.latency = self.latency_of(simd, wlevels)
+
+    @staticmethod
+    def pairs_problem(pairs, simd: int, wlevels: LevelSet, alevels: LevelSet | None) -> str | None:
+        """What is wrong with ``pairs`` multiplier pairs per lane of ``simd`` PEs (None: nothing)."""
+        if isinstance(pairs, bool) or not isinstance(pairs, int) or not 0 <= 2 * pairs <= simd:
+            return f"pairs must be an integer in [0, simd // 2 = {simd // 2}], got {pairs!r}"
+        if pairs and not dsp_pairs_fit(wlevels, alevels):
+            return ("multiplier pairs need APoT weights and decoded activations whose two products fit one "
+                    "18x18 multiplier (pe.dsp_pair_layout)")
+        return None
 
     @staticmethod
     def latency_of(simd: int, wlevels: LevelSet) -> int:

@@ -28,25 +28,22 @@ def pack_words(codes: np.ndarray, bits: int) -> list[int]:
     in two's complement, the layout of an ``ArrayLayout`` of ``bits``-wide elements. Vectorized: a
     large weight memory is initialized from integers, not element by element."""
     codes = np.asarray(codes, dtype=np.int64)
-    n, f = codes.shape
-    bitplanes = (codes[:, :, None] >> np.arange(bits)) & 1  # two's complement bits, LSB first
-    packed = np.packbits(bitplanes.reshape(n, f * bits).astype(np.uint8), axis=1, bitorder="little")
-    return [int.from_bytes(row.tobytes(), "little") for row in packed]
+    return pack_lane_words([(codes[:, None, :], bits)])  # one lane of f fields
 
 
 def pack_lane_words(parts: list[tuple[np.ndarray, int]]) -> list[int]:
     """Memory words of ``lanes`` fields each, a lane's fields of several widths: ``parts`` is
     ``(fields [words, lanes, n], bits)`` in a lane's bit order (the first part's fields at its low
     bits). The layout of an ``ArrayLayout`` (over lanes) of a ``StructLayout`` of ``ArrayLayout``s
-    (``pack_words`` when there is one part)."""
+    (``pack_words``: one lane, one part)."""
     planes = []
     for fields, bits in parts:
         f = np.asarray(fields, dtype=np.int64)
         n, lanes, k = f.shape
-        planes.append(((f[..., None] >> np.arange(bits)) & 1).reshape(n, lanes, k * bits))
+        planes.append(((f[..., None] >> np.arange(bits)) & 1).reshape(n, lanes, k * bits))  # LSB first
     bitplanes = np.concatenate(planes, axis=2)
-    n = bitplanes.shape[0]
-    packed = np.packbits(bitplanes.reshape(n, -1).astype(np.uint8), axis=1, bitorder="little")
+    n, lanes, bits_per_lane = bitplanes.shape
+    packed = np.packbits(bitplanes.reshape(n, lanes * bits_per_lane).astype(np.uint8), axis=1, bitorder="little")
     return [int.from_bytes(row.tobytes(), "little") for row in packed]
 
 
