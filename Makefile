@@ -30,7 +30,7 @@ help:
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
-	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max | DEVICE=ecp5-85k|ecp5-45k|ecp5-25k] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
+	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max | DEVICE=ecp5-85k|ecp5-45k|ecp5-25k] [DSP_PAIRS=N] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
 	@echo "make sim [MODEL=m BACKEND=rtl|hls SIM=icarus|verilator IMAGES=N|all JOBS=N BENCH=harness|cocotb WAVES=1]   RTL (or g++ C simulation of the HLS C++) vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on the Verilator harness, tiny on Icarus"
 	@echo "                                  (cocotb), 50 fuzz seeds on the harness)"
@@ -82,7 +82,8 @@ bench-hls: $(STAMP)
 # MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
 # CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 22), PAR=max: fully parallel;
 # DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs;
-# DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA.
+# DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA,
+# with every DSP it leaves free as multiplier pairs (at most DSP_PAIRS when given).
 # An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1.
 gen: $(STAMP)
 	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(if $(filter command line,$(origin DEVICE)),--device $(DEVICE)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)

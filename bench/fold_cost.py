@@ -1,19 +1,22 @@
 """Refit the device-aware fold's cost model (``shiftpq_hw.estimate.COST``) to Yosys' counts.
 
-    python bench/fold_cost.py [--designs resnet20:8,resnet20:16,resnet20:22,tiny:4,...] [--device ecp5-85k]
-                              [--work build/fold_cost] [--out bench/results/fold_cost-ecp5.json] [--refit]
+    python bench/fold_cost.py [--designs resnet20:8,resnet20:16,resnet20:22,tiny:4,resnet20:34:106,...]
+                              [--device ecp5-85k] [--work build/fold_cost]
+                              [--out bench/results/fold_cost-ecp5.json] [--refit | --add DESIGNS]
     python bench/fold_cost.py --table resnet32,resnet56,vgg16 [--out bench/results/fold_table-ecp5.json]
 
-For every design ``MODEL:PAR`` (the model's default source: the shipped checkpoint, else the
-deterministic untrained model) it generates the RTL (``shiftpq_hw.gen.generate``), runs Yosys only
+For every design ``MODEL:PAR[:PAIRS]`` (the model's default source: the shipped checkpoint, else the
+deterministic untrained model; ``PAIRS``: ``shiftpq gen --dsp-pairs``, default 0) it generates the RTL (``shiftpq_hw.gen.generate``), runs Yosys only
 (``synth.run_flow(..., place=False)``: ``stat -json`` of the ECP5 mapping, no place and route) and
 records Yosys' cells beside the plan's ``cost_features`` and ``estimate``. A design whose
-``<work>/<model>-<par>/y/stat.json`` exists is not synthesized again (delete it after changing the
-generator). Then it fits ``COST``'s logic and flip-flop rows by least squares with non-negative
+``<work>/<model>-<par>[-p<pairs>]/y/stat.json`` exists is not synthesized again (delete it after
+changing the generator). Then it fits ``COST``'s logic and flip-flop rows by least squares with non-negative
 coefficients: logic to ``min_logic_cells`` less the LUT RAMs' six cells each (which ``estimate``
 counts exactly), flip-flops to TRELLIS_FF; prints the fitted table (paste it into estimate.py) and each
 design's estimate against Yosys, and writes the JSON (byte-identical for the same tools and
-designs). ``--refit``: fit the records already in ``--out`` again, running nothing.
+designs). ``--refit``: fit the records already in ``--out`` again, running nothing; ``--add DESIGNS``:
+measure these designs only and fit them with the records already in ``--out`` (a design measured
+again replaces its record).
 
 ``--table MODELS``: no fit; for each model (its default source) and each ECP5 the fold
 ``shiftpq gen --device`` picks (``estimate.fold_for_device``) with its PEs, cycles per image,
@@ -40,7 +43,8 @@ from shiftpq_hw.estimate import COST, cost_features, estimate, fold_for_device, 
 from shiftpq_hw.plan import make_plan  # noqa: E402
 from shiftpq_hw.synth import DEVICES, min_logic_cells, run_flow  # noqa: E402
 
-DESIGNS = "tiny:2,tiny:8,tiny:max,tinyvgg:4,tinyvgg:max,resnet20:8,resnet20:16,resnet20:22"
+DESIGNS = ("tiny:2,tiny:8,tiny:max,tinyvgg:4,tinyvgg:max,resnet20:8,resnet20:16,resnet20:22,"
+           "tiny:8:1000,tinyvgg:max:1000,resnet20:34:106")
 
 
 def nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -65,21 +69,23 @@ def nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x
 
 
-def measure(model: str, par: str, device: str, work: Path) -> dict:
+def measure(spec: str, device: str, work: Path) -> dict:
+    model, par, *rest = spec.split(":")
     tables = resolve_source(model)
     p = None if par == "max" else int(par)
-    out = work / f"{model}-{par}"
+    pairs = int(rest[0]) if rest else 0
+    out = work / (f"{model}-{par}" + (f"-p{pairs}" if pairs else ""))
     stat_path = out / "y" / "stat.json"
     if not stat_path.is_file():
-        generate(tables, out, p, force=True)
+        generate(tables, out, p, force=True, dsp_pairs=pairs)
         (out / "y").mkdir()
         run_flow(out / "y", "../rtl/" + TOP + ".il", TOP, device, place=False, log=lambda s: print(" ", s))
     cells = {k: v for k, v in json.loads(stat_path.read_text())["design"]["num_cells_by_type"].items()
              if not k.startswith("$scopeinfo")}
-    plan = make_plan(tables, p)
+    plan = make_plan(tables, p, pairs)
     mems = memories(plan)
     dev = DEVICES[device]
-    return {"design": f"{model}:{par}", "pes": plan.pes, "cycles_per_image": plan.period,
+    return {"design": spec, "pes": plan.pes, "cycles_per_image": plan.period,
             "features": cost_features(plan, mems), "estimate": estimate(plan, mems),
             "yosys": {"logic": min_logic_cells(cells, dev.family), "ffs": cells.get("TRELLIS_FF", 0),
                       "brams": cells.get(dev.yosys_cells["brams"], 0), "lutrams": cells.get("TRELLIS_DPR16X4", 0),
@@ -97,7 +103,7 @@ def fit(records: list[dict]) -> dict:
     """``COST`` refitted; a feature that is zero in every design (no design with multiplier pairs)
     keeps its present price."""
     names = [k for k in COST["logic"] if any(r["features"].get(k) for r in records)]
-    a = np.array([[r["features"][k] for k in names] for r in records], dtype=float)
+    a = np.array([[r["features"].get(k, 0) for k in names] for r in records], dtype=float)
     targets = {"logic": [r["yosys"]["logic"] - 6 * r["yosys"]["lutrams"] for r in records],
                "ffs": [r["yosys"]["ffs"] for r in records]}
     return {kind: {**COST[kind], **{k: round(float(v), 1) for k, v in zip(names, nnls(a, np.array(y, dtype=float)))}}
@@ -127,11 +133,14 @@ def table(models: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--designs", default=DESIGNS, help=f"MODEL:PAR,... (default {DESIGNS})")
+    ap.add_argument("--designs", default=DESIGNS, help=f"MODEL:PAR[:PAIRS],... (default {DESIGNS})")
     ap.add_argument("--device", default="ecp5-85k", choices=[d for d in DEVICES if DEVICES[d].family == "ecp5"])
     ap.add_argument("--work", default=str(ROOT / "build" / "fold_cost"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fold_cost-ecp5.json"))
-    ap.add_argument("--refit", action="store_true", help="fit the records in --out again; run nothing")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--refit", action="store_true", help="fit the records in --out again; run nothing")
+    how.add_argument("--add", default=None, metavar="DESIGNS",
+                     help="measure these designs only; fit them with the records in --out")
     ap.add_argument("--table", default=None, metavar="MODELS", help="the folds chosen for these models instead")
     a = ap.parse_args()
     out = Path(a.out)
@@ -144,11 +153,13 @@ def main() -> None:
     if a.refit:
         records = json.loads(out.read_text())["designs"]
     else:
-        records = []
-        for spec in a.designs.split(","):
-            model, _, par = spec.partition(":")
+        specs = (a.add or a.designs).split(",")
+        records = [r for r in json.loads(out.read_text())["designs"] if r["design"] not in specs] if a.add else []
+        for r in records:  # a record from before a feature existed: the feature was zero
+            r["features"] = {k: r["features"].get(k, 0) for k in COST["logic"]}
+        for spec in specs:
             print(f"{spec}: generating and synthesizing (Yosys only) ...", flush=True)
-            records.append(measure(model, par, a.device, Path(a.work)))
+            records.append(measure(spec, a.device, Path(a.work)))
     cost = fit(records)
     print("COST = " + json.dumps(cost, indent=1).replace("\n ", "\n    "))
     for i, r in enumerate(records):

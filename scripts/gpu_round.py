@@ -2,7 +2,7 @@
 """One GPU stretch of the Table II/III queue (issue 23): stage CIFAR-10, check the compiled quantizer,
 run the plan for a fixed time, return the run states. docs/experiments.md gives the device calls.
 
-    # here, once per checkout: split the six .bin files into call-sized folders under .gpu/
+    # here, once per checkout: the six .bin files in call-sized folders under .gpu/ (cut where needed)
     python scripts/gpu_round.py prepare [--data-dir $CIFAR10_DIR]
     # there, one device call per folder (carry .gpu/stageK), the last one also runs the round:
     python3 scripts/gpu_round.py stage .gpu/stage1
@@ -66,34 +66,53 @@ def tree_bytes(root: Path) -> int:
     return sum((root / p).stat().st_size for p in out.decode().split("\0") if p and (root / p).is_file())
 
 
+def _part_name(name: str, start: int, end: int, size: int) -> str:
+    """A piece of a CIFAR-10 file: its bytes [start, end) of ``size``."""
+    return f"{name}.{start}-{end}-{size}.part"
+
+
 def cmd_prepare(a) -> int:
-    """Pack the six files, whole, into as few call folders as the per-call budget allows."""
+    """Fill as few call folders as the per-call budget allows with the six files, cut into byte
+    ranges where a whole file does not fit what is left of a call (``stage`` joins them again)."""
     src = Path(a.data_dir or os.environ.get("CIFAR10_DIR") or "")
     missing = [n for n in CIFAR10_FILES_MD5 if not (src / n).is_file()]
     if missing:
         fail(f"--data-dir {str(src)!r}: {missing[0]} is missing (expected the official CIFAR-10 .bin files)")
     tree = tree_bytes(ROOT)
     room = (a.call_mib << 20) - tree - (1 << 20)  # a MiB spare for the plan's own small files
-    size = max((src / n).stat().st_size for n in CIFAR10_FILES_MD5)
-    per_call = room // size
-    if per_call < 1:
-        fail(f"the working tree is {tree / 2**20:.1f} MiB: no room for a {size / 2**20:.1f} MiB file in a "
+    if room < (1 << 20):
+        fail(f"the working tree is {tree / 2**20:.1f} MiB: less than a MiB is left for data in a "
              f"{a.call_mib} MiB call")
     dest = Path(a.dest)
     if dest.exists():
         shutil.rmtree(dest)
-    names = list(CIFAR10_FILES_MD5)
-    calls = [names[i:i + per_call] for i in range(0, len(names), per_call)]
+    calls: list[list[tuple[str, int, int, int]]] = [[]]  # per call: (file, start, end, size)
+    left = room
+    for n in CIFAR10_FILES_MD5:
+        size, pos = (src / n).stat().st_size, 0
+        while pos < size:
+            if left == 0:
+                calls.append([])
+                left = room
+            take = min(size - pos, left)
+            calls[-1].append((n, pos, pos + take, size))
+            pos, left = pos + take, left - take
     for k, group in enumerate(calls, 1):
         d = dest / f"stage{k}"
         d.mkdir(parents=True)
-        for n in group:
-            try:
-                os.link(src / n, d / n)
-            except OSError:
-                shutil.copyfile(src / n, d / n)
+        for n, start, end, size in group:
+            if (start, end) == (0, size):
+                try:
+                    os.link(src / n, d / n)
+                except OSError:
+                    shutil.copyfile(src / n, d / n)
+                continue
+            with open(src / n, "rb") as f_in, open(d / _part_name(n, start, end, size), "wb") as f_out:
+                f_in.seek(start)
+                f_out.write(f_in.read(end - start))
     rel = dest.resolve().relative_to(ROOT) if dest.resolve().is_relative_to(ROOT) else dest
-    print(f"working tree {tree / 2**20:.1f} MiB; {len(calls)} staging calls of at most {per_call} files:")
+    print(f"working tree {tree / 2**20:.1f} MiB; {len(calls)} staging calls of at most "
+          f"{room / 2**20:.1f} MiB of data (files cut where one does not fit):")
     for k in range(1, len(calls) + 1):
         tail = " && python3 scripts/gpu_round.py run --time-limit 540" if k == len(calls) else ""
         print(f"  run(carry=['{rel}/stage{k}'], command='python3 scripts/gpu_round.py stage {rel}/stage{k}{tail}')")
@@ -101,20 +120,48 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_stage(a) -> int:
+    """Copy a carried folder's files into --data: whole files md5-checked at once, pieces kept in
+    --data/.parts/ until a file's pieces cover it, then joined and md5-checked."""
     from shiftpq.data import _md5
     src, data = Path(a.folder), Path(a.data)
-    files = sorted(p for p in src.glob("*.bin")) if src.is_dir() else []
+    files = sorted(p for p in src.iterdir() if p.suffix in (".bin", ".part")) if src.is_dir() else []
     if not files:
-        fail(f"{src}: no .bin files to stage (carry the folder made by `gpu_round.py prepare`)")
+        fail(f"{src}: no .bin or .part files to stage (carry the folder made by `gpu_round.py prepare`)")
     data.mkdir(parents=True, exist_ok=True)
-    for p in files:
-        if p.name not in CIFAR10_FILES_MD5:
-            fail(f"{p}: not a CIFAR-10 file (expected one of {', '.join(CIFAR10_FILES_MD5)})")
-        if _md5(p) != CIFAR10_FILES_MD5[p.name]:
-            fail(f"{p}: md5 {_md5(p)}, expected {CIFAR10_FILES_MD5[p.name]}")
-        tmp = data / f".{p.name}.tmp"
+    parts = data / ".parts"
+
+    def install(p: Path, name: str) -> None:
+        if _md5(p) != CIFAR10_FILES_MD5[name]:
+            fail(f"{p}: md5 {_md5(p)}, expected {CIFAR10_FILES_MD5[name]} (file {name})")
+        tmp = data / f".{name}.tmp"
         shutil.copyfile(p, tmp)
-        os.replace(tmp, data / p.name)
+        os.replace(tmp, data / name)
+
+    for p in files:
+        name, _, rng = p.name.removesuffix(".part").rpartition(".") if p.suffix == ".part" else (p.name, "", "")
+        if name not in CIFAR10_FILES_MD5:
+            fail(f"{p}: not a CIFAR-10 file or a piece of one (expected one of {', '.join(CIFAR10_FILES_MD5)})")
+        if p.suffix == ".bin":
+            install(p, name)
+            continue
+        try:
+            start, end, size = (int(x) for x in rng.split("-"))
+        except ValueError:
+            fail(f"{p}: a piece's name must be NAME.START-END-SIZE.part")
+        if not 0 <= start < end <= size or p.stat().st_size != end - start:
+            fail(f"{p}: {p.stat().st_size} bytes, expected bytes {start}-{end} of a {size}-byte file")
+        (parts / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, parts / name / p.name)
+        have = sorted((tuple(int(x) for x in q.name.removesuffix(".part").rpartition(".")[2].split("-")), q)
+                      for q in (parts / name).iterdir())
+        if have[0][0][0] == 0 and have[-1][0][1] == size and all(x[1] == y[0] for (x, _), (y, _) in zip(have, have[1:])):
+            joined = parts / f"{name}.joined"
+            with open(joined, "wb") as f_out:
+                for _, q in have:
+                    f_out.write(q.read_bytes())
+            install(joined, name)
+            shutil.rmtree(parts / name)
+            joined.unlink()
     have = sorted(n for n in CIFAR10_FILES_MD5 if (data / n).is_file())
     print(f"staged {', '.join(p.name for p in files)} in {data}; {len(have)} of {len(CIFAR10_FILES_MD5)} files there")
     return 0

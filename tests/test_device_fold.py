@@ -102,6 +102,22 @@ def test_fold_for_device_is_the_fastest_that_fits(tiny):
     assert fold_for_device(tiny, "ecp5-85k")[0].period == make_plan(tiny, None).period < plan.period
 
 
+def test_fold_for_device_uses_the_free_dsps_as_pairs(tiny):
+    """By default the fold gives every DSP the plan leaves free to multiplier pairs: fewer shift-add PEs
+    in logic, so a fold at least as fast fits; ``pairs`` caps them, 0 leaves them out."""
+    budget = device_budget("ecp5-45k", 0.2)
+    plain, _ = fold_for_device(tiny, "ecp5-45k", margin=0.2, pairs=0)
+    assert plain.dsp_pairs == 0 and not any(b.pairs for b in plain.blocks)
+    paired, fit = fold_for_device(tiny, "ecp5-45k", margin=0.2)
+    assert paired.dsp_pairs == budget["dsps"] - estimate(make_plan(tiny, paired.par))["dsps"] >= paired.pairs_used > 0
+    assert fit["estimate"] == estimate(paired) and all(fit["estimate"][k] <= budget[k] for k in budget)
+    assert paired.period < plain.period and paired.par > plain.par  # the pairs' logic let a larger fold in
+    capped, fit = fold_for_device(tiny, "ecp5-45k", margin=0.2, pairs=3)
+    assert 0 < capped.pairs_used <= capped.dsp_pairs == 3
+    with pytest.raises(ValueError, match="pairs must be a non-negative integer or None"):
+        fold_for_device(tiny, "ecp5-45k", pairs=-1)
+
+
 def test_nothing_fits_names_the_device_and_resource(tiny):
     with pytest.raises(ShiftPQError, match=r"fits no fold on ecp5-25k: at PAR 1 \(\d+ PEs, the least\) the "
                        r"estimate needs [\d,]+ logic cells > 242, [\d,]+ flip-flops > 242 \(the budget: 1% "):
@@ -179,10 +195,10 @@ def test_gen_device_refusals_are_one_line_exit_2(tiny, tmp_path, capsys, monkeyp
     assert "with --backend hls give --par" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
     capsys.readouterr()
-    assert main(["gen", "--tables", str(tables), "--device", "ecp5-25k", "--dsp-pairs", "4",
+    assert main(["gen", "--tables", str(tables), "--par", "2", "--dsp-pairs", "4", "--backend", "hls",
                  "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--dsp-pairs 4 goes with --par" in err[0], err
+    assert len(err) == 1 and "--dsp-pairs 4 goes with the RTL backend" in err[0], err
     assert not (tmp_path / "d").exists()
     assert "expected a non-negative integer, got -1" in refused("gen", "--tables", str(tables), "--dsp-pairs", "-1")
 

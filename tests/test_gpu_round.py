@@ -33,30 +33,47 @@ def test_the_shipped_plan_is_valid():
 
 
 def test_prepare_and_stage(gr, tmp_path, capsys, monkeypatch):
-    """prepare packs whole files into as few calls as the per-call budget allows, next to the tree;
-    stage checks each file's md5 and names the one that is wrong."""
+    """prepare fills each call with what the tree leaves of it, cutting files into byte ranges where
+    one does not fit whole; stage joins a file's pieces once all are there and checks its md5, and
+    names the file that is wrong."""
+    import random
     src = tmp_path / "src"
     src.mkdir()
-    md5 = {}
+    md5, blobs = {}, {}
     for i, name in enumerate(gr.CIFAR10_FILES_MD5):
-        data = bytes([i]) * (1 << 20)
+        blobs[name] = data = random.Random(i).randbytes(1 << 20)
         (src / name).write_bytes(data)
         md5[name] = hashlib.md5(data).hexdigest()
-    tree_mib = gr.tree_bytes(ROOT) / 2**20
-    budget = int(tree_mib) + 4  # room for 2 (not 3) one-MiB files after the tree and a spare MiB
+    budget = int(gr.tree_bytes(ROOT) / 2**20) + 4  # 2-3 MiB of data a call after the tree and a spare MiB
+    room = (budget << 20) - gr.tree_bytes(ROOT) - (1 << 20)
+    calls = -(-(6 << 20) // room)
     assert gr.main(["prepare", "--data-dir", str(src), "--dest", str(tmp_path / "g"), "--call-mib", str(budget)]) == 0
     out = capsys.readouterr().out
     stages = sorted(p.name for p in (tmp_path / "g").iterdir())
-    assert stages == ["stage1", "stage2", "stage3"] and "3 staging calls of at most 2 files" in out
-    assert out.count("run(carry=") == 3 and "gpu_round.py run" in out.splitlines()[-1]
+    assert stages == [f"stage{k}" for k in range(1, calls + 1)] and f"{calls} staging calls" in out
+    assert out.count("run(carry=") == calls and "gpu_round.py run" in out.splitlines()[-1]
+    sizes = [sum(p.stat().st_size for p in (tmp_path / "g" / st).iterdir()) for st in stages]
+    assert all(n == room for n in sizes[:-1]) and sum(sizes) == 6 << 20  # every call but the last full
+    parts = sorted(p.name for p in (tmp_path / "g").rglob("*.part"))
+    assert parts and all(p.split(".bin.")[0] + ".bin" in md5 for p in parts)
     with pytest.raises(SystemExit) as e:  # the real md5s: our fake files are refused
-        gr.main(["stage", str(tmp_path / "g" / "stage1"), "--data", str(tmp_path / "d")])
-    assert e.value.code == 2 and "data_batch_1.bin: md5" in capsys.readouterr().err
+        for k in range(1, calls + 1):
+            gr.main(["stage", str(tmp_path / "g" / f"stage{k}"), "--data", str(tmp_path / "x")])
+    assert e.value.code == 2 and "md5" in capsys.readouterr().err
     monkeypatch.setattr(gr, "CIFAR10_FILES_MD5", md5)
-    for k in (1, 2, 3):
+    for k in reversed(range(1, calls + 1)):  # any order: a file is joined when its last piece arrives
         assert gr.main(["stage", str(tmp_path / "g" / f"stage{k}"), "--data", str(tmp_path / "d")]) == 0
     assert "6 of 6 files there" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(md5)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir() if p.is_file()) == sorted(md5)
+    assert all((tmp_path / "d" / n).read_bytes() == blobs[n] for n in md5)
+    assert not any((tmp_path / "d" / ".parts").iterdir())  # the pieces are gone once joined
+    # a piece whose bytes are not what its name says is refused, naming it
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "test_batch.bin.0-100-1048576.part").write_bytes(b"x" * 99)
+    with pytest.raises(SystemExit) as e:
+        gr.main(["stage", str(bad), "--data", str(tmp_path / "d2")])
+    assert e.value.code == 2 and "99 bytes, expected bytes 0-100 of a 1048576-byte file" in capsys.readouterr().err
 
 
 def test_round_on_the_cpu_then_adopt_then_the_next_round_skips(gr, tmp_path, cifar_dir, capsys, monkeypatch):

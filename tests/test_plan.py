@@ -42,7 +42,7 @@ def test_assign_pairs_spends_at_most_the_budget_on_4_bit_convs(tiny, budget):
     plan, plain = make_plan(tiny, 6, budget), make_plan(tiny, 6)
     cands = {b.name for b in pair_candidates(plain)}
     assert "stem" not in cands and len(cands) >= 3
-    used = sum(b.lanes * b.pairs for b in plan.blocks if b.pairs)
+    used = plan.pairs_used
     assert used <= budget
     for b, p in zip(plan.blocks, plain.blocks):
         assert dataclasses.replace(b, pairs=0) == p

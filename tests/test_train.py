@@ -196,3 +196,32 @@ def test_resume_without_a_checkpoint_starts_over_with_an_empty_log(tmp_path, cif
     (b / "log.jsonl").write_text('{"epoch": 1, "test_acc": 1.0}\n')
     _run(cfg, b, cifar_dir, resume=True)
     assert [json.loads(l)["epoch"] for l in (b / "log.jsonl").read_text().splitlines()] == [1]
+
+
+def test_recalibrate_bn_gives_the_statistics_of_the_network_as_it_is():
+    """SPQ's revive variant trains every filter for an epoch, then zeroes the selected ones: the
+    BatchNorm statistics of the layers after them are stale. recalibrate_bn re-estimates them in train
+    mode: on the images it saw, eval mode then gives the train-mode (batch statistics) output."""
+    from shiftpq.models import Net
+    from shiftpq.train import recalibrate_bn
+    torch.manual_seed(0)
+    model = Net(ModelSpec("tiny"))
+    model.set_quant(True)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    from shiftpq.models import model_input
+    model.train()
+    for _ in range(3):  # running statistics of the unpruned network
+        model(model_input(images))
+    cb = model.prunable()["stem"]
+    cb.conv.mask[[0, 2]] = 0  # the selection: the layers after it now see other statistics
+    with torch.no_grad():
+        batch_stats = model(model_input(images))
+        model.eval()
+        stale = model(model_input(images))
+        recalibrate_bn(model, images, 64, 64)
+        assert not model.training
+        fresh = model(model_input(images))
+    assert (stale - batch_stats).abs().max() > 10 * (fresh - batch_stats).abs().max(), \
+        ((stale - batch_stats).abs().max(), (fresh - batch_stats).abs().max())
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.1 for m in bns)  # restored

@@ -24,19 +24,14 @@ from .plan import HwPlan, Kind, make_plan
 from .requant import dsp_products, search_levels
 
 
-# a multiplier pair (two products in one MULT18X18D, plan.assign_pairs) in logic: its share of the lane's
-# tree (a middle field and a borrow bit, the leaves of two shift-add PEs), its registers and its 10-bit
-# weight field; not fitted yet (the PE study's dsp2 arrays, bench/pe_cost.py: about 14 cells per product
-# besides the shared decode the engines have anyway)
-DSP_PAIR_COST = {"logic": 28.0, "ffs": 12.0}
-
 COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' ECP5 cells) and flip-flops
     # bench/fold_cost.py: non-negative least squares over the designs of bench/results/fold_cost-ecp5.json
-    # (tiny, tinyvgg, ResNet-20 at several PARs; Yosys 0.70), within 5 % of every one of them
-    "logic": {"shift_add_pes": 64.7, "dsp_pairs": DSP_PAIR_COST["logic"], "lanes": 42.1, "engines": 400.5,
-              "stream_bits": 3.8, "rom_luts": 1.5, "fixed": 0.0},
-    "ffs": {"shift_add_pes": 19.7, "dsp_pairs": DSP_PAIR_COST["ffs"], "lanes": 110.8, "engines": 265.9,
-            "stream_bits": 5.0, "rom_luts": 3.4, "fixed": 0.0},
+    # (tiny, tinyvgg, ResNet-20 at several PARs, three of them with multiplier pairs; Yosys 0.70): within
+    # 1 % of every ResNet-20 design (left out of the fit: 4.2 %), 2 % of the tiny ones, 12 % of tinyvgg's
+    "logic": {"shift_add_pes": 63.7, "dsp_pairs": 11.3, "lanes": 45.5, "engines": 374.3,
+              "stream_bits": 3.8, "rom_luts": 1.5, "fixed": 199.5},
+    "ffs": {"shift_add_pes": 19.5, "dsp_pairs": 2.8, "lanes": 108.0, "engines": 224.5,
+            "stream_bits": 5.1, "rom_luts": 3.3, "fixed": 424.4},
 }
 # placement margin: the share of a device's logic cells an estimate may use, by Yosys' count (the capacity
 # check's, synth.min_logic_cells). ResNet-20 at PAR 22 had 65,704 by Yosys' count (78.6 % of an ECP5-85k;
@@ -188,8 +183,7 @@ def cost_features(plan: HwPlan, mems: list[Mem] | None = None) -> dict[str, floa
         info = t.tensors.get(b.output.split("@")[0])  # a shortcut FIFO's output: its source's pixels
         if info is not None and info.kind == ir.TensorKind.CODES:
             stream += len(info.channels) * Shape.cast(act_code_shape(t.level_set(info.levels))).width
-    pairs = sum(b.lanes * b.pairs for b in apot)
-    f = {"shift_add_pes": sum(b.pes for b in apot) - 2 * pairs, "dsp_pairs": pairs,
+    f = {"shift_add_pes": sum(b.pes for b in apot) - 2 * plan.pairs_used, "dsp_pairs": plan.pairs_used,
          "lanes": sum(b.lanes for b in convs), "engines": len(convs),
          "stream_bits": stream, "rom_luts": 0.0, "fixed": 1}
     if mems is not None:
@@ -235,25 +229,38 @@ def _over(est: dict, budget: dict) -> list[str]:
     return [k for k in budget if est[k] > budget[k]]
 
 
-def fold_for_device(tables: Tables, device: str, margin: float | None = None) -> tuple[HwPlan, dict]:
+def fold_for_device(tables: Tables, device: str, margin: float | None = None,
+                    pairs: int | None = None) -> tuple[HwPlan, dict]:
     """The plan with the fewest cycles per image whose ``estimate`` fits ``device_budget`` (on a tie
     the smallest PAR: the fewest PEs), and cycles.json's ``fit``: the device, the margin, the budget
-    and the estimate. PAR runs from 1 to the largest conv's PEs unfolded; the logic model is searched
-    first (pure, milliseconds a plan), the memories and multipliers counted for the candidates
-    (seconds). Nothing fits: ShiftPQError, one line naming the device, the limiting resources and
-    their numbers at PAR 1."""
+    and the estimate. ``pairs``: at most this many of the DSPs the plan leaves free compute pairs of
+    PEs (``plan.assign_pairs``), which shrinks the logic a fold needs; None: all of them; 0: none.
+    PAR runs from 1 to the largest conv's PEs unfolded; the logic model is searched first (pure,
+    milliseconds a plan; with the most pairs any PAR could have, a lower bound), the memories and
+    multipliers counted for the candidates (seconds). Nothing fits: ShiftPQError, one line naming
+    the device, the limiting resources and their numbers at PAR 1."""
     margin = MARGIN if margin is None else margin
+    if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 0):
+        raise ValueError(f"pairs must be a non-negative integer or None, got {pairs!r}")
     budget = device_budget(device, margin)
     convs = [op for op in tables.ops if isinstance(op, ir.Conv)]
     top = max(len(op.kept) * len(op.in_channels) for op in convs)  # the largest conv's PEs, unfolded
+    most = budget["dsps"] if pairs is None else min(pairs, budget["dsps"])  # pairs any plan may get
 
     def quick_fits(par: int) -> bool:  # the logic model without the constant tables' LUTs (a lower bound)
-        f = cost_features(make_plan(tables, par))
-        return _linear("logic", f) <= budget["logic"] and _linear("ffs", f) <= budget["ffs"]
+        fs = [cost_features(make_plan(tables, par, n)) for n in {0, most}]
+        return all(min(_linear(kind, f) for f in fs) <= budget[kind] for kind in ("logic", "ffs"))
 
     def full(par: int) -> tuple[HwPlan, dict]:
+        """The plan at ``par`` with as many pairs as the DSPs it leaves free allow (and ``pairs``)."""
         plan = make_plan(tables, par)
-        return plan, estimate(plan)
+        est = estimate(plan)
+        free = min(most, budget["dsps"] - est["dsps"])
+        if free > 0:
+            paired = make_plan(tables, par, free)
+            if any(b.pairs for b in paired.blocks):
+                plan, est = paired, estimate(paired)
+        return plan, est
 
     def largest(fits, lo: int, hi: int) -> int | None:
         """The largest PAR in [lo, hi] that fits (fits is monotone: more PAR, more PEs)."""
@@ -282,5 +289,8 @@ def fold_for_device(tables: Tables, device: str, margin: float | None = None) ->
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if make_plan(tables, mid).period == period else (mid + 1, hi)
-    plan, est = full(lo)
+    for par in range(lo, best + 1):  # with pairs a smaller PAR of that period may get fewer of them
+        plan, est = full(par)
+        if not _over(est, budget):
+            break
     return plan, {"device": device, "margin": margin, "budget": budget, "estimate": est}

@@ -67,22 +67,24 @@ def resolve_source(model: str | None, checkpoint: str | None = None, tables: str
 
 
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
-             log=lambda s: None, device: str | None = None, dsp_pairs: int = 0) -> dict:
+             log=lambda s: None, device: str | None = None, dsp_pairs: int | None = None) -> dict:
     """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json.
     ``device``: the fold is the fastest whose estimate fits it (``estimate.fold_for_device``; ``par`` is
     not used), recorded in cycles.json; a design that fits no fold raises before anything is written.
-    ``dsp_pairs``: multipliers the convs may use for pairs of PEs (``plan.assign_pairs``; with ``par``)."""
+    ``dsp_pairs``: multipliers the convs may use for pairs of PEs (``plan.assign_pairs``); None: with
+    ``par`` none, with ``device`` every DSP the fold leaves free."""
     out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked
     t0 = time.perf_counter()
     fit = None
     if device is not None:
-        plan, fit = fold_for_device(tables, device)
+        plan, fit = fold_for_device(tables, device, pairs=dsp_pairs)
         est, budget = fit["estimate"], fit["budget"]
-        log(f"{device}: PAR {plan.par} is the fastest fold that fits: estimate {est['logic']:,} of {budget['logic']:,} "
-            f"logic cells ({fit['margin']:.0%} of the device), {est['ffs']:,} FFs, {est['brams']} of {budget['brams']} "
-            f"block RAMs, {est['dsps']} of {budget['dsps']} DSPs ({time.perf_counter() - t0:.1f} s)")
+        log(f"{device}: PAR {plan.par} with {plan.pairs_used} multiplier pairs is the fastest fold that fits: estimate "
+            f"{est['logic']:,} of {budget['logic']:,} logic cells ({fit['margin']:.0%} of the device), {est['ffs']:,} "
+            f"FFs, {est['brams']} of {budget['brams']} block RAMs, {est['dsps']} of {budget['dsps']} DSPs "
+            f"({time.perf_counter() - t0:.1f} s)")
     else:
-        plan = make_plan(tables, par, dsp_pairs)
+        plan = make_plan(tables, par, dsp_pairs or 0)
     model, probes = cycle_model(plan, fit), probe_map(plan, TOP)
     log(f"planned {len(plan.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
         f"utilization {model['utilization']:.1%} ({time.perf_counter() - t0:.1f} s)")

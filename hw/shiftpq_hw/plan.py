@@ -98,6 +98,11 @@ class HwPlan:
     def block(self, name: str) -> Block:
         return next(b for b in self.blocks if b.name == name)
 
+    @property
+    def pairs_used(self) -> int:
+        """The multipliers that compute pairs of PEs (assign_pairs): at most ``dsp_pairs``."""
+        return sum(b.lanes * b.pairs for b in self.blocks if b.kind == Kind.CONV)
+
     def readers(self, tensor: str) -> list[tuple[Block, str]]:
         """(block, port) of every block that reads ``tensor``, in plan order."""
         return [(b, port) for b in self.blocks for port, t in b.inputs if t == tensor]
@@ -387,8 +392,7 @@ def cycle_model(plan: HwPlan, fit: dict | None = None) -> dict:
         "model": plan.tables.model,
         "source": plan.tables.source or {},
         "par": plan.par,
-        "dsp_pairs": {"budget": plan.dsp_pairs,
-                      "used": sum(b.lanes * b.pairs for b in plan.blocks if b.kind == Kind.CONV)},
+        "dsp_pairs": {"budget": plan.dsp_pairs, "used": plan.pairs_used},
         "target_cycles": plan.target,
         "pes": plan.pes,
         "macs_per_image": plan.macs,
