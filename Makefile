@@ -82,8 +82,8 @@ bench-hls: $(STAMP)
 # MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
 # CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 22), PAR=max: fully parallel;
 # DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs;
-# DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA,
-# with every DSP it leaves free as multiplier pairs (at most DSP_PAIRS when given).
+# DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA
+# (with DSP_PAIRS: up to that many of the DSPs it leaves free as multiplier pairs).
 # An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1.
 gen: $(STAMP)
 	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(if $(filter command line,$(origin DEVICE)),--device $(DEVICE)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)

@@ -6,12 +6,13 @@
     python bench/fold_cost.py --table resnet32,resnet56,vgg16 [--out bench/results/fold_table-ecp5.json]
 
 For every design ``MODEL:PAR[:PAIRS]`` (the model's default source: the shipped checkpoint, else the
-deterministic untrained model; ``PAIRS``: ``shiftpq gen --dsp-pairs``, default 0) it generates the RTL (``shiftpq_hw.gen.generate``), runs Yosys only
+deterministic untrained model; ``PAIRS``: ``shiftpq gen --dsp-pairs``, default 0) it generates the
+RTL (``shiftpq_hw.gen.generate``), runs Yosys only
 (``synth.run_flow(..., place=False)``: ``stat -json`` of the ECP5 mapping, no place and route) and
 records Yosys' cells beside the plan's ``cost_features`` and ``estimate``. A design whose
 ``<work>/<model>-<par>[-p<pairs>]/y/stat.json`` exists is not synthesized again (delete it after
-changing the generator). Then it fits ``COST``'s logic and flip-flop rows by least squares with non-negative
-coefficients: logic to ``min_logic_cells`` less the LUT RAMs' six cells each (which ``estimate``
+changing the generator). Then it fits ``COST``'s logic and flip-flop rows by least squares with
+non-negative coefficients: logic to ``min_logic_cells`` less the LUT RAMs' six cells each (which ``estimate``
 counts exactly), flip-flops to TRELLIS_FF; prints the fitted table (paste it into estimate.py) and each
 design's estimate against Yosys, and writes the JSON (byte-identical for the same tools and
 designs). ``--refit``: fit the records already in ``--out`` again, running nothing; ``--add DESIGNS``:

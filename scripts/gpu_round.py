@@ -154,7 +154,8 @@ def cmd_stage(a) -> int:
         shutil.copyfile(p, parts / name / p.name)
         have = sorted((tuple(int(x) for x in q.name.removesuffix(".part").rpartition(".")[2].split("-")), q)
                       for q in (parts / name).iterdir())
-        if have[0][0][0] == 0 and have[-1][0][1] == size and all(x[1] == y[0] for (x, _), (y, _) in zip(have, have[1:])):
+        ranges = [r for r, _ in have]
+        if ranges[0][0] == 0 and ranges[-1][1] == size and all(x[1] == y[0] for x, y in zip(ranges, ranges[1:])):
             joined = parts / f"{name}.joined"
             with open(joined, "wb") as f_out:
                 for _, q in have:

@@ -103,18 +103,18 @@ def test_fold_for_device_is_the_fastest_that_fits(tiny):
 
 
 def test_fold_for_device_uses_the_free_dsps_as_pairs(tiny):
-    """By default the fold gives every DSP the plan leaves free to multiplier pairs: fewer shift-add PEs
-    in logic, so a fold at least as fast fits; ``pairs`` caps them, 0 leaves them out."""
+    """With ``pairs`` the fold gives the DSPs the plan leaves free (at most ``pairs``) to multiplier
+    pairs: fewer shift-add PEs in logic, so a faster fold fits; by default (0) none."""
     budget = device_budget("ecp5-45k", 0.2)
-    plain, _ = fold_for_device(tiny, "ecp5-45k", margin=0.2, pairs=0)
+    plain, _ = fold_for_device(tiny, "ecp5-45k", margin=0.2)
     assert plain.dsp_pairs == 0 and not any(b.pairs for b in plain.blocks)
-    paired, fit = fold_for_device(tiny, "ecp5-45k", margin=0.2)
+    paired, fit = fold_for_device(tiny, "ecp5-45k", margin=0.2, pairs=1000)
     assert paired.dsp_pairs == budget["dsps"] - estimate(make_plan(tiny, paired.par))["dsps"] >= paired.pairs_used > 0
     assert fit["estimate"] == estimate(paired) and all(fit["estimate"][k] <= budget[k] for k in budget)
     assert paired.period < plain.period and paired.par > plain.par  # the pairs' logic let a larger fold in
     capped, fit = fold_for_device(tiny, "ecp5-45k", margin=0.2, pairs=3)
     assert 0 < capped.pairs_used <= capped.dsp_pairs == 3
-    with pytest.raises(ValueError, match="pairs must be a non-negative integer or None"):
+    with pytest.raises(ValueError, match="pairs must be a non-negative integer"):
         fold_for_device(tiny, "ecp5-45k", pairs=-1)
 
 
@@ -162,6 +162,13 @@ def test_gen_device_records_the_fit_and_default_gen_does_not(tiny, tmp_path, mon
     assert (cyc["device"], cyc["par"], cyc["pes"]) == ("ecp5-45k", plan.par, plan.pes)
     assert cyc["fit"] == {k: fit[k] for k in ("margin", "budget", "estimate")}
     assert "device" not in cycle_model(plan) and "fit" not in cycle_model(plan)
+    # --dsp-pairs with --device: the fold with pairs, recorded
+    assert main(["gen", "--tables", str(tables), "--device", "ecp5-45k", "--dsp-pairs", "1000",
+                 "--out", str(tmp_path / "p")]) == 0
+    cyc = json.loads((tmp_path / "p" / "cycles.json").read_text())
+    plan, fit = fold_for_device(tiny, "ecp5-45k", pairs=1000)
+    assert cyc["dsp_pairs"] == {"budget": plan.dsp_pairs, "used": plan.pairs_used} and plan.pairs_used > 0
+    assert cyc["par"] == plan.par and cyc["fit"]["estimate"] == fit["estimate"]
 
 
 def test_gen_device_refusals_are_one_line_exit_2(tiny, tmp_path, capsys, monkeypatch):

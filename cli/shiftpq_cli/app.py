@@ -88,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     fold.add_argument("--device", choices=[d for d in DEVICES if DEVICES[d].family == "ecp5"], default=None,
                       help="instead of --par: the fastest fold whose estimated size (logic cells within a placement "
                       "margin, block RAMs, DSPs) fits this FPGA, recorded in cycles.json (exit 2 when none fits)")
-    gn.add_argument("--dsp-pairs", type=nonnegative, default=None, metavar="N",
+    gn.add_argument("--dsp-pairs", type=nonnegative, default=0, metavar="N",
                     help="up to N of the FPGA's 18x18 multipliers (MULT18X18D) compute two of the 4-bit convs' "
-                    "products each, in place of shift-add PEs in logic; the cycles do not change (an ECP5-85k has "
-                    "156, ResNet-20 at PAR 22 uses 47 elsewhere). Default: with --par none, with --device every "
-                    "DSP the fold leaves free, so a larger fold fits")
+                    "products each, in place of shift-add PEs in logic; the cycles do not change (default 0; an "
+                    "ECP5-85k has 156, ResNet-20 at PAR 22 uses 47 elsewhere). With --device: of the DSPs its fold "
+                    "leaves free, so a larger fold fits")
     gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
     gn.add_argument("--force", action="store_true",
                     help="replace OUT if it exists (its sim/, synth/ and report/ results are lost)")

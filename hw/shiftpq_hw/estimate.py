@@ -230,22 +230,23 @@ def _over(est: dict, budget: dict) -> list[str]:
 
 
 def fold_for_device(tables: Tables, device: str, margin: float | None = None,
-                    pairs: int | None = None) -> tuple[HwPlan, dict]:
+                    pairs: int = 0) -> tuple[HwPlan, dict]:
     """The plan with the fewest cycles per image whose ``estimate`` fits ``device_budget`` (on a tie
     the smallest PAR: the fewest PEs), and cycles.json's ``fit``: the device, the margin, the budget
     and the estimate. ``pairs``: at most this many of the DSPs the plan leaves free compute pairs of
-    PEs (``plan.assign_pairs``), which shrinks the logic a fold needs; None: all of them; 0: none.
+    PEs (``plan.assign_pairs``), which shrinks the logic a fold needs (0, the default: none; a design
+    with every DSP used has not routed yet, docs/hw-round5-design.md section 7).
     PAR runs from 1 to the largest conv's PEs unfolded; the logic model is searched first (pure,
     milliseconds a plan; with the most pairs any PAR could have, a lower bound), the memories and
     multipliers counted for the candidates (seconds). Nothing fits: ShiftPQError, one line naming
     the device, the limiting resources and their numbers at PAR 1."""
     margin = MARGIN if margin is None else margin
-    if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 0):
-        raise ValueError(f"pairs must be a non-negative integer or None, got {pairs!r}")
+    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 0:
+        raise ValueError(f"pairs must be a non-negative integer, got {pairs!r}")
     budget = device_budget(device, margin)
     convs = [op for op in tables.ops if isinstance(op, ir.Conv)]
     top = max(len(op.kept) * len(op.in_channels) for op in convs)  # the largest conv's PEs, unfolded
-    most = budget["dsps"] if pairs is None else min(pairs, budget["dsps"])  # pairs any plan may get
+    most = min(pairs, budget["dsps"])  # pairs any plan may get
 
     def quick_fits(par: int) -> bool:  # the logic model without the constant tables' LUTs (a lower bound)
         fs = [cost_features(make_plan(tables, par, n)) for n in {0, most}]

@@ -67,12 +67,12 @@ def resolve_source(model: str | None, checkpoint: str | None = None, tables: str
 
 
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
-             log=lambda s: None, device: str | None = None, dsp_pairs: int | None = None) -> dict:
+             log=lambda s: None, device: str | None = None, dsp_pairs: int = 0) -> dict:
     """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json.
     ``device``: the fold is the fastest whose estimate fits it (``estimate.fold_for_device``; ``par`` is
     not used), recorded in cycles.json; a design that fits no fold raises before anything is written.
-    ``dsp_pairs``: multipliers the convs may use for pairs of PEs (``plan.assign_pairs``); None: with
-    ``par`` none, with ``device`` every DSP the fold leaves free."""
+    ``dsp_pairs``: multipliers the convs may use for pairs of PEs (``plan.assign_pairs``; with
+    ``device``, of those the fold leaves free)."""
     out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked
     t0 = time.perf_counter()
     fit = None
@@ -84,7 +84,7 @@ def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, for
             f"FFs, {est['brams']} of {budget['brams']} block RAMs, {est['dsps']} of {budget['dsps']} DSPs "
             f"({time.perf_counter() - t0:.1f} s)")
     else:
-        plan = make_plan(tables, par, dsp_pairs or 0)
+        plan = make_plan(tables, par, dsp_pairs)
     model, probes = cycle_model(plan, fit), probe_map(plan, TOP)
     log(f"planned {len(plan.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
         f"utilization {model['utilization']:.1%} ({time.perf_counter() - t0:.1f} s)")

@@ -217,7 +217,6 @@ def _optimizer(model: Net, recipe: Recipe, qat: bool) -> torch.optim.SGD:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def recalibrate_bn(model: Net, images: torch.Tensor, count: int, batch: int,
                    generator: torch.Generator | None = None, amp: bool = False) -> None:
     """Re-estimate every BatchNorm's running statistics for the network as it is now: the cumulative
@@ -246,6 +245,7 @@ def recalibrate_bn(model: Net, images: torch.Tensor, count: int, batch: int,
     model.train(was_training)
 
 
+@torch.no_grad()
 def evaluate(model: Net, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000, amp: bool = False) -> float:
     """Top-1 accuracy (%) in eval mode; images are uint8 on the model's device."""
     was_training = model.training
