@@ -71,6 +71,16 @@ def _part_name(name: str, start: int, end: int, size: int) -> str:
     return f"{name}.{start}-{end}-{size}.part"
 
 
+def _part_of(piece: str) -> tuple[str, tuple[int, int, int] | None]:
+    """The file and (start, end, size) a ``_part_name`` names (None: not three integers)."""
+    name, _, rng = piece.removesuffix(".part").rpartition(".")
+    try:
+        start, end, size = (int(x) for x in rng.split("-"))
+    except ValueError:
+        return name, None
+    return name, (start, end, size)
+
+
 def cmd_prepare(a) -> int:
     """Fill as few call folders as the per-call budget allows with the six files, cut into byte
     ranges where a whole file does not fit what is left of a call (``stage`` joins them again)."""
@@ -138,22 +148,20 @@ def cmd_stage(a) -> int:
         os.replace(tmp, data / name)
 
     for p in files:
-        name, _, rng = p.name.removesuffix(".part").rpartition(".") if p.suffix == ".part" else (p.name, "", "")
+        name, rng = _part_of(p.name) if p.suffix == ".part" else (p.name, None)
         if name not in CIFAR10_FILES_MD5:
             fail(f"{p}: not a CIFAR-10 file or a piece of one (expected one of {', '.join(CIFAR10_FILES_MD5)})")
         if p.suffix == ".bin":
             install(p, name)
             continue
-        try:
-            start, end, size = (int(x) for x in rng.split("-"))
-        except ValueError:
+        if rng is None:
             fail(f"{p}: a piece's name must be NAME.START-END-SIZE.part")
+        start, end, size = rng
         if not 0 <= start < end <= size or p.stat().st_size != end - start:
             fail(f"{p}: {p.stat().st_size} bytes, expected bytes {start}-{end} of a {size}-byte file")
         (parts / name).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, parts / name / p.name)
-        have = sorted((tuple(int(x) for x in q.name.removesuffix(".part").rpartition(".")[2].split("-")), q)
-                      for q in (parts / name).iterdir())
+        have = sorted((_part_of(q.name)[1], q) for q in (parts / name).iterdir())
         ranges = [r for r, _ in have]
         if ranges[0][0] == 0 and ranges[-1][1] == size and all(x[1] == y[0] for x, y in zip(ranges, ranges[1:])):
             joined = parts / f"{name}.joined"

@@ -61,8 +61,7 @@ def cmd_gen(a) -> Generated:
     log(f"{name} from {src.get('path') or src.get('note')} ({time.perf_counter() - t0:.1f} s)")
     par = None if a.par == "max" else (a.par or DEFAULT_PAR)
     out = a.out or os.path.join("build", name)
-    fold = {"device": a.device, "dsp_pairs": a.dsp_pairs} if a.device else \
-        {"dsp_pairs": a.dsp_pairs} if a.dsp_pairs else {}  # RTL only (above)
+    fold = {} if a.backend == "hls" else {"device": a.device, "dsp_pairs": a.dsp_pairs}  # refused for HLS above
     model = generate(tables, out, par, force=a.force, log=log, **fold)
     return Generated(out, model["pes"], model["cycles_per_image"], model["utilization"],
                      model["inferences_per_s"]["100MHz"], time.perf_counter() - t0, model.get("device"), model["par"])

@@ -444,9 +444,9 @@ class Trainer:
             returned = sum(int(((selected[n] == 0) & (cb.conv.mask != 0)).sum()) for n, cb in model.prunable().items())
             if self.epoch == cfg.total_epochs:
                 zero_pruned(model, self.opt)
-            elif r.spq_revive:
+            elif revive:
                 zero_pruned(model, weights_only=True)
-            if r.spq_revive:  # the epoch trained every filter; the next test and epoch see the selection
+            if revive:  # the epoch trained every filter; the next test and epoch see the selection
                 recalibrate_bn(model, self.xtr, r.bn_recalibration_batches * bs, bs, gen, self.amp)
         test_acc = evaluate(model, self.xte, self.yte, amp=self.amp)
         self.sched.end_epoch(test_acc)
