@@ -84,9 +84,12 @@ bench-hls: $(STAMP)
 # DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs;
 # DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA
 # (with DSP_PAIRS: up to that many of the DSPs it leaves free as multiplier pairs).
-# An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1.
+# An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1. When another
+# target makes the build (`make synth DEVICE=ice40-up5k` with no build/MODEL), an iCE40 DEVICE is left to
+# synth: the fold's estimate is for ECP5s, so the build gets the default PAR.
+GEN_DEVICE = $(if $(filter command line,$(origin DEVICE)),$(if $(or $(filter 0,$(MAKELEVEL)),$(filter ecp5-%,$(DEVICE))),--device $(DEVICE)))
 gen: $(STAMP)
-	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(if $(filter command line,$(origin DEVICE)),--device $(DEVICE)) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
+	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(GEN_DEVICE) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
 # when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json. BACKEND=hls: the g++ C

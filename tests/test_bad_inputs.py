@@ -404,6 +404,28 @@ def test_bad_generator_output_is_refused_by_sim(case, base, gen_out, tmp_path, c
     assert not (g / "sim").exists()  # refused before anything was built or run
 
 
+SYNTH_IN = {  # what `shiftpq synth` derives inferences/s and latency from: refused before Yosys runs
+    "cycles per image 0": (_gen_json("cycles.json", lambda o: {**o, "cycles_per_image": 0}),
+                           "cycles.json", "field 'cycles_per_image' is 0, expected an integer >= 1"),
+    "pes missing": (_gen_json("cycles.json", lambda o: {k: v for k, v in o.items() if k != "pes"}),
+                    "cycles.json", "field 'pes' is missing"),
+    "par a string": (_gen_json("cycles.json", lambda o: {**o, "par": "22"}),
+                     "cycles.json", "field 'par' is '22', expected an integer"),
+    "latency negative": (lambda d: ((d / "sim").mkdir(), (d / "sim" / "results.json").write_text(
+        '{"latency_cycles": -5}')), "results.json", "field 'latency_cycles' is -5, expected an integer >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYNTH_IN))
+def test_bad_generator_output_is_refused_by_synth(case, gen_out, tmp_path, capsys):
+    edit, file, needle = SYNTH_IN[case]
+    g = tmp_path / "g"
+    shutil.copytree(gen_out, g)
+    edit(g)
+    refused(*run(capsys, "synth", "--build", g, "--device", "ice40-up5k"), file, needle)
+    assert not (g / "synth").exists()
+
+
 # -- the file system -----------------------------------------------------------------------------------
 def test_out_is_a_file_or_under_one_or_not_writable(base, tmp_path, capsys):
     (tmp_path / "f").write_text("x")

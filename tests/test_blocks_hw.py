@@ -7,6 +7,7 @@ import pytest
 from shiftpq import ir
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
+from shiftpq.levels import level_set
 from shiftpq.testnets import images, random_net
 from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT, FullyConnected, MaxPool, ShortcutPath
 from streams import run_stream
@@ -22,26 +23,45 @@ def _setup(seed=0):
 
 @pytest.fixture(scope="module")
 def code_lut_case():
-    """layer2.0's 4-bit quantizer of the 8-bit stream: (a CodeLUT maker, its input pixels, its golden output)."""
+    """layer2.0's 4-bit quantizer of the 8-bit stream: (a CodeLUT maker taking its lanes, its input
+    pixels, its golden output)."""
     t, g, env = _setup(0)
     op = next(o for o in t.ops if o.name == "layer2.0.act_in")
     src = env[op.src]
-    make = lambda: CodeLUT(g.code_table(op.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
+    make = lambda lanes=1: CodeLUT(g.code_table(op.name), t.level_set(t.tensors[op.src].levels),
+                                   t.level_set(op.levels), lanes)
     return make, [[int(v) for v in px] for px in src.reshape(-1, src.shape[-1])], env[op.dst]
 
 
-def test_code_lut_equals_golden_requant_of_codes(code_lut_case):
+@pytest.mark.parametrize("lanes", [1, 2, "all"])
+def test_code_lut_equals_golden_requant_of_codes(code_lut_case, lanes):
     make, pixels, want = code_lut_case
-    got = run_stream(make(), pixels)
+    got = run_stream(make(len(pixels[0]) if lanes == "all" else lanes), pixels)
     assert np.array_equal(np.array(got), want.reshape(len(got), -1))
 
 
-def test_code_lut_takes_a_beat_every_cycle_while_the_sink_is_ready(code_lut_case):
-    """The credits cover the pipeline: no bubbles in a stream with no gaps and no stalls."""
+@pytest.mark.parametrize("lanes", [1, 2, "all"])
+def test_code_lut_takes_a_pixel_every_steps_plus_overhead_cycles(code_lut_case, lanes):
+    """With the source and the sink never waiting, a pixel leaves every ``CodeLUT.cycles(1, ...)``
+    cycles: the plan's cycle model of the block."""
     make, pixels, _ = code_lut_case
+    c = len(pixels[0])
+    lanes = c if lanes == "all" else lanes
     cycles = []
-    got = run_stream(make(), pixels[:40], gap=0, stall=0, cycles=cycles)
-    assert len(got) == 40 and np.all(np.diff(cycles) == 1)
+    got = run_stream(make(lanes), pixels[:20], gap=0, stall=0, cycles=cycles)
+    assert len(got) == 20 and set(np.diff(cycles)) == {CodeLUT.cycles(1, c, lanes)}
+
+
+def test_code_lut_with_a_table_per_channel():
+    """Channels with different tables (a lane indexes its tables by the step), a channel count that
+    is not a multiple of the lanes, and every input code in every channel."""
+    rng = np.random.default_rng(5)
+    u8, a4 = level_set(8, False), level_set(4, False)
+    luts = np.sort(rng.integers(0, 16, (256, 7)), axis=0)
+    pixels = [[(p + 37 * ch) % 256 for ch in range(7)] for p in range(256)]
+    for lanes in (1, 3):
+        got = run_stream(CodeLUT(luts, u8, a4, lanes), pixels, seed=lanes)
+        assert np.array_equal(np.array(got), luts[np.array(pixels), np.arange(7)])
 
 
 def test_shortcut_path_subsamples_and_buffers_a_whole_map():

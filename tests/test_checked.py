@@ -24,6 +24,7 @@ REFUSED = [
     (lambda: AffineRequant([np.zeros(3)], np.zeros(3), np.zeros(3), 255, [signed(8), unsigned(8)]),
      "one multiplier array per input"),
     (lambda: CodeLUT(np.zeros((3, 2)), A4, A4), "one row per input code"),
+    (lambda: CodeLUT(np.zeros((16, 2)), A4, A4, lanes=3), "lanes must be in 1..2"),
     (lambda: MaxPool(A4, 2, 6, 4), "multiple of the pool size"),
     (lambda: AvgPoolRequant(A4, A4, 8, np.ones(4), np.zeros(4), np.zeros(4), lanes=5), "lanes must be in"),
     (lambda: FullyConnected(np.zeros((10, 4)), W4, A4, np.zeros(10), 0, simd=5), "simd must be in"),

@@ -35,6 +35,7 @@ def _blocks():
     return {"fork": (lambda: Fork(px), False),
             "shortcut": (lambda: ShortcutPath(px, 8, 2), False),
             "codelut": (lambda: CodeLUT(np.arange(256)[:, None].repeat(3, 1) // 16, u8, a4), False),
+            "codelut_lanes": (lambda: CodeLUT(np.arange(256)[:, None] * np.arange(1, 6) // 80, u8, a4, 2), False),
             "avgpool": (lambda: AvgPoolRequant(u8, u8, 8, [1 << 20] * 3, [1 << 19] * 3, [26] * 3), True),
             "fc": (lambda: FullyConnected(np.ones((10, 3), dtype=int), level_set(8, True), u8, np.zeros(10), 4), True),
             "fc_folded": (lambda: FullyConnected(np.ones((10, 5), dtype=int), level_set(8, True), u8, np.zeros(10), 4,

@@ -8,7 +8,7 @@ import pytest
 
 from shiftpq import ir
 from shiftpq.export import export_model
-from shiftpq_hw.blocks import AvgPoolRequant
+from shiftpq_hw.blocks import AvgPoolRequant, CodeLUT
 from shiftpq_hw.conv import ConvRequant
 from shiftpq_hw.plan import (PASSES, HwPlan, Kind, annotate_cycles, assign_pairs, cycle_model, fewest_pool_lanes,
                              fold_by_par, fuse, insert_fifos, insert_forks, make_plan, pair_candidates, size_fifos)
@@ -152,13 +152,19 @@ def test_annotate_cycles_is_the_cycle_model(tiny):
             assert b.cycles == rows[b.name]["cycles"] == b.groups * b.chunks * ConvRequant.cycles(
                 tiny.op(b.name).out_hw, 3, 1, 1)
             assert b.pes == b.lanes * b.simd
-        elif b.kind in (Kind.LUT, Kind.SHORTCUT):
+        elif b.kind == Kind.LUT:  # keeps up with the engine before it, so never the bottleneck
+            src = tiny.tensors[tiny.op(b.name).src]
+            producer = next(p for p in plan.blocks if p.output == tiny.op(b.name).src)
+            assert b.cycles == rows[b.name]["cycles"] == CodeLUT.cycles(src.hw ** 2, len(src.channels), b.lanes)
+            assert CodeLUT.cycles(1, len(src.channels), b.lanes) <= producer.cycles // src.hw ** 2
+            assert b.lanes == 1 or CodeLUT.cycles(1, len(src.channels), b.lanes - 1) > producer.cycles // src.hw ** 2
+        elif b.kind == Kind.SHORTCUT:
             assert b.cycles is None and b.name not in rows
     assert list(plan.bottleneck) == cyc["bottleneck"] == [r["name"] for r in cyc["layers"] if r["cycles"] == plan.period]
 
 
 # ResNet-20 (models/resnet20-ppq.pt) as `make gen` planned it before the plan module: per cycles.json
-# row (the input first, the average pool and FC last) its cycles, lanes and simd (the pool's two
+# row but the code lookups' (the input first, the average pool and FC last) its cycles, lanes and simd (the pool's two
 # cycles more since its requant pipeline registers the multipliers' operands and partial products, the
 # FC's two more since its products are registered the same way)
 RESNET20 = {
@@ -181,5 +187,7 @@ def test_resnet20_cycle_model_is_unchanged(resnet20, par):
     cyc = cycle_model(make_plan(resnet20, par))
     assert (cyc["target_cycles"], cyc["cycles_per_image"], cyc["pes"], cyc["macs_per_image"]) == (target, period, pes,
                                                                                                   21452994)
-    assert [(r["cycles"], r.get("lanes"), r.get("simd")) for r in cyc["layers"]] == rows
+    assert [(r["cycles"], r.get("lanes"), r.get("simd")) for r in cyc["layers"] if r["kind"] != "lut"] == rows
+    luts = [r for r in cyc["layers"] if r["kind"] == "lut"]  # the blocks' 4-bit quantizers: one lane each
+    assert len(luts) == 9 and all(r["lanes"] == 1 and r["cycles"] < period // 2 for r in luts)
     assert cyc["bottleneck"] == ["stem"] + [f"layer1.{i}.conv{j}" for i in range(3) for j in (1, 2)]

@@ -55,7 +55,8 @@ def components(plan: HwPlan) -> dict[str, wiring.Component]:
         if b.kind == Kind.CONV:
             blk = ConvRequant.from_tables(t, op, t.op(b.ops[1]), b.lanes, b.simd, b.pairs)
         elif b.kind == Kind.LUT:
-            blk = CodeLUT(golden.code_table(b.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels))
+            blk = CodeLUT(golden.code_table(b.name), t.level_set(t.tensors[op.src].levels), t.level_set(op.levels),
+                          b.lanes)
         elif b.kind == Kind.SHORTCUT:
             src = t.tensors[b.inputs[0][1].split("@")[0]]
             blk = ShortcutPath(data.ArrayLayout(8, len(src.channels)), src.hw, b.stride, b.depth)

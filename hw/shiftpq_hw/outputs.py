@@ -42,16 +42,32 @@ def _field(path: Path, d: dict, key: str, fld: str, typ, lo: int | None = None):
 
 
 def read_cycles(gen_dir: str | Path) -> dict:
-    """``GEN_DIR/cycles.json`` with the fields the simulations read checked: ``model``,
-    ``cycles_per_image`` (>= 1) and each of ``layers`` an object with its ``cycles`` (>= 0)."""
+    """``GEN_DIR/cycles.json`` with the fields the simulations and ``shiftpq synth`` read checked:
+    ``model``, ``cycles_per_image`` (>= 1), ``pes`` (>= 0), ``par`` (a PAR >= 1 or null) and each of
+    ``layers`` an object with its ``cycles`` (>= 0)."""
     path = Path(gen_dir) / "cycles.json"
     d = _json(path)
     _field(path, d, "model", "model", str)
     _field(path, d, "cycles_per_image", "cycles_per_image", int, 1)
+    _field(path, d, "pes", "pes", int, 0)
+    if d.get("par", 0) is not None:
+        _field(path, d, "par", "par", int, 1)
     for i, row in enumerate(_field(path, d, "layers", "layers", list)):
         _field(path, {"row": row}, "row", f"layers[{i}]", dict)
         _field(path, row, "cycles", f"layers[{i}].cycles", int, 0)
     return d
+
+
+def read_latency(gen_dir: str | Path) -> int | None:
+    """The simulated latency of ``GEN_DIR/sim/results.json`` (``shiftpq sim``'s), None without one or
+    when that simulation measured none; otherwise ``latency_cycles`` checked (>= 1)."""
+    path = Path(gen_dir) / "sim" / "results.json"
+    if not path.is_file():
+        return None
+    d = _json(path)
+    if d.get("latency_cycles", 0) is None:
+        return None
+    return _field(path, d, "latency_cycles", "latency_cycles", int, 1)
 
 
 def read_probes(gen_dir: str | Path, tables: Tables) -> list[dict]:

@@ -9,7 +9,8 @@ next (nothing is built, nothing is elaborated):
     insert_forks     a fork chain for every tensor that several blocks read
     fold             lanes x simd of every conv and simd of the FC (``fold``: the fewest PEs that meet
                      the target period, largest conv's MACs / PAR), lanes of the average pool (the
-                     fewest that keep it off the period the blocks before it set)
+                     fewest that keep it off the period the blocks before it set) and of the code
+                     lookups (the fewest that keep up with the engine before them)
     assign_pairs     of a budget of 18x18 multipliers (``dsp_pairs``), pairs of PEs per lane that
                      become one multiplier each (two products summed in one, ``pe.dsp_pair``)
     size_fifos       every shortcut FIFO's depth, from the line buffers of the engines around it
@@ -19,7 +20,7 @@ The result, ``HwPlan``, is the single home of the cycle model: ``cycle_model`` (
 ``probe_map`` (probes.json) are written from it, ``Network(plan)`` elaborates it, the HLS backend
 renders it and the simulators read the two files. The per-block cycle formulas are the blocks' own
 static functions (``ConvRequant.cycles``, ``FullyConnected.cycles``, ``AvgPoolRequant.cycles``,
-``MaxPool.cycles``), which describe their schedules; the plan is the only caller that sizes a network.
+``MaxPool.cycles``, ``CodeLUT.cycles``), which describe their schedules; the plan is the only caller that sizes a network.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from amaranth.hdl import Shape
 from shiftpq import ir
 from shiftpq.ir import Tables
 
-from .blocks import AvgPoolRequant, FullyConnected, MaxPool
+from .blocks import AvgPoolRequant, CodeLUT, FullyConnected, MaxPool
 from .conv import ConvRequant
 from .pe import IMAGE, act_code_shape, dsp_pairs_fit
 
@@ -58,7 +59,7 @@ class Block:
     ops: tuple[str, ...]  # the tables' ops it computes, in order
     inputs: tuple[tuple[str, str], ...]  # (port, tensor): "i", and "r" for a fused add's shortcut
     output: str  # the tensor its output stream carries ("<tensor>@fifo": an identity shortcut's FIFO)
-    lanes: int | None = None  # conv: output channels at a time; avgpool: channels summed at a time
+    lanes: int | None = None  # conv: output channels at a time; avgpool: channels summed; lut: looked up
     simd: int | None = None  # conv, fc: input channels at a time
     pairs: int = 0  # conv: per lane, multipliers computing two of its simd products each
     groups: int | None = None  # conv: output channel groups, ceil(channels / lanes)
@@ -211,9 +212,18 @@ def fewest_pool_lanes(hw: int, channels: int, period: int) -> int:
     return next((k for k in range(1, channels) if AvgPoolRequant.cycles(hw, channels, k) <= period), channels)
 
 
+def fewest_lookup_lanes(channels: int, interval: int) -> int:
+    """A code lookup's fewest lanes whose cycles per pixel (``CodeLUT.cycles``) are at most
+    ``interval``, the cycles the engine before it takes to issue a pixel, so the lookup never holds
+    the stream up (all channels if none are fast enough: then ``block_cycles`` counts the lookup's
+    own period)."""
+    return next((k for k in range(1, channels) if CodeLUT.cycles(1, channels, k) <= interval), channels)
+
+
 def fold_by_par(plan: HwPlan) -> HwPlan:
     """Every conv's and the FC's fold for the target period (all lanes and channels without a PAR),
-    then the average pool's lanes: the fewest that keep it off the period of the blocks before it."""
+    the average pool's lanes (the fewest that keep it off the period of the blocks before it) and a
+    code lookup's (the fewest that keep up with the engine whose pixels it reads)."""
     t, par = plan.tables, plan.par
     target = None
     if par is not None:
@@ -233,6 +243,11 @@ def fold_by_par(plan: HwPlan) -> HwPlan:
         elif b.kind == Kind.AVGPOOL:
             period = max([plan.input_cycles] + [c for c in map(block_cycles(t), blocks) if c is not None])
             b = replace(b, lanes=fewest_pool_lanes(op.hw, _channels(t, op.src), period))
+        elif b.kind == Kind.LUT:
+            producer = next((p for p in blocks if p.output == b.inputs[0][1]), None)
+            interval = 1 if producer is None or producer.kind != Kind.CONV else (
+                producer.groups * t.op(producer.name).kernel ** 2 * producer.chunks)
+            b = replace(b, lanes=fewest_lookup_lanes(_channels(t, op.src), interval))
         blocks.append(b)
     return replace(plan, target=target, blocks=tuple(blocks))
 
@@ -295,8 +310,8 @@ def size_fifos(plan: HwPlan) -> HwPlan:
 
 
 def block_cycles(t: Tables):
-    """A block's cycles per image, from its fold (None for the blocks that pass a stream on: code
-    lookups, shortcut FIFOs; they take a pixel per cycle, never the slowest)."""
+    """A block's cycles per image, from its fold (None for the shortcut FIFOs: they take a pixel per
+    cycle, never the slowest)."""
     def cycles(b: Block) -> int | None:
         op = t.op(b.name) if b.ops else None
         if b.kind == Kind.CONV:
@@ -307,6 +322,8 @@ def block_cycles(t: Tables):
             return AvgPoolRequant.cycles(op.hw, _channels(t, op.src), b.lanes)
         if b.kind == Kind.MAXPOOL:
             return MaxPool.cycles(t.tensors[op.src].hw)
+        if b.kind == Kind.LUT:
+            return CodeLUT.cycles(t.tensors[op.src].hw ** 2, _channels(t, op.src), b.lanes)
         return None
     return cycles
 
@@ -358,7 +375,8 @@ CYCLE_NOTES = (
     f"(groups = ceil(channels / lanes), chunks = ceil(in channels / simd)); fc classes * chunks + "
     f"{FullyConnected.LATENCY + 1}; avgpool hw^2 * steps + steps + {AvgPoolRequant.LATENCY + 1} with "
     "steps = ceil(channels / lanes) (its ring of sums turns once per pixel and step, once more per step "
-    "into the requant units, then their pipeline and the output beat); maxpool in_hw^2; input 3 bytes "
+    "into the requant units, then their pipeline and the output beat); maxpool in_hw^2; lut (a "
+    f"requant of codes) hw^2 * (ceil(channels / lanes) + {CodeLUT.OVERHEAD}); input 3 bytes "
     "per pixel. utilization = useful MACs / (PEs x cycles_per_image).")
 
 
@@ -373,7 +391,7 @@ def layers(plan: HwPlan) -> list[dict]:
             row.update(lanes=b.lanes, simd=b.simd, pairs=b.pairs, groups=b.groups, chunks=b.chunks)
         elif b.kind == Kind.FC:
             row.update(simd=b.simd)
-        elif b.kind == Kind.AVGPOOL:
+        elif b.kind in (Kind.AVGPOOL, Kind.LUT):
             row.update(lanes=b.lanes)
         rows.append(row)
     return rows

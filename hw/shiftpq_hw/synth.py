@@ -26,6 +26,7 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.templating import render
 
 from .gen import TOP
+from .outputs import read_cycles, read_latency
 
 
 @dataclass(frozen=True)
@@ -169,14 +170,11 @@ def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float 
     for p in (rtlil, cyc_path):
         if not p.is_file():
             raise ShiftPQError(f"{p} is missing: run `shiftpq gen --out {build}` (make gen) first")
-    cycles = json.loads(cyc_path.read_text())
-    sim_path = build / "sim" / "results.json"
-    sim = json.loads(sim_path.read_text()) if sim_path.is_file() else None
+    cycles, latency = read_cycles(build), read_latency(build)  # checked before an hour of place and route
     with atomic_dir(build / "synth") as tmp:
         rel = (Path("..") / "rtl" / rtlil.name).as_posix()  # tmp is <build>/.synth.XXXX, beside <build>/rtl
-        report = {"model": cycles.get("model"), "par": cycles.get("par"), "pes": cycles["pes"],
-                  "cycles_per_image": cycles["cycles_per_image"],
-                  "latency_cycles": sim["latency_cycles"] if sim else None,
+        report = {"model": cycles["model"], "par": cycles.get("par"), "pes": cycles["pes"],
+                  "cycles_per_image": cycles["cycles_per_image"], "latency_cycles": latency,
                   **run_flow(tmp, rel, TOP, device, freq_mhz, seed, log), "inferences_per_s": None, "latency_us": None}
         if report["fmax_mhz"]:
             report["inferences_per_s"] = round(report["fmax_mhz"] * 1e6 / report["cycles_per_image"], 1)
