@@ -27,11 +27,11 @@ from .requant import dsp_products, search_levels
 COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' ECP5 cells) and flip-flops
     # bench/fold_cost.py: non-negative least squares over the designs of bench/results/fold_cost-ecp5.json
     # (tiny, tinyvgg, ResNet-20 at several PARs, three of them with multiplier pairs; Yosys 0.70): within
-    # 1 % of every ResNet-20 design (left out of the fit: 4.2 %), 2 % of the tiny ones, 12 % of tinyvgg's
-    "logic": {"shift_add_pes": 63.7, "dsp_pairs": 11.3, "lanes": 45.5, "engines": 374.3,
-              "stream_bits": 3.8, "rom_luts": 1.5, "fixed": 199.5},
-    "ffs": {"shift_add_pes": 19.5, "dsp_pairs": 2.8, "lanes": 108.0, "engines": 224.5,
-            "stream_bits": 5.1, "rom_luts": 3.3, "fixed": 424.4},
+    # 1 % of every ResNet-20 design (left out of the fit: 4.3 %), 2 % of the tiny ones, 11 % of tinyvgg's
+    "logic": {"shift_add_pes": 64.2, "dsp_pairs": 13.1, "lanes": 43.5, "engines": 384.8,
+              "stream_bits": 2.9, "rom_luts": 1.4, "fixed": 400.7},
+    "ffs": {"shift_add_pes": 19.6, "dsp_pairs": 3.0, "lanes": 107.6, "engines": 234.2,
+            "stream_bits": 4.8, "rom_luts": 3.2, "fixed": 464.1},
 }
 # placement margin: the share of a device's logic cells an estimate may use, by Yosys' count (the capacity
 # check's, synth.min_logic_cells). ResNet-20 at PAR 22 had 65,704 by Yosys' count (78.6 % of an ECP5-85k;
