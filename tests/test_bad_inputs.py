@@ -426,6 +426,32 @@ def test_bad_generator_output_is_refused_by_synth(case, gen_out, tmp_path, capsy
     assert not (g / "synth").exists()
 
 
+REPORT_IN = {  # what `shiftpq report` shows: refused before the golden model runs, nothing written
+    "pes missing": (_gen_json("cycles.json", lambda o: {k: v for k, v in o.items() if k != "pes"}),
+                    "cycles.json", "field 'pes' is missing"),
+    "utilization a string": (_gen_json("cycles.json", lambda o: {**o, "utilization": "95 %"}),
+                             "cycles.json", "field 'utilization' is '95 %', expected a number"),
+    "layer name a number": (_gen_json("cycles.json", lambda o: (o["layers"][2].update(name=3), o)[1]),
+                            "cycles.json", "field 'layers[2].name' is 3, expected a string"),
+    "a rate null": (_gen_json("cycles.json", lambda o: {**o, "inferences_per_s": {"100MHz": None}}),
+                    "cycles.json", "field 'inferences_per_s.100MHz' is None, expected a number"),
+    "sim mismatches missing": (lambda d: ((d / "sim").mkdir(), (d / "sim" / "results.json").write_text("{}")),
+                               "results.json", "field 'simulator' is missing"),
+    "synth fits a string": (lambda d: ((d / "synth").mkdir(), (d / "synth" / "report.json").write_text(
+        '{"device": "ecp5-85k", "fits": "yes"}')), "report.json", "field 'fits' is 'yes', expected true or false"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPORT_IN))
+def test_bad_generator_output_is_refused_by_report(case, gen_out, tmp_path, capsys, cifar_dir):
+    edit, file, needle = REPORT_IN[case]
+    g = tmp_path / "g"
+    shutil.copytree(gen_out, g)
+    edit(g)
+    refused(*run(capsys, "report", "--build", g, "--images", 5, "--data-dir", cifar_dir), file, needle)
+    assert not (g / "report").exists()
+
+
 # -- the file system -----------------------------------------------------------------------------------
 def test_out_is_a_file_or_under_one_or_not_writable(base, tmp_path, capsys):
     (tmp_path / "f").write_text("x")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shiftpq.errors import JSON_TYPE_NAMES, ShiftPQError, read_json
+from shiftpq.errors import ShiftPQError, check_fields, read_json
 from shiftpq.ir import Tables, TensorKind
 
 
@@ -30,12 +30,11 @@ def _json(path: Path) -> dict:
 
 
 def _field(path: Path, d: dict, key: str, fld: str, typ, lo: int | None = None):
-    """``d[key]`` of JSON type ``typ`` (an integer is no ``true`` nor ``3.0``), at least ``lo``."""
+    """``d[key]`` of JSON type ``typ`` (an integer is no ``true`` nor ``3.0``; ``errors.check_fields``),
+    at least ``lo``; ``fld`` is its name in the messages."""
     if not isinstance(d, dict) or key not in d:
         raise ShiftPQError(f"{path}: field '{fld}' is missing")
-    v = d[key]
-    if type(v) is not typ:
-        raise ShiftPQError(f"{path}: field '{fld}' is {v!r}, expected {JSON_TYPE_NAMES[typ]}")
+    v = check_fields(path, {fld: d[key]}, {fld: (typ,)})[fld]
     if lo is not None and v < lo:
         raise ShiftPQError(f"{path}: field '{fld}' is {v}, expected an integer >= {lo}")
     return v

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_dir
-from .errors import ShiftPQError
+from .errors import ShiftPQError, check_fields
 from .ir import FC, Conv, Tables
 from .metrics import tables_metrics
 from .tables import load_tables
@@ -116,6 +116,33 @@ def _plots(t: Tables, layers: list[dict]) -> dict[str, bytes]:
     return plots
 
 
+# the fields of the generator's, the simulation's and synthesis' outputs that the report shows
+CYCLES_FIELDS = {"pes": (int,), "par": (int, None), "cycles_per_image": (int,), "utilization": (float,),
+                 "inferences_per_s": (dict,), "layers": (list,)}
+CYCLES_LAYER_FIELDS = {"name": (str,), "cycles": (int,), "pes": (int,), "utilization": (float, None)}
+SIM_FIELDS = {"simulator": (str,), "images": (int,), "mismatches": (int,), "accuracy": (float, None),
+              "cycles_per_image": (int, None), "model_cycles_per_image": (int,), "latency_cycles": (int, None)}
+SYNTH_FIELDS = {"device": (str,), "fits": (bool,), "fmax_mhz": (float, None), "freq_target_mhz": (float,),
+                "luts": (int, None), "ffs": (int, None), "brams": (int, None), "dsps": (int, None),
+                "min_logic_cells": (int,), "yosys_cells": (dict,), "reason": (str, None),
+                "inferences_per_s": (float, None), "latency_us": (float, None)}
+
+
+def _check_outputs(build: Path, cycles: dict) -> None:
+    """Every field the report shows, of cycles.json and (when present) sim/results.json and
+    synth/report.json, present and of its type: a hand-edited or older file is one line naming the
+    file and the field, not a template error after the golden model ran."""
+    check_fields(build / "cycles.json", cycles, CYCLES_FIELDS)
+    for i, row in enumerate(cycles["layers"]):
+        check_fields(build / "cycles.json", row, CYCLES_LAYER_FIELDS, f"layers[{i}].")
+    rates = cycles["inferences_per_s"]
+    check_fields(build / "cycles.json", rates, {k: (float,) for k in rates}, "inferences_per_s.")
+    for rel, spec in (("sim/results.json", SIM_FIELDS), ("synth/report.json", SYNTH_FIELDS)):
+        d = _json(build / rel)
+        if d is not None:
+            check_fields(build / rel, d, spec)
+
+
 def report_context(build: str | Path, n_images: int, data_dir: str | None, log=print) -> tuple[dict, dict]:
     """(template context, plots) of a generator output directory."""
     from .data import load_split
@@ -124,6 +151,7 @@ def report_context(build: str | Path, n_images: int, data_dir: str | None, log=p
     cycles = _json(build / "cycles.json")
     if cycles is None or not (build / "tables" / "manifest.json").is_file():
         raise ShiftPQError(f"{build}: cycles.json or tables/ missing: run `shiftpq gen --out {build}` (make gen) first")
+    _check_outputs(build, cycles)
     t = load_tables(build / "tables")
     m = tables_metrics(t)
     per_layer = {l["name"]: l for l in cycles["layers"]}
