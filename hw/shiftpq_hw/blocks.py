@@ -86,7 +86,8 @@ class CodeLUT(Checked, wiring.Component):
 
     Timing (every control signal a register; ``OVERHEAD``): a pixel is taken while the input register
     is free (``i.ready`` is that register); the chunks are issued once the output register is free,
-    each chunk's codes selected from the input pixel and registered, looked up and registered, then
+    the input register shifting down a chunk a cycle (a C-way selection instead was six LUT levels,
+    the critical path of a routed ResNet-20), each chunk's codes registered, looked up and registered, then
     shifted into the output register, which is valid the cycle after the last chunk arrives and free
     the cycle after the sink takes it. A pixel every ``steps + OVERHEAD`` cycles while the sink is
     ready (``cycles``); the hardware plan gives the block the fewest lanes that keep this within the
@@ -132,8 +133,11 @@ class CodeLUT(Checked, wiring.Component):
         start = held & ~busy
         m.d.comb += [self.i.ready.eq(~held), self.o.valid.eq(full),
                      self.o.payload.eq(q[:c * ow])]
+        iw = Shape.cast(ishape).width
         with m.If(take):
             m.d.sync += [p1.eq(self.i.payload), held.eq(1)]
+        with m.Elif(run):  # the next chunk moves down to the lanes: one LUT level, not a C-way selection
+            m.d.sync += p1.as_value().eq(p1.as_value()[lanes * iw:])
         with m.If(start):
             m.d.sync += [busy.eq(1), run.eq(1)]
         with m.If(run):
@@ -143,7 +147,7 @@ class CodeLUT(Checked, wiring.Component):
         m.d.sync += [v1.eq(run), l1.eq(run & last), k1.eq(k), v2.eq(v1), l2.eq(l1)]
         for j in range(lanes):
             chans = [s * lanes + j for s in range(steps)]
-            m.d.sync += sel[j].eq(_table([p1[ch] if ch < c else Const(0, ishape) for ch in chans], k)[k])
+            m.d.sync += sel[j].eq(p1[j])
             tables = sorted({tuple(int(v) for v in self._luts[:, ch]) for ch in chans if ch < c})
             if len(tables) == 1:
                 word = _table([Const(v, oshape) for v in tables[0]], sel[j])[sel[j]]
