@@ -93,7 +93,7 @@ class CodeLUT(Checked, wiring.Component):
     ready (``cycles``); the hardware plan gives the block the fewest lanes that keep this within the
     interval at which the engine before it issues pixels, so the lookup never slows the stream."""
 
-    OVERHEAD = 4  # start, select, look up, output valid -> taken: cycles per pixel besides the steps
+    OVERHEAD = 4  # start, chunk registered, looked up, output valid -> taken: cycles per pixel besides the steps
 
     @staticmethod
     def check(luts: np.ndarray, in_levels: LevelSet, out_levels: LevelSet, lanes: int = 1):
@@ -120,7 +120,7 @@ class CodeLUT(Checked, wiring.Component):
         m = Module()
         c, lanes, steps = self._luts.shape[1], self.lanes, self.steps
         ishape, oshape = act_code_shape(self._il), act_code_shape(self._ol)
-        ow = Shape.cast(oshape).width
+        iw, ow = Shape.cast(ishape).width, Shape.cast(oshape).width
         held, busy, full, run = (Signal(name=n) for n in ("held", "busy", "full", "run"))
         v1, v2, l1, l2 = (Signal(name=n) for n in ("v1", "v2", "l1", "l2"))
         k, k1 = Signal(range(max(steps, 2)), name="step"), Signal(range(max(steps, 2)), name="step1")
@@ -133,7 +133,6 @@ class CodeLUT(Checked, wiring.Component):
         start = held & ~busy
         m.d.comb += [self.i.ready.eq(~held), self.o.valid.eq(full),
                      self.o.payload.eq(q[:c * ow])]
-        iw = Shape.cast(ishape).width
         with m.If(take):
             m.d.sync += [p1.eq(self.i.payload), held.eq(1)]
         with m.Elif(run):  # the next chunk moves down to the lanes: one LUT level, not a C-way selection
@@ -152,7 +151,7 @@ class CodeLUT(Checked, wiring.Component):
             if len(tables) == 1:
                 word = _table([Const(v, oshape) for v in tables[0]], sel[j])[sel[j]]
             else:  # a table per step: (step, code) -> code
-                n_in = 1 << Shape.cast(ishape).width
+                n_in = 1 << iw
                 flat = [Const(int(self._luts[min(code, len(self._luts) - 1), ch]) if ch < c else 0, oshape)
                         for ch in chans for code in range(n_in)]
                 word = _table(flat, Cat(sel[j], k1))[Cat(sel[j], k1)]
