@@ -245,8 +245,8 @@ def fold_by_par(plan: HwPlan) -> HwPlan:
             b = replace(b, lanes=fewest_pool_lanes(op.hw, _channels(t, op.src), period))
         elif b.kind == Kind.LUT:
             producer = next((p for p in blocks if p.output == b.inputs[0][1]), None)
-            interval = 1 if producer is None or producer.kind != Kind.CONV else (
-                producer.groups * t.op(producer.name).kernel ** 2 * producer.chunks)
+            interval = 1 if producer is None or producer.kind != Kind.CONV else ConvRequant.cycles(
+                1, t.op(producer.name).kernel, producer.groups, producer.chunks)  # per output pixel
             b = replace(b, lanes=fewest_lookup_lanes(_channels(t, op.src), interval))
         blocks.append(b)
     return replace(plan, target=target, blocks=tuple(blocks))

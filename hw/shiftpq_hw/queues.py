@@ -1,7 +1,7 @@
 """Ring buffers, one home for their pieces: the pointer that wraps around (``wrap_increment``), the
 read of the entry a pointer names (``select``: a complete case statement, which Verilator's
 CASEINCOMPLETE asks for and the Verilog backend keeps whole), and the credit queue (``CreditQueue``)
-of the conv engines' output assembly and the code lookups, whose writer never waits.
+of the conv engines' output assembly and the FC's score queue, whose writer never waits.
 """
 from __future__ import annotations
 

@@ -128,19 +128,21 @@ SYNTH_FIELDS = {"device": (str,), "fits": (bool,), "fmax_mhz": (float, None), "f
                 "inferences_per_s": (float, None), "latency_us": (float, None)}
 
 
-def _check_outputs(build: Path, cycles: dict) -> None:
+def _check_outputs(build: Path, cycles: dict) -> tuple[dict | None, dict | None]:
     """Every field the report shows, of cycles.json and (when present) sim/results.json and
     synth/report.json, present and of its type: a hand-edited or older file is one line naming the
-    file and the field, not a template error after the golden model ran."""
+    file and the field, not a template error after the golden model ran. Returns the last two (None
+    when absent)."""
     check_fields(build / "cycles.json", cycles, CYCLES_FIELDS)
     for i, row in enumerate(cycles["layers"]):
         check_fields(build / "cycles.json", row, CYCLES_LAYER_FIELDS, f"layers[{i}].")
     rates = cycles["inferences_per_s"]
     check_fields(build / "cycles.json", rates, {k: (float,) for k in rates}, "inferences_per_s.")
+    found = []
     for rel, spec in (("sim/results.json", SIM_FIELDS), ("synth/report.json", SYNTH_FIELDS)):
         d = _json(build / rel)
-        if d is not None:
-            check_fields(build / rel, d, spec)
+        found.append(d if d is None else check_fields(build / rel, d, spec))
+    return found[0], found[1]
 
 
 def report_context(build: str | Path, n_images: int, data_dir: str | None, log=print) -> tuple[dict, dict]:
@@ -151,7 +153,7 @@ def report_context(build: str | Path, n_images: int, data_dir: str | None, log=p
     cycles = _json(build / "cycles.json")
     if cycles is None or not (build / "tables" / "manifest.json").is_file():
         raise ShiftPQError(f"{build}: cycles.json or tables/ missing: run `shiftpq gen --out {build}` (make gen) first")
-    _check_outputs(build, cycles)
+    sim, synth = _check_outputs(build, cycles)
     t = load_tables(build / "tables")
     m = tables_metrics(t)
     per_layer = {l["name"]: l for l in cycles["layers"]}
@@ -166,7 +168,7 @@ def report_context(build: str | Path, n_images: int, data_dir: str | None, log=p
            "untrained": bool(source.get("untrained")), "metrics": m, "layers": layers,
            "paper": PAPER.get(t.model), "cycles": cycles,
            "accuracy": {"fakequant": source.get("test_accuracy"), "golden": golden_acc, "golden_images": len(labels)},
-           "sim": _json(build / "sim" / "results.json"), "synth": _json(build / "synth" / "report.json")}
+           "sim": sim, "synth": synth}
     log("plots ...")
     return ctx, _plots(t, layers)
 
