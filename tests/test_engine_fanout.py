@@ -4,8 +4,10 @@ routed ResNet-20 and whose delay depended on the placement. Now only the sequenc
 pipeline's registers load every cycle; the widest legitimate fan-out left is a lane stage's valid
 bit and restart, which load and clear the accumulators (lanes x accumulator bits). This reads one
 engine's gate-level netlist (Yosys, a few seconds) and fails if any net but the clock and reset
-drives more cell inputs than that plus one lane's worth: on the design with the stall enable the
-widest net drove about seven times as many."""
+drives more cell inputs than that plus two lanes' worth (a weight bit of the registered word selects
+among its PE's shifted activations and, the data registers having no reset, is also the sync reset
+Yosys makes of a zero weight's product registers: 189 cell inputs here, local to one PE): on the
+design with the stall enable the widest net drove about seven times as many."""
 from __future__ import annotations
 
 import collections
@@ -52,6 +54,6 @@ def test_no_net_fans_out_over_the_engine(tmp_path):
     acc_bits = dut._acc_shape.width
     assert dut.lanes == 12 and acc_bits > 8
     widest = widest_nets(dut, tmp_path)
-    bound = (dut.lanes + 1) * acc_bits
+    bound = (dut.lanes + 2) * acc_bits
     assert widest[0][0] <= bound, f"nets driving more than {bound} cell inputs: {widest}"
     assert widest[0][0] >= dut.lanes * acc_bits  # the accumulators' load is counted: the check sees them

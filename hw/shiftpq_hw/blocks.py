@@ -77,9 +77,10 @@ class ShortcutPath(wiring.Component):
         # engine, often across the chip (the network's critical path without it). A beat moves in
         # when the register is empty or its beat leaves; the sink's ``ready`` stays one LUT.
         take = ~self.o.valid | self.o.ready
-        m.d.comb += fifo.r_en.eq(take)
+        head = Signal.like(fifo.r_data, name="head", reset_less=True)  # data: no reset (engine.py)
+        m.d.comb += [fifo.r_en.eq(take), self.o.payload.eq(head)]
         with m.If(take):
-            m.d.sync += [self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data)]
+            m.d.sync += [self.o.valid.eq(fifo.r_rdy), head.eq(fifo.r_data)]
         return m
 
 

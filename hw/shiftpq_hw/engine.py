@@ -15,6 +15,12 @@ every register after it loads every cycle, its data qualified by its stage's val
 enable fans out over the engine (the earlier design's engine-wide stall enable was the critical
 path of every routed ResNet-20, and its delay depended on where the placer spread the engine).
 
+Which registers have a reset: those of control (valid bits, counters, pointers, counts, credits).
+A register of data (the MAC pipeline's stages, the adder trees and accumulators, the queues' entries)
+counts only with a valid bit or a count beside it, so it has none (``reset_less``): the reset then
+reaches about half the flip-flops, a slice's two flip-flops no longer need the same reset logic to
+share it, and Yosys has no reset to merge into LUTs before them.
+
 Why not a ``wiring.Component`` each: an Amaranth submodule is its own module in the generated
 RTLIL and Verilog (Amaranth 0.5 does not flatten), which would rename and re-port every engine in
 ``rtl/shiftpq_top.v``; the generated RTL is a contract (``make gen`` byte-identical across
@@ -327,7 +333,7 @@ class ShortcutQueue:
         # a circular buffer: a pixel is written at ``wptr`` and taken from ``rptr``, so a pop moves only
         # the pointers and the count (a queue whose entries move up made the pop select every entry's
         # input: the pop's control fanned out to the whole queue, the network's critical path)
-        rpix = [Signal(r.payload.shape(), name=f"rpix{j}") for j in range(depth)]
+        rpix = [Signal(r.payload.shape(), name=f"rpix{j}", reset_less=True) for j in range(depth)]
         rcount = Signal(range(depth + 1))
         waiting = Signal(range(depth + 1), name="unclaimed_n")  # held pixels no started pixel has claimed
         wptr, rptr = counter(depth), counter(depth)
@@ -345,7 +351,8 @@ class ShortcutQueue:
         self.oldest = Signal(r.payload.shape(), name="rpix_oldest")
         select(m, self.oldest, rpix, rptr)
         self.unclaimed = waiting != 0  # a count of its own, not rcount > claimed: one LUT before the issue
-        self.lanes_reg = Signal(data.ArrayLayout(r.payload.shape().elem_shape, self.groups * self.lanes), name="rsr")
+        self.lanes_reg = Signal(data.ArrayLayout(r.payload.shape().elem_shape, self.groups * self.lanes), name="rsr",
+                                reset_less=True)
         return self
 
     def claim(self, m: Module, started):
@@ -469,8 +476,11 @@ class MacPipeline:
     def build(self, m: Module, pixel, weights, pad, chunk, valid, first, carry: list) -> "MacPipeline":
         simd, chunks, c_in, lanes = self.simd, self.chunks, self.c_in, self.lanes
         stage = Pipe(m, Const(1)).stage
+
+        def data(name, *values):  # the data registers: no reset (the module docstring)
+            return stage(name, *values, reset_less=True)
         # stage P: the memories' words and the control, registered
-        pixel, weights_p = stage("sp_px", pixel, weights)
+        pixel, weights_p = data("sp_px", pixel, weights)
         pad, chunk, valid, first, *carry = stage("sp_ctl", pad, chunk, valid, first, *carry)
         # the chunk's input channels (zero in the padding)
         acts = [Signal(act_code_shape(self.al), name=f"a{j}") for j in range(simd)]
@@ -484,7 +494,7 @@ class MacPipeline:
         # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
         # codes registered (the memories' outputs go no further)
         avals = [act_value(m, a, self.al, name=f"act{j}") for j, a in enumerate(acts)]
-        *acts_a, wflat_a = stage("sa_act", *avals, weights_p)
+        *acts_a, wflat_a = data("sa_act", *avals, weights_p)
         wdata_a = self.word_shape(wflat_a)
         ctl = stage("sa_ctl", *ctl)
         # the + 1s of the ones'-complement products (``product_terms``' ``c``) are the word's negative
@@ -495,29 +505,29 @@ class MacPipeline:
         d = 2 * self.pairs  # channels [0, d) on multiplier pairs, [d, simd) on shift-add PEs
         fours = [[adder_tree([ones_bit(self._pe_field(wdata_p, p, j), self.wl) for j in range(q, min(q + 4, simd))])
                   for q in range(d, simd, 4)] or [Const(0, 1)] for p in range(lanes)]
-        fours_a = stage("sa_negs", *[f for lane in fours for f in lane])
+        fours_a = data("sa_negs", *[f for lane in fours for f in lane])
         nq = len(fours[0])
         if self.wl.kind != "apot":
             # a multiplier's operands registered once more, where the placer can put them beside it
             # (the FPGA's multipliers sit in a few columns, far from the weight memory and the
             # activations' decode): stage A'
-            *acts_a, wflat_a = stage("sa_op", *acts_a, wflat_a)
+            *acts_a, wflat_a = data("sa_op", *acts_a, wflat_a)
             wdata_a = self.word_shape(wflat_a)
-            fours_a = stage("sa_op_negs", *fours_a)
+            fours_a = data("sa_op_negs", *fours_a)
             ctl = stage("sa_op_ctl", *ctl)
         # stage B: the products, registered; one PE per (lane, input channel of the chunk), or a
         # multiplier per (lane, pair of channels): its middle field and its borrow bit registered
         terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
                  for p in range(lanes) for j in range(d, simd)]
-        prods = stage("sb_prod", *[t for t, _ in terms])
+        prods = data("sb_prod", *[t for t, _ in terms])
         pairs = [dsp_pair(m, wdata_a[p]["pairs"][f], acts_a[2 * f], acts_a[2 * f + 1], self.wl, self.al,
                           name=f"dsp{p}_{f}") for p in range(lanes) for f in range(self.pairs)]
-        mids, borrows = stage("sb_mid", *[mid for mid, _ in pairs]), stage("sb_borrow", *[c for _, c in pairs])
-        ones = stage("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
+        mids, borrows = data("sb_mid", *[mid for mid, _ in pairs]), data("sb_borrow", *[c for _, c in pairs])
+        ones = data("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
         if self.wl.kind != "apot":
             # and its product registered twice, once beside it and once beside the adder tree: B'
-            prods, ones, ctl = stage("sb_prod2", *prods), stage("sb_ones2", *ones), stage("sb_ctl2", *ctl)
+            prods, ones, ctl = data("sb_prod2", *prods), data("sb_ones2", *ones), stage("sb_ctl2", *ctl)
         # stage T: each lane's adder tree (balanced, every level registered) with its count of
         # negative weights (the + 1s, counted beside the products); then accumulate over the taps and
         # chunks
@@ -525,13 +535,13 @@ class MacPipeline:
         for p, o in enumerate(ones):
             leaves = [*prods[p * n_pe:(p + 1) * n_pe], *mids[p * n_pair:(p + 1) * n_pair],
                       *borrows[p * n_pair:(p + 1) * n_pair], o]
-            tree, levels = registered_tree(m, leaves, f"tree{p}")
+            tree, levels = registered_tree(m, leaves, f"tree{p}", reset_less=True)
             assert levels == self.tree_levels
             sums2.append(tree)
         for level in range(self.tree_levels):
             ctl = stage(f"st{level}_ctl", *ctl)
         v2, first2, *carry2 = ctl
-        accs = [Signal(self.acc_shape, name=f"acc{p}") for p in range(lanes)]
+        accs = [Signal(self.acc_shape, name=f"acc{p}", reset_less=True) for p in range(lanes)]  # restart on first
         nexts = [Signal(self.acc_shape, name=f"acc_next{p}") for p in range(lanes)]
         for acc, nxt, s in zip(accs, nexts, sums2):
             m.d.comb += nxt.eq(s + acc)

@@ -177,18 +177,19 @@ def adder_tree(values: list) -> Value:
     return vals[0]
 
 
-def registered_tree(m: Module, values: list, name: str, shape=None) -> tuple[Signal, int]:
+def registered_tree(m: Module, values: list, name: str, shape=None, reset_less: bool = False) -> tuple[Signal, int]:
     """The sum of ``values`` as a balanced tree of two-input adds with every level registered (each
     add a carry chain of its own; one expression would be merged by Yosys into a multi-operand sum
     mapped to full adders in LUTs, slower and larger). Returns the sum's register and the levels
     (cycles from ``values`` to the sum); at least one level, a lone value is registered once. Each
-    register is ``shape``, or (None) exactly as wide as its add."""
+    register is ``shape``, or (None) exactly as wide as its add; ``reset_less``: registers without a reset
+    (for data that count only with a valid bit staged beside them)."""
     level, depth = list(values), 0
     while len(level) > 1 or depth == 0:
         nxt = []
         for i in range(0, len(level), 2):
             v = level[i] + level[i + 1] if i + 1 < len(level) else level[i]
-            s = Signal(shape if shape is not None else v.shape(), name=f"{name}_{depth}_{i // 2}")
+            s = Signal(shape if shape is not None else v.shape(), name=f"{name}_{depth}_{i // 2}", reset_less=reset_less)
             m.d.sync += s.eq(v)
             nxt.append(s)
         level, depth = nxt, depth + 1

@@ -37,7 +37,7 @@ class CreditQueue:
 
     def build(self, m: Module, o, push, take) -> "CreditQueue":
         depth, name = self.depth, self.name
-        self.entries = [Signal(self.shape, name=f"{name}{e}") for e in range(depth)]
+        self.entries = [Signal(self.shape, name=f"{name}{e}", reset_less=True) for e in range(depth)]  # data
         self.wptr = Signal(range(depth), name=f"{name}_wptr")
         rptr = Signal(range(depth), name=f"{name}_rptr")
         count = Signal(range(depth + 1), name=f"{name}_count")  # entries pushed, not yet taken

@@ -41,9 +41,10 @@ class Pipe:
     def __init__(self, m: Module, en):
         self.m, self.en = m, en
 
-    def stage(self, name: str, *values) -> list[Signal]:
-        """Registered copies of ``values``: one pipeline stage."""
-        regs = [Signal(v.shape(), name=f"{name}{i}") for i, v in enumerate(values)]
+    def stage(self, name: str, *values, reset_less: bool = False) -> list[Signal]:
+        """Registered copies of ``values``: one pipeline stage; ``reset_less`` for data that count
+        only with a valid bit staged beside them (engine.py: which registers have no reset)."""
+        regs = [Signal(v.shape(), name=f"{name}{i}", reset_less=reset_less) for i, v in enumerate(values)]
         with self.m.If(self.en):
             self.m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
         return regs
