@@ -18,7 +18,7 @@ path of every routed ResNet-20, and its delay depended on where the placer sprea
 Which registers have a reset: those of control (valid bits, counters, pointers, counts, credits).
 A register of data (the MAC pipeline's stages, the adder trees and accumulators, the queues' entries)
 counts only with a valid bit or a count beside it, so it has none (``reset_less``): the reset then
-reaches about half the flip-flops, a slice's two flip-flops no longer need the same reset logic to
+reaches the control registers only, a slice's two flip-flops no longer need the same reset logic to
 share it, and Yosys has no reset to merge into LUTs before them.
 
 Why not a ``wiring.Component`` each: an Amaranth submodule is its own module in the generated
@@ -477,10 +477,10 @@ class MacPipeline:
         simd, chunks, c_in, lanes = self.simd, self.chunks, self.c_in, self.lanes
         stage = Pipe(m, Const(1)).stage
 
-        def data(name, *values):  # the data registers: no reset (the module docstring)
+        def data_stage(name, *values):  # the data registers: no reset (the module docstring)
             return stage(name, *values, reset_less=True)
         # stage P: the memories' words and the control, registered
-        pixel, weights_p = data("sp_px", pixel, weights)
+        pixel, weights_p = data_stage("sp_px", pixel, weights)
         pad, chunk, valid, first, *carry = stage("sp_ctl", pad, chunk, valid, first, *carry)
         # the chunk's input channels (zero in the padding)
         acts = [Signal(act_code_shape(self.al), name=f"a{j}") for j in range(simd)]
@@ -494,7 +494,7 @@ class MacPipeline:
         # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
         # codes registered (the memories' outputs go no further)
         avals = [act_value(m, a, self.al, name=f"act{j}") for j, a in enumerate(acts)]
-        *acts_a, wflat_a = data("sa_act", *avals, weights_p)
+        *acts_a, wflat_a = data_stage("sa_act", *avals, weights_p)
         wdata_a = self.word_shape(wflat_a)
         ctl = stage("sa_ctl", *ctl)
         # the + 1s of the ones'-complement products (``product_terms``' ``c``) are the word's negative
@@ -505,29 +505,29 @@ class MacPipeline:
         d = 2 * self.pairs  # channels [0, d) on multiplier pairs, [d, simd) on shift-add PEs
         fours = [[adder_tree([ones_bit(self._pe_field(wdata_p, p, j), self.wl) for j in range(q, min(q + 4, simd))])
                   for q in range(d, simd, 4)] or [Const(0, 1)] for p in range(lanes)]
-        fours_a = data("sa_negs", *[f for lane in fours for f in lane])
+        fours_a = data_stage("sa_negs", *[f for lane in fours for f in lane])
         nq = len(fours[0])
         if self.wl.kind != "apot":
             # a multiplier's operands registered once more, where the placer can put them beside it
             # (the FPGA's multipliers sit in a few columns, far from the weight memory and the
             # activations' decode): stage A'
-            *acts_a, wflat_a = data("sa_op", *acts_a, wflat_a)
+            *acts_a, wflat_a = data_stage("sa_op", *acts_a, wflat_a)
             wdata_a = self.word_shape(wflat_a)
-            fours_a = data("sa_op_negs", *fours_a)
+            fours_a = data_stage("sa_op_negs", *fours_a)
             ctl = stage("sa_op_ctl", *ctl)
         # stage B: the products, registered; one PE per (lane, input channel of the chunk), or a
         # multiplier per (lane, pair of channels): its middle field and its borrow bit registered
         terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
                  for p in range(lanes) for j in range(d, simd)]
-        prods = data("sb_prod", *[t for t, _ in terms])
+        prods = data_stage("sb_prod", *[t for t, _ in terms])
         pairs = [dsp_pair(m, wdata_a[p]["pairs"][f], acts_a[2 * f], acts_a[2 * f + 1], self.wl, self.al,
                           name=f"dsp{p}_{f}") for p in range(lanes) for f in range(self.pairs)]
-        mids, borrows = data("sb_mid", *[mid for mid, _ in pairs]), data("sb_borrow", *[c for _, c in pairs])
-        ones = data("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
+        mids, borrows = data_stage("sb_mid", *[mid for mid, _ in pairs]), data_stage("sb_borrow", *[c for _, c in pairs])
+        ones = data_stage("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
         if self.wl.kind != "apot":
             # and its product registered twice, once beside it and once beside the adder tree: B'
-            prods, ones, ctl = data("sb_prod2", *prods), data("sb_ones2", *ones), stage("sb_ctl2", *ctl)
+            prods, ones, ctl = data_stage("sb_prod2", *prods), data_stage("sb_ones2", *ones), stage("sb_ctl2", *ctl)
         # stage T: each lane's adder tree (balanced, every level registered) with its count of
         # negative weights (the + 1s, counted beside the products); then accumulate over the taps and
         # chunks
