@@ -30,7 +30,7 @@ help:
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
-	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max | DEVICE=ecp5-85k|ecp5-45k|ecp5-25k] [DSP_PAIRS=N] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
+	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max | DEVICE=ecp5-85k|ecp5-45k|ecp5-25k] [DSP_PAIRS=N] [TARGET=generic|ecp5] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
 	@echo "make sim [MODEL=m BACKEND=rtl|hls SIM=icarus|verilator IMAGES=N|all JOBS=N BENCH=harness|cocotb WAVES=1]   RTL (or g++ C simulation of the HLS C++) vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on the Verilator harness, tiny on Icarus"
 	@echo "                                  (cocotb), 50 fuzz seeds on the harness)"
@@ -81,6 +81,7 @@ bench-hls: $(STAMP)
 
 # MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
 # CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 22), PAR=max: fully parallel;
+# TARGET=ecp5: the multipliers as instantiated MULT18X18D with their own registers (default generic: inferred).
 # DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs;
 # DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA
 # (with DSP_PAIRS: up to that many of the DSPs it leaves free as multiplier pairs).
@@ -89,7 +90,7 @@ bench-hls: $(STAMP)
 # synth: the fold's estimate is for ECP5s, so the build gets the default PAR.
 GEN_DEVICE = $(if $(filter command line,$(origin DEVICE)),$(if $(or $(filter 0,$(MAKELEVEL)),$(filter ecp5-%,$(DEVICE))),--device $(DEVICE)))
 gen: $(STAMP)
-	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(GEN_DEVICE) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
+	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(if $(TARGET),--target $(TARGET)) $(GEN_DEVICE) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
 # when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json. BACKEND=hls: the g++ C

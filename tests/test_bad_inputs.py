@@ -276,6 +276,10 @@ ARGS = {
     "gen --par 0": (["gen", "--tables", "{t}", "--par", "0", "--out", "{tmp}/g"], "--par"),
     "gen --par x": (["gen", "--tables", "{t}", "--par", "x", "--out", "{tmp}/g"], "--par"),
     "gen no source": (["gen", "--out", "{tmp}/g"], "give --model, --checkpoint or --tables"),
+    "gen --target with hls": (["gen", "--tables", "{t}", "--par", "2", "--backend", "hls", "--target", "generic",
+                               "--out", "{tmp}/g"], "--target generic goes with the RTL backend"),
+    "gen --target unknown": (["gen", "--tables", "{t}", "--par", "2", "--target", "xilinx", "--out", "{tmp}/g"],
+                             "--target"),
     "gen unknown model": (["gen", "--model", "resnet99", "--out", "{tmp}/g"], "resnet99"),
     "gen model mismatch": (["gen", "--tables", "{t}", "--model", "resnet20", "--par", "2", "--out", "{tmp}/g"],
                            "--model resnet20"),
@@ -413,6 +417,11 @@ SYNTH_IN = {  # what `shiftpq synth` derives inferences/s and latency from: refu
                      "cycles.json", "field 'par' is '22', expected an integer"),
     "latency negative": (lambda d: ((d / "sim").mkdir(), (d / "sim" / "results.json").write_text(
         '{"latency_cycles": -5}')), "results.json", "field 'latency_cycles' is -5, expected an integer >= 1"),
+    "target unknown": (_gen_json("cycles.json", lambda o: {**o, "target": "xilinx"}),
+                       "cycles.json", "field 'target' is 'xilinx', expected one of 'generic', 'ecp5'"),
+    # RTL that instantiates ECP5 multipliers (gen --target ecp5), synthesized for an iCE40
+    "ecp5 primitives for an ice40": (_gen_json("cycles.json", lambda o: {**o, "target": "ecp5"}), "cycles.json",
+                                     "field 'target' is 'ecp5': the RTL instantiates ecp5 primitives, which ice40-up5k lacks"),
 }
 
 

@@ -57,6 +57,31 @@ def test_carry_chains_are_not_routed_and_loops_are_refused():
         Netlist({"cells": {"a": lut(11, 0, 10), "b": lut(10, 0, 11), "r": ff(11, 12)}}).endpoints()
 
 
+def mult(a: int, b: int, p: int, registered: bool) -> dict:
+    """A MULT18X18D on one bit of each operand and of the product (the model's arcs do not care)."""
+    regs = {f"REG_{r}_CLK": "CLK0" if registered else "NONE" for r in ("INPUTA", "INPUTB", "OUTPUT")}
+    return {"type": "MULT18X18D", "parameters": regs,
+            "port_directions": {"A0": "input", "B0": "input", "CE0": "input", "CLK0": "input", "P0": "output"},
+            "connections": {"A0": [a], "B0": [b], "CE0": [a], "CLK0": [1], "P0": [p]}}
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_multiplier_with_and_without_its_own_registers(registered):
+    """r0, r1 -> MULT18X18D -> LUT -> r2: one path through the multiplier; with its registers, one
+    path into its operand pins and one from its product."""
+    cells = {"r0": ff(20, 10), "r1": ff(21, 11), "m": mult(10, 11, 12, registered), "x": lut(12, 12, 13),
+             "r2": ff(13, 20), "r3": ff(13, 21)}
+    e = {(x.cell, x.port): x.delay for x in Netlist({"cells": cells}).endpoints()}
+    q = depth.CLOCK_TO_Q["TRELLIS_FF"]
+    if registered:
+        assert e["m", "A0"] == pytest.approx(q + net(2), abs=0.01)  # r0.Q loads the operand and CE (ignored)
+        assert e["m", "B0"] == pytest.approx(q + net(1), abs=0.01)
+        assert e["r2", "DI"] == pytest.approx(depth.CLOCK_TO_Q["MULT18X18D"] + net(2) + depth.LUT + net(2), abs=0.01)
+    else:
+        assert ("m", "A0") not in e
+        assert e["r2", "DI"] == pytest.approx(q + net(2) + depth.MULT + net(2) + depth.LUT + net(2), abs=0.01)
+
+
 def test_bad_netlists_are_refused(tmp_path):
     (tmp_path / "n.json").write_text("{}")
     with pytest.raises(ShiftPQError, match="not a Yosys JSON netlist"):

@@ -45,6 +45,9 @@ def cmd_gen(a) -> Generated:
     if a.dsp_pairs and a.backend == "hls":
         raise ShiftPQError(f"--dsp-pairs {a.dsp_pairs} goes with the RTL backend (the HLS backend leaves multipliers "
                            "to the vendor tool)")
+    if a.target and a.backend == "hls":
+        raise ShiftPQError(f"--target {a.target} goes with the RTL backend (the HLS backend leaves multipliers to the "
+                           "vendor tool)")
     if a.out or a.model:  # the output is known: check it before the work
         if a.backend == "hls":  # it may add hls/ to an RTL build of the same design: generate_hls decides
             from shiftpq_hw.hls import check_hls_output
@@ -61,7 +64,8 @@ def cmd_gen(a) -> Generated:
     log(f"{name} from {src.get('path') or src.get('note')} ({time.perf_counter() - t0:.1f} s)")
     par = None if a.par == "max" else (a.par or DEFAULT_PAR)
     out = a.out or os.path.join("build", name)
-    fold = {} if a.backend == "hls" else {"device": a.device, "dsp_pairs": a.dsp_pairs}  # refused for HLS above
+    fold = {} if a.backend == "hls" else {"device": a.device, "dsp_pairs": a.dsp_pairs,  # refused for HLS above
+                                          "target": a.target or "generic"}
     model = generate(tables, out, par, force=a.force, log=log, **fold)
     return Generated(out, model["pes"], model["cycles_per_image"], model["utilization"],
                      model["inferences_per_s"]["100MHz"], time.perf_counter() - t0, model.get("device"), model["par"])

@@ -17,6 +17,7 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .checked import Checked
+from .dsp import target_of
 from .queues import CreditQueue
 from .pe import act_code_shape, act_value, adder_tree, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
 from .engine import OutputAssembly, advance, last_flag
@@ -335,7 +336,7 @@ class AvgPoolRequant(Checked, wiring.Component):
             m.d.sync += [*advance(count, count_last, n), count_first.eq(count_last)]
             with m.If(count_last):
                 m.d.comb += state_n.eq(1)
-        pipe = Pipe(m, Const(1))
+        pipe = Pipe(m, Const(1), target_of(platform))
         outs = [[Signal(self.o.payload[0].shape(), name=f"out{j}_{l}") for l in range(L)] for j in range(k)]
         for l in range(L):  # lane l requantizes channels l, L + l, ...; its table row is the step
             col = lambda a: np.array([a[j * L + l] if j * L + l < c else 0 for j in range(k)], dtype=np.int64)

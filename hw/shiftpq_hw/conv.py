@@ -41,6 +41,7 @@ from shiftpq import intops, ir
 from shiftpq.levels import LevelSet
 
 from .checked import Checked
+from .dsp import target_of
 from .engine import LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue, TapSequencer
 from .pe import IMAGE, act_code_shape
 
@@ -268,10 +269,10 @@ class ConvRequant(Checked, wiring.Component):
         # stage 1: the memories' data and the issue's control; then the MAC lanes
         seq.stage1(m)
         macs.build(m, lines.read.data, weights.data, seq.pad1, seq.ch1, seq.v1, seq.first1,
-                   [seq.last1, seq.g1, seq.done1])
+                   [seq.last1, seq.g1, seq.done1], target_of(platform))
         last2, g2, done2 = macs.carry2
         # the requantization units take the lanes of each finished group in turn
-        rq = lane_rq.build(m, macs.sums, macs.valid2, last2, g2, done2, shortcut)
+        rq = lane_rq.build(m, macs.sums, macs.valid2, last2, g2, done2, shortcut, target_of(platform))
         # the codes into the output queue
         output.build(m, self.o, rq.codes, rq.valid, rq.turn, rq.group, rq.done)
         return m

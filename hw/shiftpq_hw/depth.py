@@ -5,7 +5,8 @@ of the fabric, so the deep or widely fanned-out paths show in seconds rather tha
 
 The model, in ns: clock to output 0.52 (a flip-flop), 3.5 (a block RAM without output register);
 a LUT4 0.24; a CCU2C 0.45 from its LUT inputs, 0.06 (carry out) or 0.25 (sum) from its carry in;
-a LUT RAM's read 0.5; a MULT18X18D 4.0; every net ``NET_BASE + NET_PER_DOUBLING * log2(fanout)``,
+a LUT RAM's read 0.5; a MULT18X18D 4.0, or with its own registers (``dsp.RegisteredProduct``) 0.74
+from its clock to its product, its operand pins endpoints; every net ``NET_BASE + NET_PER_DOUBLING * log2(fanout)``,
 none on a carry chain. The routing is the unknown: nextpnr's is 85-90 % of a routed ResNet-20's
 critical path. Checked against nextpnr on the sixth round's ResNet-20 (seed 1): the routed critical
 path, 14.94 ns, is this model's worst too, at 16.43 ns (the same path, the same registers).
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from shiftpq.errors import ShiftPQError
 
-CLOCK_TO_Q = {"TRELLIS_FF": 0.52, "DP16KD": 3.5}
+CLOCK_TO_Q = {"TRELLIS_FF": 0.52, "DP16KD": 3.5, "MULT18X18D": 0.74}  # the DSP's: from its output register
 LUT, CARRY_IN, CARRY_SUM, CARRY_LOGIC, LUTRAM_READ, MULT = 0.24, 0.06, 0.25, 0.45, 0.5, 4.0
 NET_BASE, NET_PER_DOUBLING = 0.9, 0.35
 ENDPOINT_CELLS = ("TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4")
@@ -34,6 +35,11 @@ class Endpoint:
     cell: str
     port: str
     path: tuple[tuple[str, str, int, float], ...]  # (cell, output port, fanout, arrival) from the start
+
+
+def registered(cell: dict, reg: str) -> bool:
+    """Whether a MULT18X18D's register ``reg`` (``INPUTA``, ``INPUTB``, ``OUTPUT``) is in use."""
+    return str(cell.get("parameters", {}).get(f"REG_{reg}_CLK", "NONE")).strip() != "NONE"
 
 
 class Netlist:
@@ -84,8 +90,10 @@ class Netlist:
         if kind == "TRELLIS_DPR16X4":
             return [("RAD", LUTRAM_READ)]
         if kind == "MULT18X18D":
+            if registered(cell, "OUTPUT"):
+                return None
             return [(p, MULT) for p, d in cell["port_directions"].items()
-                    if d == "input" and p[0] in "AB" and p[1:].isdigit()]
+                    if d == "input" and p[0] in "AB" and p[1:].isdigit() and not registered(cell, "INPUT" + p[0])]
         if kind in CLOCK_TO_Q:
             return None
         raise ShiftPQError(f"cell type {kind!r} is not modelled (ECP5 cells after synth_ecp5 expected)")
@@ -132,11 +140,14 @@ class Netlist:
         arrival, via = self.arrivals()
         out = []
         for name, cell in self.cells.items():
-            if cell["type"] not in ENDPOINT_CELLS:
+            dsp_inputs = [r for r in "AB" if cell["type"] == "MULT18X18D" and registered(cell, "INPUT" + r)]
+            if cell["type"] not in ENDPOINT_CELLS and not dsp_inputs:
                 continue
             for port, bits in cell["connections"].items():
                 if cell["port_directions"].get(port) != "input" or port in CLOCKS:
                     continue
+                if cell["type"] == "MULT18X18D" and not (port[0] in dsp_inputs and port[1:].isdigit()):
+                    continue  # a registered operand's pins end paths; its control pins are not modelled
                 if cell["type"] == "TRELLIS_DPR16X4" and port == "RAD":
                     continue  # the asynchronous read: a path through, not an end
                 for b in bits:

@@ -39,11 +39,12 @@ from amaranth.lib.memory import Memory
 from shiftpq import intops
 from shiftpq.levels import LevelSet
 
+from .dsp import GENERIC, Target, registered_products
 from .memmap import rom_port
 from .queues import CreditQueue, select, wrap_increment
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair, dsp_pairs_fit, ones_bit, pack_lane_words,
-                 pack_words, product_terms, registered_tree, variant_field_shape, variant_fields, weight_code_shape,
-                 weight_field_shape, weight_fields)
+                 pack_words, product_shape, product_terms, registered_tree, variant_field_shape, variant_fields,
+                 weight_code_shape, weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
 
 
@@ -385,7 +386,8 @@ class MacPipeline:
     their integer levels (once for all lanes) and the weight word registered; B, the products
     registered, one PE per (lane, channel), with each lane's count of negative weights (the + 1s of
     the ones'-complement products; uniform weights, the FPGA's multipliers, have their operands
-    registered once more before, A', and their products once more after, B'); T, each lane's
+    registered once more before, A', and their products once more after, B'; for the ECP5 target A'
+    and B are the multiplier's own registers, ``dsp.RegisteredProduct``); T, each lane's
     balanced adder tree, every level registered (``tree_levels``); then the accumulators. Out,
     ``latency`` cycles after the inputs:
     ``valid2``, ``carry2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum
@@ -473,7 +475,8 @@ class MacPipeline:
         after its address: ``wmem__data``)."""
         return rom_port(m, "wmem", unsigned(self.word_shape.size), self.weight_init(), max(len(self.words), 2))
 
-    def build(self, m: Module, pixel, weights, pad, chunk, valid, first, carry: list) -> "MacPipeline":
+    def build(self, m: Module, pixel, weights, pad, chunk, valid, first, carry: list,
+              target: Target = GENERIC) -> "MacPipeline":
         simd, chunks, c_in, lanes = self.simd, self.chunks, self.c_in, self.lanes
         stage = Pipe(m, Const(1)).stage
 
@@ -507,19 +510,28 @@ class MacPipeline:
                   for q in range(d, simd, 4)] or [Const(0, 1)] for p in range(lanes)]
         fours_a = data_stage("sa_negs", *[f for lane in fours for f in lane])
         nq = len(fours[0])
-        if self.wl.kind != "apot":
+        dsp = self.wl.kind != "apot" and "MULT18X18D" in target.primitives
+        if dsp:
+            # uniform weights (the stem) on the ECP5: a multiplier per (lane, input channel), its operands
+            # in its own input registers (stage A') and its product in its output register (stage B;
+            # ``dsp.RegisteredProduct``)
+            prods = registered_products(m, [(self._pe_field(wdata_a, p, j), acts_a[j]) for p in range(lanes)
+                                            for j in range(d, simd)], product_shape(self.wl, self.al), name="pe_dsp")
+        elif self.wl.kind != "apot":
             # a multiplier's operands registered once more, where the placer can put them beside it
             # (the FPGA's multipliers sit in a few columns, far from the weight memory and the
             # activations' decode): stage A'
             *acts_a, wflat_a = data_stage("sa_op", *acts_a, wflat_a)
             wdata_a = self.word_shape(wflat_a)
+        if self.wl.kind != "apot":
             fours_a = data_stage("sa_op_negs", *fours_a)
             ctl = stage("sa_op_ctl", *ctl)
-        # stage B: the products, registered; one PE per (lane, input channel of the chunk), or a
-        # multiplier per (lane, pair of channels): its middle field and its borrow bit registered
-        terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
-                 for p in range(lanes) for j in range(d, simd)]
-        prods = data_stage("sb_prod", *[t for t, _ in terms])
+        if not dsp:
+            # stage B: the products, registered; one PE per (lane, input channel of the chunk), or a
+            # multiplier per (lane, pair of channels): its middle field and its borrow bit registered
+            terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
+                     for p in range(lanes) for j in range(d, simd)]
+            prods = data_stage("sb_prod", *[t for t, _ in terms])
         pairs = [dsp_pair(m, wdata_a[p]["pairs"][f], acts_a[2 * f], acts_a[2 * f + 1], self.wl, self.al,
                           name=f"dsp{p}_{f}") for p in range(lanes) for f in range(self.pairs)]
         mids, borrows = data_stage("sb_mid", *[mid for mid, _ in pairs]), data_stage("sb_borrow", *[c for _, c in pairs])
@@ -628,7 +640,7 @@ class LaneRequant:
         return out
 
     def build(self, m: Module, sums, valid, last, group, done,
-              shortcut: ShortcutQueue | None = None) -> "LaneRequant":
+              shortcut: ShortcutQueue | None = None, target: Target = GENERIC) -> "LaneRequant":
         lanes, groups, units, per, jb = self.lanes, self.groups, self.units, self.per, self.lane_bits
         # the lanes' results of a group, held while the requantization units take them in turn
         fins = [Signal(self.acc_shape, name=f"fin{p}") for p in range(lanes)]
@@ -679,7 +691,7 @@ class LaneRequant:
                     xs.append(by_turn(u, rsr, act_code_shape(sc_levels), f"rq{u}_sc"))
                     muls.append(pick(sc_mul))
                     bounds.append(sc_levels.denom)
-                code, out = affine_unit(m, Pipe(m, Const(1)), xs, addr, muls, pick(q["bias"]), pick(q["shift"]),
+                code, out = affine_unit(m, Pipe(m, Const(1), target), xs, addr, muls, pick(q["bias"]), pick(q["shift"]),
                                         self.ol.denom, bounds, carry, name=f"rq{u}")
             codes.append(code)
         self.codes = codes

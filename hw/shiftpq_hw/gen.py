@@ -10,6 +10,9 @@ renamed into place at the end (never a half-written build):
     <out>/rtl/shiftpq_top.v   the whole accelerator (weights and constants as memory initializers),
                               for the simulators
     <out>/rtl/shiftpq_top.il  the same design as RTLIL, for Yosys (which reads it far faster)
+    <out>/rtl/primitives_sim.v  simulation models of the FPGA primitives the RTL instantiates
+                              (``dsp.sim_models``; absent when it instantiates none): for the
+                              simulators, beside shiftpq_top.v, never for synthesis
     <out>/tables/             the layer tables it was built from (manifest.json + .npy)
     <out>/cycles.json         PEs, cycles per image, utilization, per layer (the model the simulation
                               must match exactly; ``plan.cycle_model``)
@@ -31,17 +34,26 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
 
+from .dsp import TARGETS, sim_models
 from .estimate import fold_for_device
 from .network import Network
 from .plan import cycle_model, make_plan, probe_map
 from .verilog import verilog_from_rtlil
 
 TOP = "shiftpq_top"
+PRIMITIVES_SIM = "primitives_sim.v"  # rtl/: the simulators' models of the primitives (dsp.sim_models)
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models"
 # the largest layer gets 22 PEs: ResNet-20 at 55,296 cycles per image, 405 PEs, the largest fold that
 # fits an ECP5-85k (`make synth`'s default device; PAR 32 does not fit, hw/README.md)
 DEFAULT_PAR = 22
+
+
+def primitive_models(gen_dir: str | Path) -> list[Path]:
+    """The simulation models a generated design's RTL needs beside rtl/shiftpq_top.v (rtl/primitives_sim.v
+    when the RTL instantiates FPGA primitives): every simulator build compiles them with the RTL."""
+    p = Path(gen_dir) / "rtl" / PRIMITIVES_SIM
+    return [p] if p.is_file() else []
 
 
 def shipped_checkpoint(model: str) -> Path | None:
@@ -67,12 +79,16 @@ def resolve_source(model: str | None, checkpoint: str | None = None, tables: str
 
 
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
-             log=lambda s: None, device: str | None = None, dsp_pairs: int = 0) -> dict:
+             log=lambda s: None, device: str | None = None, dsp_pairs: int = 0, target: str = "generic") -> dict:
     """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json.
     ``device``: the fold is the fastest whose estimate fits it (``estimate.fold_for_device``; ``par`` is
     not used), recorded in cycles.json; a design that fits no fold raises before anything is written.
     ``dsp_pairs``: multipliers the convs may use for pairs of PEs (``plan.assign_pairs``; with
-    ``device``, of those the fold leaves free)."""
+    ``device``, of those the fold leaves free). ``target``: the FPGA family whose primitives the RTL
+    instantiates (``dsp.TARGETS``: ``ecp5``, the MULT18X18D with its own registers; ``generic``: none,
+    Yosys infers every multiplier), recorded in cycles.json."""
+    if target not in TARGETS:
+        raise ShiftPQError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked
     t0 = time.perf_counter()
     fit = None
@@ -85,17 +101,20 @@ def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, for
             f"({time.perf_counter() - t0:.1f} s)")
     else:
         plan = make_plan(tables, par, dsp_pairs)
-    model, probes = cycle_model(plan, fit), probe_map(plan, TOP)
+    model, probes = {**cycle_model(plan, fit), "target": target}, probe_map(plan, TOP)
     log(f"planned {len(plan.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
         f"utilization {model['utilization']:.1%} ({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()
-    il = rtlil.convert(Network(plan), name=TOP, emit_src=False)
+    il = rtlil.convert(Network(plan), name=TOP, emit_src=False, platform=TARGETS[target])
     text = verilog_from_rtlil(il)
+    models = sim_models(text)
     log(f"RTLIL {len(il) / 1e6:.1f} MB, Verilog {len(text) / 1e6:.1f} MB ({time.perf_counter() - t1:.1f} s)")
     with atomic_dir(out) as tmp:
         (tmp / "rtl").mkdir()
         (tmp / "rtl" / f"{TOP}.v").write_text(text)
         (tmp / "rtl" / f"{TOP}.il").write_text(il)
+        if models:
+            (tmp / "rtl" / PRIMITIVES_SIM).write_text(models)
         save_tables(tables, tmp / "tables")
         (tmp / "cycles.json").write_text(json.dumps(model, indent=1, sort_keys=True) + "\n")
         (tmp / "probes.json").write_text(json.dumps(probes, indent=1, sort_keys=True) + "\n")

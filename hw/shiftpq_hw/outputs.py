@@ -11,6 +11,8 @@ from pathlib import Path
 from shiftpq.errors import ShiftPQError, check_fields, read_json
 from shiftpq.ir import Tables, TensorKind
 
+from .dsp import TARGETS
+
 
 def require(*paths: Path) -> None:
     """Each of ``paths`` (parts of a ``shiftpq gen`` output) exists, or one line saying how to make it
@@ -42,8 +44,9 @@ def _field(path: Path, d: dict, key: str, fld: str, typ, lo: int | None = None):
 
 def read_cycles(gen_dir: str | Path) -> dict:
     """``GEN_DIR/cycles.json`` with the fields the simulations and ``shiftpq synth`` read checked:
-    ``model``, ``cycles_per_image`` (>= 1), ``pes`` (>= 0), ``par`` (a PAR >= 1 or null) and each of
-    ``layers`` an object with its ``cycles`` (>= 0)."""
+    ``model``, ``cycles_per_image`` (>= 1), ``pes`` (>= 0), ``par`` (a PAR >= 1 or null), ``target``
+    (the FPGA family whose primitives the RTL instantiates, ``dsp.TARGETS``; ``generic`` when absent)
+    and each of ``layers`` an object with its ``cycles`` (>= 0)."""
     path = Path(gen_dir) / "cycles.json"
     d = _json(path)
     _field(path, d, "model", "model", str)
@@ -51,6 +54,9 @@ def read_cycles(gen_dir: str | Path) -> dict:
     _field(path, d, "pes", "pes", int, 0)
     if d.get("par", 0) is not None:
         _field(path, d, "par", "par", int, 1)
+    if d.setdefault("target", "generic") not in TARGETS:  # a build from before targets instantiates no primitives
+        raise ShiftPQError(f"{path}: field 'target' is {d['target']!r}, expected one of "
+                           f"{', '.join(map(repr, TARGETS))}")
     for i, row in enumerate(_field(path, d, "layers", "layers", list)):
         _field(path, {"row": row}, "row", f"layers[{i}]", dict)
         _field(path, row, "cycles", f"layers[{i}].cycles", int, 0)

@@ -220,12 +220,13 @@ def ones_bit(w, wl: LevelSet) -> Value:
 
 
 def product_terms(m: Module, w, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> tuple[Signal, Value]:
-    """``w * a == p + c`` as the engines compute it, for a weight field (``weight_field_shape``) and
-    a decoded activation (``act_value``): the shift-add PE for APoT weights (at most a few shifted
-    terms per level, no multiplier; ``c`` is the negative weight's ``+ 1``, ``shift_add_terms``), a
-    multiplication for uniform weights (``c = 0``; the 8-bit first conv and FC: a level has up to
-    seven terms, and the FPGA's 18x18 DSP multiplier is the smaller and faster unit for an 8 x 8-bit
-    product; for uniform sets the weight code is the weight)."""
+    """``w * a == p + c`` for a weight field (``weight_field_shape``) and a decoded activation
+    (``act_value``): the shift-add PE for APoT weights (at most a few shifted terms per level, no
+    multiplier; ``c`` is the negative weight's ``+ 1``, ``shift_add_terms``), as the engines compute
+    it; a multiplication for uniform weights (``c = 0``; for uniform sets the weight code is the
+    weight; a level has up to seven terms, and an 18x18 DSP is the smaller and faster unit for an 8 x
+    8-bit product): the FC and the PE study (``MacArray``) use it as written, the conv engines compute
+    it on the FPGA's multipliers with their own registers (``dsp.registered_products``)."""
     if wl.kind == "apot":
         return shift_add_terms(m, w.mag, w.neg, aval, wl, al, name)
     out = Signal(product_shape(wl, al), name=f"{name}_product")

@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 from shiftpq import intops
 
 from .checked import Checked
+from .dsp import DSP_BITS, GENERIC, Target, registered_products, target_of
 from .memmap import rom_port
 
 
@@ -36,10 +37,12 @@ def _signed_width(values: np.ndarray) -> int:
 
 
 class Pipe:
-    """The registers of a pipeline whose stages all advance together with ``en``."""
+    """The registers of a pipeline whose stages all advance together with ``en``; ``target`` (the
+    ``platform`` of the ``elaborate`` building it, ``dsp.target_of``): whether its multipliers are the
+    FPGA's primitive with its own registers."""
 
-    def __init__(self, m: Module, en):
-        self.m, self.en = m, en
+    def __init__(self, m: Module, en, target: Target = GENERIC):
+        self.m, self.en, self.target = m, en, target
 
     def stage(self, name: str, *values, reset_less: bool = False) -> list[Signal]:
         """Registered copies of ``values``: one pipeline stage; ``reset_less`` for data that count
@@ -131,7 +134,6 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
 AFFINE_STAGES = 8  # affine_unit's pipeline: inputs twice (the tables' read), operands, partial products,
 #                    the products and the bias, their sum, shift, clamp
 
-DSP_BITS = 18  # a signed operand of the FPGA's multiplier (ECP5 MULT18X18D; 18 of a DSP48's 25x18)
 
 
 def dsp_parts(width: int, is_signed: bool) -> list[tuple[int, int, bool]]:
@@ -172,7 +174,8 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     inputs registered twice while the row's constants are read (``rom``); the operands registered
     once more where the multipliers can have them beside them; the partial products (``dsp_chunks``
     of each input and constant: one FPGA multiplier each, 25-bit constants, intops.MUL_BITS)
-    registered as they leave the multipliers; each input's product (its partial products summed,
+    registered as they leave the multipliers (for the ECP5 target both registers are the
+    multiplier's own, ``dsp.RegisteredProduct``); each input's product (its partial products summed,
     the bias added to the first) registered; their sum registered; the arithmetic shift registered;
     the clamp registered. ``bounds``: |xs[k]| <= bounds[k]. Returns the code (valid after
     ``AFFINE_STAGES`` stages) and the carried values."""
@@ -189,22 +192,34 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     for st in ("in_", "in2_"):
         staged = pipe.stage(f"{name}_{st}", *xs, *carry)
         xs, carry = staged[:n], staged[n:]
-    # the operands, registered again (the multipliers sit in a few columns of the FPGA; the tables and
-    # the inputs' registers may be placed far from them)
-    staged = pipe.stage(f"{name}_op_", *xs, *consts, b0, s0, *carry)
-    xs, consts, (b1, s1), carry = staged[:n], staged[n:2 * n], staged[2 * n:2 * n + 2], staged[2 * n + 2:]
     width = intops.affine_bits(bounds, muls, bias)
-    # the partial products, each one multiplier, registered as they come out
-    parts, shifts = [], []
-    for k, (x, c) in enumerate(zip(xs, consts)):
-        for i, (xp, xs_) in enumerate(dsp_chunks(x)):
-            for j, (cp, cs) in enumerate(dsp_chunks(c)):
-                p = Signal(signed(len(xp) + len(cp) + 1), name=f"{name}_p{k}_{i}{j}")
-                m.d.comb += p.eq(xp * cp)
-                parts.append((k, p))
-                shifts.append(xs_ + cs)
-    staged = pipe.stage(f"{name}_s0_", b1, s1, *[p for _, p in parts], *carry)
-    b2, s2, pregs, carry = staged[0], staged[1], staged[2:2 + len(parts)], staged[2 + len(parts):]
+    if "MULT18X18D" in pipe.target.primitives:
+        # the partial products (``dsp_chunks`` of each input and constant: one multiplier each), their
+        # operands in the multipliers' own input registers, the bias and shift beside them, out of the
+        # multipliers' output registers (``dsp.RegisteredProduct``): the route into a multiplier and
+        # the route out of it are cycles of their own
+        chunks = [(k, xp, cp, xs_ + cs) for k, (x, c) in enumerate(zip(xs, consts))
+                  for xp, xs_ in dsp_chunks(x) for cp, cs in dsp_chunks(c)]
+        pregs = registered_products(m, [(xp, cp) for _, xp, cp, _ in chunks], en=pipe.en, name=f"{name}_dsp")
+        parts, shifts = [(k, p) for (k, *_), p in zip(chunks, pregs)], [sh for *_, sh in chunks]
+        b1, s1, *carry = pipe.stage(f"{name}_op_", b0, s0, *carry)
+        b2, s2, *carry = pipe.stage(f"{name}_s0_", b1, s1, *carry)
+    else:
+        # the operands, registered again (the multipliers sit in a few columns of the FPGA; the tables
+        # and the inputs' registers may be placed far from them)
+        staged = pipe.stage(f"{name}_op_", *xs, *consts, b0, s0, *carry)
+        xs, consts, (b1, s1), carry = staged[:n], staged[n:2 * n], staged[2 * n:2 * n + 2], staged[2 * n + 2:]
+        # the partial products, each one multiplier, registered as they come out
+        parts, shifts = [], []
+        for k, (x, c) in enumerate(zip(xs, consts)):
+            for i, (xp, xs_) in enumerate(dsp_chunks(x)):
+                for j, (cp, cs) in enumerate(dsp_chunks(c)):
+                    p = Signal(signed(len(xp) + len(cp) + 1), name=f"{name}_p{k}_{i}{j}")
+                    m.d.comb += p.eq(xp * cp)
+                    parts.append((k, p))
+                    shifts.append(xs_ + cs)
+        staged = pipe.stage(f"{name}_s0_", b1, s1, *[p for _, p in parts], *carry)
+        b2, s2, pregs, carry = staged[0], staged[1], staged[2:2 + len(parts)], staged[2 + len(parts):]
     # each input's product (the bias added to the first input's), registered
     prods = []
     for k in range(n):
@@ -293,7 +308,8 @@ class AffineRequant(Checked, wiring.Component):
         m.d.comb += [en.eq(self.o.ready | ~self.o.valid), self.i.ready.eq(en)]
         bounds = [1 << (s.width - 1) if s.signed else (1 << s.width) - 1 for s in self._ins]
         xs = [self.i.payload[f"x{k}"] for k in range(len(self._ins))]
-        code, (valid,) = affine_unit(m, Pipe(m, en), xs, self.i.payload.c, self._muls, self._bias, self._shift,
+        pipe = Pipe(m, en, target_of(platform))
+        code, (valid,) = affine_unit(m, pipe, xs, self.i.payload.c, self._muls, self._bias, self._shift,
                                      self._top, bounds, [self.i.valid])
         with m.If(en):
             m.d.sync += [self.o.valid.eq(valid), self.o.payload.eq(code)]

@@ -171,6 +171,10 @@ def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float 
         if not p.is_file():
             raise ShiftPQError(f"{p} is missing: run `shiftpq gen --out {build}` (make gen) first")
     cycles, latency = read_cycles(build), read_latency(build)  # checked before an hour of place and route
+    if device in DEVICES and cycles["target"] not in ("generic", DEVICES[device].family):
+        raise ShiftPQError(f"{cyc_path}: field 'target' is {cycles['target']!r}: the RTL instantiates {cycles['target']} "
+                           f"primitives, which {device} lacks; expected 'generic' or {DEVICES[device].family!r} "
+                           f"(shiftpq gen --target generic)")
     with atomic_dir(build / "synth") as tmp:
         rel = (Path("..") / "rtl" / rtlil.name).as_posix()  # tmp is <build>/.synth.XXXX, beside <build>/rtl
         report = {"model": cycles["model"], "par": cycles.get("par"), "pes": cycles["pes"],

@@ -91,11 +91,12 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
     """The harness executable for ``gen_dir``'s RTL (built when its cache entry is missing) and the
     build's record (``key``, ``build_s``, ``options``, ``cached``)."""
     from shiftpq.templating import render
-    from shiftpq_hw.gen import TOP
+    from shiftpq_hw.gen import TOP, primitive_models
     from shiftpq_hw.outputs import require
     gen_dir = Path(gen_dir).resolve()
     rtl = gen_dir / "rtl" / f"{TOP}.v"
     require(rtl)
+    models = primitive_models(gen_dir)
     model_class = f"V{WRAPPER}"
     wrapper = render("verilator/wrapper.v.j2", top=TOP, wrapper=WRAPPER, ports=stream_ports(),
                      reset_cycles=RESET_CYCLES, reset_bits=RESET_CYCLES.bit_length())
@@ -104,8 +105,8 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
     options = build_options(waves)
     jobs = str(os.cpu_count() or 1)
     h = hashlib.sha256()
-    for part in (rtl.read_bytes(), wrapper.encode(), cpp.encode(), json.dumps(options).encode(),
-                 _verilator_version().encode()):
+    for part in (rtl.read_bytes(), *[p.read_bytes() for p in models], wrapper.encode(), cpp.encode(),
+                 json.dumps(options).encode(), _verilator_version().encode()):
         h.update(hashlib.sha256(part).digest())
     key = h.hexdigest()[:16]
     cache = gen_dir / "sim" / "harness" / key
@@ -119,7 +120,7 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
         (tmp / "harness.cpp").write_text(cpp)
         (tmp / f"{WRAPPER}.v").write_text(wrapper)
         cmd = [_verilator(), "--cc", "--exe", "--build", "-j", jobs, "--top-module", WRAPPER, "--prefix", model_class,
-               "--Mdir", "obj", *options, str(rtl), f"{WRAPPER}.v", "harness.cpp", "-o", model_class]
+               "--Mdir", "obj", *options, str(rtl), *map(str, models), f"{WRAPPER}.v", "harness.cpp", "-o", model_class]
         p = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         (tmp / "build.log").write_text(p.stdout + p.stderr)
         if p.returncode != 0:

@@ -89,7 +89,7 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
-    from shiftpq_hw.gen import TOP  # here, not at import: the CLI reads SIMULATORS without loading Amaranth
+    from shiftpq_hw.gen import TOP, primitive_models  # here, not at import: the CLI reads SIMULATORS without Amaranth
     from shiftpq_hw.outputs import read_cycles, require
     from .harness import budget_cycles, check_fraction
     gen_dir = Path(gen_dir).resolve()
@@ -114,7 +114,8 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
     runner = get_runner(simulator)
     t0 = time.perf_counter()
     src = icarus_source(rtl, build.parent / f"{TOP}.icarus.v") if simulator == "icarus" else rtl
-    runner.build(sources=[src], hdl_toplevel=TOP, build_dir=build, build_args=build_args(simulator),
+    runner.build(sources=[src, *primitive_models(gen_dir)], hdl_toplevel=TOP, build_dir=build,
+                 build_args=build_args(simulator),
                  timescale=("1ns", "1ps"), waves=waves, log_file=work / "build.log")
     t_build = time.perf_counter() - t0
     env = {"SHIFTPQ_STIMULUS": str(stim), "SHIFTPQ_RESULTS": str(measured),

@@ -6,7 +6,8 @@ list of field values, or an int) into the component's input layout, runs ``tb_un
 Verilator and returns ``{"words", "mismatches", "first_wrong"}``; a mismatch raises. ``payloads`` is
 the list of words for the input stream ``i``, or a dict of such lists by input port name for a
 component with several input streams (the fused residual add's ``i`` and ``r``), each driven by its
-own source with its own random gaps."""
+own source with its own random gaps. ``target``: the FPGA family whose primitives the Verilog
+instantiates (``dsp.TARGETS``, as ``shiftpq gen --target``), their simulation models compiled beside it."""
 from __future__ import annotations
 
 import json
@@ -38,11 +39,12 @@ def pack(layout, value) -> int:
 
 
 def run_unit(component, name: str, payloads: list, expected: list[int], work: str | Path,
-             simulator: str = "verilator", gap: float = 0.2, stall: float = 0.2) -> dict:
+             simulator: str = "verilator", gap: float = 0.2, stall: float = 0.2, target: str = "generic") -> dict:
     from amaranth.back import rtlil
     from amaranth.hdl import Shape
     from cocotb_tools.runner import get_runner
 
+    from shiftpq_hw.dsp import TARGETS, sim_models
     from shiftpq_hw.verilog import verilog_from_rtlil
     if simulator not in SIMULATORS:
         raise ShiftPQError(f"simulator must be one of {', '.join(SIMULATORS)}, got {simulator!r}")
@@ -61,16 +63,20 @@ def run_unit(component, name: str, payloads: list, expected: list[int], work: st
                            + PIPELINE_FILL, gap, stall)
     out_shape = members["o"].signature.members["payload"].shape
     rtl = work / f"{name}.v"
-    rtl.write_text(verilog_from_rtlil(rtlil.convert(component, name=name)))
+    rtl.write_text(verilog_from_rtlil(rtlil.convert(component, name=name, platform=TARGETS[target])))
+    sources = [icarus_source(rtl, work / f"{name}.icarus.v") if simulator == "icarus" else rtl]
+    models = sim_models(rtl.read_text())
+    if models:  # the simulation models of the primitives the Verilog instantiates
+        (work / "primitives_sim.v").write_text(models)
+        sources.append(work / "primitives_sim.v")
     stim, res, xml = work / "stimulus.json", work / "results.json", work / "results.xml"
     stim.write_text(json.dumps({"inputs": words, "expected": [int(v) for v in expected],
                                 "signed": Shape.cast(out_shape).signed}))
     res.unlink(missing_ok=True)
     prepare_env(simulator)
-    src = icarus_source(rtl, work / f"{name}.icarus.v") if simulator == "icarus" else rtl
     runner = get_runner(simulator)
     build = work / f"build-{simulator}"
-    runner.build(sources=[src], hdl_toplevel=name, build_dir=build, timescale=("1ns", "1ps"),
+    runner.build(sources=sources, hdl_toplevel=name, build_dir=build, timescale=("1ns", "1ps"),
                  build_args=build_args(simulator),
                  log_file=work / "build.log")
     try:
