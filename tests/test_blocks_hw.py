@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shiftpq import ir
+from shiftpq import intops, ir
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq.levels import level_set
@@ -108,6 +108,25 @@ def test_avgpool_requant_and_fc_equal_golden():
                                     fc.shift, simd=simd), []
         run_stream(dut, rows, gap=0, stall=0, n_out=40, cycles=times)
         assert np.diff(times[9::10]).tolist() == [dut.cycles_per_image] * 3, simd
+
+
+@pytest.mark.parametrize("wbits,abits,simd", [(8, 8, None), (8, 4, 3), (4, 4, None), (4, 8, 2), (5, 3, 7)])
+def test_fc_of_uniform_and_apot_weights_equals_numpy(wbits, abits, simd):
+    """The FC on the multipliers (8-bit uniform weights) and on shift-add PEs (APoT weights), one class
+    per cycle and folded: ``(sum(w * a) << shift) + bias`` per class, extreme codes included."""
+    rng = np.random.default_rng(wbits * 100 + abits * 10 + (simd or 0))
+    wl, al = level_set(wbits, True), level_set(abits, False)
+    wtop, atop = len(wl.ints) - 1, len(al.ints) - 1
+    w = rng.integers(-wtop, wtop + 1, (10, 7))
+    w[0], w[1] = wtop, -wtop  # the largest products of both signs
+    bias, shift = rng.integers(-5000, 5000, 10), 3
+    x = rng.integers(0, atop + 1, (4, 7))
+    x[0] = atop
+    ref = (intops.decode_weights(w, wl.ints) @ np.asarray(al.ints)[x].T).T * (1 << shift) + bias
+    dut = FullyConnected(w, wl, al, bias, shift, simd=simd)
+    out = run_stream(dut, [[int(v) for v in row] for row in x], n_out=40, seed=wbits + abits)
+    assert np.array_equal(np.array([int(o.score) for o in out]).reshape(4, 10), ref)
+    assert [int(o.last) for o in out] == ([0] * 9 + [1]) * 4
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 3, "all"])

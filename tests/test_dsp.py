@@ -155,6 +155,30 @@ def test_affine_requant_on_the_ecp5_multipliers(simulator, tmp_path):
     assert r["mismatches"] == 0 and 0 in want and 255 in want
 
 
+def test_fc_on_the_ecp5_multipliers(tmp_path):
+    """The 8-bit FC folded over two chunks, its multipliers as MULT18X18D primitives: every class's
+    score of three input vectors (extreme codes first) under output stalls, on Icarus."""
+    from shiftpq import intops
+    from shiftpq.levels import level_set
+    from shiftpq_hw.blocks import FullyConnected
+    from shiftpq_sim.unit import pack
+    rng = np.random.default_rng(11)
+    wl, al = level_set(8, True), level_set(8, False)
+    w = rng.integers(-127, 128, (10, 6))
+    w[0], w[1] = 127, -127
+    x = rng.integers(0, 256, (3, 6))
+    x[0] = 255
+    bias = rng.integers(-10000, 10000, 10)
+    scores = (intops.decode_weights(w, wl.ints) @ x.T).T * 4 + bias
+    fc = FullyConnected(w, wl, al, bias, 2, simd=3)
+    assert verilog_from_rtlil(rtlil.convert(fc, name="fc", platform=ECP5)).count("MULT18X18D #(") == 3
+    out = fc.signature.members["o"].signature.members["payload"].shape
+    want = [pack(out, {"score": int(v), "last": int(k == 9)}) for row in scores for k, v in enumerate(row)]
+    r = run_unit(FullyConnected(w, wl, al, bias, 2, simd=3), "fc_ecp5", [[int(v) for v in row] for row in x],
+                 want, tmp_path, "icarus", stall=0.4, target="ecp5")
+    assert r["mismatches"] == 0 and r["words"] == 30
+
+
 def test_network_on_the_ecp5_multipliers_is_bit_exact(tmp_path):
     """A whole network generated for the ECP5 (the stem's, the requantization's and the pool's
     multipliers as primitives) on the Verilator harness, with random input gaps and output stalls:

@@ -17,9 +17,10 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .checked import Checked
-from .dsp import target_of
 from .queues import CreditQueue
-from .pe import act_code_shape, act_value, adder_tree, pack_words, product_terms, weight_code_shape, weight_field_shape, weight_fields
+from .dsp import registered_products, target_of
+from .pe import (act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
+                 weight_field_shape, weight_fields)
 from .engine import OutputAssembly, advance, last_flag
 from .requant import AFFINE_STAGES, Pipe, affine_unit
 
@@ -363,15 +364,18 @@ class FullyConnected(Checked, wiring.Component):
     """The 8-bit FC, folded: ``simd`` PEs (default: one per input channel; ``pe.product_terms``: the
     DSP multiplier for the 8-bit uniform weights) and an adder tree; one class takes ``chunks``
     cycles, accumulating, then ``score = (acc << shift) + bias``. A pipeline that never stalls
-    (weights and the chunk's inputs registered, the multipliers' operands registered again, the
-    products registered twice, the tree and accumulator) into an output queue of scores
-    (``queues.CreditQueue``): a class is issued only with a credit, so the sink's ``ready`` reaches
-    the queue's pointers and credits, not the pipeline (its stall enable fanned out to the input
-    vector's ring: the FC's slowest path). Output: one int32 score per beat, ``last`` on the final
-    class. An image takes ``classes * chunks + LATENCY + 1`` cycles while the sink takes every score
-    at once (the input beat, the steps, the pipeline draining before the next image is taken)."""
+    (weights and the chunk's inputs registered; the multipliers' operands registered again and the
+    products registered twice, for uniform weights in the multipliers' own registers,
+    ``dsp.RegisteredProduct``; the tree and accumulator; the class's score from the accumulator,
+    its bias read from a table by the class issued, two stages, and carried beside the pipeline)
+    into an output queue of scores (``queues.CreditQueue``): a class is issued only with a credit,
+    so the sink's ``ready`` reaches the queue's pointers and credits, not the pipeline (its stall
+    enable fanned out to the input vector's ring: the FC's slowest path). Output: one int32 score
+    per beat, ``last`` on the final class. An image takes ``classes * chunks + LATENCY + 1`` cycles
+    while the sink takes every score at once (the input beat, the steps, the pipeline draining
+    before the next image is taken)."""
 
-    LATENCY = 6  # cycles from a step's issue to its score on the output
+    LATENCY = 7  # cycles from a step's issue to its score on the output
 
     @staticmethod
     def check(weights: np.ndarray, wlevels: LevelSet, alevels: LevelSet, bias, shift: int, simd: int | None = None):
@@ -410,7 +414,8 @@ class FullyConnected(Checked, wiring.Component):
         m = Module()
         k, c = self._w.shape
         simd, chunks, steps = self._simd, self._chunks, self._w.shape[0] * self._chunks
-        stage = Pipe(m, Const(1)).stage
+        pipe = Pipe(m, Const(1), target_of(platform))
+        stage = pipe.stage
         w = np.zeros((k, chunks * simd), dtype=np.int64)
         w[:, :c] = self._w
         wshape = data.ArrayLayout(weight_field_shape(self._wl), simd)
@@ -454,34 +459,38 @@ class FullyConnected(Checked, wiring.Component):
         ctl = [issue, ch_first, ch_last, cls == k - 1]
         acts = stage("fc_a", *[act_value(m, a, self._al, name=f"fc_x{j}") for j, a in enumerate(acts)])
         ctl = stage("fc_c1_", *ctl)
-        # stage 2: the weights and inputs registered (the memory's output goes no further), and again
-        # where the multipliers can have them beside them
+        # stage 2: the weights and inputs registered (the memory's output goes no further); the
+        # class's bias beside them (a table read from the class issued, ``requant.rom``: two stages)
         wflat, *acts = stage("fc_w", rd.data, *acts)
-        ctl = stage("fc_c2_", *ctl)
-        wflat, *acts = stage("fc_op", wflat, *acts)
-        wdata = wshape(wflat)
-        ctl = stage("fc_c2b_", *ctl)
-        # stage 3: the products registered, as they leave the multipliers and again
-        terms = [product_terms(m, wdata[j], a, self._wl, self._al, name=f"fc{j}") for j, a in enumerate(acts)]
-        prods = stage("fc_p", *[t for t, _ in terms], *[cr for _, cr in terms])
-        ctl = stage("fc_c3_", *ctl)
+        bshape = signed(intops.signed_bits(min(int(self._bias.min()), 0), max(int(self._bias.max()), 0)))
+        ctl = [*stage("fc_c2_", *ctl), pipe.rom("fc_bias", bshape, [int(v) for v in self._bias], cls)]
+        # stage 3: the products, the multipliers' operands registered where they can have them beside
+        # them and the products registered as they leave them, then again
+        if self._wl.kind == "apot":  # shift-add PEs (pe.product_terms)
+            wflat, *acts = stage("fc_op", wflat, *acts)
+            wdata = wshape(wflat)
+            terms = [product_terms(m, wdata[j], a, self._wl, self._al, name=f"fc{j}") for j, a in enumerate(acts)]
+            prods = stage("fc_p", *[t for t, _ in terms], *[cr for _, cr in terms])
+        else:  # uniform weights: the FPGA's multipliers with their own registers (dsp.RegisteredProduct)
+            wdata = wshape(wflat)
+            prods = registered_products(m, [(wdata[j], a) for j, a in enumerate(acts)],
+                                        product_shape(self._wl, self._al), name="fc_mul")
+        ctl = stage("fc_c3_", *stage("fc_c2b_", *ctl))
         prods = stage("fc_p2", *prods)
-        v3, first3, last3, final3 = stage("fc_c3b_", *ctl)
-        # stage 4: the adder tree into the accumulator; the class's score leaves after its last chunk
+        v3, first3, last3, final3, bias3 = stage("fc_c3b_", *ctl)
+        # stage 4: the adder tree into the accumulator
         bound = int(np.abs(intops.decode_weights(self._w, self._wl.ints)).sum(1).max()) * max(self._al.ints)
         acc_shape = signed(intops.signed_bits(-bound, bound))
-        acc, total = Signal(acc_shape), Signal(acc_shape)
+        acc, total = Signal(acc_shape, reset_less=True), Signal(acc_shape)
         m.d.comb += total.eq(Mux(first3, 0, acc) + adder_tree(prods))
-        score_cls = Signal(range(max(k, 2)))
-        bias = _table([Const(int(v), signed(32)) for v in self._bias], score_cls)
-        m.d.comb += push.eq(v3 & last3)
         with m.If(v3):
             m.d.sync += acc.eq(total)
+        # stage 5: a class's score from the accumulator after its last chunk, into the queue
+        push4, final4, bias4 = stage("fc_c4_", v3 & last3, final3, bias3)
+        m.d.comb += push.eq(push4)
         for e, entry in enumerate(q.entries):
             with m.If(push & q.at(e)):
-                m.d.sync += [entry.score.eq((total << self._shift) + bias[score_cls]), entry.last.eq(final3)]
-        with m.If(push):
-            m.d.sync += score_cls.eq(Mux(final3, 0, score_cls + 1))
+                m.d.sync += [entry.score.eq((acc << self._shift) + bias4), entry.last.eq(final4)]
         with m.If(self.o.valid & self.o.ready & self.o.payload.last):
             m.d.sync += busy.eq(0)
         return m

@@ -18,6 +18,7 @@ instantiated here (``sim_models``). tests/test_dsp.py checks it and the logic ve
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,12 @@ class Target:
     family: str
     primitives: tuple[str, ...]
 
+    @property
+    def dsp_registers(self) -> bool:
+        """Whether a ``RegisteredProduct`` is the FPGA's multiplier with its own registers (an
+        instantiated ``MULT18X18D``), rather than ``*`` between registers in logic."""
+        return "MULT18X18D" in self.primitives
+
 
 GENERIC = Target("generic", ())
 ECP5 = Target("ecp5", ("MULT18X18D",))
@@ -53,10 +60,12 @@ def target_of(platform) -> Target:
 
 def sim_models(verilog: str) -> str:
     """The simulation models of the vendor primitives ``verilog`` instantiates, as one Verilog text
-    (empty when it instantiates none): for the simulators only, never for synthesis."""
+    (empty when it instantiates none): for the simulators only, never for synthesis. A primitive is
+    instantiated where its name opens a statement (``MULT18X18D #(`` or ``MULT18X18D name (``), whatever
+    the indentation."""
     texts = []
     for name in ECP5.primitives:
-        if f"\n  {name} " in verilog or f"\n{name} " in verilog:
+        if re.search(rf"^\s*{name}\s*(#|[A-Za-z_\\])", verilog, re.MULTILINE):
             texts.append((PRIMITIVES / f"{name}.v").read_text())
     return "\n".join(texts)
 
@@ -72,8 +81,6 @@ class RegisteredProduct(Checked, wiring.Component):
     up to 17 (``requant.dsp_chunks`` splits wider values). No reset: the product is data, valid only
     with the valid bit its pipeline stages beside it (engine.py)."""
 
-    LATENCY = 2
-
     @staticmethod
     def check(a_shape, b_shape):
         a, b = Shape.cast(a_shape), Shape.cast(b_shape)
@@ -88,7 +95,7 @@ class RegisteredProduct(Checked, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        if "MULT18X18D" in target_of(platform).primitives:
+        if target_of(platform).dsp_registers:
             A, B, P = Signal(signed(DSP_BITS)), Signal(signed(DSP_BITS)), Signal(2 * DSP_BITS)
             m.d.comb += [A.eq(self.a), B.eq(self.b)]  # extended by their signedness: exact signed operands
             regs = {f"p_REG_{r}_{kind}": val for r in ("INPUTA", "INPUTB", "OUTPUT")

@@ -510,7 +510,7 @@ class MacPipeline:
                   for q in range(d, simd, 4)] or [Const(0, 1)] for p in range(lanes)]
         fours_a = data_stage("sa_negs", *[f for lane in fours for f in lane])
         nq = len(fours[0])
-        dsp = self.wl.kind != "apot" and "MULT18X18D" in target.primitives
+        dsp = self.wl.kind != "apot" and target.dsp_registers
         if dsp:
             # uniform weights (the stem) on the ECP5: a multiplier per (lane, input channel), its operands
             # in its own input registers (stage A') and its product in its output register (stage B;

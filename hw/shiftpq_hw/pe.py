@@ -225,8 +225,8 @@ def product_terms(m: Module, w, aval, wl: LevelSet, al: LevelSet, name: str = "p
     multiplier; ``c`` is the negative weight's ``+ 1``, ``shift_add_terms``), as the engines compute
     it; a multiplication for uniform weights (``c = 0``; for uniform sets the weight code is the
     weight; a level has up to seven terms, and an 18x18 DSP is the smaller and faster unit for an 8 x
-    8-bit product): the FC and the PE study (``MacArray``) use it as written, the conv engines compute
-    it on the FPGA's multipliers with their own registers (``dsp.registered_products``)."""
+    8-bit product): the PE study (``MacArray``) uses it as written, the conv engines and the FC compute
+    a uniform product on the FPGA's multipliers with their own registers (``dsp.registered_products``)."""
     if wl.kind == "apot":
         return shift_add_terms(m, w.mag, w.neg, aval, wl, al, name)
     out = Signal(product_shape(wl, al), name=f"{name}_product")

@@ -167,6 +167,14 @@ def dsp_products(a: Shape, b: Shape) -> list[tuple[int, int]]:
     return out
 
 
+def partial_products(xs: list, consts: list) -> list[tuple[int, str, Value, Value, int]]:
+    """``xs[k] * consts[k] == sum(xp * cp << shift)`` over the ``(k, tag, xp, cp, shift)`` with input
+    ``k``: every pair of their ``dsp_chunks``, one multiplier each (``tag``: ``"{k}_{i}{j}"``, the
+    chunks' indices)."""
+    return [(k, f"{k}_{i}{j}", xp, cp, xsh + csh) for k, (x, c) in enumerate(zip(xs, consts))
+            for i, (xp, xsh) in enumerate(dsp_chunks(x)) for j, (cp, csh) in enumerate(dsp_chunks(c))]
+
+
 def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], bias: np.ndarray,
                 shift: np.ndarray, top: int, bounds: list[int], carry: list = (),
                 name: str = "aff") -> tuple[Signal, list]:
@@ -193,14 +201,13 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
         staged = pipe.stage(f"{name}_{st}", *xs, *carry)
         xs, carry = staged[:n], staged[n:]
     width = intops.affine_bits(bounds, muls, bias)
-    if "MULT18X18D" in pipe.target.primitives:
+    if pipe.target.dsp_registers:
         # the partial products (``dsp_chunks`` of each input and constant: one multiplier each), their
         # operands in the multipliers' own input registers, the bias and shift beside them, out of the
         # multipliers' output registers (``dsp.RegisteredProduct``): the route into a multiplier and
         # the route out of it are cycles of their own
-        chunks = [(k, xp, cp, xs_ + cs) for k, (x, c) in enumerate(zip(xs, consts))
-                  for xp, xs_ in dsp_chunks(x) for cp, cs in dsp_chunks(c)]
-        pregs = registered_products(m, [(xp, cp) for _, xp, cp, _ in chunks], en=pipe.en, name=f"{name}_dsp")
+        chunks = partial_products(xs, consts)
+        pregs = registered_products(m, [(xp, cp) for _, _, xp, cp, _ in chunks], en=pipe.en, name=f"{name}_dsp")
         parts, shifts = [(k, p) for (k, *_), p in zip(chunks, pregs)], [sh for *_, sh in chunks]
         b1, s1, *carry = pipe.stage(f"{name}_op_", b0, s0, *carry)
         b2, s2, *carry = pipe.stage(f"{name}_s0_", b1, s1, *carry)
@@ -211,13 +218,11 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
         xs, consts, (b1, s1), carry = staged[:n], staged[n:2 * n], staged[2 * n:2 * n + 2], staged[2 * n + 2:]
         # the partial products, each one multiplier, registered as they come out
         parts, shifts = [], []
-        for k, (x, c) in enumerate(zip(xs, consts)):
-            for i, (xp, xs_) in enumerate(dsp_chunks(x)):
-                for j, (cp, cs) in enumerate(dsp_chunks(c)):
-                    p = Signal(signed(len(xp) + len(cp) + 1), name=f"{name}_p{k}_{i}{j}")
-                    m.d.comb += p.eq(xp * cp)
-                    parts.append((k, p))
-                    shifts.append(xs_ + cs)
+        for k, tag, xp, cp, sh in partial_products(xs, consts):
+            p = Signal(signed(len(xp) + len(cp) + 1), name=f"{name}_p{tag}")
+            m.d.comb += p.eq(xp * cp)
+            parts.append((k, p))
+            shifts.append(sh)
         staged = pipe.stage(f"{name}_s0_", b1, s1, *[p for _, p in parts], *carry)
         b2, s2, pregs, carry = staged[0], staged[1], staged[2:2 + len(parts)], staged[2 + len(parts):]
     # each input's product (the bias added to the first input's), registered
