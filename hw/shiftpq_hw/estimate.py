@@ -80,7 +80,7 @@ def _requant_tables(unit: str, threshold_levels: int | None, shortcut: bool) -> 
 def memories(plan: HwPlan) -> list[Mem]:
     """Every memory of the plan's design, with the width and depth the generator gives it: the
     engines' line buffers, weight memories and requant tables, the shortcut FIFOs, the max pools'
-    rows, the average pool's tables and the FC's weights. Each block's own module is elaborated for
+    rows, the average pool's tables and the FC's weights and biases. Each block's own module is elaborated for
     its tables' contents (a few seconds for ResNet-20; no netlist is built)."""
     t = plan.tables
     comps = components(plan)
@@ -100,7 +100,7 @@ def memories(plan: HwPlan) -> list[Mem]:
             names = ["rows", "wmem"] + [n for u in range(c.requant_units) for n in _requant_tables(
                 f"rq{u}", search_levels(rq.thresholds.shape[1]) if th else None, isinstance(rq, ir.Add))]
         elif b.kind == Kind.FC:
-            names = ["wmem"]
+            names = ["wmem", "fc_bias"]
         elif b.kind == Kind.MAXPOOL:
             names = ["rows"]
         elif b.kind == Kind.AVGPOOL:
