@@ -180,7 +180,7 @@ def test_fc_on_the_ecp5_multipliers(tmp_path):
 
 
 def test_network_on_the_ecp5_multipliers_is_bit_exact(tmp_path):
-    """A whole network generated for the ECP5 (the stem's, the requantization's and the pool's
+    """A whole network generated for the ECP5 (the stem's, the requantization's, the pool's and the FC's
     multipliers as primitives) on the Verilator harness, with random input gaps and output stalls:
     bit-exact with the golden model at the modelled cycles."""
     from shiftpq.export import export_model
