@@ -22,7 +22,7 @@ from .dsp import registered_products, target_of
 from .pe import (act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
 from .engine import OutputAssembly, advance, last_flag
-from .requant import AFFINE_STAGES, Pipe, affine_unit
+from .requant import AFFINE_STAGES, Pipe, affine_unit, signed_width
 
 
 def _table(items: list, index) -> Array:
@@ -462,7 +462,7 @@ class FullyConnected(Checked, wiring.Component):
         # stage 2: the weights and inputs registered (the memory's output goes no further); the
         # class's bias beside them (a table read from the class issued, ``requant.rom``: two stages)
         wflat, *acts = stage("fc_w", rd.data, *acts)
-        bshape = signed(intops.signed_bits(min(int(self._bias.min()), 0), max(int(self._bias.max()), 0)))
+        bshape = signed(signed_width(self._bias))
         ctl = [*stage("fc_c2_", *ctl), pipe.rom("fc_bias", bshape, [int(v) for v in self._bias], cls)]
         # stage 3: the products, the multipliers' operands registered where they can have them beside
         # them and the products registered as they leave them, then again

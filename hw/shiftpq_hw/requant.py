@@ -32,7 +32,8 @@ def _code_shape(top: int) -> Shape:
     return unsigned(max(1, int(top).bit_length()))
 
 
-def _signed_width(values: np.ndarray) -> int:
+def signed_width(values: np.ndarray) -> int:
+    """Bits of the smallest signed shape holding every value of a constant table (and zero)."""
     return intops.signed_bits(int(values.min(initial=0)), int(values.max(initial=0)))
 
 
@@ -189,8 +190,8 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     ``AFFINE_STAGES`` stages) and the carried values."""
     muls = [np.asarray(mk, dtype=np.int64) for mk in muls]
     bias, shift = np.asarray(bias, dtype=np.int64), np.asarray(shift, dtype=np.int64)
-    mshape = [signed(max(2, _signed_width(mk))) for mk in muls]
-    bshape = signed(max(2, _signed_width(bias)))
+    mshape = [signed(max(2, signed_width(mk))) for mk in muls]
+    bshape = signed(max(2, signed_width(bias)))
     sshape = unsigned(max(1, int(shift.max(initial=0)).bit_length()))
     n = len(xs)
     # the inputs registered twice, then beside the row's constants
