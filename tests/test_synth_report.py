@@ -5,7 +5,6 @@ nextpnr take about 100 s on it on 2 cores. The tiny model itself (136 PEs at PAR
 6 minutes (Yosys 54 s, nextpnr 318 s), too long for `make test`; `make synth MODEL=tiny` runs it.
 """
 import json
-import shutil
 
 import jinja2
 import pytest
@@ -20,12 +19,15 @@ from shiftpq_cli import main
 from shiftpq_hw.gen import generate
 
 
+def small_tables():
+    return export_model(random_net(3), {"path": None, "untrained": True, "note": "UNTRAINED: a fuzz network"})
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A generated small network, synthesized for an ECP5-25k."""
+    """A generated small network (the default target, ECP5 multipliers), synthesized for an ECP5-25k."""
     out = tmp_path_factory.mktemp("synth") / "small"
-    generate(export_model(random_net(3), {"path": None, "untrained": True, "note": "UNTRAINED: a fuzz network"}),
-             out, 1, force=True)
+    generate(small_tables(), out, 1, force=True)
     assert main(["synth", "--build", str(out), "--device", "ecp5-25k", "--seed", "1"]) == 0
     return out
 
@@ -38,6 +40,7 @@ def test_synth_report_numbers_come_from_the_tools_own_output(small):
     stat = json.loads((d / "stat.json").read_text())["design"]["num_cells_by_type"]
     util = pnr["utilization"]
     assert r["device"] == "ecp5-25k" and r["fits"] is True and r["reason"] is None
+    assert json.loads((small / "cycles.json").read_text())["target"] == "ecp5"
     assert (r["luts"], r["ffs"], r["brams"], r["dsps"]) == (util["TRELLIS_COMB"]["used"], util["TRELLIS_FF"]["used"],
                                                             util["DP16KD"]["used"], util["MULT18X18D"]["used"])
     assert r["luts"] > 0 and r["ffs"] > 0
@@ -54,9 +57,9 @@ def test_synth_report_numbers_come_from_the_tools_own_output(small):
 
 
 @pytest.mark.slow
-def test_a_design_too_large_for_the_device_gets_a_clear_message(small, tmp_path, capsys):
+def test_a_design_too_large_for_the_device_gets_a_clear_message(tmp_path, capsys):
     build = tmp_path / "b"
-    shutil.copytree(small, build, ignore=shutil.ignore_patterns("synth"))
+    generate(small_tables(), build, 1, force=True, target="generic")  # an iCE40 has no ECP5 multipliers
     capsys.readouterr()
     assert main(["synth", "--build", str(build), "--device", "ice40-up5k"]) == 1
     err = capsys.readouterr().err

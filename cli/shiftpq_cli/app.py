@@ -94,10 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "ECP5-85k has 156, ResNet-20 at PAR 22 uses 47 elsewhere). With --device: of the DSPs its fold "
                     "leaves free, so a larger fold fits")
     gn.add_argument("--target", choices=("ecp5", "generic"), default=None,
-                    help="the FPGA family whose primitives the RTL instantiates: generic (default): none, the "
-                    "synthesis tool infers the multipliers; ecp5: each multiplier of the convs and the requantization "
-                    "a MULT18X18D with its own operand and product registers (OUT/rtl/primitives_sim.v models it for "
-                    "the simulators; the same cycles; docs/hw-round5-design.md section 10 has its measurements)")
+                    help="the FPGA family whose primitives the RTL instantiates: ecp5 (default): each multiplier of "
+                    "the convs, the requantization and the FC a MULT18X18D with its own operand and product registers "
+                    "(OUT/rtl/primitives_sim.v models it for the simulators); generic: none, the synthesis tool "
+                    "infers the multipliers (for other FPGAs, an iCE40). The same cycles either way; "
+                    "docs/hw-round5-design.md sections 10-11 have the measurements")
     gn.add_argument("--out", default=None, metavar="DIR", help="output directory (default build/<model>)")
     gn.add_argument("--force", action="store_true",
                     help="replace OUT if it exists (its sim/, synth/ and report/ results are lost)")

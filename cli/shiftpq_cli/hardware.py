@@ -35,6 +35,7 @@ class Generated(Result):
 
 def cmd_gen(a) -> Generated:
     from shiftpq.atomic import prepare_output
+    from shiftpq_hw.dsp import DEFAULT_TARGET
     from shiftpq_hw.gen import DEFAULT_PAR, generate, resolve_source
     if a.backend == "hls":
         from shiftpq_hw.hls import generate_hls as generate
@@ -65,7 +66,7 @@ def cmd_gen(a) -> Generated:
     par = None if a.par == "max" else (a.par or DEFAULT_PAR)
     out = a.out or os.path.join("build", name)
     fold = {} if a.backend == "hls" else {"device": a.device, "dsp_pairs": a.dsp_pairs,  # refused for HLS above
-                                          "target": a.target or "generic"}
+                                          "target": a.target or DEFAULT_TARGET}
     model = generate(tables, out, par, force=a.force, log=log, **fold)
     return Generated(out, model["pes"], model["cycles_per_image"], model["utilization"],
                      model["inferences_per_s"]["100MHz"], time.perf_counter() - t0, model.get("device"), model["par"])

@@ -270,9 +270,9 @@ class ConvRequant(Checked, wiring.Component):
         seq.stage1(m)
         macs.build(m, lines.read.data, weights.data, seq.pad1, seq.ch1, seq.v1, seq.first1,
                    [seq.last1, seq.g1, seq.done1], target_of(platform))
-        last2, g2, done2 = macs.carry2
-        # the requantization units take the lanes of each finished group in turn
-        rq = lane_rq.build(m, macs.sums, macs.valid2, last2, g2, done2, shortcut, target_of(platform))
+        # the requantization units take the lanes of each finished group in turn (the control a cycle
+        # before the sums: they register it beside their loads)
+        rq = lane_rq.build(m, macs.sums, macs.early_valid, *macs.early_carry, shortcut, target_of(platform))
         # the codes into the output queue
         output.build(m, self.o, rq.codes, rq.valid, rq.turn, rq.group, rq.done)
         return m

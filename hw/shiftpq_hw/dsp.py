@@ -7,10 +7,10 @@ ECP5 multiplier, and a product built from ``*`` between fabric registers is time
 route, multiplier and route in one cycle. The DSP columns sit far from the logic that feeds them, so
 such a product was the critical path of two of three seeds of the twelfth round (docs/
 hw-round5-design.md, section 9). With its registers inside the block the route in and the route out
-are separate cycles. For any other target (``GENERIC``, the default, and Amaranth's simulator, which
-cannot run an ``Instance``) the same registers are built in logic, with the same latency and enable,
-so one cycle model holds for both. Routed with the primitives, every DSP path was short but the
-clock lower, for other paths (section 10), so ``generic`` stays the default.
+are separate cycles. For any other target (``GENERIC``, and Amaranth's simulator, which cannot run
+an ``Instance``) the same registers are built in logic, with the same latency and enable, so one
+cycle model holds for both. ``DEFAULT_TARGET`` is ``ecp5``: routed, its ResNet-20 was faster than
+the generic RTL's on each of seeds 1-3 (section 11).
 
 The simulators get the primitive from ``primitives/MULT18X18D.v``, a model of the subset
 instantiated here (``sim_models``). tests/test_dsp.py checks it and the logic version against
@@ -50,6 +50,7 @@ class Target:
 GENERIC = Target("generic", ())
 ECP5 = Target("ecp5", ("MULT18X18D",))
 TARGETS = {t.family: t for t in (GENERIC, ECP5)}
+DEFAULT_TARGET = ECP5.family  # ``shiftpq gen``'s (docs/hw-round5-design.md section 11)
 
 
 def target_of(platform) -> Target:

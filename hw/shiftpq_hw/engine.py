@@ -48,6 +48,30 @@ from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair, dsp_pai
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
 
 
+#: Flip-flops one copy of a replicated control register drives at most (``replicas``).
+REPLICA_LOADS = 64
+
+
+def spans(count: int, width: int) -> list[range]:
+    """``count`` items of ``width`` bits in consecutive runs of at most ``REPLICA_LOADS`` bits (at
+    least one item each): the part of a wide register that one copy of its control drives."""
+    step = max(1, REPLICA_LOADS // max(1, width))
+    return [range(lo, min(lo + step, count)) for lo in range(0, count, step)]
+
+
+def replicas(m: Module, name: str, value, n: int) -> list[Signal]:
+    """``value`` registered (its value one cycle later) in ``n`` copies, one per part of a wide
+    register it controls (``spans``): the load of a register hundreds of bits wide, spread over the
+    placement, is then a few copies each placed beside its part, not one register driving hundreds
+    of loads through a tree of LUTs (the load of the shortcut's lane register was the critical path
+    of two of three routed seeds: 6.4 + 3.9 ns of routing). The copies carry ``keep``: Yosys'
+    ``opt_merge`` merges equal registers back into one unless the cell is kept, which the synth
+    scripts do for the cell driving a kept wire (templates/synth/)."""
+    regs = [Signal(value.shape(), name=f"{name}{k}", attrs={"keep": 1}) for k in range(n)]
+    m.d.sync += [r.eq(value) for r in regs]
+    return regs
+
+
 def counter(n: int) -> Signal:
     """A counter over range(n), at least one bit wide (zero-width signals upset Verilog linters)."""
     return Signal(range(max(n, 2)))
@@ -297,10 +321,10 @@ class ShortcutQueue:
 
     ``build(m)`` (called by the sequencer): ``r.ready`` while fewer than ``depth`` are held; a pixel
     is held from the cycle after it is taken. ``depth_for``: the fewest entries that never make a
-    pixel wait for its shortcut pixel while the source keeps the queue full. ``latch(m, group)``
-    (called by the scheduler, under its condition that a group's sums are complete): the lane
-    register ``lanes_reg`` is loaded with the oldest held pixel (``group == 0``, which ``pop``s it)
-    or moved on, the cycle after."""
+    pixel wait for its shortcut pixel while the source keeps the queue full. ``latch(m, load,
+    group)`` (called by the scheduler with its condition that a group's sums are complete, a cycle
+    early): the lane register ``lanes_reg`` is loaded with the oldest held pixel (``group == 0``,
+    which ``pop``s it) or moved on, at the edge that ends the sums' cycle."""
 
     def __init__(self, r, index: list[int], lanes: int, groups: int, depth: int = 2):
         if lanes < 1 or groups < 1 or len(index) > lanes * groups or depth < 2:
@@ -331,13 +355,13 @@ class ShortcutQueue:
     def build(self, m: Module) -> "ShortcutQueue":
         r = self.r
         depth = self.depth
-        # a circular buffer: a pixel is written at ``wptr`` and taken from ``rptr``, so a pop moves only
-        # the pointers and the count (a queue whose entries move up made the pop select every entry's
+        # a circular buffer: a pixel is written at ``wptr`` and taken from the read pointer (one per
+        # part of the lane register, ``latch``), so a pop moves only the pointers and the count (a queue whose entries move up made the pop select every entry's
         # input: the pop's control fanned out to the whole queue, the network's critical path)
         rpix = [Signal(r.payload.shape(), name=f"rpix{j}", reset_less=True) for j in range(depth)]
         rcount = Signal(range(depth + 1))
         waiting = Signal(range(depth + 1), name="unclaimed_n")  # held pixels no started pixel has claimed
-        wptr, rptr = counter(depth), counter(depth)
+        wptr = counter(depth)
         push, pop, start = Signal(), Signal(), Signal()
         m.d.comb += [r.ready.eq(rcount < depth), push.eq(r.valid & r.ready)]
         with m.If(push):
@@ -345,12 +369,8 @@ class ShortcutQueue:
             for j in range(depth):  # if statements, not a case statement that the Verilog backend
                 with m.If(wptr == j):  # would split into incomplete ones per entry
                     m.d.sync += rpix[j].eq(r.payload)
-        with m.If(pop):
-            m.d.sync += rptr.eq(wrap_increment(rptr, depth))
         m.d.sync += rcount.eq(rcount + push - pop)
         self.rpix, self.rcount, self.waiting, self.push, self.pop, self.start = rpix, rcount, waiting, push, pop, start
-        self.oldest = Signal(r.payload.shape(), name="rpix_oldest")
-        select(m, self.oldest, rpix, rptr)
         self.unclaimed = waiting != 0  # a count of its own, not rcount > claimed: one LUT before the issue
         self.lanes_reg = Signal(data.ArrayLayout(r.payload.shape().elem_shape, self.groups * self.lanes), name="rsr",
                                 reset_less=True)
@@ -360,15 +380,32 @@ class ShortcutQueue:
         """A started output pixel (``started``) claims the next unclaimed shortcut pixel."""
         m.d.sync += self.waiting.eq(self.waiting + self.push - started)
 
-    def latch(self, m: Module, group):
-        """Load or move the lane register; added under the scheduler's condition that a group's sums
-        are complete (``valid & last``)."""
-        rsr, lanes = self.lanes_reg, self.lanes
+    def latch(self, m: Module, load, group):
+        """Load or move the lane register the cycle after ``load`` (the scheduler's condition that a
+        group's sums are complete the next cycle, ``valid & last`` a cycle early; ``group``: its
+        group): loaded with the oldest held pixel at group 0, which pops it, moved on at each next.
+        Each part of the register (``spans``) has its own copies of the load, the select and the
+        read pointer (``replicas``; a pointer's copies each count the pops of their load)."""
+        rsr, depth = self.lanes_reg, self.depth
         vshape = self.r.payload.shape().elem_shape
-        loaded = Cat(*[self.oldest[i] if i >= 0 else Const(0, vshape) for i in self.lane_order()])
-        moved = rsr.as_value()[lanes * Shape.cast(vshape).width:]
-        m.d.sync += rsr.eq(Mux(group == 0, loaded, moved))
-        m.d.comb += self.pop.eq(group == 0)
+        width, order = Shape.cast(vshape).width, self.lane_order()
+        parts = spans(len(order), width)
+        loads = replicas(m, "rsr_load", load, len(parts))
+        firsts = replicas(m, "rsr_first", load & (group == 0), len(parts))
+        for k, (part, en, first) in enumerate(zip(parts, loads, firsts)):
+            rptr = Signal(range(max(depth, 2)), name=f"rsr_rptr{k}", attrs={"keep": 1})
+            with m.If(first):
+                m.d.sync += rptr.eq(wrap_increment(rptr, depth))
+            for q in part:  # position q: the oldest pixel's channel order[q], or the value lanes on
+                if order[q] >= 0:
+                    loaded = Signal(vshape, name=f"rsr_in{q}")
+                    select(m, loaded, [pixel[order[q]] for pixel in self.rpix], rptr)
+                else:
+                    loaded = Const(0, vshape)
+                moved = rsr[q + self.lanes] if q + self.lanes < len(order) else Const(0, vshape)
+                with m.If(en):
+                    m.d.sync += rsr[q].eq(Mux(first, loaded, moved))
+        m.d.comb += self.pop.eq(firsts[0])
 
 
 # -- the MAC array --------------------------------------------------------------------------------
@@ -391,7 +428,9 @@ class MacPipeline:
     balanced adder tree, every level registered (``tree_levels``); then the accumulators. Out,
     ``latency`` cycles after the inputs:
     ``valid2``, ``carry2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum
-    alone on ``first``; the accumulators take ``sums`` on ``valid2``).
+    alone on ``first``; the accumulators take ``sums`` on ``valid2``); ``early_valid`` and
+    ``early_carry``: the same control a cycle earlier, for a unit that registers its own copies
+    beside its loads (``replicas``).
 
     ``pairs``: the first ``2 * pairs`` channels of each lane's ``simd`` are multiplied in ``pairs``
     18x18 multipliers, two products each (``pe.dsp_pair``; the FPGA's DSPs as PEs), the rest by
@@ -550,8 +589,9 @@ class MacPipeline:
             tree, levels = registered_tree(m, leaves, f"tree{p}", reset_less=True)
             assert levels == self.tree_levels
             sums2.append(tree)
+        assert self.tree_levels >= 1  # two leaves at least: a product and the count of negative weights
         for level in range(self.tree_levels):
-            ctl = stage(f"st{level}_ctl", *ctl)
+            early, ctl = ctl, stage(f"st{level}_ctl", *ctl)
         v2, first2, *carry2 = ctl
         accs = [Signal(self.acc_shape, name=f"acc{p}", reset_less=True) for p in range(lanes)]  # restart on first
         nexts = [Signal(self.acc_shape, name=f"acc_next{p}") for p in range(lanes)]
@@ -562,6 +602,7 @@ class MacPipeline:
         with m.If(v2):
             m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
         self.valid2, self.carry2, self.sums = v2, carry2, nexts
+        self.early_valid, _, *self.early_carry = early
         return self
 
 
@@ -576,7 +617,9 @@ class LaneRequant:
     The constants, per output channel: ``thresholds`` and ``sign`` (the threshold search) or ``mul``,
     ``bias`` and ``shift`` (the multiply-add); ``shortcut``: ``(mul, levels)`` of a fused residual add (its
     values come from ``ShortcutQueue``'s lane register). In (``build``): ``sums`` (the lanes'
-    results, taken on ``valid & last``), ``group``, ``done`` (the pixel's last group). The
+    results, taken the cycle after ``valid & last``) and, a cycle before the sums (``MacPipeline``'s
+    ``early_valid``, ``early_carry``), ``valid``, ``last``, ``group``, ``done`` (the pixel's last
+    group). The
     lanes' results are held (``fin``) while ``turn`` counts through a unit's lanes, one per cycle
     (``busy``); a group's last turn ends at most ``taps x chunks`` cycles after it was taken, before
     the next group's sums. Out (``codes``, one per unit; ``valid``, ``turn``, ``group``,
@@ -643,14 +686,20 @@ class LaneRequant:
               shortcut: ShortcutQueue | None = None, target: Target = GENERIC) -> "LaneRequant":
         lanes, groups, units, per, jb = self.lanes, self.groups, self.units, self.per, self.lane_bits
         # the lanes' results of a group, held while the requantization units take them in turn
+        # (the control comes a cycle before the sums: the load of the held sums and of the shortcut's
+        # lane register, hundreds of flip-flops, is registered here in copies, one per part, ``replicas``)
         fins = [Signal(self.acc_shape, name=f"fin{p}") for p in range(lanes)]
+        parts = spans(lanes, self.acc_shape.width)
+        for part, load in zip(parts, replicas(m, "fin_load", valid & last, len(parts))):
+            with m.If(load):
+                m.d.sync += [fins[p].eq(sums[p]) for p in part]
+        if shortcut is not None:
+            shortcut.latch(m, valid & last, group)
+        take, group, done = Pipe(m, Const(1)).stage("fin_ctl", valid & last, group, done)
         busy, turn, gq, doneq = Signal(), Signal(jb), counter(groups), Signal()
         rsr = shortcut.lanes_reg if shortcut is not None else None
-        with m.If(valid & last):
-            m.d.sync += [f.eq(nxt) for f, nxt in zip(fins, sums)]
+        with m.If(take):
             m.d.sync += [busy.eq(1), turn.eq(0), gq.eq(group), doneq.eq(done)]
-            if shortcut is not None:
-                shortcut.latch(m, group)
         with m.Elif(busy):
             m.d.sync += turn.eq(turn + 1)
             with m.If(turn == per - 1):

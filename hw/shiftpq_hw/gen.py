@@ -34,7 +34,7 @@ from shiftpq.errors import ShiftPQError
 from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
 
-from .dsp import TARGETS, sim_models
+from .dsp import DEFAULT_TARGET, TARGETS, sim_models
 from .estimate import fold_for_device
 from .network import Network
 from .plan import cycle_model, make_plan, probe_map
@@ -79,14 +79,14 @@ def resolve_source(model: str | None, checkpoint: str | None = None, tables: str
 
 
 def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, force: bool = False,
-             log=lambda s: None, device: str | None = None, dsp_pairs: int = 0, target: str = "generic") -> dict:
+             log=lambda s: None, device: str | None = None, dsp_pairs: int = 0, target: str = DEFAULT_TARGET) -> dict:
     """Plan, convert and write the accelerator for ``tables`` into ``out``; returns cycles.json.
     ``device``: the fold is the fastest whose estimate fits it (``estimate.fold_for_device``; ``par`` is
     not used), recorded in cycles.json; a design that fits no fold raises before anything is written.
     ``dsp_pairs``: multipliers the convs may use for pairs of PEs (``plan.assign_pairs``; with
     ``device``, of those the fold leaves free). ``target``: the FPGA family whose primitives the RTL
-    instantiates (``dsp.TARGETS``: ``ecp5``, the MULT18X18D with its own registers; ``generic``: none,
-    Yosys infers every multiplier), recorded in cycles.json."""
+    instantiates (``dsp.TARGETS``: ``ecp5``, the default, the MULT18X18D with its own registers;
+    ``generic``: none, Yosys infers every multiplier), recorded in cycles.json."""
     if target not in TARGETS:
         raise ShiftPQError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     out = prepare_output(out, force)  # before the work: a rerun never replaces sim/ or synth/ results unasked

@@ -176,31 +176,33 @@ def simulate(gen_dir: str | Path, simulator: str, images: np.ndarray, labels: np
 def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, log=print,
          bench: str = "cocotb") -> list[dict]:
     """Random small networks (residual or plain, one or two blocks per stage, random widths, kept
-    filters down to 1, random bit widths, random folding, random multiplier pairs) through tables -> RTL ->
-    simulation, each compared with its golden model. The seed of every network is logged first, so a failure
+    filters down to 1, random bit widths, random folding, random multiplier pairs, either target) through
+    tables -> RTL -> simulation, each compared with its golden model. The seed of every network is logged first, so a failure
     reproduces with ``--fuzz 1 --first-seed SEED``."""
     import random as _random
 
     from shiftpq.export import export_model
     from shiftpq.testnets import images, random_net
+    from shiftpq_hw.dsp import TARGETS
     from shiftpq_hw.gen import generate
     results = []
     for seed in seeds:
         par = _random.Random(seed).choice([None, 1, 2, 4, 8])
         pairs = _random.Random(f"pairs{seed}").choice([0, 3, 1000])  # multipliers for PE pairs (plan.assign_pairs)
+        target = _random.Random(f"target{seed}").choice(sorted(TARGETS))  # the primitives instantiated, or none
         net = random_net(seed, random_bits=True, random_arch=True)
         s = net.spec
         log(f"fuzz seed {seed}: {s.name} widths {list(s.widths)} x{s.blocks} blocks, W{s.wbits}A{s.abits}, "
-            f"PAR={par or 'max'}, a budget of {pairs} multiplier pairs, {simulator} ({bench})")
+            f"PAR={par or 'max'}, a budget of {pairs} multiplier pairs, target {target}, {simulator} ({bench})")
         tables = export_model(net, {"path": None, "fuzz_seed": seed})
         out = Path(work) / f"seed{seed}"
-        used = generate(tables, out, par, force=True, dsp_pairs=pairs)["dsp_pairs"]["used"]
+        used = generate(tables, out, par, force=True, dsp_pairs=pairs, target=target)["dsp_pairs"]["used"]
         if bench == "harness":
             from .harness import run
             r = run(out, images(n_images, seed), jobs=1, progress=False)
         else:
             r = simulate(out, simulator, images(n_images, seed))
-        r["seed"], r["par"], r["dsp_pairs"] = seed, par, used
+        r["seed"], r["par"], r["dsp_pairs"], r["target"] = seed, par, used, target
         results.append(r)
         log(f"fuzz seed {seed}: {'PASS' if r['passed'] else 'FAIL'} ({r['mismatches']} mismatches, "
             f"{r['cycles_per_image']} cycles per image, model {r['model_cycles_per_image']}, {used} multiplier pairs)")
