@@ -179,17 +179,20 @@ def test_fc_on_the_ecp5_multipliers(tmp_path):
     assert r["mismatches"] == 0 and r["words"] == 30
 
 
-def test_network_on_the_ecp5_multipliers_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("pairs", [0, 100])
+def test_network_on_the_ecp5_multipliers_is_bit_exact(pairs, tmp_path):
     """A whole network generated for the ECP5 (the stem's, the requantization's, the pool's and the FC's
-    multipliers as primitives) on the Verilator harness, with random input gaps and output stalls:
-    bit-exact with the golden model at the modelled cycles."""
+    multipliers as primitives; with ``pairs``, the 4-bit convs' multiplier pairs too) on the Verilator
+    harness, with random input gaps and output stalls: bit-exact with the golden model at the modelled
+    cycles."""
     from shiftpq.export import export_model
     from shiftpq.testnets import images, random_net
     from shiftpq_hw.gen import generate
     from shiftpq_sim.harness import run as run_harness
     tables = export_model(random_net(4), {"path": "random"})
-    model = generate(tables, tmp_path / "g", par=2, target="ecp5")
+    model = generate(tables, tmp_path / "g", par=2, target="ecp5", dsp_pairs=pairs)
     assert (tmp_path / "g" / "rtl" / "primitives_sim.v").is_file()
+    assert (model["dsp_pairs"]["used"] > 0) == (pairs > 0)
     r = run_harness(tmp_path / "g", images(3, 4), jobs=2, progress=False)
     assert r["passed"] and r["mismatches"] == 0 and r["cycles_per_image"] == model["cycles_per_image"]
     assert r["cycles_match_model"]

@@ -42,7 +42,8 @@ from shiftpq.levels import LevelSet
 from .dsp import GENERIC, Target, registered_products
 from .memmap import rom_port
 from .queues import CreditQueue, select, wrap_increment
-from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair, dsp_pairs_fit, ones_bit, pack_lane_words,
+from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair_fields, dsp_pair_operands, dsp_pairs_fit,
+                 ones_bit, pack_lane_words,
                  pack_words, product_shape, product_terms, registered_tree, variant_field_shape, variant_fields,
                  weight_code_shape, weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
@@ -435,10 +436,12 @@ class MacPipeline:
     ``pairs``: the first ``2 * pairs`` channels of each lane's ``simd`` are multiplied in ``pairs``
     18x18 multipliers, two products each (``pe.dsp_pair``; the FPGA's DSPs as PEs), the rest by
     shift-add PEs. A lane's word then holds its ``pairs`` fields (``variant_fields("dsp2")``) below
-    its shift-add fields; in stage B each pair's middle field and borrow bit are registered, and
-    both are leaves of the lane's tree: ``simd - 2 * pairs`` products, ``pairs`` middle fields,
-    ``pairs`` borrow bits and the count of negative weights, ``simd + 1`` leaves as without pairs,
-    so the latency is the same."""
+    its shift-add fields. A pair's multiplier has its own registers (``dsp.RegisteredProduct``: for
+    the ECP5 the MULT18X18D's): its operands in stage A', for which the shift-add PEs' operands are
+    registered once more too, and its product in stage B, whose middle field and borrow bit are
+    leaves of the lane's tree: ``simd - 2 * pairs`` products, ``pairs`` middle fields, ``pairs``
+    borrow bits and the count of negative weights, ``simd + 1`` leaves as without pairs. So pairs
+    add one cycle of latency (A') and none to the cycles per image."""
 
     def __init__(self, words: np.ndarray, wlevels: LevelSet, alevels: LevelSet | None, lanes: int, simd: int,
                  c_in: int, acc_shape: Shape, pairs: int = 0):
@@ -461,7 +464,7 @@ class MacPipeline:
         else:
             self.word_shape = data.ArrayLayout(data.ArrayLayout(weight_field_shape(wlevels), simd), lanes)
         self.tree_levels = simd.bit_length()  # ceil(log2(simd + 1)): simd products and the count of + 1s
-        self.latency = self.latency_of(simd, wlevels)
+        self.latency = self.latency_of(simd, wlevels, pairs)
 
     @staticmethod
     def pairs_problem(pairs, simd: int, wlevels: LevelSet, alevels: LevelSet | None) -> str | None:
@@ -474,10 +477,10 @@ class MacPipeline:
         return None
 
     @staticmethod
-    def latency_of(simd: int, wlevels: LevelSet) -> int:
-        """Cycles from the inputs to ``valid2``/``sums``: stages P, A, B and the tree's levels, and
-        for uniform weights (the FPGA's multipliers) A' and B'."""
-        return 3 + simd.bit_length() + (0 if wlevels.kind == "apot" else 2)
+    def latency_of(simd: int, wlevels: LevelSet, pairs: int = 0) -> int:
+        """Cycles from the inputs to ``valid2``/``sums``: stages P, A, B and the tree's levels; for
+        uniform weights (the FPGA's multipliers) A' and B'; with multiplier pairs A'."""
+        return 3 + simd.bit_length() + (2 if wlevels.kind != "apot" else 1 if pairs else 0)
 
     def reference(self, weight_rows: list[int], pixels: np.ndarray, chunks: list[int], pads: list[bool],
                   firsts: list[bool]) -> np.ndarray:
@@ -550,30 +553,37 @@ class MacPipeline:
         fours_a = data_stage("sa_negs", *[f for lane in fours for f in lane])
         nq = len(fours[0])
         dsp = self.wl.kind != "apot" and target.dsp_registers
+        # a multiplier per pair of a lane's channels (``pe.dsp_pair``), with its own registers: its
+        # operands (stage A') and its product (stage B; ``dsp.RegisteredProduct``, the MULT18X18D's own
+        # for the ECP5), so the route into a DSP and the route out of it are separate cycles
+        pair_products = registered_products(m, [dsp_pair_operands(m, wdata_a[p]["pairs"][f], acts_a[2 * f],
+                                                                  acts_a[2 * f + 1], self.wl, self.al, f"dsp{p}_{f}")
+                                                for p in range(lanes) for f in range(self.pairs)], name="pair")
+        op_stage = self.wl.kind != "apot" or self.pairs > 0  # stage A': uniform weights, or pairs
         if dsp:
             # uniform weights (the stem) on the ECP5: a multiplier per (lane, input channel), its operands
             # in its own input registers (stage A') and its product in its output register (stage B;
             # ``dsp.RegisteredProduct``)
             prods = registered_products(m, [(self._pe_field(wdata_a, p, j), acts_a[j]) for p in range(lanes)
                                             for j in range(d, simd)], product_shape(self.wl, self.al), name="pe_dsp")
-        elif self.wl.kind != "apot":
+        elif op_stage:
             # a multiplier's operands registered once more, where the placer can put them beside it
             # (the FPGA's multipliers sit in a few columns, far from the weight memory and the
-            # activations' decode): stage A'
+            # activations' decode): stage A'; beside pairs, the shift-add PEs' operands, in step with
+            # the pairs' multipliers
             *acts_a, wflat_a = data_stage("sa_op", *acts_a, wflat_a)
             wdata_a = self.word_shape(wflat_a)
-        if self.wl.kind != "apot":
+        if op_stage:
             fours_a = data_stage("sa_op_negs", *fours_a)
             ctl = stage("sa_op_ctl", *ctl)
         if not dsp:
-            # stage B: the products, registered; one PE per (lane, input channel of the chunk), or a
-            # multiplier per (lane, pair of channels): its middle field and its borrow bit registered
+            # stage B: the products, registered; one PE per (lane, input channel of the chunk)
             terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
                      for p in range(lanes) for j in range(d, simd)]
             prods = data_stage("sb_prod", *[t for t, _ in terms])
-        pairs = [dsp_pair(m, wdata_a[p]["pairs"][f], acts_a[2 * f], acts_a[2 * f + 1], self.wl, self.al,
-                          name=f"dsp{p}_{f}") for p in range(lanes) for f in range(self.pairs)]
-        mids, borrows = data_stage("sb_mid", *[mid for mid, _ in pairs]), data_stage("sb_borrow", *[c for _, c in pairs])
+        # a pair's middle field and borrow bit: bits of its product's register (stage B)
+        fields = [dsp_pair_fields(m, pp, self.wl, self.al, f"dsp{i}") for i, pp in enumerate(pair_products)]
+        mids, borrows = [mid for mid, _ in fields], [c for _, c in fields]
         ones = data_stage("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
         if self.wl.kind != "apot":

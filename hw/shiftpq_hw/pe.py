@@ -484,13 +484,27 @@ def dsp_pair(m: Module, w, a0, a1, wl: LevelSet, al: LevelSet, name: str) -> tup
     ``A`` is the fields' concatenation, no adder). The sum is the product's middle field; ``c`` is
     the low field's sign (its borrow from the middle), for the lane to add after its tree like the
     shift-add PE's ``+ 1``."""
-    k = dsp_pair_layout(wl, al)["k"]
-    a = Signal(signed(18), name=f"{name}_A")  # the multiplier's operands (the RTL's $mul: a_bits x b_bits)
-    b = Signal(signed(18), name=f"{name}_B")
+    a, b = dsp_pair_operands(m, w, a0, a1, wl, al, name)
     p = Signal(signed(36), name=f"{name}_P")
+    m.d.comb += p.eq(a * b)
+    return dsp_pair_fields(m, p, wl, al, name)
+
+
+def dsp_pair_operands(m: Module, w, a0, a1, wl: LevelSet, al: LevelSet, name: str) -> tuple[Signal, Signal]:
+    """``dsp_pair``'s multiplier operands ``(A, B)`` (``dsp_pair_layout``'s ``a_bits`` and ``b_bits``,
+    signed): the RTL's product is ``a_bits x b_bits``, as ``estimate.multipliers`` counts it."""
+    lay = dsp_pair_layout(wl, al)
+    k = lay["k"]
+    a = Signal(signed(lay["a_bits"]), name=f"{name}_A")
+    b = Signal(signed(lay["b_bits"]), name=f"{name}_B")
     m.d.comb += [a.eq(Cat(w.lo, w.lo[-1].replicate(k - len(w.lo)), w.hi).as_signed()),
-                 b.eq(Cat(a0, Const(0, k - len(a0)), a1)),
-                 p.eq(a * b)]
+                 b.eq(Cat(a0, Const(0, k - len(a0)), a1))]
+    return a, b
+
+
+def dsp_pair_fields(m: Module, p, wl: LevelSet, al: LevelSet, name: str) -> tuple[Signal, Signal]:
+    """``dsp_pair``'s middle field and borrow bit of the multiplier's product ``p``."""
+    k = dsp_pair_layout(wl, al)["k"]
     mid = Signal(signed(k), name=f"{name}_mid")
     c = Signal(name=f"{name}_borrow")
     m.d.comb += [mid.eq(p[k:2 * k]), c.eq(p[k - 1])]
