@@ -222,7 +222,8 @@ class ConvRequant(Checked, wiring.Component):
         """Cycles from a pixel's last issue to its last code (stage 1, the MAC pipeline, the
         requantization units and their turns)."""
         rq = self._lane_requant()
-        return TapSequencer.READ_LATENCY + MacPipeline.latency_of(self._simd, self._wl, self._pairs) + rq.latency + rq.per - 1
+        macs = MacPipeline.latency_of(self._simd, self._wl, self._pairs)
+        return TapSequencer.READ_LATENCY + macs + rq.latency + rq.per - 1
 
     @property
     def output_depth(self) -> int:
@@ -234,7 +235,8 @@ class ConvRequant(Checked, wiring.Component):
         """Shortcut pixels a fused residual add's queue holds (``ShortcutQueue.depth_for``): a pixel's
         shortcut is popped when its first group's sums are complete."""
         first_group = self._k ** 2 * self._chunks
-        pop_latency = first_group - 1 + TapSequencer.READ_LATENCY + MacPipeline.latency_of(self._simd, self._wl, self._pairs)
+        macs = MacPipeline.latency_of(self._simd, self._wl, self._pairs)
+        pop_latency = first_group - 1 + TapSequencer.READ_LATENCY + macs
         return ShortcutQueue.depth_for(pop_latency, self._groups * first_group)
 
     def _macs(self) -> MacPipeline:

@@ -357,8 +357,9 @@ class ShortcutQueue:
         r = self.r
         depth = self.depth
         # a circular buffer: a pixel is written at ``wptr`` and taken from the read pointer (one per
-        # part of the lane register, ``latch``), so a pop moves only the pointers and the count (a queue whose entries move up made the pop select every entry's
-        # input: the pop's control fanned out to the whole queue, the network's critical path)
+        # part of the lane register, ``latch``), so a pop moves only the pointers and the count (a
+        # queue whose entries move up made the pop select every entry's input: the pop's control
+        # fanned out to the whole queue, the network's critical path)
         rpix = [Signal(r.payload.shape(), name=f"rpix{j}", reset_less=True) for j in range(depth)]
         rcount = Signal(range(depth + 1))
         waiting = Signal(range(depth + 1), name="unclaimed_n")  # held pixels no started pixel has claimed

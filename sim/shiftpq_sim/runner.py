@@ -177,8 +177,8 @@ def fuzz(seeds: list[int], simulator: str, work: str | Path, n_images: int = 2, 
          bench: str = "cocotb") -> list[dict]:
     """Random small networks (residual or plain, one or two blocks per stage, random widths, kept
     filters down to 1, random bit widths, random folding, random multiplier pairs, either target) through
-    tables -> RTL -> simulation, each compared with its golden model. The seed of every network is logged first, so a failure
-    reproduces with ``--fuzz 1 --first-seed SEED``."""
+    tables -> RTL -> simulation, each compared with its golden model. The seed of every network is
+    logged first, so a failure reproduces with ``--fuzz 1 --first-seed SEED``."""
     import random as _random
 
     from shiftpq.export import export_model
