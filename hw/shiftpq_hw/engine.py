@@ -429,10 +429,10 @@ class MacPipeline:
     and B are the multiplier's own registers, ``dsp.RegisteredProduct``); T, each lane's
     balanced adder tree, every level registered (``tree_levels``); then the accumulators. Out,
     ``latency`` cycles after the inputs:
-    ``valid2``, ``carry2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum
-    alone on ``first``; the accumulators take ``sums`` on ``valid2``); ``early_valid`` and
-    ``early_carry``: the same control a cycle earlier, for a unit that registers its own copies
-    beside its loads (``replicas``).
+    ``valid2`` and ``sums`` (per lane: the tree's sum plus the accumulator, or the sum alone on
+    ``first``; the accumulators take ``sums`` on ``valid2``); ``early_valid`` and ``early_carry``:
+    the valid bit and ``carry`` a cycle before ``valid2``, for a unit that registers its own copies
+    beside its loads (``replicas``; the scheduler, ``LaneRequant``).
 
     ``pairs``: the first ``2 * pairs`` channels of each lane's ``simd`` are multiplied in ``pairs``
     18x18 multipliers, two products each (``pe.dsp_pair``; the FPGA's DSPs as PEs), the rest by
@@ -603,7 +603,7 @@ class MacPipeline:
         assert self.tree_levels >= 1  # two leaves at least: a product and the count of negative weights
         for level in range(self.tree_levels):
             early, ctl = ctl, stage(f"st{level}_ctl", *ctl)
-        v2, first2, *carry2 = ctl
+        v2, first2, *_ = ctl
         accs = [Signal(self.acc_shape, name=f"acc{p}", reset_less=True) for p in range(lanes)]  # restart on first
         nexts = [Signal(self.acc_shape, name=f"acc_next{p}") for p in range(lanes)]
         for acc, nxt, s in zip(accs, nexts, sums2):
@@ -612,7 +612,7 @@ class MacPipeline:
                 m.d.comb += nxt.eq(s)
         with m.If(v2):
             m.d.sync += [acc.eq(nxt) for acc, nxt in zip(accs, nexts)]
-        self.valid2, self.carry2, self.sums = v2, carry2, nexts
+        self.valid2, self.sums = v2, nexts
         self.early_valid, _, *self.early_carry = early
         return self
 
