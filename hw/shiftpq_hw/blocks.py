@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -17,7 +16,8 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .checked import Checked
-from .queues import CreditQueue
+from .memmap import NO_COLLISION
+from .queues import CreditQueue, wrap_increment
 from .dsp import registered_products, target_of
 from .pe import (act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
@@ -52,37 +52,63 @@ class ShortcutPath(wiring.Component):
     subsample; the channel padding is the fused add's business) and buffer them in a FIFO until the
     block's second conv engine adds them, one as it requantizes each output pixel. ``depth``
     (default: one whole map) must cover how far the block's input runs ahead of that (the hardware
-    plan's ``size_fifos`` sizes it from both engines' line buffers), or the fork before it stalls.
-    The output is registered: one cycle from the FIFO's head to ``o``, and one more entry held."""
+    plan's ``size_fifos`` sizes it from both engines' line buffers), or the fork before it stalls:
+    ``depth`` pixels in a memory and one in the output register (``head``).
+
+    The FIFO's read side runs on its own registers alone: a pixel is read (``issue``) while the
+    memory holds one and the output register is neither full nor being filled (``free``), lands in
+    the memory's read register the cycle after, and in ``head`` the cycle after that, ``o.valid``
+    from then until the sink takes it, which frees ``head`` the cycle after. So the sink's ``ready``
+    (a register of the second conv engine, often across the chip) reaches two registers, not the
+    read port's enable (a whole pixel wide, the routed network's critical path when the FIFO's read
+    followed ``ready`` the same cycle), and the memory's output (about 5.8 ns clock to output out of
+    a block RAM) goes no further than ``head``. A pixel every third cycle while the sink is ready;
+    the engine takes one every few dozen."""
 
     def __init__(self, shape, in_hw: int, stride: int, depth: int | None = None):
         self._shape, self._hw, self._s = shape, in_hw, stride
         self.depth = depth or (-(-in_hw // stride)) ** 2
+        if self.depth < 1:
+            raise ValueError(f"ShortcutPath needs a depth >= 1, got {depth!r}")
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
 
     def elaborate(self, platform):
         m = Module()
-        hw, s = self._hw, self._s
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=Shape.cast(self._shape).width, depth=self.depth)
+        hw, s, depth = self._hw, self._s, max(self.depth, 2)
+        width = Shape.cast(self._shape).width
         y, x = Signal(range(max(hw, 2))), Signal(range(max(hw, 2)))
         keep = ((y % s) == 0) & ((x % s) == 0) if s > 1 else Const(1)
-        m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid & keep),
-                     self.i.ready.eq(fifo.w_rdy | ~keep)]
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += x.eq(x + 1)
             with m.If(x == hw - 1):
                 m.d.sync += [x.eq(0), y.eq(y + 1)]
                 with m.If(y == hw - 1):
                     m.d.sync += y.eq(0)
-        # the FIFO's head goes through a register: its data come straight out of a block RAM (about
-        # 5.8 ns clock to output on an ECP5), and the queue that reads them sits in the second conv
-        # engine, often across the chip (the network's critical path without it). A beat moves in
-        # when the register is empty or its beat leaves; the sink's ``ready`` stays one LUT.
-        take = ~self.o.valid | self.o.ready
-        head = Signal.like(fifo.r_data, name="head", reset_less=True)  # data: no reset (engine.py)
-        m.d.comb += [fifo.r_en.eq(take), self.o.payload.eq(head)]
-        with m.If(take):
-            m.d.sync += [self.o.valid.eq(fifo.r_rdy), head.eq(fifo.r_data)]
+        # the addresses of the read and the write meet only while the memory is empty, when the word
+        # read is not used: NO_COLLISION
+        m.submodules.storage = storage = Memory(shape=unsigned(width), depth=depth, init=[], attrs=NO_COLLISION)
+        wr, rd = storage.write_port(), storage.read_port(domain="sync")
+        produce, consume = Signal(range(depth)), Signal(range(depth))
+        level = Signal(range(depth + 1))  # pixels in the memory, written and not yet read
+        write, issue, issued, free = Signal(), Signal(), Signal(), Signal(init=1)
+        head = Signal(width, name="head", reset_less=True)  # data: no reset (engine.py)
+        m.d.comb += [self.i.ready.eq((level != depth) | ~keep), write.eq(self.i.valid & keep & (level != depth)),
+                     wr.addr.eq(produce), wr.data.eq(self.i.payload), wr.en.eq(write),
+                     rd.addr.eq(consume), rd.en.eq(1),  # the read register loads every cycle: no enable
+                     issue.eq((level != 0) & free), self.o.payload.eq(head)]
+        with m.If(write):
+            m.d.sync += produce.eq(wrap_increment(produce, depth))
+        with m.If(issue):
+            m.d.sync += consume.eq(wrap_increment(consume, depth))
+        m.d.sync += [level.eq(level + write - issue), issued.eq(issue)]
+        with m.If(issued):
+            m.d.sync += [head.eq(rd.data), self.o.valid.eq(1)]
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(issue):
+            m.d.sync += free.eq(0)
+        with m.Elif(self.o.valid & self.o.ready):
+            m.d.sync += free.eq(1)
         return m
 
 

@@ -40,7 +40,7 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .dsp import GENERIC, Target, registered_products
-from .memmap import rom_port
+from .memmap import NO_COLLISION, rom_port
 from .queues import CreditQueue, select, wrap_increment
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair_fields, dsp_pair_operands, dsp_pairs_fit,
                  ones_bit, pack_lane_words,
@@ -122,7 +122,8 @@ class LineBuffer:
 
     def build(self, m: Module, i) -> "LineBuffer":
         hw, nslots, ab, sb = self.in_hw, self.slots, self.addr_bits, self.slot_bits
-        m.submodules.rows = rows = Memory(shape=i.payload.shape(), depth=nslots * hw, init=[])
+        # a read never meets the write (complete rows only; a row is written into a free slot): NO_COLLISION
+        m.submodules.rows = rows = Memory(shape=i.payload.shape(), depth=nslots * hw, init=[], attrs=NO_COLLISION)
         fw, fr = rows.write_port(), rows.read_port()
         avail = Signal(range(nslots + 1))  # complete rows held
         lslot = Signal(sb)

@@ -17,7 +17,7 @@ from shiftpq import intops, ir
 from shiftpq.errors import ShiftPQError
 from shiftpq.ir import Tables
 
-from .memmap import Mem, bram_cells, varying_bits
+from .memmap import NO_COLLISION, Mem, bram_cells, varying_bits
 from .network import components
 from .pe import IMAGE, act_code_shape, dsp_pair_layout, weight_code_shape
 from .plan import HwPlan, Kind, make_plan
@@ -62,7 +62,8 @@ def _declared(block: str, module, names) -> list[Mem]:
             width = Shape.cast(mem.shape).width
             if mem.write_ports:
                 sync = all(p.domain != "comb" for p in mem.read_ports)
-                out.append(Mem(block, name, width, mem.depth, rom=False, sync=sync, declared=width))
+                out.append(Mem(block, name, width, mem.depth, rom=False, sync=sync, declared=width,
+                               no_collision=NO_COLLISION.items() <= mem.attrs.items()))
             else:
                 out.append(Mem(block, name, varying_bits(width, mem.init, mem.depth), mem.depth, rom=True,
                                declared=width))
@@ -88,9 +89,9 @@ def memories(plan: HwPlan) -> list[Mem]:
     for b in plan.blocks:
         c, names = comps.get(b.name), []
         if b.kind not in (Kind.CONV, Kind.FC, Kind.MAXPOOL, Kind.AVGPOOL):
-            if b.kind == Kind.SHORTCUT:  # SyncFIFOBuffered: a memory of depth - 1 and its output register
+            if b.kind == Kind.SHORTCUT:  # ShortcutPath: a memory of depth pixels and its output register
                 width = 8 * len(t.tensors[b.inputs[0][1].split("@")[0]].channels)  # ShortcutPath's stream
-                out.append(Mem(b.name, "fifo", width, b.depth - 1, rom=False, declared=width))
+                out.append(Mem(b.name, "fifo", width, b.depth, rom=False, declared=width, no_collision=True))
             if c is not None:
                 Fragment.get(c, None)  # used: no unused-elaboratable warning
             continue

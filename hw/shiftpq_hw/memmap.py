@@ -12,6 +12,17 @@ from amaranth.lib.memory import Memory
 from .queues import select
 
 
+# The attribute of a memory whose read port never uses a word read the cycle that word is written (a
+# line buffer reads only complete rows and writes only free slots; a FIFO reads only what its level
+# says is written). Amaranth's read ports return the old word on such a collision, which a block
+# RAM's two ports do not promise: without the attribute Yosys delays the writes a cycle and makes the
+# read transparent to them in logic (a register of the written word, an address compare and a mux
+# over the read word: about a LUT and two FFs per bit, and a LUT between the block RAM's output and
+# the register after it). The synth scripts (templates/synth/) mark such a memory's read port as
+# undefined on a collision (Yosys' RD_COLLISION_X_MASK); the generated Verilog keeps the old word.
+NO_COLLISION = {"shiftpq_no_collision": 1}
+
+
 @dataclass(frozen=True)
 class Mem:
     """A memory a block declares: ``width`` its bits that vary between rows (Yosys drops the columns
@@ -24,6 +35,7 @@ class Mem:
     rom: bool
     sync: bool = True
     declared: int = 0  # the width the generator declares (a multiplier's operand is that wide)
+    no_collision: bool = False  # marked NO_COLLISION: block RAM with no read-first emulation
 
 
 def varying_bits(width: int, init, depth: int) -> int:
@@ -45,7 +57,8 @@ def varying_bits(width: int, init, depth: int) -> int:
 # prune_rom) times the cells, plus 0.5 a bit for the read multiplexer and 0.5 per write enable for the
 # decoder when the depth spans several cells, plus 2 (one read port of its own), plus 12 for a RAM in
 # block RAM (its read port reads the old word in the cycle of a write, which the ECP5 libraries do not
-# declare: memory_libmap emulates it, 3 points for the write port and 3 for the read port, x 2).
+# declare: memory_libmap emulates it, 3 points for the write port and 3 for the read port, x 2) unless
+# the RAM is marked NO_COLLISION (the synth scripts make its collisions undefined: nothing to emulate).
 # Block RAM shapes: (bits a word, words) of one DP16KD, 36 x 512 only as a simple dual-port RAM
 # (PDPW16KD). Checked memory by memory against Yosys' log for eight designs (bench/fold_cost.py).
 EBR_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
@@ -60,7 +73,7 @@ def _ram_cost(mem: Mem, unit: int, words: int, cost: int, byte: int) -> tuple[fl
     mult_a = -(-mem.depth // words)
     cells = -(-mult_a * (-(-mem.width // byte) * byte) // unit)
     mux = 0.5 * (mult_a - 1) * mem.width + (0.5 * mult_a if mult_a > 1 and not mem.rom else 0)
-    read_first = READ_FIRST_COST if cost == EBR_COST and not mem.rom else 0
+    read_first = READ_FIRST_COST if cost == EBR_COST and not mem.rom and not mem.no_collision else 0
     return cells * cost + mux + READ_PORT_COST + read_first, cells
 
 

@@ -70,7 +70,7 @@ logic: two or four parts, ``memmap.rom_port``)."""
         raise ValueError(f"{name}: {len(rows)} rows do not fit a {len(addr)}-bit address")
     port = rom_port(m, name, shape, list(rows) + [0] * (depth - len(rows)), depth)
     m.d.comb += [port.addr.eq(addr), port.en.eq(en)]
-    out = Signal(shape, name=f"{name}_q")
+    out = Signal(shape, name=f"{name}_q", reset_less=True)  # data: no reset (a block RAM's output register)
     with m.If(en):
         m.d.sync += out.eq(port.data)
     return out

@@ -27,6 +27,7 @@ from shiftpq.templating import render
 
 from .gen import TOP
 from .outputs import read_cycles, read_latency
+from .outreg import absorb_in_file
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,17 @@ def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 10
     r = {"device": device, "family": dev.family, "seed": seed, "freq_target_mhz": freq_mhz, "yosys_cells": cells,
          "yosys_s": round(yosys_s, 1), "min_logic_cells": need, "luts": None, "ffs": None, "brams": None,
          "dsps": None, "utilization": None, "fmax_mhz": None, "fits": False, "reason": None, "nextpnr_s": None,
-         "nextpnr_command": None}
+         "nextpnr_command": None, "outreg": None}
     if over:
         r["reason"] = f"by Yosys' count the design needs {', '.join(over)} on {device}: place and route skipped"
         return r
     if not place:
         r["reason"] = "place and route not asked for"
         return r
+    if dev.family == "ecp5":  # the block RAMs' output registers (outreg.py)
+        ports, ffs = absorb_in_file(work / "netlist.json")
+        r["outreg"] = {"ports": ports, "registers": ffs}
+        log(f"{ports} block RAM read ports take the {ffs} registers after them as output registers")
     t1 = time.perf_counter()
     log(f"nextpnr: placing and routing for {device} (seed {seed}; minutes for large designs) ...")
     args = [*dev.nextpnr_args, "--json", "netlist.json", *constraint_args, "--seed", str(seed),
