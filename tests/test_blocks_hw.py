@@ -77,6 +77,18 @@ def test_shortcut_path_subsamples_and_buffers_a_whole_map():
     assert np.array_equal(np.array([[int(v) for v in o] for o in got]), env[op.dst][0].reshape(len(got), -1))
 
 
+
+def test_shortcut_path_gives_a_pixel_every_third_cycle_in_order():
+    """The FIFO's read side runs on its own registers (blocks.ShortcutPath): with the source and
+    the sink never waiting, a pixel every third cycle, in order, the first four cycles after the
+    first one went in."""
+    from amaranth.lib import data
+    cycles = []
+    got = run_stream(ShortcutPath(data.ArrayLayout(8, 4), 4, 1, depth=8),
+                     [[(7 * p + c) % 256 for c in range(4)] for p in range(16)], gap=0, stall=0, cycles=cycles)
+    assert [[int(v) for v in px] for px in got] == [[(7 * p + c) % 256 for c in range(4)] for p in range(16)]
+    assert cycles == [4 + 3 * p for p in range(16)]
+
 def test_avgpool_requant_and_fc_equal_golden():
     t, g, env = _setup(2)
     pool = next(o for o in t.ops if isinstance(o, ir.AvgPool))
