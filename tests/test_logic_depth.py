@@ -90,3 +90,14 @@ def test_bad_netlists_are_refused(tmp_path):
         "type": "SB_LUT4", "port_directions": {"O": "output"}, "connections": {"O": [5]}}, "r": ff(5, 6)}}}}))
     with pytest.raises(ShiftPQError, match="not modelled"):
         Netlist.load(tmp_path / "m.json").endpoints()
+
+
+@pytest.mark.parametrize("regmode", ["NOREG", "OUTREG"])
+def test_a_block_ram_read_with_and_without_its_output_register(regmode):
+    """A DP16KD's data output straight into a register: its clock to output is the output register's
+    once the netlist pass (outreg.py) set REGMODE."""
+    ram = {"type": "DP16KD", "parameters": {"REGMODE_A": regmode, "REGMODE_B": "NOREG"},
+           "port_directions": {"CLKA": "input", "DOA0": "output"}, "connections": {"CLKA": [1], "DOA0": [10]}}
+    got = {(e.cell, e.port): e.delay for e in Netlist({"cells": {"m": ram, "r": ff(10, 11)}}).endpoints()}
+    q = depth.OUTREG_CLOCK_TO_Q if regmode == "OUTREG" else depth.CLOCK_TO_Q["DP16KD"]
+    assert got["r", "DI"] == pytest.approx(q + net(1), abs=0.01)

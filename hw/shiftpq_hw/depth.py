@@ -23,10 +23,19 @@ from pathlib import Path
 from shiftpq.errors import ShiftPQError
 
 CLOCK_TO_Q = {"TRELLIS_FF": 0.52, "DP16KD": 3.5, "MULT18X18D": 0.74}  # the DSP's: from its output register
+OUTREG_CLOCK_TO_Q = 0.97  # a DP16KD port read through its output register (outreg.py; nextpnr's model)
 LUT, CARRY_IN, CARRY_SUM, CARRY_LOGIC, LUTRAM_READ, MULT = 0.24, 0.06, 0.25, 0.45, 0.5, 4.0
 NET_BASE, NET_PER_DOUBLING = 0.9, 0.35
 ENDPOINT_CELLS = ("TRELLIS_FF", "DP16KD", "TRELLIS_DPR16X4")
 CLOCKS = ("CLK", "CLKA", "CLKB", "WCK")
+
+
+def clock_to_q(cell: dict, port: str) -> float:
+    """A register cell's clock to output at ``port`` (a block RAM's ``DOA``/``DOB`` pins through
+    their output register when the netlist pass set it)."""
+    if cell["type"] == "DP16KD" and cell["parameters"].get(f"REGMODE_{port[2:3]}") == "OUTREG":
+        return OUTREG_CLOCK_TO_Q
+    return CLOCK_TO_Q[cell["type"]]
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class Netlist:
                 if not expanded:
                     arcs = self.arcs(cell, port)
                     if arcs is None:
-                        arrival[bit], via[bit] = CLOCK_TO_Q[cell["type"]], None
+                        arrival[bit], via[bit] = clock_to_q(cell, port), None
                         continue
                     ins = inputs[bit] = [(b, p, d) for p, d in arcs for b in cell["connections"].get(p, ())
                                          if not isinstance(b, str)]
