@@ -103,10 +103,11 @@ class LineBuffer:
     without a gap.
 
     In: the pixel stream ``i`` (raster order); ``release(m, done, n)``: the ``n`` oldest rows are
-    freed when ``done``. Out: ``avail`` (complete rows held), ``read`` (the memory's read port: the
-    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later, the word before
-    a write at the same edge). Timing: ``i.ready`` while ``avail < slots``; a pixel is written the
-    cycle it is taken; a row counts in ``avail`` from the cycle after its last pixel was taken, and
+    freed when ``done``. Out: ``avail`` (complete rows held), ``write`` (the write port), ``read`` (the memory's read port: the
+    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later). Timing:
+    ``i.ready`` while ``avail < slots``; a pixel is written the cycle after it is taken (a register:
+    no read ever meets the write, ``memmap.NO_COLLISION``); a row counts in ``avail`` from the cycle
+    after its last pixel was taken, and
     released rows leave it the cycle after ``done``."""
 
     def __init__(self, in_hw: int, slots: int):
@@ -122,7 +123,10 @@ class LineBuffer:
 
     def build(self, m: Module, i) -> "LineBuffer":
         hw, nslots, ab, sb = self.in_hw, self.slots, self.addr_bits, self.slot_bits
-        # a read never meets the write (complete rows only; a row is written into a free slot): NO_COLLISION
+        # a read never meets the write (NO_COLLISION): the write is registered, so a pixel lands the
+        # cycle after it is taken; a row is read from the cycle after its last pixel was taken (read
+        # at the edge after that: its last pixel written by then), and a freed slot's last read comes
+        # at the edge its first new pixel can be taken, a cycle before that pixel is written
         m.submodules.rows = rows = Memory(shape=i.payload.shape(), depth=nslots * hw, init=[], attrs=NO_COLLISION)
         fw, fr = rows.write_port(), rows.read_port()
         avail = Signal(range(nslots + 1))  # complete rows held
@@ -130,14 +134,16 @@ class LineBuffer:
         lx = counter(hw)
         take, row_loaded = Signal(), Signal()
         can_load = avail < nslots
+        wdata = Signal(i.payload.shape(), name="lb_wdata", reset_less=True)  # data: no reset
+        waddr, wen = Signal(len(fw.addr), name="lb_waddr"), Signal(name="lb_wen")
         m.d.comb += [i.ready.eq(can_load), take.eq(i.valid & can_load)]
-        m.d.comb += [fw.addr.eq(Cat(lx[:ab], lslot)), fw.data.eq(i.payload), fw.en.eq(take),
-                     row_loaded.eq(take & (lx == hw - 1))]
+        m.d.sync += [wdata.eq(i.payload), waddr.eq(Cat(lx[:ab], lslot)), wen.eq(take)]
+        m.d.comb += [fw.addr.eq(waddr), fw.data.eq(wdata), fw.en.eq(wen), row_loaded.eq(take & (lx == hw - 1))]
         with m.If(take):
             m.d.sync += lx.eq(lx + 1)
             with m.If(lx == hw - 1):
                 m.d.sync += [lx.eq(0), lslot.eq(lslot + 1)]
-        self.read, self.avail, self.row_loaded = fr, avail, row_loaded
+        self.read, self.write, self.avail, self.row_loaded = fr, fw, avail, row_loaded
         return self
 
     def release(self, m: Module, done, n):
@@ -264,8 +270,8 @@ class TapSequencer:
         row_done = Signal()
         # released at once (``avail`` must fall at the edge ``lo`` and ``need`` move on, or the next
         # row's first issue could read a row not yet loaded); the row's last read, whose address is
-        # registered, happens at the edge a load into a freed slot can first be written: the read
-        # port is not transparent, so it returns the word before that write
+        # registered, happens at the edge a pixel for a freed slot can first be taken, which the
+        # line buffer writes an edge later (``LineBuffer``: the read never meets the write)
         m.d.comb += row_done.eq(issue & last_tc & last_group & ox_last)
         with m.If(issue):
             m.d.sync += [waddr.eq(waddr + 1), start.eq(last_tc & last_group)]
