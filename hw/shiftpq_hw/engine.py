@@ -103,12 +103,12 @@ class LineBuffer:
     without a gap.
 
     In: the pixel stream ``i`` (raster order); ``release(m, done, n)``: the ``n`` oldest rows are
-    freed when ``done``. Out: ``avail`` (complete rows held), ``write`` (the write port), ``read`` (the memory's read port: the
-    reader drives ``addr`` and ``en``, ``data`` is the addressed word one cycle later). Timing:
-    ``i.ready`` while ``avail < slots``; a pixel is written the cycle after it is taken (a register:
-    no read ever meets the write, ``memmap.NO_COLLISION``); a row counts in ``avail`` from the cycle
-    after its last pixel was taken, and
-    released rows leave it the cycle after ``done``."""
+    freed when ``done``. Out: ``avail`` (complete rows held), ``write`` (the write port), ``read``
+    (the memory's read port: the reader drives ``addr`` and ``en``, ``data`` is the addressed word
+    one cycle later). Timing: ``i.ready`` while ``avail < slots``; a pixel is written the cycle after
+    it is taken (a register: no read ever meets the write, ``memmap.NO_COLLISION``); a row counts in
+    ``avail`` from the cycle after its last pixel was taken, and released rows leave it the cycle
+    after ``done``."""
 
     def __init__(self, in_hw: int, slots: int):
         _power_of_two("in_hw", in_hw)

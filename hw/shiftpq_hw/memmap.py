@@ -13,8 +13,8 @@ from .queues import select
 
 
 # The attribute of a memory whose read port never uses a word read the cycle that word is written (a
-# line buffer reads only complete rows and writes only free slots; a FIFO reads only what its level
-# says is written). Amaranth's read ports return the old word on such a collision, which a block
+# line buffer reads only complete rows, writes only free slots and registers its write; a FIFO reads
+# only what its level says is written). Amaranth's read ports return the old word on such a collision, which a block
 # RAM's two ports do not promise: without the attribute Yosys delays the writes a cycle and makes the
 # read transparent to them in logic (a register of the written word, an address compare and a mux
 # over the read word: about a LUT and two FFs per bit, and a LUT between the block RAM's output and
