@@ -6,11 +6,11 @@ from amaranth.sim import Simulator
 
 
 def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: float = 0.2,
-               n_out: int | None = None, cycles: list | None = None) -> list:
+               n_out: int | None = None, cycles: list | None = None, monitors: tuple = ()) -> list:
     """Every payload in ``payloads`` goes in, in order; returns the output payloads as integers.
     Inputs pause with probability ``gap`` and the sink refuses with probability ``stall``; the run
     ends after ``n_out`` outputs (default: one per input). ``cycles``, when given, receives the
-    cycle of each output."""
+    cycle of each output; ``monitors``: testbenches run in the background alongside."""
     n_out = len(payloads) if n_out is None else n_out
     rng = np.random.default_rng(seed)
     out = []
@@ -41,5 +41,7 @@ def run_stream(dut, payloads: list, seed: int = 0, gap: float = 0.2, stall: floa
     sim.add_clock(1e-8)
     sim.add_testbench(source)
     sim.add_testbench(sink)
+    for monitor in monitors:
+        sim.add_testbench(monitor, background=True)
     sim.run()
     return out

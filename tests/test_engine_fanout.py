@@ -107,7 +107,7 @@ def test_shortcut_fifo_reads_on_its_own_registers(tmp_path):
     the FIFO's few control registers, not its read port nor the pixel-wide output register (docs/
     hw-round5-design.md section 14: the sink's ready through the read port's enable to the read
     register was the critical path of a routed seed; with Amaranth's SyncFIFOBuffered and a head
-    register here it reached 1,000 register bits)."""
+    register here it reached 527 register bits and memory ports)."""
     from amaranth.lib import data
     from shiftpq_hw.blocks import ShortcutPath
     dut = ShortcutPath(data.ArrayLayout(8, 64), 8, 1, depth=40)

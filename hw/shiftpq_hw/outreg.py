@@ -121,4 +121,4 @@ def _output_registers(cells, loads, module_outputs, ram, port, halves):
             regs.append((pin, ff_name, ce))
     if not regs or len({tuple(ce) for _, _, ce in regs}) != 1 or len({ff for _, ff, _ in regs}) != len(regs):
         return None  # no register, several enables, or one net on two outputs
-    return [(pin, ff, regs[0][2]) for pin, ff, _ in regs]
+    return regs
