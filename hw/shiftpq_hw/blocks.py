@@ -484,15 +484,27 @@ class FullyConnected(Checked, wiring.Component):
         ch_first, ch_last = Signal(init=1, name="fc_ch_first"), last_flag(chunks, "fc_ch_last")
         step_last = Signal(init=int(steps == 1), name="fc_step_last")
         m.d.comb += [self.i.ready.eq(~busy), issue.eq(issuing & (~ch_first | q.credit)), take.eq(issue & ch_first)]
-        with m.If(self.i.valid & ~busy):  # the channels past c that fill the last chunk: code 0
-            m.d.sync += [x.eq(self.i.payload.as_value()), busy.eq(1), issuing.eq(1), step.eq(0), cls.eq(0),
+        with m.If(self.i.valid & ~busy):
+            m.d.sync += [busy.eq(1), issuing.eq(1), step.eq(0), cls.eq(0),
                          ch.eq(0), ch_first.eq(1), ch_last.eq(chunks == 1), step_last.eq(steps == 1)]
+        # the ring loads the input whenever the FC is not busy (the beat it takes is the last one it
+        # loads), under copies of ``busy``, one per part: the source's ``valid`` reaches the control
+        # registers only, not the hundreds of bits of the ring (a routed seed's slowest net)
+        busy_next, inp = Signal(), Signal(len(x))  # the channels past c that fill the last chunk: code 0
+        m.d.comb += [busy_next.eq((busy | self.i.valid) & ~(self.o.valid & self.o.ready & self.o.payload.last)),
+                     inp.eq(self.i.payload.as_value())]
+        parts = spans(chunks * simd, aw)
+        rotated = x.rotate_right(simd * aw) if chunks > 1 else x
+        for part, busy_copy in zip(parts, replicas(m, "fc_busy", busy_next, len(parts))):
+            bits = slice(part.start * aw, part.stop * aw)
+            with m.If(~busy_copy):
+                m.d.sync += x[bits].eq(inp[bits])
+            with m.Elif(issue):
+                m.d.sync += x[bits].eq(rotated[bits])
         m.d.comb += [rd.en.eq(1), rd.addr.eq(step)]
         with m.If(issue):
             m.d.sync += [step.eq(step + 1), step_last.eq(step == steps - 2), ch_first.eq(ch_last),
                          *advance(ch, ch_last, chunks)]
-            if chunks > 1:
-                m.d.sync += x.eq(x.rotate_right(simd * aw))
             with m.If(ch_last):
                 m.d.sync += cls.eq(cls + 1)
             with m.If(step_last):
@@ -504,10 +516,11 @@ class FullyConnected(Checked, wiring.Component):
         acts = stage("fc_a", *[act_value(m, a, self._al, name=f"fc_x{j}") for j, a in enumerate(acts)])
         ctl = stage("fc_c1_", *ctl)
         # stage 2: the weights and inputs registered (the memory's output goes no further); the
-        # class's bias beside them (a table read from the class issued, ``requant.rom``: two stages)
+        # class's bias beside them (a table read from the class issued, ``requant.rom``; two stages:
+        # a few words in logic, carried, not computed with)
         wflat, *acts = stage("fc_w", rd.data, *acts)
         bshape = signed(signed_width(self._bias))
-        ctl = [*stage("fc_c2_", *ctl), pipe.rom("fc_bias", bshape, [int(v) for v in self._bias], cls)]
+        ctl = [*stage("fc_c2_", *ctl), pipe.rom("fc_bias", bshape, [int(v) for v in self._bias], cls, stages=2)]
         # stage 3: the products, the multipliers' operands registered where they can have them beside
         # them and the products registered as they leave them, then again
         if self._wl.kind == "apot":  # shift-add PEs (pe.product_terms)

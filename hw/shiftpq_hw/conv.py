@@ -219,11 +219,11 @@ class ConvRequant(Checked, wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from a pixel's last issue to its last code (stage 1, the MAC pipeline, the
-        requantization units and their turns)."""
+        """Cycles from a pixel's last issue to its last code in the output queue (stage 1, the MAC
+        pipeline, the requantization units and their turns, the output assembly's register)."""
         rq = self._lane_requant()
         macs = MacPipeline.latency_of(self._simd, self._wl, self._pairs)
-        return TapSequencer.READ_LATENCY + macs + rq.latency + rq.per - 1
+        return TapSequencer.READ_LATENCY + macs + rq.latency + rq.per - 1 + OutputAssembly.LATENCY
 
     @property
     def output_depth(self) -> int:

@@ -46,7 +46,7 @@ from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair_fields, 
                  ones_bit, pack_lane_words,
                  pack_words, product_shape, product_terms, registered_tree, variant_field_shape, variant_fields,
                  weight_code_shape, weight_field_shape, weight_fields)
-from .requant import AFFINE_STAGES, Pipe, affine_unit, search_levels, threshold_search
+from .requant import AFFINE_STAGES, Pipe, affine_unit, search_stages, threshold_search
 
 
 #: Flip-flops one copy of a replicated control register drives at most (``replicas``).
@@ -667,9 +667,9 @@ class LaneRequant:
     def latency(self) -> int:
         """Registers from the lanes' sums to the first lane's codes (the codes are valid ``latency``
         cycles after the sums): the held sums, then ``threshold_search``'s
-        ``2 b + 2`` stages (b: code bits) or ``affine_unit``'s ``AFFINE_STAGES``."""
+        ``search_stages`` or ``affine_unit``'s ``AFFINE_STAGES``."""
         if self.threshold:
-            return 1 + 2 * search_levels(self.consts["thresholds"].shape[1]) + 2
+            return 1 + search_stages(self.consts["thresholds"].shape[1])
         return 1 + AFFINE_STAGES
 
     def channels(self, unit: int) -> list[int | None]:
@@ -779,9 +779,12 @@ class OutputAssembly:
     depth`` from its first code on, and that entry is free: pixel ``n - depth`` left before pixel
     ``n`` started. The sink's ``ready`` reaches the credit counter and the read pointer only,
     never the pipeline (``ready`` is a chain through forks and FIFOs in a network). Timing: a pixel
-    is ``o.valid`` the cycle after its last code; its credit can be taken again the cycle after the
-    sink takes it. ``depth_for(latency, period)``: the fewest entries that never make a pixel wait
-    for a credit while the sink takes each pixel at once."""
+    is ``o.valid`` the cycle after its last code enters the queue, ``LATENCY`` cycles after it is
+    given; its credit can be taken again the cycle after the sink takes it. ``depth_for(latency,
+    period)``: the fewest entries that never make a pixel wait for a credit while the sink takes
+    each pixel at once (``latency`` counts ``LATENCY``)."""
+
+    LATENCY = 1  # the codes registered before they enter the queue
 
     def __init__(self, tables: list[list[int | None]], lane_bits: int, groups: int, depth: int):
         if any(len(t) != groups << lane_bits for t in tables) or depth < 2:
@@ -813,17 +816,26 @@ class OutputAssembly:
         return pixel
 
     def build(self, m: Module, o, codes, valid, turn, group, done) -> "OutputAssembly":
-        q = CreditQueue(o.payload.shape(), self.depth, "opix").build(m, o, push=valid & done, take=self.started)
+        # the codes and their row registered first (``LATENCY``), in a copy per entry: a code fans
+        # out to its channel of every entry, a copy to one entry's, placed beside it
+        valid_r, done_r = Signal(name="oq_valid"), Signal(name="oq_done")
+        m.d.sync += [valid_r.eq(valid), done_r.eq(done)]
+        q = CreditQueue(o.payload.shape(), self.depth, "opix").build(m, o, push=valid_r & done_r, take=self.started)
         m.d.comb += self.credit.eq(q.credit)
         # each code goes straight into its channel of the entry being assembled: one (unit, row) per
         # output channel, so a channel's bits load one code under one condition (no mux in front)
         tables = self.tables
         rows = [row for row in range(self.groups << self.lane_bits) if any(t[row] is not None for t in tables)]
-        at = [Signal(name=f"oq_at{e}") for e in range(self.depth)]  # the entry being assembled
-        m.d.comb += [a.eq(valid & q.at(e)) for e, a in enumerate(at)]
-        for row in rows:
-            here = Cat(turn, group) == row
-            for e, entry in enumerate(q.entries):
-                with m.If(at[e] & here):
-                    m.d.sync += [entry[t[row]].eq(code) for t, code in zip(tables, codes) if t[row] is not None]
+        for e, entry in enumerate(q.entries):
+            # (``keep``, as ``replicas``: equal registers are otherwise merged back into one)
+            v = Signal(name=f"oq{e}_valid", attrs={"keep": 1})
+            where = Signal(len(turn) + len(group), name=f"oq{e}_row", attrs={"keep": 1})
+            cs = [Signal(c.shape(), name=f"oq{e}_code{u}", reset_less=True, attrs={"keep": 1})
+                  for u, c in enumerate(codes)]
+            m.d.sync += [v.eq(valid), where.eq(Cat(turn, group)), *[r.eq(c) for r, c in zip(cs, codes)]]
+            at = Signal(name=f"oq_at{e}")  # the entry being assembled
+            m.d.comb += at.eq(v & q.at(e))
+            for row in rows:
+                with m.If(at & (where == row)):
+                    m.d.sync += [entry[t[row]].eq(code) for t, code in zip(tables, cs) if t[row] is not None]
         return self

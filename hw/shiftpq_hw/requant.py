@@ -6,7 +6,7 @@ channel) in, a level index out. intops.py is their reference model.
 - ``affine_unit``: uniform outputs and the fused residual add, ``clamp((sum_k x_k * mul_k[c] +
   bias[c]) >> shift[c], 0, top)`` with registered products and sum.
 Both are pipelines of registers that advance together with an enable (``Pipe``) and read their
-constants from tables in two stages (``rom``: block RAM or logic, as Yosys maps them). The conv
+constants from tables in ``ROM_STAGES`` stages (``rom``: block RAM or logic, as Yosys maps them). The conv
 engines run one unit per engine over their lanes in turn; ``ThresholdRequant`` and
 ``AffineRequant`` wrap a unit as a stream component.
 """
@@ -53,26 +53,38 @@ class Pipe:
             self.m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
         return regs
 
-    def rom(self, name: str, shape, rows: list, addr) -> Signal:
-        """Row ``addr`` of a constant table, two stages later (``rom``)."""
-        return rom(self.m, name, shape, rows, addr, self.en)
+    def rom(self, name: str, shape, rows: list, addr, stages: int | None = None) -> Signal:
+        """Row ``addr`` of a constant table, ``stages`` (default ``ROM_STAGES``) stages later (``rom``)."""
+        return rom(self.m, name, shape, rows, addr, self.en, stages)
 
 
-def rom(m: Module, name: str, shape, rows: list, addr, en) -> Signal:
-    """A constant table read in two stages: the row at ``addr`` comes out two cycles later, beside
-    the values two ``Pipe`` stages with the same ``en`` register from this cycle, and holds while
-    ``en`` is low. The memory's own read register, then one in logic: an ECP5 block RAM's clock to
-    output alone takes about 5.5 ns, too long to be followed by a comparator or an adder in the same
-    cycle. Padded with zero rows to every address; Yosys maps it to block RAM or to logic by size (in
-logic: two or four parts, ``memmap.rom_port``)."""
+ROM_STAGES = 3  # the stages of a table read (``rom``)
+
+
+def rom(m: Module, name: str, shape, rows: list, addr, en, stages: int | None = None) -> Signal:
+    """A constant table read in ``stages`` (default ``ROM_STAGES``, at least 2) stages: the row at
+    ``addr`` comes out that many cycles later, beside the values as many ``Pipe`` stages with the same
+    ``en`` register from this cycle, and holds while ``en`` is low. The memory's own read register,
+    then its output register (``_q``: an ECP5 block RAM's clock to output alone takes about 5.5 ns,
+    too long to be followed by a comparator or an adder in the same cycle; ``outreg.py`` moves ``_q``
+    into the block RAM), then registers in logic (``_r``: the block RAMs sit in a few rows of the
+    FPGA, the route from one to the logic that reads the row is a cycle of its own). Padded with zero
+    rows to every address; Yosys maps it to block RAM or to logic by size (in logic: two or four parts,
+    ``memmap.rom_port``)."""
+    stages = ROM_STAGES if stages is None else stages
+    if stages < 2:
+        raise ValueError(f"{name}: a table read takes at least 2 stages, got {stages!r}")
     depth = max(2, 1 << len(addr))
     if len(rows) > depth:
         raise ValueError(f"{name}: {len(rows)} rows do not fit a {len(addr)}-bit address")
     port = rom_port(m, name, shape, list(rows) + [0] * (depth - len(rows)), depth)
     m.d.comb += [port.addr.eq(addr), port.en.eq(en)]
-    out = Signal(shape, name=f"{name}_q", reset_less=True)  # data: no reset (a block RAM's output register)
-    with m.If(en):
-        m.d.sync += out.eq(port.data)
+    out = port.data
+    for i in range(stages - 1):  # data: no reset (the first is a block RAM's output register)
+        reg = Signal(shape, name=f"{name}_q" if i == 0 else f"{name}_r" if i == 1 else f"{name}_r{i}", reset_less=True)
+        with m.If(en):
+            m.d.sync += reg.eq(out)
+        out = reg
     return out
 
 
@@ -81,16 +93,23 @@ def search_levels(n: int) -> int:
     return max(1, n.bit_length())
 
 
+def search_stages(n: int) -> int:
+    """``threshold_search``'s pipeline over ``n`` thresholds: the input and its signed value
+    (``ROM_STAGES + 1``), ``ROM_STAGES`` per level but the last, one for the last."""
+    return ROM_STAGES * search_levels(n) + 2
+
+
 def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sign: np.ndarray,
                      carry: list = (), name: str = "th") -> tuple[Signal, list]:
     """``#{j : sign[c] * x >= thresholds[c, j]}`` of row ``c = addr``, by a pipelined binary search
     over the row's ascending thresholds: ``b = search_levels(n)`` stages, one comparator each (level L
     compares with the threshold that splits the codes whose first L bits were already decided), so the
     code comes out one bit per stage, most significant first. Equal to the count because the rows are
-    ascending (the tables' loader checks it). Three stages before the search register the input and
-    its sign-corrected value; each level but the last takes two stages, as the table holding the
-    next level's candidates is read (``rom``). ``carry``: values staged alongside. Returns the code
-    (valid after ``2 * b + 2`` stages) and the carried values."""
+    ascending (the tables' loader checks it). ``ROM_STAGES + 1`` stages before the search register
+    the input (while its sign is read) and its sign-corrected value; each level but the last takes
+    ``ROM_STAGES`` stages, as the table holding the next level's candidates is read (``rom``).
+    ``carry``: values staged alongside. Returns the code (valid after ``search_stages(n)`` stages)
+    and the carried values."""
     thresholds, sign = np.asarray(thresholds, dtype=np.int64), np.asarray(sign, dtype=np.int64)
     rows, n = thresholds.shape
     if n and np.any(np.diff(thresholds, axis=1) < 0):
@@ -113,7 +132,8 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
     neg = pipe.rom(f"{name}_neg", unsigned(1), [int(v < 0) for v in sign], addr)
     x, addr, *carry = pipe.stage(f"{name}_in_", x, addr, *carry)  # the input, registered
     th = pipe.rom(f"{name}_l0", signed(thw), [node(r, 0, 0) for r in range(rows)], addr)
-    x, addr, *carry = pipe.stage(f"{name}_in2_", x, addr, *carry)  # again, beside its sign
+    for i in range(2, ROM_STAGES + 1):  # again, until its sign is read
+        x, addr, *carry = pipe.stage(f"{name}_in{i}_", x, addr, *carry)
     sx = Signal(signed(xw), name=f"{name}_sx")
     m.d.comb += sx.eq(Mux(neg, -x, x))
     sx, addr, *carry = pipe.stage(f"{name}_sx_", sx, addr, *carry)  # the signed value, registered
@@ -126,14 +146,16 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
             pair = pipe.rom(f"{name}_l{level + 1}", unsigned(2 * thw), pairs, Cat(code, addr))
         sx, addr, code, *carry = pipe.stage(f"{name}_s{level}_", sx, addr, Cat(hit, code), *carry)
         if level + 1 < b:
-            sx, addr, code, *carry = pipe.stage(f"{name}_t{level}_", sx, addr, code, *carry)
+            for i in range(1, ROM_STAGES):  # the code carried until the candidates are read
+                sx, addr, code, *carry = pipe.stage(f"{name}_t{level}_" if i == 1 else f"{name}_t{level}_{i}_",
+                                                    sx, addr, code, *carry)
             # both candidates compared, the comparison picked after: no select in front of the carry chain
             hit = Mux(code[0], sx >= pair[thw:].as_signed(), sx >= pair[:thw].as_signed())
     return code, carry
 
 
-AFFINE_STAGES = 8  # affine_unit's pipeline: inputs twice (the tables' read), operands, partial products,
-#                    the products and the bias, their sum, shift, clamp
+AFFINE_STAGES = ROM_STAGES + 6  # affine_unit's pipeline: the inputs while the tables are read, operands,
+#                                partial products, the products and the bias, their sum, shift, clamp
 
 
 
@@ -180,7 +202,7 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
                 shift: np.ndarray, top: int, bounds: list[int], carry: list = (),
                 name: str = "aff") -> tuple[Signal, list]:
     """``clamp((sum_k xs[k] * muls[k][c] + bias[c]) >> shift[c], 0, top)`` of row ``c = addr``: the
-    inputs registered twice while the row's constants are read (``rom``); the operands registered
+    inputs registered ``ROM_STAGES`` times while the row's constants are read (``rom``); the operands registered
     once more where the multipliers can have them beside them; the partial products (``dsp_chunks``
     of each input and constant: one FPGA multiplier each, 25-bit constants, intops.MUL_BITS)
     registered as they leave the multipliers (for the ECP5 target both registers are the
@@ -194,12 +216,12 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     bshape = signed(max(2, signed_width(bias)))
     sshape = unsigned(max(1, int(shift.max(initial=0)).bit_length()))
     n = len(xs)
-    # the inputs registered twice, then beside the row's constants
+    # the inputs registered while the tables are read, then beside the row's constants
     consts = [pipe.rom(f"{name}_mul{k}", sh, [int(v) for v in mk], addr) for k, (sh, mk) in enumerate(zip(mshape, muls))]
     b0 = pipe.rom(f"{name}_bias", bshape, [int(v) for v in bias], addr)
     s0 = pipe.rom(f"{name}_shift", sshape, [int(v) for v in shift], addr)
-    for st in ("in_", "in2_"):
-        staged = pipe.stage(f"{name}_{st}", *xs, *carry)
+    for i in range(1, ROM_STAGES + 1):
+        staged = pipe.stage(f"{name}_in_" if i == 1 else f"{name}_in{i}_", *xs, *carry)
         xs, carry = staged[:n], staged[n:]
     width = intops.affine_bits(bounds, muls, bias)
     if pipe.target.dsp_registers:
@@ -259,7 +281,7 @@ def clamp(m: Module, y, top: int, name: str = "aff") -> Signal:
 
 class ThresholdRequant(Checked, wiring.Component):
     """``code = #{j : sign[c] * x >= thresholds[c, j]}`` (APoT outputs): the binary search of
-    ``threshold_search`` (two stages per code bit but the last), then the output register."""
+    ``threshold_search`` (``ROM_STAGES`` stages per code bit but the last), then the output register."""
 
     @staticmethod
     def check(thresholds: np.ndarray, sign: np.ndarray, in_shape: Shape):
