@@ -122,7 +122,6 @@ def test_fully_connected_input_valid_reaches_its_control_only(tmp_path):
     FC's control registers, not its input ring: the ring loads whenever the FC is idle, under copies
     of ``busy`` (docs/hw-round5-design.md section 15: the pool's valid through the ring's enables
     was seed 2's widest slow net, 370 endpoints; it reached 273 register bits here)."""
-    from shiftpq.levels import level_set
     from shiftpq_hw.blocks import FullyConnected
     w = np.random.default_rng(0).integers(-7, 8, (10, 64))
     dut = FullyConnected(w, level_set(4, True), level_set(4, False), np.zeros(10, dtype=np.int64), 0, simd=16)
