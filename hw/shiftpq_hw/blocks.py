@@ -17,7 +17,7 @@ from shiftpq.levels import LevelSet
 
 from .checked import Checked
 from .memmap import NO_COLLISION
-from .queues import CreditQueue, wrap_increment
+from .queues import CreditQueue, up_down, wrap_increment
 from .dsp import registered_products, target_of
 from .pe import (act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
@@ -100,7 +100,8 @@ class ShortcutPath(wiring.Component):
             m.d.sync += produce.eq(wrap_increment(produce, depth))
         with m.If(issue):
             m.d.sync += consume.eq(wrap_increment(consume, depth))
-        m.d.sync += [level.eq(level + write - issue), issued.eq(issue)]
+        up_down(m, level, write, issue)
+        m.d.sync += issued.eq(issue)
         with m.If(issued):
             m.d.sync += [head.eq(rd.data), self.o.valid.eq(1)]
         with m.Elif(self.o.valid & self.o.ready):

@@ -1,7 +1,8 @@
-"""Ring buffers, one home for their pieces: the pointer that wraps around (``wrap_increment``), the
-read of the entry a pointer names (``select``: a complete case statement, which Verilator's
-CASEINCOMPLETE asks for and the Verilog backend keeps whole), and the credit queue (``CreditQueue``)
-of the conv engines' output assembly and the FC's score queue, whose writer never waits.
+"""Ring buffers, one home for their pieces: the pointer that wraps around (``wrap_increment``), a
+count that steps up and down (``up_down``), the read of the entry a pointer names (``select``: a
+complete case statement, which Verilator's CASEINCOMPLETE asks for and the Verilog backend keeps
+whole), and the credit queue (``CreditQueue``) of the conv engines' output assembly and the FC's
+score queue, whose writer never waits.
 """
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from amaranth.hdl import Module, Mux, Signal
 def wrap_increment(p, depth: int):
     """``p + 1`` over ``range(depth)``: 0 after ``depth - 1``."""
     return Mux(p == depth - 1, 0, p + 1)
+
+
+def up_down(m: Module, count: Signal, up, down):
+    """``count += up - down`` at the clock, as a pick among its neighbours ``count + 1`` and ``count -
+    1`` (both computed from the register alone): the late ``up``/``down`` (a sink's ``ready``, a
+    source's ``valid``) reach a select, not the start of a carry chain (a FIFO's and a credit queue's
+    counts were routed critical paths)."""
+    inc, dec = Signal.like(count, name=f"{count.name}_inc"), Signal.like(count, name=f"{count.name}_dec")
+    m.d.comb += [inc.eq(count + 1), dec.eq(count - 1)]
+    with m.If(up & ~down):
+        m.d.sync += count.eq(inc)
+    with m.Elif(down & ~up):
+        m.d.sync += count.eq(dec)
 
 
 def select(m: Module, target, entries: list, index):
@@ -49,7 +63,8 @@ class CreditQueue:
             m.d.sync += self.wptr.eq(wrap_increment(self.wptr, depth))
         with m.If(pop):
             m.d.sync += rptr.eq(wrap_increment(rptr, depth))
-        m.d.sync += [count.eq(count + push - pop), credits.eq(credits - take + pop)]
+        up_down(m, count, push, pop)
+        up_down(m, credits, pop, take)
         select(m, o.payload, self.entries, rptr)
         return self
 

@@ -107,7 +107,9 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
     code comes out one bit per stage, most significant first. Equal to the count because the rows are
     ascending (the tables' loader checks it). ``ROM_STAGES + 1`` stages before the search register
     the input (while its sign is read) and its sign-corrected value; each level but the last takes
-    ``ROM_STAGES`` stages, as the table holding the next level's candidates is read (``rom``).
+    ``ROM_STAGES`` stages: the next level's two candidates are read (``rom``, ``ROM_STAGES - 1``
+    stages) and the level's result picks one of them into a register (the next comparison is then a
+    register, a carry chain and a register, with no select before or after the chain).
     ``carry``: values staged alongside. Returns the code (valid after ``search_stages(n)`` stages)
     and the carried values."""
     thresholds, sign = np.asarray(thresholds, dtype=np.int64), np.asarray(sign, dtype=np.int64)
@@ -128,7 +130,8 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
 
     # no table read waits on a comparison: the sign and level 0's threshold are read by the row,
     # level L + 1's two candidates (the children of the node level L compares with) by the row and
-    # the code before level L, and level L's comparison picks one of them
+    # the code before level L; level L's result picks one of them into a register, the one level
+    # L + 1 compares with (one comparator per level, a register on each side of its carry chain)
     neg = pipe.rom(f"{name}_neg", unsigned(1), [int(v < 0) for v in sign], addr)
     x, addr, *carry = pipe.stage(f"{name}_in_", x, addr, *carry)  # the input, registered
     th = pipe.rom(f"{name}_l0", signed(thw), [node(r, 0, 0) for r in range(rows)], addr)
@@ -143,19 +146,24 @@ def threshold_search(m: Module, pipe: Pipe, x, addr, thresholds: np.ndarray, sig
         if level + 1 < b:
             pairs = [(node(r, level + 1, 2 * p + 1) & mask) << thw | node(r, level + 1, 2 * p) & mask
                      for r in range(rows) for p in range(1 << level)]
-            pair = pipe.rom(f"{name}_l{level + 1}", unsigned(2 * thw), pairs, Cat(code, addr))
+            # read in ROM_STAGES - 1 stages (the memory's read register and its output register); the
+            # last of the ROM_STAGES is the pick below
+            pair = pipe.rom(f"{name}_l{level + 1}", unsigned(2 * thw), pairs, Cat(code, addr), ROM_STAGES - 1)
         sx, addr, code, *carry = pipe.stage(f"{name}_s{level}_", sx, addr, Cat(hit, code), *carry)
         if level + 1 < b:
-            for i in range(1, ROM_STAGES):  # the code carried until the candidates are read
+            for i in range(1, ROM_STAGES - 1):  # the code carried until the candidates are read
                 sx, addr, code, *carry = pipe.stage(f"{name}_t{level}_" if i == 1 else f"{name}_t{level}_{i}_",
                                                     sx, addr, code, *carry)
-            # both candidates compared, the comparison picked after: no select in front of the carry chain
-            hit = Mux(code[0], sx >= pair[thw:].as_signed(), sx >= pair[:thw].as_signed())
+            # level L's result (code[0]) picks the candidate, registered beside the value: the next
+            # comparison is a register, a carry chain and a register
+            th, sx, addr, code, *carry = pipe.stage(f"{name}_l{level + 1}_pick_", Mux(code[0], pair[thw:], pair[:thw]),
+                                                    sx, addr, code, *carry)
+            hit = sx >= th.as_signed()
     return code, carry
 
 
-AFFINE_STAGES = ROM_STAGES + 6  # affine_unit's pipeline: the inputs while the tables are read, operands,
-#                                partial products, the products and the bias, their sum, shift, clamp
+AFFINE_STAGES = ROM_STAGES + 7  # affine_unit's pipeline: the inputs while the tables are read, operands,
+#                                partial products (twice), the products and the bias, their sum, shift, clamp
 
 
 
@@ -206,7 +214,8 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     once more where the multipliers can have them beside them; the partial products (``dsp_chunks``
     of each input and constant: one FPGA multiplier each, 25-bit constants, intops.MUL_BITS)
     registered as they leave the multipliers (for the ECP5 target both registers are the
-    multiplier's own, ``dsp.RegisteredProduct``); each input's product (its partial products summed,
+    multiplier's own, ``dsp.RegisteredProduct``), then again in logic beside the adders; each input's
+    product (its partial products summed,
     the bias added to the first) registered; their sum registered; the arithmetic shift registered;
     the clamp registered. ``bounds``: |xs[k]| <= bounds[k]. Returns the code (valid after
     ``AFFINE_STAGES`` stages) and the carried values."""
@@ -248,6 +257,10 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
             shifts.append(sh)
         staged = pipe.stage(f"{name}_s0_", b1, s1, *[p for _, p in parts], *carry)
         b2, s2, pregs, carry = staged[0], staged[1], staged[2:2 + len(parts)], staged[2 + len(parts):]
+    # the partial products registered again, beside the adders (the multipliers sit in a few columns
+    # of the FPGA: the route out of one is a cycle of its own, not the start of a sum's carry chains)
+    staged = pipe.stage(f"{name}_pr_", b2, s2, *pregs, *carry)
+    b2, s2, pregs, carry = staged[0], staged[1], staged[2:2 + len(parts)], staged[2 + len(parts):]
     # each input's product (the bias added to the first input's), registered
     prods = []
     for k in range(n):
