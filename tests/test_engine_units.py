@@ -239,9 +239,8 @@ def test_mac_pipeline_accumulates_each_lane_like_its_reference(wbits, abits, sim
     words[0] = -top  # the most negative products, every borrow set
     macs = MacPipeline(words, wl, al, lanes, simd, c_in, signed(24), pairs)
     chunks = macs.chunks
-    # P, P2, A, B, the tree; A', B': uniform weights' multipliers; A': the shift-add PEs' term slots and
-    # the pairs' multipliers' operand registers
-    assert macs.latency == 4 + simd.bit_length() + (2 if wl.kind != "apot" else 1)
+    # A', B': uniform weights' multipliers; A': the pairs' multipliers' operand registers
+    assert macs.latency == 3 + simd.bit_length() + (2 if wl.kind != "apot" else 1 if pairs else 0)
     pixel_in = Signal(data.ArrayLayout(act_code_shape(al), c_in))
     pad_in, chunk_in, valid_in, first_in = Signal(), Signal(range(max(chunks, 2))), Signal(), Signal()
     m = Module()

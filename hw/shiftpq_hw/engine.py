@@ -43,9 +43,9 @@ from .dsp import GENERIC, Target, registered_products
 from .memmap import NO_COLLISION, rom_port
 from .queues import CreditQueue, select, wrap_increment
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair_fields, dsp_pair_operands, dsp_pairs_fit,
-                 ones_bit, pack_lane_words, pack_words, product_shape, product_terms, registered_tree,
-                 shift_add_slots, slots_product, term_slots, variant_field_shape, variant_fields, weight_code_shape,
-                 weight_field_shape, weight_fields)
+                 ones_bit, pack_lane_words,
+                 pack_words, product_shape, product_terms, registered_tree, variant_field_shape, variant_fields,
+                 weight_code_shape, weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_stages, threshold_search
 
 
@@ -428,13 +428,11 @@ class MacPipeline:
     and the whole chunk in the padding are zero), ``valid``, ``first`` (the accumulators restart),
     and ``carry`` (control staged alongside). Every register loads every cycle; what it holds
     counts only with its stage's valid bit. Stages: P, the two memories' words registered as they
-    come out (a block RAM's clock-to-output is most of a cycle); P2, registered again beside their
-    readers (the route out of a block RAM is a cycle of its own); A, the activations decoded to
-    their integer levels (once for all lanes) and the weight word registered; A', each shift-add
-    PE's term slots registered (``pe.shift_add_slots``: a select each); B, the products registered,
-    one PE per (lane, channel), with each lane's count of negative weights (the + 1s of the
-    ones'-complement products; uniform weights, the FPGA's multipliers, have their operands
-    registered once more in A' and their products once more after B, B'; for the ECP5 target A'
+    come out (a block RAM's clock-to-output is most of a cycle); A, the activations decoded to
+    their integer levels (once for all lanes) and the weight word registered; B, the products
+    registered, one PE per (lane, channel), with each lane's count of negative weights (the + 1s of
+    the ones'-complement products; uniform weights, the FPGA's multipliers, have their operands
+    registered once more before, A', and their products once more after, B'; for the ECP5 target A'
     and B are the multiplier's own registers, ``dsp.RegisteredProduct``); T, each lane's
     balanced adder tree, every level registered (``tree_levels``); then the accumulators. Out,
     ``latency`` cycles after the inputs:
@@ -447,11 +445,11 @@ class MacPipeline:
     18x18 multipliers, two products each (``pe.dsp_pair``; the FPGA's DSPs as PEs), the rest by
     shift-add PEs. A lane's word then holds its ``pairs`` fields (``variant_fields("dsp2")``) below
     its shift-add fields. A pair's multiplier has its own registers (``dsp.RegisteredProduct``: for
-    the ECP5 the MULT18X18D's): its operands in stage A', beside the shift-add PEs' term slots, and
-    its product in stage B, whose middle field and borrow bit are leaves of the lane's tree: ``simd
-    - 2 * pairs`` products, ``pairs`` middle fields, ``pairs`` borrow bits and the count of negative
-    weights, ``simd + 1`` leaves as without pairs. So pairs add no latency and no cycles per
-    image."""
+    the ECP5 the MULT18X18D's): its operands in stage A', for which the shift-add PEs' operands are
+    registered once more too, and its product in stage B, whose middle field and borrow bit are
+    leaves of the lane's tree: ``simd - 2 * pairs`` products, ``pairs`` middle fields, ``pairs``
+    borrow bits and the count of negative weights, ``simd + 1`` leaves as without pairs. So pairs
+    add one cycle of latency (A') and none to the cycles per image."""
 
     def __init__(self, words: np.ndarray, wlevels: LevelSet, alevels: LevelSet | None, lanes: int, simd: int,
                  c_in: int, acc_shape: Shape, pairs: int = 0):
@@ -488,10 +486,9 @@ class MacPipeline:
 
     @staticmethod
     def latency_of(simd: int, wlevels: LevelSet, pairs: int = 0) -> int:
-        """Cycles from the inputs to ``valid2``/``sums``: stages P, P2, A, B and the tree's levels; for
-        uniform weights (the FPGA's multipliers) A' and B'; for APoT weights A' (the shift-add PEs' term
-        slots, the pairs' multipliers' operands)."""
-        return 4 + simd.bit_length() + (2 if wlevels.kind != "apot" else 1)
+        """Cycles from the inputs to ``valid2``/``sums``: stages P, A, B and the tree's levels; for
+        uniform weights (the FPGA's multipliers) A' and B'; with multiplier pairs A'."""
+        return 3 + simd.bit_length() + (2 if wlevels.kind != "apot" else 1 if pairs else 0)
 
     def reference(self, weight_rows: list[int], pixels: np.ndarray, chunks: list[int], pads: list[bool],
                   firsts: list[bool]) -> np.ndarray:
@@ -535,19 +532,14 @@ class MacPipeline:
 
         def data_stage(name, *values):  # the data registers: no reset (the module docstring)
             return stage(name, *values, reset_less=True)
-        # stage P: the memories' words and the control, registered (for the ECP5 the words' registers
-        # are the block RAMs' output registers, outreg.py)
+        # stage P: the memories' words and the control, registered
         pixel, weights_p = data_stage("sp_px", pixel, weights)
-        pad, chunk, valid, first, *carry = stage("sp_ctl", pad, chunk, valid, first, *carry)
-        # stage P2: the words registered again, in logic beside their readers (the block RAMs sit in a
-        # few rows of the FPGA: the route out of one is a cycle of its own)
-        pixel, weights_p = data_stage("sp2_px", pixel, weights_p)
-        valid, first, *carry = stage("sp2_ctl", valid, first, *carry)
-        # the chunk's input channels (zero in the padding), each selected under its own registered copy
-        # of the padding flag and the chunk (``replicas``: one register driving every channel's select
-        # was a routed critical path, 6.2 + 3.5 ns of routing)
+        valid, first, *carry = stage("sp_ctl", valid, first, *carry)
+        # the chunk's input channels (zero in the padding), each selected under its own stage-P copy of
+        # the padding flag and the chunk (``replicas``: one register driving every channel's select
+        # was a routed critical path, 6.15 + 3.45 ns of routing)
         acts = [Signal(act_code_shape(self.al), name=f"a{j}") for j in range(simd)]
-        sels = replicas(m, "sp2_sel", Cat(pad, chunk), simd)
+        sels = replicas(m, "sp_sel", Cat(pad, chunk), simd)
         for j, (a, sel) in enumerate(zip(acts, sels)):
             with m.If(~sel[0]):
                 with m.Switch(sel[1:]):
@@ -556,13 +548,13 @@ class MacPipeline:
                             m.d.comb += a.eq(pixel[cj * simd + j] if cj * simd + j < c_in else 0)
         ctl = [valid, first, *carry]
         # stage A: the activations (decoded to their integer levels, once for all lanes) and the weight
-        # codes registered
+        # codes registered (the memories' outputs go no further)
         avals = [act_value(m, a, self.al, name=f"act{j}") for j, a in enumerate(acts)]
         *acts_a, wflat_a = data_stage("sa_act", *avals, weights_p)
         wdata_a = self.word_shape(wflat_a)
         ctl = stage("sa_ctl", *ctl)
         # the + 1s of the ones'-complement products (``product_terms``' ``c``) are the word's negative
-        # weights, whatever the activations: counted from the word as it comes out of stage P2, in fours
+        # weights, whatever the activations: counted from the word as it comes out of stage P, in fours
         # in stage A, the fours summed in stage B (all in one stage: five levels of LUTs, one of the
         # engine's deepest paths)
         wdata_p = self.word_shape(weights_p)
@@ -578,36 +570,25 @@ class MacPipeline:
         pair_products = registered_products(m, [dsp_pair_operands(m, wdata_a[p]["pairs"][f], acts_a[2 * f],
                                                                   acts_a[2 * f + 1], self.wl, self.al, f"dsp{p}_{f}")
                                                 for p in range(lanes) for f in range(self.pairs)], name="pair")
-        apot = self.wl.kind == "apot"
-        if apot:
-            # stage A' of the shift-add PEs: each PE's term slots (one select each, ``shift_add_slots``)
-            # and its weight's sign registered, so stage B is a register, a carry chain, the ones'
-            # complement and a register (select, add and invert in one stage were the routed PEs'
-            # slowest path); beside pairs, in step with the pairs' multipliers' operand registers
-            pes = [(p, j, self._pe_field(wdata_a, p, j)) for p in range(lanes) for j in range(d, simd)]
-            slots = [shift_add_slots(m, f.mag, acts_a[j], self.wl, self.al, name=f"pe{p}_{j}") for p, j, f in pes]
-            ns = len(term_slots(self.wl))
-            staged = data_stage("sa_op_slot", *[t for sl in slots for t in sl], *[f.neg for _, _, f in pes])
-            slots_a, negs_a = [staged[i * ns:(i + 1) * ns] for i in range(len(pes))], staged[ns * len(pes):]
+        op_stage = self.wl.kind != "apot" or self.pairs > 0  # stage A': uniform weights, or pairs
         if dsp:
             # uniform weights (the stem) on the ECP5: a multiplier per (lane, input channel), its operands
             # in its own input registers (stage A') and its product in its output register (stage B;
             # ``dsp.RegisteredProduct``)
             prods = registered_products(m, [(self._pe_field(wdata_a, p, j), acts_a[j]) for p in range(lanes)
                                             for j in range(d, simd)], product_shape(self.wl, self.al), name="pe_dsp")
-        elif not apot:
+        elif op_stage:
             # a multiplier's operands registered once more, where the placer can put them beside it
             # (the FPGA's multipliers sit in a few columns, far from the weight memory and the
-            # activations' decode): stage A'
+            # activations' decode): stage A'; beside pairs, the shift-add PEs' operands, in step with
+            # the pairs' multipliers
             *acts_a, wflat_a = data_stage("sa_op", *acts_a, wflat_a)
             wdata_a = self.word_shape(wflat_a)
-        fours_a = data_stage("sa_op_negs", *fours_a)
-        ctl = stage("sa_op_ctl", *ctl)
-        # stage B: the products, registered; one PE per (lane, input channel of the chunk)
-        if apot:
-            prods = data_stage("sb_prod", *[slots_product(m, sl, neg, self.wl, self.al, name=f"pe{p}_{j}")
-                                            for (p, j, _), sl, neg in zip(pes, slots_a, negs_a)])
-        elif not dsp:
+        if op_stage:
+            fours_a = data_stage("sa_op_negs", *fours_a)
+            ctl = stage("sa_op_ctl", *ctl)
+        if not dsp:
+            # stage B: the products, registered; one PE per (lane, input channel of the chunk)
             terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
                      for p in range(lanes) for j in range(d, simd)]
             prods = data_stage("sb_prod", *[t for t, _ in terms])
@@ -616,7 +597,7 @@ class MacPipeline:
         mids, borrows = [mid for mid, _ in fields], [c for _, c in fields]
         ones = data_stage("sb_ones", *[adder_tree(fours_a[p * nq:(p + 1) * nq]) for p in range(lanes)])
         ctl = stage("sb_ctl", *ctl)
-        if not apot:
+        if self.wl.kind != "apot":
             # and its product registered twice, once beside it and once beside the adder tree: B'
             prods, ones, ctl = data_stage("sb_prod2", *prods), data_stage("sb_ones2", *ones), stage("sb_ctl2", *ctl)
         # stage T: each lane's adder tree (balanced, every level registered) with its count of

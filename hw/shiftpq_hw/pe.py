@@ -149,7 +149,7 @@ def shift_add_terms(m: Module, mag, neg, aval, wl: LevelSet, al: LevelSet, name:
     """The PE's arithmetic, its one home: a weight given as magnitude index and sign times a decoded
     activation value, as ``(p, neg)`` with ``w * a == p + neg``: the magnitude level's shifted
     copies of ``aval`` (``shift_add_slots``) summed, then inverted bit by bit for a negative weight
-    (``-x == ~x + 1``; ``slots_product``; the engines register the slots between the two halves).
+    (``-x == ~x + 1``; ``slots_product``).
     An engine adds the ``+ 1`` of all its PEs once, after the adder tree (a count of the negative
     weights), instead of a negation per product."""
     return slots_product(m, shift_add_slots(m, mag, aval, wl, al, name), neg, wl, al, name), neg
