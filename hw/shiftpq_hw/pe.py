@@ -179,7 +179,7 @@ def shift_add_slots(m: Module, mag, aval, wl: LevelSet, al: LevelSet, name: str 
 
 
 def slots_product(m: Module, parts: list, neg, wl: LevelSet, al: LevelSet, name: str = "pe") -> Signal:
-    """``shift_add_terms``' second half: the slots (``shift_add_slots``, or registers of them) added,
+    """``shift_add_terms``' second half: the slots (``shift_add_slots``) added,
     then inverted bit by bit when ``neg``: ``p`` of ``w * a == p + neg``."""
     psum = Signal(_magnitude_shape(wl, al), name=f"{name}_mag")
     m.d.comb += psum.eq(sum(parts))
