@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from amaranth.back import rtlil
-from amaranth.hdl import Cat, Module, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -47,14 +47,33 @@ def gate_netlist(component, tmp_path: Path, gates: bool = True) -> dict:
     return json.loads((tmp_path / "n.json").read_text())["modules"]["top"]
 
 
+def net_maps(mod: dict) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """``(driver, loads)`` of the netlist ``mod``: net bit -> the name of the cell driving it, and net
+    bit -> the names of the cells reading it (once per input bit); constant bits left out."""
+    driver, loads = {}, collections.defaultdict(list)
+    for name, cell in mod["cells"].items():
+        for p, bits in cell["connections"].items():
+            d = cell["port_directions"].get(p)
+            for b in bits:
+                if isinstance(b, int):
+                    if d == "output":
+                        driver[b] = name
+                    elif d == "input":
+                        loads[b].append(name)
+    return driver, loads
+
+
+def is_register(cell: dict) -> bool:
+    """A flip-flop or a memory port: where a combinational cone stops."""
+    return "dff" in cell["type"].lower() or "mem" in cell["type"]
+
+
 def widest_nets(component, tmp_path: Path, top: int = 5) -> list[tuple[int, str]]:
     """The ``top`` nets driving the most cell inputs (one per bit) in ``component``'s gate-level
     netlist, clock and reset aside: ``(inputs, net name)``."""
     mod = gate_netlist(component, tmp_path)
     skip = {b for name, p in mod["ports"].items() if name in ("clk", "rst") for b in p["bits"]}
-    fanout = collections.Counter(b for cell in mod["cells"].values() for port, bits in cell["connections"].items()
-                                 if cell["port_directions"].get(port) == "input"
-                                 for b in bits if isinstance(b, int) and b not in skip)
+    fanout = collections.Counter({b: len(names) for b, names in net_maps(mod)[1].items() if b not in skip})
     names = {}
     for name, net in sorted(mod["netnames"].items()):
         for b in net["bits"]:
@@ -95,17 +114,12 @@ def registers_reached(mod: dict, port: str, net: str | None = None) -> int:
 def fanout_cone(mod: dict, port: str, net: str | None = None) -> tuple[set, set]:
     """``(registers, combinational cells)`` that the top port ``port`` (or the net ``net``) reaches in
     the gate-level netlist ``mod``, stopping at the registers (and memory ports)."""
-    sinks = collections.defaultdict(list)  # net bit -> cells reading it
-    for name, cell in mod["cells"].items():
-        for p, bits in cell["connections"].items():
-            if cell["port_directions"].get(p) == "input":
-                for b in bits:
-                    sinks[b].append(name)
+    sinks = net_maps(mod)[1]
     todo, seen, reached = list((mod["netnames"][net] if net else mod["ports"][port])["bits"]), set(), set()
     while todo:
-        for name in sinks[todo.pop()]:
+        for name in sinks.get(todo.pop(), ()):
             cell = mod["cells"][name]
-            if "DFF" in cell["type"] or "mem" in cell["type"]:
+            if is_register(cell):
                 reached.add(name)
             elif name not in seen:
                 seen.add(name)
@@ -162,12 +176,6 @@ def test_output_assembly_registers_the_codes_beside_each_entry(tmp_path):
     assert registers_reached(mod, "codes") == 3 * 8
 
 
-def drivers(mod: dict) -> dict[int, str]:
-    """Net bit -> the type of the cell driving it."""
-    return {b: cell["type"] for cell in mod["cells"].values() for p, bits in cell["connections"].items()
-            if cell["port_directions"].get(p) == "output" for b in bits if isinstance(b, int)}
-
-
 def test_threshold_search_compares_registers_into_registers(tmp_path):
     """A threshold search has one comparator per level (15 thresholds: 4), each reading registers
     only (the value and the candidate its level's result picked into a register) and driving a
@@ -176,19 +184,15 @@ def test_threshold_search_compares_registers_into_registers(tmp_path):
     comparators here, 6 of them into a pick)."""
     th = np.sort(np.random.default_rng(0).integers(-3000, 3000, (6, 15)), axis=1)
     mod = gate_netlist(ThresholdRequant(th, np.array([1, -1, 1, 1, -1, 1]), signed(13)), tmp_path, gates=False)
-    driven_by, loads = drivers(mod), collections.defaultdict(list)
-    for cell in mod["cells"].values():
-        for p, bits in cell["connections"].items():
-            if cell["port_directions"].get(p) == "input":
-                for b in bits:
-                    loads[b].append(cell["type"])
+    driver, loads = net_maps(mod)
+    kind = lambda name: mod["cells"][name]["type"]  # noqa: E731
     compares = [c for c in mod["cells"].values() if c["type"] in ("$ge", "$le", "$lt", "$gt")]
     assert len(compares) == 4
     for c in compares:
         ins = [b for p in ("A", "B") for b in c["connections"][p] if isinstance(b, int)]
-        assert {driven_by[b] for b in ins} <= {"$dff", "$dffe", "$adff", "$adffe", "$sdff", "$sdffe"}, c
+        assert {kind(driver[b]) for b in ins} <= {"$dff", "$dffe", "$adff", "$adffe", "$sdff", "$sdffe"}, c
         out, = c["connections"]["Y"]
-        assert set(loads[out]) <= {"$dff", "$dffe", "$sdff", "$sdffe"}, loads[out]
+        assert {kind(n) for n in loads[out]} <= {"$dff", "$dffe", "$sdff", "$sdffe"}, loads[out]
 
 
 class _Mac(wiring.Component):
@@ -219,3 +223,100 @@ def test_mac_pipeline_selects_each_channel_under_its_own_control_copy(tmp_path):
     regs, logic = fanout_cone(mod, "pad")
     assert len(regs) == 8 and len(logic) <= 1  # its copies (through their shared reset's select)
     assert registers_reached(mod, "", "sp_sel0") == 1  # a copy: its channel's decode table
+
+
+# a compare or a carry chain: an adder, a subtraction, or a comparison (or reduction) over 3 or more
+# signal bits, as the word-level netlist names them
+_ARITHMETIC = {"$add", "$sub", "$neg", "$eq", "$ne", "$lt", "$le", "$gt", "$ge", "$reduce_or", "$reduce_bool",
+               "$logic_not"}
+
+
+def arithmetic(mod: dict, cells) -> list[str]:
+    """The adders and wide comparisons among ``cells`` (names in the word-level netlist ``mod``)."""
+    def signal_bits(cell):
+        return sum(isinstance(b, int) for p, bits in cell["connections"].items()
+                   if cell["port_directions"].get(p) == "input" for b in bits)
+    return sorted(mod["cells"][c]["type"] for c in cells
+                  if mod["cells"][c]["type"] in _ARITHMETIC and signal_bits(mod["cells"][c]) >= 3)
+
+
+def fanin_cone(mod: dict, port: str) -> set:
+    """The combinational cells that drive the top output ``port`` in ``mod``, back to the registers,
+    memory ports and top inputs."""
+    driver = net_maps(mod)[0]
+    todo, seen = [b for b in mod["ports"][port]["bits"] if isinstance(b, int)], set()
+    while todo:
+        name = driver.get(todo.pop())
+        cell = mod["cells"].get(name)
+        if cell is None or is_register(cell) or name in seen:
+            continue
+        seen.add(name)
+        todo += [b for p, bits in cell["connections"].items()
+                 if cell["port_directions"].get(p) == "input" for b in bits if isinstance(b, int)]
+    return seen
+
+
+def late_paths(mod: dict, inputs, outputs) -> dict[str, list[str]]:
+    """For each late handshake input, the adders and comparisons after it before a register; for each
+    handshake output, those before it: empty lists when every flag is a register."""
+    return {**{p: arithmetic(mod, fanout_cone(mod, p)[1]) for p in inputs},
+            **{p: arithmetic(mod, fanin_cone(mod, p)) for p in outputs}}
+
+
+def test_shortcut_fifo_flags_are_registers(tmp_path):
+    """A shortcut FIFO's full and empty flags are registers kept with its level (``queues.up_down``),
+    so its ``ready`` is a register and a gate, not the level's compare (docs/hw-round5-design.md
+    section 17: layer2.1's FIFO level through its full compare, 3.48 ns, then routed back to the
+    producing engine, was a routed critical path), and the late ``valid`` and ``ready`` reach only
+    selects."""
+    from shiftpq_hw.blocks import ShortcutPath
+    mod = gate_netlist(ShortcutPath(data.ArrayLayout(8, 16), 8, 1, depth=40), tmp_path, gates=False)
+    assert late_paths(mod, ["i__valid", "o__ready"], ["i__ready", "o__valid"]) == \
+        {"i__valid": [], "o__ready": [], "i__ready": [], "o__valid": []}
+
+
+class _Queue(wiring.Component):
+    """A CreditQueue of 4 bytes on ports."""
+
+    def __init__(self):
+        super().__init__({"o": Out(stream.Signature(8)), "push": In(1), "take": In(1), "credit": Out(1)})
+
+    def elaborate(self, platform):
+        from shiftpq_hw.queues import CreditQueue
+        m = Module()
+        q = CreditQueue(8, 4, "q").build(m, self.o, self.push, self.take)
+        m.d.comb += self.credit.eq(q.credit)
+        return m
+
+
+def test_credit_queue_flags_are_registers(tmp_path):
+    """A credit queue's ``valid`` and ``credit`` are registers kept with its count and credits, and the
+    sink's ``ready`` and the writer's ``push`` and ``take`` reach only selects."""
+    mod = gate_netlist(_Queue(), tmp_path, gates=False)
+    assert late_paths(mod, ["o__ready", "push", "take"], ["o__valid", "credit"]) == \
+        {"o__ready": [], "push": [], "take": [], "o__valid": [], "credit": []}
+
+
+class _Lines(wiring.Component):
+    """A LineBuffer of 4 slots of 8 pixels on ports, released by ``done`` (``n`` a register)."""
+
+    def __init__(self):
+        super().__init__({"i": In(stream.Signature(8)), "done": In(1), "n": In(3), "avail": Out(3)})
+
+    def elaborate(self, platform):
+        from shiftpq_hw.engine import LineBuffer
+        m = Module()
+        n = Signal(3)
+        m.d.sync += n.eq(self.n)
+        lines = LineBuffer(8, 4).build(m, self.i)
+        lines.release(m, self.done, n)
+        m.d.comb += [self.avail.eq(lines.avail), lines.read.addr.eq(0), lines.read.en.eq(1)]
+        return m
+
+
+def test_line_buffer_rows_held_step_as_a_pick(tmp_path):
+    """A line buffer's count of rows held (``avail``) takes one of four next values computed from
+    registers alone, picked by the late ``valid`` of its source and the sequencer's ``done``: no adder
+    after either (the sum after them was the placement-free model's slowest group, 12.26 ns)."""
+    mod = gate_netlist(_Lines(), tmp_path, gates=False)
+    assert late_paths(mod, ["i__valid", "done"], []) == {"i__valid": [], "done": []}

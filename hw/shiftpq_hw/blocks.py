@@ -92,15 +92,15 @@ class ShortcutPath(wiring.Component):
         level = Signal(range(depth + 1))  # pixels in the memory, written and not yet read
         write, issue, issued, free = Signal(), Signal(), Signal(), Signal(init=1)
         head = Signal(width, name="head", reset_less=True)  # data: no reset (engine.py)
-        m.d.comb += [self.i.ready.eq((level != depth) | ~keep), write.eq(self.i.valid & keep & (level != depth)),
+        not_full, not_empty = up_down(m, level, write, issue, depth, 0)  # registers, kept with the level
+        m.d.comb += [self.i.ready.eq(not_full | ~keep), write.eq(self.i.valid & keep & not_full),
                      wr.addr.eq(produce), wr.data.eq(self.i.payload), wr.en.eq(write),
                      rd.addr.eq(consume), rd.en.eq(1),  # the read register loads every cycle: no enable
-                     issue.eq((level != 0) & free), self.o.payload.eq(head)]
+                     issue.eq(not_empty & free), self.o.payload.eq(head)]
         with m.If(write):
             m.d.sync += produce.eq(wrap_increment(produce, depth))
         with m.If(issue):
             m.d.sync += consume.eq(wrap_increment(consume, depth))
-        up_down(m, level, write, issue)
         m.d.sync += issued.eq(issue)
         with m.If(issued):
             m.d.sync += [head.eq(rd.data), self.o.valid.eq(1)]

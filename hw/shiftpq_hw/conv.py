@@ -254,7 +254,7 @@ class ConvRequant(Checked, wiring.Component):
         sequencer waits (for input rows, a credit, a shortcut pixel); everything after it loads
         every cycle, its data qualified by valid bits."""
         m = Module()
-        c_in, k = self._w.shape[1], self._k
+        k = self._k
         lines = LineBuffer(self._in_hw, self._slots).build(m, self.i)
         macs = self._macs()
         weights = macs.weight_memory(m)

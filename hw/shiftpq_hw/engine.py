@@ -147,10 +147,13 @@ class LineBuffer:
         return self
 
     def release(self, m: Module, done, n):
-        # both sums first, ``done`` (the sequencer's issue logic, the latest signal) picks one
-        kept, dropped = Signal.like(self.avail, name="avail_kept"), Signal.like(self.avail, name="avail_dropped")
-        m.d.comb += [kept.eq(self.avail + self.row_loaded), dropped.eq(self.avail + self.row_loaded - n)]
-        m.d.sync += self.avail.eq(Mux(done, dropped, kept))
+        # the four next values from registers alone (``n`` is a register), then the late ``done`` (the
+        # sequencer's issue logic) and ``row_loaded`` (the upstream ``valid``) pick one: no carry chain
+        # after either (the sum after them was a critical path of the placement-free model)
+        nxt = [Signal.like(self.avail, name=f"avail_{k}") for k in ("kept", "loaded", "dropped", "both")]
+        m.d.comb += [nxt[0].eq(self.avail), nxt[1].eq(self.avail + 1),
+                     nxt[2].eq(self.avail - n), nxt[3].eq(self.avail + 1 - n)]
+        m.d.sync += self.avail.eq(Mux(done, Mux(self.row_loaded, nxt[3], nxt[2]), Mux(self.row_loaded, nxt[1], nxt[0])))
 
 
 # -- the tap and chunk sequencer ------------------------------------------------------------------

@@ -14,17 +14,22 @@ def wrap_increment(p, depth: int):
     return Mux(p == depth - 1, 0, p + 1)
 
 
-def up_down(m: Module, count: Signal, up, down):
+def up_down(m: Module, count: Signal, up, down, *values) -> list[Signal]:
     """``count += up - down`` at the clock, as a pick among its neighbours ``count + 1`` and ``count -
     1`` (both computed from the register alone): the late ``up``/``down`` (a sink's ``ready``, a
     source's ``valid``) reach a select, not the start of a carry chain (a FIFO's and a credit queue's
-    counts were routed critical paths)."""
+    counts were routed critical paths). Returns, for each of ``values``, a register that holds
+    ``count != value`` (kept with the count: its next value is the same pick among the neighbours'
+    compares), so the full and empty flags a queue's ``ready``/``valid`` are made of are registers,
+    not a compare after the count (a FIFO's ``ready`` was a routed critical path that way)."""
     inc, dec = Signal.like(count, name=f"{count.name}_inc"), Signal.like(count, name=f"{count.name}_dec")
     m.d.comb += [inc.eq(count + 1), dec.eq(count - 1)]
+    flags = [Signal(name=f"{count.name}_ne{v}", init=int(count.init != v)) for v in values]
     with m.If(up & ~down):
-        m.d.sync += count.eq(inc)
+        m.d.sync += [count.eq(inc), *(f.eq(inc != v) for f, v in zip(flags, values))]
     with m.Elif(down & ~up):
-        m.d.sync += count.eq(dec)
+        m.d.sync += [count.eq(dec), *(f.eq(dec != v) for f, v in zip(flags, values))]
+    return flags
 
 
 def select(m: Module, target, entries: list, index):
@@ -58,13 +63,14 @@ class CreditQueue:
         credits = Signal(range(depth + 1), init=depth, name=f"{name}_credits")
         self.credit = Signal(name=f"{name}_credit")
         pop = Signal(name=f"{name}_pop")
-        m.d.comb += [o.valid.eq(count != 0), pop.eq(o.valid & o.ready), self.credit.eq(credits != 0)]
+        m.d.comb += pop.eq(o.valid & o.ready)
         with m.If(push):
             m.d.sync += self.wptr.eq(wrap_increment(self.wptr, depth))
         with m.If(pop):
             m.d.sync += rptr.eq(wrap_increment(rptr, depth))
-        up_down(m, count, push, pop)
-        up_down(m, credits, pop, take)
+        count_ne0, = up_down(m, count, push, pop, 0)
+        credits_ne0, = up_down(m, credits, pop, take, 0)
+        m.d.comb += [o.valid.eq(count_ne0), self.credit.eq(credits_ne0)]
         select(m, o.payload, self.entries, rptr)
         return self
 
