@@ -36,7 +36,7 @@ help:
 	@echo "                                  (cocotb), 50 fuzz seeds on the harness)"
 	@echo "make sim-full MODEL=m [JOBS=N]    all 10,000 test images through the Verilator harness, JOBS processes"
 	@echo "make bench-sim [MODEL=resnet20]   cocotb bench vs compiled harness, simulated cycles/s (bench/results/)"
-	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1]   Yosys + nextpnr"
+	@echo "make synth MODEL=m [DEVICE=ecp5-85k|ecp5-45k|ecp5-25k|ice40-up5k FREQ=100 SEED=1 or SEED=1,2,3]   Yosys once, nextpnr per seed"
 	@echo "make report MODEL=m [REPORT_IMAGES=1000 MIN_AGREEMENT=99]   build/m/report/index.html and report.md"
 	@echo "make bench-pe                     APoT PE variants vs a LUT 4x4 multiplier, DSP packing (bench/results/)"
 	@echo "make bench-depth [MODEL=m]        slow paths of build/m's synthesized netlist, no place and route (bench/results/)"

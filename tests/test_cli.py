@@ -98,3 +98,25 @@ def test_a_failed_check_is_exit_1_with_its_reason_on_stderr(capsys):
     r = Synthesized({"model": "tiny", "device": "ice40-up5k", "fits": False, "reason": "5,400 LUTs of 5,280"}, "s.json")
     assert show(r) == 1
     assert capsys.readouterr() == ("", "tiny does not fit ice40-up5k: 5,400 LUTs of 5,280 (report: s.json)\n")
+
+
+def test_synth_with_several_seeds_prints_the_worst_and_the_spread(capsys):
+    from shiftpq_cli import show
+    from shiftpq_cli.hardware import Synthesized
+    seeds = [{"seed": 1, "fits": True, "fmax_mhz": 93.0}, {"seed": 2, "fits": True, "fmax_mhz": 91.0},
+             {"seed": 3, "fits": False, "fmax_mhz": None}]
+    worst = {"model": "resnet20", "device": "ecp5-85k", "seed": 3, "fits": False, "reason": "over capacity: X 2/1",
+             "seeds": seeds}
+    assert show(Synthesized(worst, "r.json")) == 1
+    assert capsys.readouterr().err == "resnet20 does not fit ecp5-85k (seed 3): over capacity: X 2/1 (report: r.json)\n"
+    ok = {**worst, "seed": 2, "fits": True, "reason": None, "luts": 5, "ffs": 6, "brams": 1, "dsps": 0, "fmax_mhz": 91.0,
+          "freq_target_mhz": 100.0, "inferences_per_s": 1645.7, "latency_us": None, "seeds": seeds[:2],
+          "over_seeds": {"fmax_mhz": {"min": 91.0, "median": 92.0, "max": 93.0},
+                         "inferences_per_s": {"min": 1645.7, "median": 1663.8, "max": 1681.9}}}
+    assert show(Synthesized(ok, "r.json")) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "resnet20 on ecp5-85k, seed 2: 5 LUTs, 6 FFs, 1 BRAMs, 0 DSPs; Fmax 91.0 MHz (target 100); 1646 inferences/s "
+        "(latency: run make sim first)",
+        "over seeds 1, 2: Fmax min / median / max 91.0 / 92.0 / 93.0 MHz, 1646 / 1664 / 1682 inferences/s "
+        "(the worst seed above)",
+        "wrote r.json"]

@@ -25,10 +25,11 @@ def small_tables():
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A generated small network (the default target, ECP5 multipliers), synthesized for an ECP5-25k."""
+    """A generated small network (the default target, ECP5 multipliers), synthesized for an ECP5-25k
+    and placed and routed with seeds 1 and 2."""
     out = tmp_path_factory.mktemp("synth") / "small"
     generate(small_tables(), out, 1, force=True)
-    assert main(["synth", "--build", str(out), "--device", "ecp5-25k", "--seed", "1"]) == 0
+    assert main(["synth", "--build", str(out), "--device", "ecp5-25k", "--seed", "2,1"]) == 0
     return out
 
 
@@ -36,24 +37,46 @@ def small(tmp_path_factory):
 def test_synth_report_numbers_come_from_the_tools_own_output(small):
     d = small / "synth"
     r = json.loads((d / "report.json").read_text())
-    pnr = json.loads((d / "pnr.json").read_text())
     stat = json.loads((d / "stat.json").read_text())["design"]["num_cells_by_type"]
-    util = pnr["utilization"]
-    assert r["device"] == "ecp5-25k" and r["fits"] is True and r["reason"] is None
-    assert json.loads((small / "cycles.json").read_text())["target"] == "ecp5"
-    assert (r["luts"], r["ffs"], r["brams"], r["dsps"]) == (util["TRELLIS_COMB"]["used"], util["TRELLIS_FF"]["used"],
-                                                            util["DP16KD"]["used"], util["MULT18X18D"]["used"])
-    assert r["luts"] > 0 and r["ffs"] > 0
-    assert r["fmax_mhz"] == round(min(c["achieved"] for c in pnr["fmax"].values()), 2) > 0
-    assert r["yosys_cells"] == {k: v for k, v in stat.items() if not k.startswith("$scopeinfo")}
     cycles = json.loads((small / "cycles.json").read_text())
+    assert r["device"] == "ecp5-25k" and r["fits"] is True and r["reason"] is None
+    assert cycles["target"] == "ecp5"
+    assert r["yosys_cells"] == {k: v for k, v in stat.items() if not k.startswith("$scopeinfo")}
     assert r["cycles_per_image"] == cycles["cycles_per_image"]
-    assert r["inferences_per_s"] == round(r["fmax_mhz"] * 1e6 / cycles["cycles_per_image"], 1)
-    # the scripts were rendered from the templates, and nextpnr ran with the pinned seed
+    # the scripts were rendered from the templates; Yosys ran once, nextpnr once per seed, in its own directory
     assert "read_rtlil ../rtl/shiftpq_top.il" in (d / "synth.ys").read_text()
     assert 'FREQUENCY PORT "clk" 100.0 MHz;' in (d / "constraints.lpf").read_text()
-    assert " --seed 1 " in r["nextpnr_command"] and "--25k" in r["nextpnr_command"] and r["nextpnr_s"] > 0
+    assert [row["seed"] for row in r["seeds"]] == [2, 1]
+    for row in r["seeds"]:
+        pnr = json.loads((d / f"seed{row['seed']}" / "pnr.json").read_text())
+        util = pnr["utilization"]
+        assert (row["luts"], row["ffs"], row["brams"], row["dsps"]) == (
+            util["TRELLIS_COMB"]["used"], util["TRELLIS_FF"]["used"], util["DP16KD"]["used"], util["MULT18X18D"]["used"])
+        assert row["luts"] > 0 and row["ffs"] > 0 and row["fits"] is True
+        assert row["fmax_mhz"] == round(min(c["achieved"] for c in pnr["fmax"].values()), 2) > 0
+        assert row["inferences_per_s"] == round(row["fmax_mhz"] * 1e6 / cycles["cycles_per_image"], 1)
+        assert f" --seed {row['seed']} " in row["nextpnr_command"] and "--25k" in row["nextpnr_command"]
+        assert row["nextpnr_s"] > 0 and "Max frequency" in (d / f"seed{row['seed']}" / "nextpnr.log").read_text()
+    # the top level is the worst seed's; min / median / max over both
+    worst = min(r["seeds"], key=lambda row: row["fmax_mhz"])
+    assert r["seed"] == worst["seed"] and r["fmax_mhz"] == worst["fmax_mhz"]
+    assert (r["luts"], r["inferences_per_s"], r["nextpnr_command"]) == (
+        worst["luts"], worst["inferences_per_s"], worst["nextpnr_command"])
+    f = sorted(row["fmax_mhz"] for row in r["seeds"])
+    assert r["over_seeds"]["fmax_mhz"] == {"min": f[0], "median": round((f[0] + f[1]) / 2, 2), "max": f[1]}
     assert not list(small.glob(".synth.*"))
+
+
+def test_seeds_over_seeds_and_the_seed_list():
+    from shiftpq_hw.synth import over_seeds, parse_seeds
+    assert parse_seeds("1,2,3") == [1, 2, 3] and parse_seeds("7") == [7]
+    for bad in ("", "1,1", "-1", "a", "1,,2"):
+        with pytest.raises(ValueError, match="distinct seeds"):
+            parse_seeds(bad)
+    rows = [{"f": 93.0}, {"f": None}, {"f": 91.5}, {"f": 92.0}]
+    assert over_seeds(rows, "f") == {"min": 91.5, "median": 92.0, "max": 93.0}
+    assert over_seeds(rows[:1] + rows[2:3], "f") == {"min": 91.5, "median": 92.25, "max": 93.0}
+    assert over_seeds([{"f": None}], "f") is None
 
 
 @pytest.mark.slow
@@ -113,6 +136,8 @@ def test_report_renders_every_section_deterministically(small, cifar_dir, capsys
     for text in (html, md):
         assert "{:,}".format(m["total"]["bops"]) in text and "{:,}".format(m["fp32"]["bops"]) in text
         assert f"{synth['fmax_mhz']} MHz" in text and "ecp5-25k" in text
+        assert f"Placement seeds 2, 1: Fmax {synth['seeds'][0]['fmax_mhz']} / {synth['seeds'][1]['fmax_mhz']} MHz" in text
+        assert f"the worst seed's ({synth['seed']})" in text
         assert "UNTRAINED" in text and "2 images, 0 mismatches" in text.replace('<span class="">', "").replace("</span>", "")
         for op in t.ops:
             if isinstance(op, ir.Conv):

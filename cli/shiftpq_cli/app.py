@@ -16,6 +16,15 @@ from . import hardware, simulation, software
 probability = fraction("a probability (at 1 the stream never moves)")  # sim --gap / --stall
 
 
+def seed_list(text: str) -> list[int]:
+    """``synth --seed``: one placement seed or several, separated by commas."""
+    from shiftpq_hw.synth import parse_seeds
+    try:
+        return parse_seeds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def images(text: str) -> int | None:
     """``--images``: a positive count, or ``all`` (None: the whole test set)."""
     return None if text == "all" else positive(text)
@@ -144,15 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sy = sub.add_parser("synth", help="Yosys + nextpnr: resources, Fmax and inferences/s of the generated RTL",
                         description="Synthesize a `shiftpq gen` output with YoWASP Yosys and place and route it with "
-                        "nextpnr (pinned seed). Writes GEN_DIR/synth/report.json (device, luts, ffs, brams, dsps, "
-                        "fmax_mhz, fits, inferences_per_s, latency) parsed from the tools' own reports. Exit code 1 "
-                        "when the design does not fit the device.")
+                        "nextpnr (pinned seeds: Yosys once, nextpnr once per seed, in parallel). Writes "
+                        "GEN_DIR/synth/report.json (device, luts, ffs, brams, dsps, fmax_mhz, fits, inferences_per_s, "
+                        "latency; with several seeds, each seed's figures, their min / median / max, and at the top "
+                        "the worst seed's) parsed from the tools' own reports, nextpnr's files in "
+                        "GEN_DIR/synth/seed<N>/. Exit code 1 when the design does not fit the device.")
     sy.set_defaults(run=hardware.cmd_synth)
     sy.add_argument("--build", required=True, metavar="GEN_DIR", help="a `shiftpq gen` output directory")
     from shiftpq_hw.synth import DEFAULT_DEVICE
     sy.add_argument("--device", choices=list(DEVICES), default=DEFAULT_DEVICE, help=f"(default {DEFAULT_DEVICE})")
     sy.add_argument("--freq", type=float, default=100.0, metavar="MHZ", help="clock constraint (default 100)")
-    sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    sy.add_argument("--seed", type=seed_list, default=[1], metavar="SEED[,SEED...]",
+                    help="nextpnr placement seed, or several separated by commas (e.g. 1,2,3; default 1)")
+    sy.add_argument("--jobs", type=positive, default=None, metavar="N",
+                    help="seeds placed at once (default: all, at most the processor count)")
 
     rp = sub.add_parser("report", help="the compression and hardware report (Markdown and HTML with plots)",
                         description="Render GEN_DIR/report/report.md and index.html from the layer tables, cycles.json "

