@@ -21,7 +21,7 @@ def run_array(dut: MacArray, w_codes: np.ndarray, a_codes: np.ndarray) -> np.nda
     fw = pe.variant_field_shape(dut.kind, dut.wl)
     fbits = fw.size if hasattr(fw, "size") else fw.width
     abits = pe.act_code_shape(dut.al).width
-    wbits, accbits = fbits * dut.fields, dut.acc_shape.width
+    accbits = dut.acc_shape.width
     steps = len(a_codes)
     words_w = [sum((int(v) & ((1 << fbits) - 1)) << (fbits * (p * dut.fields + f))
                    for p, row in enumerate(fields[t]) for f, v in enumerate(row)) for t in range(steps)]

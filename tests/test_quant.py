@@ -269,7 +269,6 @@ def test_fused_quantizer_compiled_equals_the_custom_op(dtype):
     or index, nor our custom ops."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
-    from torch._inductor.compile_fx import compile_fx
     from shiftpq.quant import fake_quant, fake_quant_op
 
     torch.manual_seed(5)

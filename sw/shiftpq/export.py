@@ -162,7 +162,7 @@ def _lower_conv(cx: _Lowering, op: Conv):
 def _lower_act(cx: _Lowering, op: Act):
     if op.name in cx.fused:
         return  # folded into the residual add before it
-    src, (q, lv, alpha, name) = cx.tensors[op.src], cx.quantizer(op)
+    src, (_, lv, alpha, name) = cx.tensors[op.src], cx.quantizer(op)
     bound = max(abs(src.lo), abs(src.hi))
     if lv.kind == "uniform":
         (mul,), bias, shift = intops.fold_affine([src.gain], src.offset, lv.denom, alpha)
