@@ -9,9 +9,9 @@
 
 Place and route runs with pinned seeds, on one netlist (Yosys runs once): the clock a design
 reaches depends on the placement, so a claim about it takes several seeds (min / median / max in
-report.json; at its top level the worst seed's figures). A design whose mapped cells cannot fit the device (by
-Yosys' count) skips place and route; one that nextpnr cannot place reports nextpnr's error. Either
-way report.json says ``fits: false`` with the numbers. The synth directory is built in a
+report.json; at its top level the worst seed's figures). A design whose mapped cells cannot fit
+the device (by Yosys' count) skips place and route; one that nextpnr cannot place reports
+nextpnr's error. Either way report.json says ``fits: false`` with the numbers. The synth directory is built in a
 temporary sibling and renamed into place: never half-written.
 """
 from __future__ import annotations
