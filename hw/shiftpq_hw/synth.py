@@ -154,10 +154,12 @@ def _unplaced(seed: int, reason: str | None) -> dict:
             "fmax_mhz": None, "fits": False, "reason": reason, "nextpnr_s": None, "nextpnr_command": None}
 
 
-def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, inputs: str = ".", log=print) -> dict:
+def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, yosys_cells: dict, inputs: str = ".",
+                log=print) -> dict:
     """nextpnr with seed ``seed`` in directory ``work`` on ``inputs``/netlist.json (and its
     constraints; ``inputs`` relative to ``work``): ``nextpnr.log`` and ``pnr.json`` in ``work``;
-    returns the figures parsed from its report."""
+    returns the figures parsed from its report (an iCE40's flip-flops from ``yosys_cells``, Yosys'
+    count: its logic cell holds a LUT and a flip-flop, and nextpnr counts no flip-flops)."""
     dev = DEVICES[device]
     r = _unplaced(seed, None)
     t1 = time.perf_counter()
@@ -177,6 +179,8 @@ def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, inputs: str
     util = pnr["utilization"]
     used = lambda cell: util.get(cell, {}).get("used")  # noqa: E731
     r.update(utilization=util, **{k: used(cell) for k, cell in dev.cells.items() if cell})
+    if dev.family == "ice40":
+        r["ffs"] = sum(v for k, v in yosys_cells.items() if k.startswith("SB_DFF"))
     over = {k: v for k, v in util.items() if v["used"] > v["available"]}
     fmax = [c["achieved"] for c in pnr.get("fmax", {}).values()]
     r["fmax_mhz"] = round(min(fmax), 2) if fmax else None
@@ -185,11 +189,6 @@ def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, inputs: str
         r["reason"] = "over capacity: " + ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in over.items())
     log(f"nextpnr: seed {seed}: Fmax {r['fmax_mhz']} MHz ({r['nextpnr_s']:.0f} s)")
     return r
-
-
-def _ice40_ffs(cells: dict) -> int:
-    """An iCE40 logic cell holds a LUT and a flip-flop: nextpnr counts no flip-flops; Yosys' count."""
-    return sum(v for k, v in cells.items() if k.startswith("SB_DFF"))
 
 
 def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 100.0, seed: int = 1,
@@ -206,21 +205,27 @@ def run_flow(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 10
         r["reason"] = "place and route not asked for"
         return r
     r["outreg"] = absorb_output_registers(work, device, log)
-    r.update(run_nextpnr(work, device, freq_mhz, seed, ".", log))
-    if r["family"] == "ice40":
-        r["ffs"] = _ice40_ffs(r["yosys_cells"])
+    r.update(run_nextpnr(work, device, freq_mhz, seed, r["yosys_cells"], ".", log))
     return r
 
 
+def check_seeds(seeds, shown=None) -> list[int]:
+    """``seeds`` as a list, when they are one or more distinct non-negative integers; else a
+    ValueError showing ``shown`` (default: the seeds)."""
+    seeds = list(seeds)
+    if not seeds or any(type(x) is not int or x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"expected a seed or distinct seeds separated by commas (e.g. 1,2,3), "
+                         f"got {seeds if shown is None else shown!r}")
+    return seeds
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"1,2,3"`` -> ``[1, 2, 3]``: distinct non-negative integers (the CLI's ``--seed``)."""
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (the CLI's ``--seed``; ``check_seeds``)."""
     try:
         seeds = [int(x) for x in str(text).split(",")]
     except ValueError:
         seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ValueError(f"expected a seed or distinct seeds separated by commas (e.g. 1,2,3), got {text!r}")
-    return seeds
+    return check_seeds(seeds, text)
 
 
 def over_seeds(rows: list[dict], key: str) -> dict | None:
@@ -242,9 +247,11 @@ def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float 
     under ``seeds``, their min / median / max under ``over_seeds``, and at the top the worst seed's
     (the lowest Fmax; a seed that does not fit counts as worst), the figures a placement-independent
     claim rests on."""
-    build, seeds = Path(build), [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ShiftPQError(f"expected one or more distinct placement seeds, got {seeds!r}")
+    build = Path(build)
+    try:
+        seeds = check_seeds(seeds)
+    except ValueError as e:
+        raise ShiftPQError(f"placement seeds: {e}") from None
     rtlil = build / "rtl" / f"{TOP}.il"
     cyc_path = build / "cycles.json"
     for p in (rtlil, cyc_path):
@@ -266,12 +273,11 @@ def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float 
                 (tmp / f"seed{s}").mkdir()
             workers = max(1, min(jobs or os.cpu_count() or 1, len(seeds)))
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                rows = list(pool.map(lambda s: run_nextpnr(tmp / f"seed{s}", device, freq_mhz, s, "..", log), seeds))
+                rows = list(pool.map(lambda s: run_nextpnr(tmp / f"seed{s}", device, freq_mhz, s, base["yosys_cells"],
+                                                           "..", log), seeds))
         else:
             rows = [_unplaced(s, base["reason"]) for s in seeds]
         for row in rows:
-            if base["family"] == "ice40" and row["fmax_mhz"]:
-                row["ffs"] = _ice40_ffs(base["yosys_cells"])
             row["inferences_per_s"] = row["latency_us"] = None
             if row["fmax_mhz"]:
                 row["inferences_per_s"] = round(row["fmax_mhz"] * 1e6 / base["cycles_per_image"], 1)
