@@ -9,9 +9,8 @@ from amaranth.sim import Simulator
 from shiftpq.export import export_model
 from shiftpq.golden import Golden
 from shiftpq.testnets import images, random_net
-from shiftpq_hw.network import Network, OutputRegister
+from shiftpq_hw.network import Network
 from shiftpq_hw.plan import Kind, make_plan
-from streams import run_stream
 
 
 def run_network(dut, x: np.ndarray):
@@ -83,34 +82,3 @@ def test_tiny_network_with_multiplier_pairs_equals_golden_model():
     got, _, stamps = run_network(Network(plan), x)
     assert np.array_equal(got, Golden(t).run(x))
     assert stamps[19] - stamps[9] == plan.period
-
-
-def test_output_register_passes_every_beat_in_order_one_per_cycle():
-    beats = list(range(1, 200))
-    for seed in range(4):  # random gaps and stalls: no beat lost, doubled or reordered
-        assert run_stream(OutputRegister(8), beats, seed=seed, gap=0.3, stall=0.4) == beats
-    cycles = []
-    assert run_stream(OutputRegister(8), beats, gap=0.0, stall=0.0, cycles=cycles) == beats
-    assert cycles == list(range(cycles[0], cycles[0] + len(beats)))  # full rate
-
-
-def test_output_register_ready_and_valid_are_registers():
-    dut = OutputRegister(8)
-
-    async def tb(ctx):
-        ctx.set(dut.i.valid, 1)
-        ctx.set(dut.i.payload, 7)
-        await ctx.tick()  # the beat is in the output register; the next one waits in the skid
-        ctx.set(dut.i.payload, 8)
-        await ctx.tick()
-        assert ctx.get(dut.o.valid) and not ctx.get(dut.i.ready)
-        ctx.set(dut.o.ready, 1)  # the sink takes: nothing changes before the edge
-        ctx.set(dut.i.valid, 0)
-        assert ctx.get(dut.o.valid) and not ctx.get(dut.i.ready) and ctx.get(dut.o.payload) == 7
-        await ctx.tick()
-        assert ctx.get(dut.o.payload) == 8 and ctx.get(dut.i.ready)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()

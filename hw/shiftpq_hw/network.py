@@ -9,7 +9,7 @@ chain of the plan a chain of ``Fork``s. What is built, how it is folded (``par``
 is and how many cycles each block takes are the plan's decisions; ``Network`` only elaborates them.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,31 +41,6 @@ class PixelAssembler(wiring.Component):
                 m.d.sync += held[1].eq(self.i.payload)
             with m.Else():
                 m.d.sync += k.eq(0)
-        return m
-
-
-class OutputRegister(wiring.Component):
-    """A stream through two registers (a skid buffer): ``o`` is driven by registers alone and
-    ``i.ready`` is a register, so neither the output pins' placement nor the consumer's ``ready``
-    reaches the producer's logic in the cycle (the FC's score queue drove ``m_axis_tvalid`` and
-    decided its next input from it in one cycle: a routed seed's critical path, 11.6 ns of routing
-    between the pins and the FC). Beats leave in order, one per cycle while ``o.ready``; ``o.valid``
-    the cycle after a beat is taken; the second register holds the beat taken in a cycle the output
-    stalls. Reference: the identity on the sequence of beats."""
-
-    def __init__(self, shape):
-        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
-
-    def elaborate(self, platform):
-        m = Module()
-        skid = Signal.like(self.i.payload, name="skid")
-        skid_valid = Signal()
-        m.d.comb += self.i.ready.eq(~skid_valid)
-        with m.If(self.o.ready | ~self.o.valid):  # the output register loads: the held beat first
-            m.d.sync += [self.o.valid.eq(skid_valid | self.i.valid),
-                         self.o.payload.eq(Mux(skid_valid, skid, self.i.payload)), skid_valid.eq(0)]
-        with m.Elif(self.i.valid & ~skid_valid):  # the output stalls: a beat taken now waits
-            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
 
 
@@ -144,8 +119,6 @@ class Network(wiring.Component):
             if consumers:
                 wiring.connect(m, src, consumers[0])
         fc = blocks[plan.blocks[-1].name]
-        m.submodules.scores = out = OutputRegister(fc.o.payload.shape())
-        wiring.connect(m, fc.o, out.i)
-        m.d.comb += [self.m_axis_tdata.eq(out.o.payload.score), self.m_axis_tlast.eq(out.o.payload.last),
-                     self.m_axis_tvalid.eq(out.o.valid), out.o.ready.eq(self.m_axis_tready)]
+        m.d.comb += [self.m_axis_tdata.eq(fc.o.payload.score), self.m_axis_tlast.eq(fc.o.payload.last),
+                     self.m_axis_tvalid.eq(fc.o.valid), fc.o.ready.eq(self.m_axis_tready)]
         return m

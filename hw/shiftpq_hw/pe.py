@@ -620,9 +620,9 @@ class MacArray(Checked, wiring.Component):
                 m.d.sync += bits.eq(Cat(*[c for _, c in terms]))
                 one = adder_tree(list(bits))
             else:  # a negative weight's + 1s come from the weight register: counted beside the products
-                per = max(1, ones_weight(wl)) if kind == "shift-add" else 1  # the largest c of a PE
-                one = Signal(range(self.fields * per + 1), name=f"ones{p}")
-                m.d.sync += one.eq(adder_tree([c for _, c in terms]))
+                count = adder_tree([c for _, c in terms])
+                one = Signal(count.shape(), name=f"ones{p}")
+                m.d.sync += one.eq(count)
             prods.append(lane_p)
             ones.append(one)
         # stage C: each lane's tree; then the accumulators
