@@ -43,8 +43,8 @@ from .dsp import GENERIC, Target, registered_products
 from .memmap import NO_COLLISION, rom_port
 from .queues import CreditQueue, select, wrap_increment
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair_fields, dsp_pair_operands, dsp_pairs_fit,
-                 ones_bit, ones_weight, pack_lane_words,
-                 pack_words, product_shape, product_terms, registered_tree, times, variant_field_shape, variant_fields,
+                 ones_bit, pack_lane_words,
+                 pack_words, product_shape, product_terms, registered_tree, variant_field_shape, variant_fields,
                  weight_code_shape, weight_field_shape, weight_fields)
 from .requant import AFFINE_STAGES, Pipe, affine_unit, search_stages, threshold_search
 
@@ -557,9 +557,9 @@ class MacPipeline:
         wdata_a = self.word_shape(wflat_a)
         ctl = stage("sa_ctl", *ctl)
         # the + 1s of the ones'-complement products (``product_terms``' ``c``) are the word's negative
-        # weights (``ones_weight`` each), whatever the activations: counted from the word as it comes
-        # out of stage P, in fours in stage A, the fours summed in stage B (all in one stage: five
-        # levels of LUTs, one of the engine's deepest paths), times ``ones_weight`` as the tree's leaf
+        # weights, whatever the activations: counted from the word as it comes out of stage P, in fours
+        # in stage A, the fours summed in stage B (all in one stage: five levels of LUTs, one of the
+        # engine's deepest paths)
         wdata_p = self.word_shape(weights_p)
         d = 2 * self.pairs  # channels [0, d) on multiplier pairs, [d, simd) on shift-add PEs
         fours = [[adder_tree([ones_bit(self._pe_field(wdata_p, p, j), self.wl) for j in range(q, min(q + 4, simd))])
@@ -609,7 +609,7 @@ class MacPipeline:
         sums2, n_pe, n_pair = [], simd - d, self.pairs
         for p, o in enumerate(ones):
             leaves = [*prods[p * n_pe:(p + 1) * n_pe], *mids[p * n_pair:(p + 1) * n_pair],
-                      *borrows[p * n_pair:(p + 1) * n_pair], times(o, max(1, ones_weight(self.wl)))]
+                      *borrows[p * n_pair:(p + 1) * n_pair], o]
             tree, levels = registered_tree(m, leaves, f"tree{p}", reset_less=True)
             assert levels == self.tree_levels
             sums2.append(tree)

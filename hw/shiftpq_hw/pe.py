@@ -3,9 +3,7 @@
 A weight's magnitude level is a sum of at most ``max_terms`` powers of two (levels.py: the APoT
 construction; 2 terms at 4 bits), so ``w * a`` is ``a`` shifted by each term's amount, summed and
 negated for a negative code. The PE holds, per term slot, a small multiplexer over the shifts that
-slot can take, its output inverted bit by bit for a negative weight (``-x == ~x + 1``, the ``+ 1`` of
-every slot left to the lane: ``ones_weight``); an activation code is first decoded to its integer
-level (a 16-entry table at 4 bits).
+slot can take; an activation code is first decoded to its integer level (a 16-entry table at 4 bits).
 """
 from __future__ import annotations
 
@@ -58,18 +56,9 @@ def act_code_shape(levels: LevelSet | None) -> Shape:
     return unsigned(max(1, (len(levels.ints) - 1).bit_length()))
 
 
-def ones_weight(wlevels: LevelSet) -> int:
-    """How many ``+ 1``s a negative weight's product leaves to the lane (``product_terms``' ``c ==
-    ones_bit * ones_weight``): one per term slot of an APoT PE (``shift_add_terms``), none for a
-    uniform weight's multiplication."""
-    return wlevels.max_terms if wlevels.kind == "apot" else 0
-
-
 def product_shape(wlevels: LevelSet, alevels: LevelSet | None) -> Shape:
-    """A product's register: ``+-wlevels.denom * alevels.denom`` (the stem: ``* 128``), and a negative
-    weight's ones'-complement product (``shift_add_terms``), down to ``-top - max_terms``."""
     top = wlevels.denom * (128 if alevels is IMAGE else alevels.denom)
-    return signed(intops.signed_bits(-top - wlevels.max_terms, top))
+    return signed(top.bit_length() + 1)
 
 
 def reference(wcode: np.ndarray, acode: np.ndarray, wlevels: LevelSet, alevels: LevelSet) -> np.ndarray:
@@ -147,30 +136,26 @@ def shift_add(m: Module, w, a, wl: LevelSet, al: LevelSet, name: str = "pe") -> 
 
 
 def _ones(m: Module, mag, neg, pshape: Shape, name: str) -> Signal:
-    """``mag`` extended to ``pshape``, inverted bit by bit when ``neg``: ``-x == ~x + 1`` with the
-    ``+ 1`` left to the lane."""
+    """``mag`` (unsigned), inverted bit by bit when ``neg``: ``-x == ~x + 1`` with the ``+ 1`` left to
+    the lane."""
     ext = Signal(pshape, name=f"{name}_ext")
     m.d.comb += ext.eq(mag)
-    p = Signal(pshape, name=f"{name}_inv")
+    p = Signal(pshape, name=f"{name}_ones")
     m.d.comb += p.eq(Mux(neg, ~ext, ext))
     return p
 
 
 def shift_add_terms(m: Module, mag, neg, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> tuple[Signal, Value]:
     """The PE's arithmetic, its one home: a weight given as magnitude index and sign times a decoded
-    activation value, as ``(p, c)`` with ``w * a == p + c``: per term slot, the magnitude level's
-    shift of ``aval`` (or zero), inverted bit by bit for a negative weight (``-x == ~x + 1``), the
-    slots summed; ``c`` is the slots' ``+ 1``s, one per slot for a negative weight (``wl.max_terms``;
-    an engine's APoT PE: ``ones_weight``). Inverting each term rather than the sum leaves no logic
-    after the sum's carry chain (a term's select and its sign are one LUT level). An engine adds the
-    ``c`` of all its PEs once, after the adder tree (a count of the negative weights times
-    ``ones_weight``), instead of a negation per product."""
+    activation value, as ``(p, neg)`` with ``w * a == p + neg``: the magnitude level's shifted
+    copies of ``aval`` summed, then inverted bit by bit for a negative weight (``-x == ~x + 1``).
+    An engine adds the ``+ 1`` of all its PEs once, after the adder tree (a count of the negative
+    weights), instead of a negation per product."""
     pshape = product_shape(wl, al)
-    tshape = pshape if al is IMAGE else unsigned(pshape.width - 1)
-    slots = term_slots(wl)
+    psum = Signal(pshape if al is IMAGE else unsigned(pshape.width - 1), name=f"{name}_mag")
     parts = []
-    for k, shifts in enumerate(slots):
-        part = Signal(tshape, name=f"{name}_term{k}")
+    for k, shifts in enumerate(term_slots(wl)):
+        part = Signal(psum.shape(), name=f"{name}_term{k}")
         with m.Switch(mag):
             for idx, s in enumerate(shifts):
                 if s is not None:
@@ -178,10 +163,9 @@ def shift_add_terms(m: Module, mag, neg, aval, wl: LevelSet, al: LevelSet, name:
                         m.d.comb += part.eq(aval << s)
             with m.Default():  # no term in this slot (and codes outside the set, which export rejects)
                 m.d.comb += part.eq(0)
-        parts.append(_ones(m, part, neg, pshape, f"{name}_term{k}"))
-    p = Signal(pshape, name=f"{name}_ones")
-    m.d.comb += p.eq(adder_tree(parts))
-    return p, Mux(neg, len(slots), 0)
+        parts.append(part)
+    m.d.comb += psum.eq(sum(parts))
+    return _ones(m, psum, neg, pshape, name), neg
 
 
 def adder_tree(values: list) -> Value:
@@ -191,12 +175,6 @@ def adder_tree(values: list) -> Value:
     while len(vals) > 1:
         vals = [vals[i] + vals[i + 1] if i + 1 < len(vals) else vals[i] for i in range(0, len(vals), 2)]
     return vals[0]
-
-
-def times(value, k: int) -> Value:
-    """``value * k`` for a constant ``k >= 1`` as the sum of ``value``'s shifts by ``k``'s set bits
-    (a power of two: wiring only)."""
-    return adder_tree([value << s for s in range(k.bit_length()) if k >> s & 1])
 
 
 def registered_tree(m: Module, values: list, name: str, shape=None, reset_less: bool = False) -> tuple[Signal, int]:
@@ -236,16 +214,15 @@ def weight_fields(wl: LevelSet, codes: np.ndarray) -> np.ndarray:
 
 
 def ones_bit(w, wl: LevelSet) -> Value:
-    """Whether a weight field's product leaves ``+ 1``s to the lane (``product_terms``' ``c ==
-    ones_bit * ones_weight``, which depends on the weight alone): the sign of an APoT weight, zero
-    for a uniform one."""
+    """``product_terms``' ``c`` of a weight field, which depends on the weight alone: the sign of an
+    APoT weight (the ones' complement's ``+ 1``), zero for a uniform one."""
     return w.neg if wl.kind == "apot" else Const(0, 1)
 
 
 def product_terms(m: Module, w, aval, wl: LevelSet, al: LevelSet, name: str = "pe") -> tuple[Signal, Value]:
     """``w * a == p + c`` for a weight field (``weight_field_shape``) and a decoded activation
     (``act_value``): the shift-add PE for APoT weights (at most a few shifted terms per level, no
-    multiplier; ``c`` is the negative weight's ``+ 1``s, ``shift_add_terms``), as the engines compute
+    multiplier; ``c`` is the negative weight's ``+ 1``, ``shift_add_terms``), as the engines compute
     it; a multiplication for uniform weights (``c = 0``; for uniform sets the weight code is the
     weight; a level has up to seven terms, and an 18x18 DSP is the smaller and faster unit for an 8 x
     8-bit product): the PE study (``MacArray``) uses it as written, the conv engines and the FC compute
@@ -369,7 +346,7 @@ def shared_values(m: Module, kind: str, a, wl: LevelSet, al: LevelSet, name: str
     for o in odds:
         if o != 1:
             v = Signal(unsigned((al.denom * o).bit_length()), name=f"{name}_x{o}")
-            m.d.comb += v.eq(times(aval, o))
+            m.d.comb += v.eq(adder_tree([aval << s for s in range(o.bit_length()) if o >> s & 1]))
             out[o] = v
     return out
 
@@ -437,11 +414,7 @@ def variant_reference(kind: str, wcodes, acodes, wl: LevelSet, al: LevelSet) -> 
     aval = np.asarray(al.ints, dtype=np.int64)[acodes]
     neg = (wcodes < 0).astype(np.int64)
     idx = np.abs(wcodes)
-    if kind == "shift-add":  # each term slot inverted on its own (shift_add_terms)
-        parts = [np.asarray([0 if s is None else 1 << s for s in shifts], dtype=np.int64)[idx] * aval
-                 for shifts in term_slots(wl)]
-        return sum(np.where(neg == 1, ~x, x) for x in parts), neg * ones_weight(wl)
-    if kind == "table":
+    if kind in ("shift-add", "table"):
         mag = np.asarray(wl.ints, dtype=np.int64)[idx] * aval
     elif kind == "multiples":
         odd = np.asarray([odd_shift(v)[0] if v else 0 for v in wl.ints])[idx]
@@ -619,10 +592,9 @@ class MacArray(Checked, wiring.Component):
                 bits = Signal(self.fields, name=f"borrows{p}")
                 m.d.sync += bits.eq(Cat(*[c for _, c in terms]))
                 one = adder_tree(list(bits))
-            else:  # a negative weight's + 1s come from the weight register: counted beside the products
-                count = adder_tree([c for _, c in terms])
-                one = Signal(count.shape(), name=f"ones{p}")
-                m.d.sync += one.eq(count)
+            else:  # a negative weight's + 1 comes from the weight register: counted beside the products
+                one = Signal(range(self.fields + 1), name=f"ones{p}")
+                m.d.sync += one.eq(adder_tree([c for _, c in terms]))
             prods.append(lane_p)
             ones.append(one)
         # stage C: each lane's tree; then the accumulators
