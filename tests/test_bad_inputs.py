@@ -394,7 +394,27 @@ GEN_OUT = {  # hand-edited, truncated or mixed-up cycles.json / probes.json: ref
                                     "cycles.json", "field 'layers[1].cycles' is missing"),
     "cycles no model": (_gen_json("cycles.json", lambda o: {k: v for k, v in o.items() if k != "model"}),
                         "cycles.json", "field 'model' is missing"),
+    # made by other generator sources (a build left from before a code change): it would test that code
+    "cycles from other sources": (_gen_json("cycles.json", lambda o: {**o, "generator": "0123456789abcdef"}),
+                                  "cycles.json", "field 'generator' is '0123456789abcdef', expected"),
+    "cycles from an older release": (_gen_json("cycles.json", lambda o: {k: v for k, v in o.items() if k != "generator"}),
+                                     "cycles.json", "field 'generator' is missing (an older release)"),
 }
+
+
+def test_stale_ok_simulates_a_build_from_other_sources(gen_out, tmp_path):
+    """--stale-ok takes what the check refuses: the build as it is (simulation.cmd_sim's first step)."""
+    from types import SimpleNamespace
+
+    from shiftpq.errors import ShiftPQError
+    from shiftpq_cli.simulation import _require_current
+    g = tmp_path / "g"
+    shutil.copytree(gen_out, g)
+    _gen_json("cycles.json", lambda o: {**o, "generator": "0123456789abcdef"})(g)
+    with pytest.raises(ShiftPQError, match="--stale-ok"):
+        _require_current(SimpleNamespace(build=str(g), fuzz=None, stale_ok=False))
+    _require_current(SimpleNamespace(build=str(g), fuzz=None, stale_ok=True))
+    _require_current(SimpleNamespace(build=str(gen_out), fuzz=None, stale_ok=False))  # a current build passes
 
 
 @pytest.mark.parametrize("case", sorted(GEN_OUT))

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--fuzz", type=positive, default=None, metavar="N", help="simulate N random networks instead")
     sm.add_argument("--first-seed", type=int, default=0, help="seed of the first random network (default 0)")
     sm.add_argument("--fuzz-dir", default="build/fuzz", help="where the random networks are built")
+    sm.add_argument("--stale-ok", action="store_true",
+                    help="simulate a --build that other generator sources made (cycles.json's 'generator' differs "
+                    "from these sources'; refused by default: it would test that code, not this one)")
     sm.add_argument("--json", action="store_true", help="print the results as JSON")
 
     sy = sub.add_parser("synth", help="Yosys + nextpnr: resources, Fmax and inferences/s of the generated RTL",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 from shiftpq.cmdline import Result, progress
@@ -122,7 +123,15 @@ def _sim_bench(a) -> str:
     return a.bench
 
 
+def _require_current(a) -> None:
+    """A --build made by these generator sources, unless --stale-ok (outputs.require_current)."""
+    from shiftpq_hw.outputs import read_cycles, require_current
+    if a.build and not a.fuzz and not a.stale_ok and (Path(a.build) / "cycles.json").is_file():
+        require_current(a.build, read_cycles(a.build))  # a missing cycles.json: the backend's own checks say so
+
+
 def cmd_sim(a) -> Simulated | SimulatedHls | Fuzzed:
+    _require_current(a)
     if a.backend == "hls":
         return cmd_sim_hls(a)
     from shiftpq_sim.runner import fuzz, simulate

@@ -19,7 +19,9 @@ renamed into place at the end (never a half-written build):
     <out>/probes.json         per block its RTL instance, ops and the tensor it produces (``plan.probe_map``:
                               the simulators' first-wrong-block diagnosis reads it)
 
-The same tables and ``par`` give byte-identical files.
+The same tables and ``par`` give byte-identical files. cycles.json's ``generator`` is a digest of the
+generator's sources (``generator_digest``): ``shiftpq sim`` refuses a build made by other sources, which
+would test that code instead of this one.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from shiftpq.tables import load_tables, save_tables
 from .dsp import DEFAULT_TARGET, TARGETS, sim_models
 from .estimate import fold_for_device
 from .network import Network
+from .outputs import generator_digest
 from .plan import cycle_model, make_plan, probe_map
 from .verilog import verilog_from_rtlil
 
@@ -101,7 +104,8 @@ def generate(tables: Tables, out: str | Path, par: int | None = DEFAULT_PAR, for
             f"({time.perf_counter() - t0:.1f} s)")
     else:
         plan = make_plan(tables, par, dsp_pairs)
-    model, probes = {**cycle_model(plan, fit), "target": target}, probe_map(plan, TOP)
+    model = {**cycle_model(plan, fit), "target": target, "generator": generator_digest()}
+    probes = probe_map(plan, TOP)
     log(f"planned {len(plan.blocks)} blocks: {model['pes']} PEs, {model['cycles_per_image']} cycles per image, "
         f"utilization {model['utilization']:.1%} ({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()

@@ -41,6 +41,7 @@ from shiftpq.ir import Tables
 from shiftpq.tables import save_tables
 from shiftpq.templating import render
 
+from .outputs import generator_digest
 from .plan import Block, Kind, cycle_model, make_plan
 
 TOP = "shiftpq_top"
@@ -447,7 +448,7 @@ def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool =
     prepare_output(out, force=True)  # writable; whether replacing is allowed is decided below
     t0 = time.perf_counter()
     design = Design(tables, par)
-    model = cycle_model(design.plan)
+    model = {**cycle_model(design.plan), "generator": generator_digest()}
     cyc_text = json.dumps(model, indent=1, sort_keys=True) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     # named as atomic_dir names its temporaries, so that one left by a killed run is removed as stale
