@@ -94,7 +94,7 @@ gen: $(STAMP)
 	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(if $(TARGET),--target $(TARGET)) $(GEN_DEVICE) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)
 
 # `make sim` alone: the default regression; with MODEL=...: that model's generator output (made first
-# when missing), SIM and IMAGES as given. Results: build/MODEL/sim/results.json. BACKEND=hls: the g++ C
+# when missing; one that other generator sources made is refused, FORCE=1 with make gen remakes it), SIM and IMAGES as given. Results: build/MODEL/sim/results.json. BACKEND=hls: the g++ C
 # simulation of build/MODEL/hls/ (build/MODEL/sim/results-hls.json).
 sim: setup
 ifeq ($(origin MODEL),file)
