@@ -196,18 +196,21 @@ def test_threshold_search_compares_registers_into_registers(tmp_path):
 
 
 class _Mac(wiring.Component):
-    """A MacPipeline on ports: 2 lanes x 8 channels of 24 in three chunks."""
+    """A MacPipeline on ports: 2 lanes x 8 channels of 24 in three chunks (``pairs`` of each lane's
+    channels on multipliers)."""
 
-    def __init__(self):
+    def __init__(self, pairs: int = 0):
         self._al = level_set(4, False)
-        super().__init__({"pixel": In(data.ArrayLayout(act_code_shape(self._al), 24)), "weights": In(unsigned(64)),
+        words = np.random.default_rng(0).integers(-7, 8, (4, 16))
+        self._macs = MacPipeline(words, level_set(4, True), self._al, 2, 8, 24, signed(24), pairs)
+        super().__init__({"pixel": In(data.ArrayLayout(act_code_shape(self._al), 24)),
+                          "weights": In(unsigned(self._macs.word_shape.size)),
                           "pad": In(1), "chunk": In(2), "valid": In(1), "first": In(1),
                           "valid2": Out(1), "sums": Out(unsigned(2 * 24))})
 
     def elaborate(self, platform):
         m = Module()
-        words = np.random.default_rng(0).integers(-7, 8, (4, 16))
-        macs = MacPipeline(words, level_set(4, True), self._al, 2, 8, 24, signed(24))
+        macs = self._macs
         macs.build(m, self.pixel, self.weights, self.pad, self.chunk, self.valid, self.first, [])
         m.d.comb += [self.valid2.eq(macs.valid2), self.sums.eq(Cat(*macs.sums))]
         return m
@@ -223,6 +226,22 @@ def test_mac_pipeline_selects_each_channel_under_its_own_control_copy(tmp_path):
     regs, logic = fanout_cone(mod, "pad")
     assert len(regs) == 8 and len(logic) <= 1  # its copies (through their shared reset's select)
     assert registers_reached(mod, "", "sp_sel0") == 1  # a copy: its channel's decode table
+
+
+def test_mac_pipeline_gives_each_lane_its_own_copy_of_the_activations(tmp_path):
+    """Beside multiplier pairs (stage A'), the shift-add PEs read their activations from a copy per
+    lane (``engine.lane_copies``), which survives Yosys' merging of equal registers: each copy reaches
+    its own lane's product registers only (docs/hw-round5-design.md section 21: one register driving a
+    channel's PE in every lane was a routed critical path, 6.46 ns of routing)."""
+    mod = gate_netlist(_Mac(pairs=1), tmp_path)
+    net_of = {b: name for name, net in sorted(mod["netnames"].items()) for b in net["bits"]}
+    n_pe = 8 - 2  # a lane's channels on shift-add PEs: sb_prod{lane * n_pe + k}
+    for lane in range(2):
+        for i in range(n_pe):
+            regs, _ = fanout_cone(mod, "", f"sa_op{lane}_{i}")
+            prods = {net_of[b] for r in regs for p, bits in mod["cells"][r]["connections"].items()
+                     if mod["cells"][r]["port_directions"].get(p) == "output" for b in bits}
+            assert prods == {f"sb_prod{lane * n_pe + i}"}, (lane, i, sorted(prods))
 
 
 # a compare or a carry chain: an adder, a subtraction, or a comparison (or reduction) over 3 or more

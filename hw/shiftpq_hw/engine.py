@@ -73,6 +73,20 @@ def replicas(m: Module, name: str, value, n: int) -> list[Signal]:
     return regs
 
 
+def lane_copies(m: Module, name: str, values, n: int) -> list[list[Signal]]:
+    """``values`` registered (their values one cycle later) in ``n`` copies, one per lane that reads
+    them (``name{copy}_{index}``): data read by every lane (a channel's activation, read by that
+    channel's PE in each lane) then comes from a register the placer can put beside each lane, not
+    from one register routed to all of them. Like ``replicas``' copies they carry ``keep`` (else
+    Yosys' ``opt_merge`` merges them into one); no reset: data that count only with the valid bit
+    staged beside them (the module docstring)."""
+    copies = [[Signal(v.shape(), name=f"{name}{k}_{i}", reset_less=True, attrs={"keep": 1})
+               for i, v in enumerate(values)]
+              for k in range(n)]
+    m.d.sync += [c.eq(v) for lane in copies for c, v in zip(lane, values)]
+    return copies
+
+
 def counter(n: int) -> Signal:
     """A counter over range(n), at least one bit wide (zero-width signals upset Verilog linters)."""
     return Signal(range(max(n, 2)))
@@ -584,15 +598,19 @@ class MacPipeline:
             # a multiplier's operands registered once more, where the placer can put them beside it
             # (the FPGA's multipliers sit in a few columns, far from the weight memory and the
             # activations' decode): stage A'; beside pairs, the shift-add PEs' operands, in step with
-            # the pairs' multipliers
-            *acts_a, wflat_a = data_stage("sa_op", *acts_a, wflat_a)
+            # the pairs' multipliers. The activations in a copy per lane (``lane_copies``): one register
+            # driving a channel's PE in every lane was a routed critical path (6.46 ns of routing to one
+            # lane's term select, PAR 29 with pairs); a copy is read by its own lane's PEs only
+            lane_acts = lane_copies(m, "sa_op", acts_a[d:], lanes)
+            wflat_a, = data_stage("sa_opw", wflat_a)
             wdata_a = self.word_shape(wflat_a)
         if op_stage:
             fours_a = data_stage("sa_op_negs", *fours_a)
             ctl = stage("sa_op_ctl", *ctl)
         if not dsp:
             # stage B: the products, registered; one PE per (lane, input channel of the chunk)
-            terms = [product_terms(m, self._pe_field(wdata_a, p, j), acts_a[j], self.wl, self.al, name=f"pe{p}_{j}")
+            terms = [product_terms(m, self._pe_field(wdata_a, p, j), lane_acts[p][j - d] if op_stage else acts_a[j],
+                                   self.wl, self.al, name=f"pe{p}_{j}")
                      for p in range(lanes) for j in range(d, simd)]
             prods = data_stage("sb_prod", *[t for t, _ in terms])
         # a pair's middle field and borrow bit: bits of its product's register (stage B)
