@@ -85,7 +85,7 @@ bench-hls: $(STAMP)
 # MULT18X18D with their own registers).
 # DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs;
 # DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA
-# (with DSP_PAIRS: up to that many of the DSPs it leaves free as multiplier pairs).
+# (with DSP_PAIRS: up to that many of the DSPs it leaves free as multiplier pairs, up to 82 % of its DSPs in all).
 # An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1. When another
 # target makes the build (`make synth DEVICE=ice40-up5k` with no build/MODEL), an iCE40 DEVICE is left to
 # synth: the fold's estimate is for ECP5s, so the build gets the default PAR, and TARGET=generic.

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="up to N of the FPGA's 18x18 multipliers (MULT18X18D) compute two of the 4-bit convs' "
                     "products each, in place of shift-add PEs in logic; the cycles do not change (default 0; an "
                     "ECP5-85k has 156, ResNet-20 at PAR 22 uses 47 elsewhere). With --device: of the DSPs its fold "
-                    "leaves free, so a larger fold fits")
+                    "leaves free, up to 82%% of the device's DSPs in all (more has not routed on every seed), so a "
+                    "larger fold fits")
     gn.add_argument("--target", choices=("ecp5", "generic"), default=None,
                     help="the FPGA family whose primitives the RTL instantiates: ecp5 (default): each multiplier of "
                     "the convs, the requantization and the FC a MULT18X18D with its own operand and product registers "

@@ -11,6 +11,8 @@ each number comes from and how close the estimate is.
 """
 from __future__ import annotations
 
+import math
+
 from amaranth.hdl import Fragment, Shape, signed, unsigned
 
 from shiftpq import intops, ir
@@ -41,6 +43,11 @@ COST = {  # per unit of cost_features: logic cells (min_logic_cells of Yosys' EC
 # Yosys' count (94 %) and was never placed. Nothing at 90 % or more has routed here: 80 % of the device by
 # Yosys' count is about 85 % by nextpnr's, and the estimate's own error (4 %) is inside the rest.
 MARGIN = 0.80
+# the share of a device's DSP sites a fold's multipliers may use when it gives the free ones to multiplier
+# pairs (``fold_for_device``'s ``pairs``): on the ECP5-85k 128 of 156 (82 %: PAR 29 with 78 pairs) routed on
+# every seed; 148 (95 %: PAR 29 with 98 pairs) on one seed of three, 155 (99 %: PAR 31 and 34) on none
+# (docs/hw-round5-design.md sections 7, 8 and 22)
+PAIR_DSP_SHARE = 0.82
 
 
 def _declared(block: str, module, names) -> list[Mem]:
@@ -235,8 +242,8 @@ def fold_for_device(tables: Tables, device: str, margin: float | None = None,
     """The plan with the fewest cycles per image whose ``estimate`` fits ``device_budget`` (on a tie
     the smallest PAR: the fewest PEs), and cycles.json's ``fit``: the device, the margin, the budget
     and the estimate. ``pairs``: at most this many of the DSPs the plan leaves free compute pairs of
-    PEs (``plan.assign_pairs``), which shrinks the logic a fold needs (0, the default: none; a design
-    with every DSP used has not routed yet, docs/hw-round5-design.md section 7).
+    PEs (``plan.assign_pairs``), which shrinks the logic a fold needs (0, the default: none), up to
+    ``PAIR_DSP_SHARE`` of the device's DSPs in all (designs with more have not routed on every seed).
     PAR runs from 1 to the largest conv's PEs unfolded; the logic model is searched first (pure,
     milliseconds a plan; with the most pairs any PAR could have, a lower bound), the memories and
     multipliers counted for the candidates (seconds). Nothing fits: ShiftPQError, one line naming
@@ -247,7 +254,8 @@ def fold_for_device(tables: Tables, device: str, margin: float | None = None,
     budget = device_budget(device, margin)
     convs = [op for op in tables.ops if isinstance(op, ir.Conv)]
     top = max(len(op.kept) * len(op.in_channels) for op in convs)  # the largest conv's PEs, unfolded
-    most = min(pairs, budget["dsps"])  # pairs any plan may get
+    pair_dsps = math.ceil(PAIR_DSP_SHARE * budget["dsps"])  # the DSPs a plan with pairs may use in all
+    most = min(pairs, pair_dsps)  # pairs any plan may get
 
     def quick_fits(par: int) -> bool:  # the logic model without the constant tables' LUTs (a lower bound)
         fs = [cost_features(make_plan(tables, par, n)) for n in {0, most}]
@@ -257,7 +265,7 @@ def fold_for_device(tables: Tables, device: str, margin: float | None = None,
         """The plan at ``par`` with as many pairs as the DSPs it leaves free allow (and ``pairs``)."""
         plan = make_plan(tables, par)
         est = estimate(plan)
-        free = min(most, budget["dsps"] - est["dsps"])
+        free = min(most, pair_dsps - est["dsps"])
         if free > 0:
             paired = make_plan(tables, par, free)
             if any(b.pairs for b in paired.blocks):
