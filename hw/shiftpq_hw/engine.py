@@ -40,6 +40,7 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .dsp import GENERIC, Target, registered_products
+from .kept import kept_register
 from .memmap import NO_COLLISION, rom_port
 from .queues import CreditQueue, select, wrap_increment
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair_fields, dsp_pair_operands, dsp_pairs_fit,
@@ -61,30 +62,22 @@ def spans(count: int, width: int) -> list[range]:
 
 
 def replicas(m: Module, name: str, value, n: int) -> list[Signal]:
-    """``value`` registered (its value one cycle later) in ``n`` copies, one per part of a wide
-    register it controls (``spans``): the load of a register hundreds of bits wide, spread over the
-    placement, is then a few copies each placed beside its part, not one register driving hundreds
-    of loads through a tree of LUTs (the load of the shortcut's lane register was the critical path
-    of two of three routed seeds: 6.4 + 3.9 ns of routing). The copies carry ``keep``: Yosys'
-    ``opt_merge`` merges equal registers back into one unless the cell is kept, which the synth
-    scripts do for the cell driving a kept wire (templates/synth/)."""
-    regs = [Signal(value.shape(), name=f"{name}{k}", attrs={"keep": 1}) for k in range(n)]
-    m.d.sync += [r.eq(value) for r in regs]
-    return regs
+    """``value`` registered (its value one cycle later) in ``n`` copies (``kept.kept_register``),
+    one per part of a wide register it controls (``spans``): the load of a register hundreds of
+    bits wide, spread over the placement, is then a few copies each placed beside its part, not one
+    register driving hundreds of loads through a tree of LUTs (the load of the shortcut's lane
+    register was the critical path of two of three routed seeds: 6.4 + 3.9 ns of routing)."""
+    return [kept_register(m, f"{name}{k}", value) for k in range(n)]
 
 
 def lane_copies(m: Module, name: str, values, n: int) -> list[list[Signal]]:
-    """``values`` registered (their values one cycle later) in ``n`` copies, one per lane that reads
-    them (``name{copy}_{index}``): data read by every lane (a channel's activation, read by that
-    channel's PE in each lane) then comes from a register the placer can put beside each lane, not
-    from one register routed to all of them. Like ``replicas``' copies they carry ``keep`` (else
-    Yosys' ``opt_merge`` merges them into one); no reset: data that count only with the valid bit
-    staged beside them (the module docstring)."""
-    copies = [[Signal(v.shape(), name=f"{name}{k}_{i}", reset_less=True, attrs={"keep": 1})
-               for i, v in enumerate(values)]
-              for k in range(n)]
-    m.d.sync += [c.eq(v) for lane in copies for c, v in zip(lane, values)]
-    return copies
+    """``values`` registered (their values one cycle later) in ``n`` copies (``kept.kept_register``),
+    one per lane that reads them (``name{copy}_{index}``): data read by every lane (a channel's
+    activation, read by that channel's PE in each lane) then comes from a register the placer can
+    put beside each lane, not from one register routed to all of them. No reset: data that count
+    only with the valid bit staged beside them (the module docstring)."""
+    return [[kept_register(m, f"{name}{k}_{i}", v, reset_less=True) for i, v in enumerate(values)]
+            for k in range(n)]
 
 
 def counter(n: int) -> Signal:

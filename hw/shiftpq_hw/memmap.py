@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Shape, Signal
+from amaranth.hdl import Module, Shape, Signal, Value
 from amaranth.lib.memory import Memory
 
+from .kept import kept_register
 from .queues import select
 
 
@@ -92,13 +93,21 @@ def bram_cells(mem: Mem) -> tuple[str, int]:
     return kind, cells
 
 
+# bits of a SplitRom's word whose pick one copy of the registered part select drives: a weight word
+# of a ResNet-20 engine is up to 160 bits (five copies), and its one select register, routed across
+# the engine, was the critical path of PAR 29 with pairs on seed 2 (docs/hw-round5-design.md
+# section 22)
+SELECT_SPAN = 32
+
+
 class SplitRom:
     """A constant table that Yosys would build of LUTs (too small for a block RAM), read like a
     memory's synchronous read port (``addr``, ``en``; ``data`` the word one cycle after its
     address), built as ``parts`` (2 or 4) tables: word ``w`` is word ``w // parts`` of part ``w %
     parts`` (submodule ``<name><part>``); every part is read at ``addr // parts`` and ``data`` picks
-    one by the address's low bits, registered beside them. The pick (a LUT or two) lands before the
-    reader's next register, and a part of at most 16 words (every part of a table up to 64 words) is
+    one by the address's low bits, registered beside them, in a copy per ``SELECT_SPAN`` bits of the
+    word (``<name>_low<copy>``). The pick (a LUT or two) lands before the reader's next register,
+    and a part of at most 16 words (every part of a table up to 64 words) is
     a function of four address bits: a whole table of a layer-1 engine (54 words of 96 bits) was six
     levels of LUTs behind an address register with a fanout of 95 (the engine's deepest path), and
     so were its halves (27 words: Yosys' mapping does not make a 5-input function two levels deep).
@@ -130,13 +139,16 @@ class SplitRom:
             ports.append(mem.read_port())
         self.addr = Signal(range(len(self.init)), name=f"{name}__addr")
         self.en = Signal(init=1, name=f"{name}__en")
-        low = Signal(k, name=f"{name}_low")
         for p in ports:
             m.d.comb += [p.addr.eq(self.addr >> k), p.en.eq(self.en)]
-        with m.If(self.en):
-            m.d.sync += low.eq(self.addr[:k])
         self.data = Signal(self.shape, name=f"{name}__data")
-        select(m, self.data, [p.data for p in ports], low)
+        width = Shape.cast(self.shape).width
+        # the address's low bits, registered once per SELECT_SPAN bits of the word (``kept``), each
+        # copy picking its span only
+        for c, lo in enumerate(range(0, width, SELECT_SPAN)):
+            hi = min(lo + SELECT_SPAN, width)
+            low = kept_register(m, f"{name}_low{c}", self.addr[:k], en=self.en)
+            select(m, Value.cast(self.data)[lo:hi], [Value.cast(p.data)[lo:hi] for p in ports], low)
         return self
 
 
