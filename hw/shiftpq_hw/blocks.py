@@ -22,6 +22,7 @@ from .dsp import registered_products, target_of
 from .pe import (act_code_shape, act_value, adder_tree, pack_words, product_shape, product_terms, weight_code_shape,
                  weight_field_shape, weight_fields)
 from .engine import OutputAssembly, advance, last_flag, replicas, spans
+from .kept import KEEP
 from .requant import AFFINE_STAGES, Pipe, affine_unit, signed_width
 
 
@@ -183,7 +184,7 @@ class CodeLUT(Checked, wiring.Component):
         m.d.sync += staged.eq(self.i.payload)
         parts = spans(c, iw)
         loads = replicas(m, "codes_load", take, len(parts))
-        runs = [Signal(name=f"run{k}", attrs={"keep": 1}) for k in range(len(parts))]
+        runs = [Signal(name=f"run{k}", attrs=KEEP) for k in range(len(parts))]
         flat, shifted = p1.as_value(), Cat(p1.as_value()[lanes * iw:], Const(0, lanes * iw))
         for part, load, run_k in zip(parts, loads, runs):
             bits = slice(part.start * iw, part.stop * iw)

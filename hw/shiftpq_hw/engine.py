@@ -40,7 +40,7 @@ from shiftpq import intops
 from shiftpq.levels import LevelSet
 
 from .dsp import GENERIC, Target, registered_products
-from .kept import kept_register
+from .kept import KEEP, kept_register
 from .memmap import NO_COLLISION, rom_port
 from .queues import CreditQueue, select, wrap_increment
 from .pe import (IMAGE, act_code_shape, act_value, adder_tree, dsp_pair_fields, dsp_pair_operands, dsp_pairs_fit,
@@ -412,7 +412,7 @@ class ShortcutQueue:
         loads = replicas(m, "rsr_load", load, len(parts))
         firsts = replicas(m, "rsr_first", load & (group == 0), len(parts))
         for k, (part, en, first) in enumerate(zip(parts, loads, firsts)):
-            rptr = Signal(range(max(depth, 2)), name=f"rsr_rptr{k}", attrs={"keep": 1})
+            rptr = Signal(range(max(depth, 2)), name=f"rsr_rptr{k}", attrs=KEEP)
             with m.If(first):
                 m.d.sync += rptr.eq(wrap_increment(rptr, depth))
             for q in part:  # position q: the oldest pixel's channel order[q], or the value lanes on
@@ -844,12 +844,10 @@ class OutputAssembly:
         tables = self.tables
         rows = [row for row in range(self.groups << self.lane_bits) if any(t[row] is not None for t in tables)]
         for e, entry in enumerate(q.entries):
-            # (``keep``, as ``replicas``: equal registers are otherwise merged back into one)
-            v = Signal(name=f"oq{e}_valid", attrs={"keep": 1})
-            where = Signal(len(turn) + len(group), name=f"oq{e}_row", attrs={"keep": 1})
-            cs = [Signal(c.shape(), name=f"oq{e}_code{u}", reset_less=True, attrs={"keep": 1})
-                  for u, c in enumerate(codes)]
-            m.d.sync += [v.eq(valid), where.eq(Cat(turn, group)), *[r.eq(c) for r, c in zip(cs, codes)]]
+            # (``kept``: equal registers are otherwise merged back into one)
+            v = kept_register(m, f"oq{e}_valid", valid)
+            where = kept_register(m, f"oq{e}_row", Cat(turn, group))
+            cs = [kept_register(m, f"oq{e}_code{u}", c, reset_less=True) for u, c in enumerate(codes)]
             at = Signal(name=f"oq_at{e}")  # the entry being assembled
             m.d.comb += at.eq(v & q.at(e))
             for row in rows:
