@@ -245,7 +245,6 @@ def test_mac_pipeline_gives_each_lane_its_own_copy_of_the_activations(tmp_path):
             assert prods == {f"sb_prod{lane * n_pe + i}"}, (lane, i, sorted(prods))
 
 
-
 class _SplitRom(wiring.Component):
     """A ``SplitRom`` of 54 words of 96 bits in four parts (a layer-1 engine's weight table) on ports."""
 
@@ -279,6 +278,7 @@ def test_split_rom_picks_each_span_of_the_word_under_its_own_select_copy(tmp_pat
         span = set(range(c * SELECT_SPAN, min((c + 1) * SELECT_SPAN, 96)))
         assert picked and picked <= span, (c, sorted(picked - span))
     assert all(b in driver for b in data)
+
 
 # a compare or a carry chain: an adder, a subtraction, or a comparison (or reduction) over 3 or more
 # signal bits, as the word-level netlist names them
