@@ -21,6 +21,7 @@ from shiftpq.ir import Tables
 from shiftpq.tables import load_tables, save_tables
 from shiftpq.testnets import images, random_net
 from shiftpq_cli import main
+from shiftpq_hw.gen import generate
 from shiftpq_hw.hls import DESIGN_FILES, HLS_DIR, generate_hls
 from shiftpq_hw.hls_csim import simulate_hls
 from shiftpq_hw.plan import Kind, make_plan
@@ -65,6 +66,14 @@ def test_gen_hls_is_deterministic_and_keeps_an_rtl_build_of_the_same_plan(tiny_h
     (again / "rtl").mkdir()
     generate_hls(tables, again, 4)
     assert (again / "rtl").is_dir() and (again / HLS_DIR).is_dir()
+    # ... as the RTL generator writes it (its cycles.json names the target): its files are kept
+    rtl = tmp_path / "rtl-build"
+    generate(tables, rtl, 4)
+    before = {p.relative_to(rtl): p.read_bytes() for p in rtl.rglob("*") if p.is_file()}
+    generate_hls(tables, rtl, 4)
+    assert _hls_files(rtl) == _hls_files(again)
+    assert {p.relative_to(rtl): p.read_bytes() for p in rtl.rglob("*") if p.is_file() and HLS_DIR not in p.parts} \
+        == before
 
 
 def test_sim_hls_tiny_is_bit_exact_on_cifar_and_reuses_its_build(tiny_hls, cifar_dir, capsys):

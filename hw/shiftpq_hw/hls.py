@@ -454,8 +454,7 @@ def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool =
     # named as atomic_dir names its temporaries, so that one left by a killed run is removed as stale
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=temporary_prefix(out)) as scratch:
         save_tables(tables, Path(scratch) / "tables")  # the tables exactly as an RTL build holds them
-        same = (out / "cycles.json").is_file() and (out / "cycles.json").read_text() == cyc_text and \
-            _same_tree(Path(scratch) / "tables", out / "tables")
+        same = _same_cycle_model(out / "cycles.json", model) and _same_tree(Path(scratch) / "tables", out / "tables")
     if same and (out / HLS_DIR).exists() and not force:
         raise ShiftPQError(f"{out / HLS_DIR}: already exists; pass --force to replace it (its contents are lost)")
     if not same:
@@ -479,6 +478,21 @@ def generate_hls(tables: Tables, out: str | Path, par: int | None, force: bool =
 def _write(d: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         (d / name).write_text(text)
+
+
+# cycles.json's fields that only an RTL build has: the FPGA family its RTL instantiates primitives of
+# (the cycles are the same for every target, dsp.py)
+RTL_ONLY_FIELDS = ("target",)
+
+
+def _same_cycle_model(path: Path, model: dict) -> bool:
+    """``path`` holds ``model``, but for the RTL's own fields: an output of the same design (an RTL
+    build without multiplier pairs, whose cycles and latency are the HLS design's)."""
+    try:
+        held = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(held, dict) and {k: v for k, v in held.items() if k not in RTL_ONLY_FIELDS} == model
 
 
 def _same_tree(a: Path, b: Path) -> bool:
