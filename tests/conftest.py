@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "sw"))
 sys.path.insert(0, str(ROOT / "hw"))
 sys.path.insert(0, str(ROOT / "sim"))
+sys.path.insert(0, str(ROOT / "cli"))  # this tree's CLI, not the one a venv installed from another checkout
 
 
 @pytest.fixture(scope="session")

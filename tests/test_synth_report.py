@@ -94,6 +94,22 @@ def test_a_design_too_large_for_the_device_gets_a_clear_message(tmp_path, capsys
     assert r["fmax_mhz"] is None and r["inferences_per_s"] is None and "place and route skipped" in r["reason"]
 
 
+def test_a_stopped_nextpnr_is_one_line_not_its_log(tmp_path, monkeypatch):
+    """A seed whose nextpnr was stopped by a signal (a user's kill, a time limit) is reported as
+    that, in one line, not as a failure with the tail of its log (the unconstrained pins' warnings)."""
+    import subprocess
+    from shiftpq_hw import synth
+    warnings = "".join(f"Warning: IO 'cycles[{i}]' is unconstrained in LPF\n" for i in range(40))
+    (tmp_path / "nextpnr.log").write_text(warnings)
+    monkeypatch.setattr(synth, "_run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, -15, "", warnings))
+    r = synth.run_nextpnr(tmp_path, "ecp5-85k", 100.0, 3, {}, log=lambda s: None)
+    assert r["fits"] is False and r["fmax_mhz"] is None
+    assert r["reason"] == f"nextpnr stopped by SIGTERM after {r['nextpnr_s']:.0f} s"
+    monkeypatch.setattr(synth, "_run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 1, "", warnings))
+    assert synth.run_nextpnr(tmp_path, "ecp5-85k", 100.0, 3, {}, log=lambda s: None)["reason"].startswith(
+        "nextpnr failed (exit status 1): ")
+
+
 def test_synth_of_a_missing_build_names_the_file(tmp_path, capsys):
     assert main(["synth", "--build", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err

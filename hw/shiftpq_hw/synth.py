@@ -20,6 +20,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +74,13 @@ def _tool(name: str) -> str:
     if not found:
         raise ShiftPQError(f"{name} not found: install the project's dependencies (make setup)")
     return found
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -171,6 +179,9 @@ def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, yosys_cells
     r["nextpnr_s"] = round(time.perf_counter() - t1, 1)
     r["nextpnr_command"] = " ".join([f"yowasp-nextpnr-{dev.family}", *args])
     pnr_log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").is_file() else n.stdout + n.stderr
+    if n.returncode < 0:  # stopped from outside (a signal): its log ends in whatever it was doing
+        r["reason"] = f"nextpnr stopped by {_signal_name(-n.returncode)} after {r['nextpnr_s']:.0f} s"
+        return r
     if n.returncode != 0 or not (work / "pnr.json").is_file():
         r["reason"] = (f"nextpnr failed (exit status {n.returncode}): "
                        + (" ".join(_errors(pnr_log)) or (n.stderr or pnr_log)[-1000:]))
