@@ -178,11 +178,11 @@ def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, yosys_cells
     n = _run([_tool(f"yowasp-nextpnr-{dev.family}"), *args], work)
     r["nextpnr_s"] = round(time.perf_counter() - t1, 1)
     r["nextpnr_command"] = " ".join([f"yowasp-nextpnr-{dev.family}", *args])
-    pnr_log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").is_file() else n.stdout + n.stderr
     if n.returncode < 0:  # stopped from outside (a signal): its log ends in whatever it was doing
         r["reason"] = f"nextpnr stopped by {_signal_name(-n.returncode)} after {r['nextpnr_s']:.0f} s"
         return r
     if n.returncode != 0 or not (work / "pnr.json").is_file():
+        pnr_log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").is_file() else n.stdout + n.stderr
         r["reason"] = (f"nextpnr failed (exit status {n.returncode}): "
                        + (" ".join(_errors(pnr_log)) or (n.stderr or pnr_log)[-1000:]))
         return r
