@@ -108,6 +108,14 @@ def test_a_stopped_nextpnr_is_one_line_not_its_log(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "_run", lambda cmd, cwd: subprocess.CompletedProcess(cmd, 1, "", warnings))
     assert synth.run_nextpnr(tmp_path, "ecp5-85k", 100.0, 3, {}, log=lambda s: None)["reason"].startswith(
         "nextpnr failed (exit status 1): ")
+    # the CLI's line: a stopped seed was not placed, which says nothing of whether the design fits
+    from shiftpq_cli.hardware import Synthesized
+    report = {"model": "resnet20", "device": "ecp5-85k", "fits": False, "seed": 3, "seeds": [r, r],
+              "reason": r["reason"]}
+    assert Synthesized(report, "r.json").problems() == [
+        f"resnet20 was not placed on ecp5-85k (seed 3): {r['reason']} (report: r.json)"]
+    report["reason"] = "over capacity: DP16KD 210/208"
+    assert Synthesized(report, "r.json").problems()[0].startswith("resnet20 does not fit ecp5-85k (seed 3): over")
 
 
 def test_synth_of_a_missing_build_names_the_file(tmp_path, capsys):

@@ -103,9 +103,13 @@ class Synthesized(Result):
         return [*lines, f"wrote {self.path}"]
 
     def problems(self) -> list[str]:
+        from shiftpq_hw.synth import STOPPED
         r = self.report
         seed = f" (seed {r['seed']})" if len(r.get("seeds") or ()) > 1 else ""
-        return [] if self.passed else [f"{r['model']} does not fit {r['device']}{seed}: {r['reason']} (report: {self.path})"]
+        # a stopped seed was not placed: whether the design fits is not known
+        verdict = "was not placed on" if (r["reason"] or "").startswith(STOPPED) else "does not fit"
+        return [] if self.passed else [
+            f"{r['model']} {verdict} {r['device']}{seed}: {r['reason']} (report: {self.path})"]
 
 
 def cmd_synth(a) -> Synthesized:

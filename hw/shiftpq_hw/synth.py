@@ -76,6 +76,9 @@ def _tool(name: str) -> str:
     return found
 
 
+STOPPED = "nextpnr stopped by"  # how a seed's reason begins when its nextpnr was stopped from outside
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -179,7 +182,7 @@ def run_nextpnr(work: Path, device: str, freq_mhz: float, seed: int, yosys_cells
     r["nextpnr_s"] = round(time.perf_counter() - t1, 1)
     r["nextpnr_command"] = " ".join([f"yowasp-nextpnr-{dev.family}", *args])
     if n.returncode < 0:  # stopped from outside (a signal): its log ends in whatever it was doing
-        r["reason"] = f"nextpnr stopped by {_signal_name(-n.returncode)} after {r['nextpnr_s']:.0f} s"
+        r["reason"] = f"{STOPPED} {_signal_name(-n.returncode)} after {r['nextpnr_s']:.0f} s"
         return r
     if n.returncode != 0 or not (work / "pnr.json").is_file():
         pnr_log = (work / "nextpnr.log").read_text() if (work / "nextpnr.log").is_file() else n.stdout + n.stderr
