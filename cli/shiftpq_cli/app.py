@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "GEN_DIR/synth/report.json (device, luts, ffs, brams, dsps, fmax_mhz, fits, inferences_per_s, "
                         "latency; with several seeds, each seed's figures, their min / median / max, and at the top "
                         "the worst seed's) parsed from the tools' own reports, nextpnr's files in "
-                        "GEN_DIR/synth/seed<N>/. Exit code 1 when the design does not fit the device.")
+                        "GEN_DIR/synth/seed<N>/. Exit code 1 when the design does not fit the device, or when a seed's "
+                        "nextpnr was stopped by a signal before it finished (the line printed says which).")
     sy.set_defaults(run=hardware.cmd_synth)
     sy.add_argument("--build", required=True, metavar="GEN_DIR", help="a `shiftpq gen` output directory")
     from shiftpq_hw.synth import DEFAULT_DEVICE
@@ -194,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command and print its result. Exit codes: 0 done, 1 a check failed (a mismatch,
-    agreement below --min-agreement, a design that does not fit), 2 bad input (one line naming the
-    file, field or option), 130 Ctrl-C, 141 stdout closed by its reader, 143 SIGTERM."""
+    agreement below --min-agreement, a design that does not fit or was not placed), 2 bad input (one
+    line naming the file, field or option), 130 Ctrl-C, 141 stdout closed by its reader, 143 SIGTERM."""
     return cmdline.main(argv, build_parser)
 
 

@@ -79,7 +79,7 @@ def cmd_gen(a) -> Generated:
 @dataclass(frozen=True)
 class Synthesized(Result):
     """Yosys + nextpnr's figures (``synth.synthesize``, also in ``path``); exit 1 when the design
-    does not fit the device."""
+    does not fit the device or a seed's nextpnr was stopped (``synth.STOPPED``)."""
     report: dict
     path: str
 
