@@ -50,7 +50,7 @@ $(PY):
 # (a second worktree whose .venv links to the first's) is refused, not silently re-pointed here.
 $(STAMP): pyproject.toml | $(PY)
 	@if [ -s $@ ] && [ "$$(cat $@)" != "$(CURDIR)" ]; then \
-	  echo "make: $(VENV)/.installed: the venv is installed from $$(cat $@), not $(CURDIR); give this tree its own (VENV=path)" >&2; exit 2; fi
+	  echo "make: $(VENV)/.installed: the venv is installed from $$(cat $@), not $(CURDIR); give this tree its own (VENV=path) or remove $(VENV)" >&2; exit 2; fi
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
 	echo "$(CURDIR)" > $@
 

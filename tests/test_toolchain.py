@@ -46,7 +46,7 @@ def test_setup_refuses_a_venv_installed_from_another_tree(tmp_path):
     r = subprocess.run(["make", "-s", f"VENV={venv}", f"{venv}/.installed"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.splitlines()[0] == (f"make: {venv}/.installed: the venv is installed from /elsewhere/shiftpq, "
-                                        f"not {ROOT}; give this tree its own (VENV=path)")
+                                        f"not {ROOT}; give this tree its own (VENV=path) or remove {venv}")
     assert not (tmp_path / "calls").exists()
     # a venv stamped by this tree, or by the code before stamps named their tree, is (re)installed
     for stamp in (f"{ROOT}\n", ""):
