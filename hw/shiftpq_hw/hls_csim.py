@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shiftpq import children
 from shiftpq.atomic import write_text_atomic
 from shiftpq.errors import ShiftPQError
 from shiftpq.golden import Golden, predict, run_batched
@@ -73,7 +74,7 @@ def build_csim(gen_dir: Path, log=lambda s: None) -> tuple[Path, float, bool]:
     log(f"building the C simulation (g++) in {build}")
     tmp = Path(tempfile.mkdtemp(dir=build.parent, prefix=".build-"))
     try:
-        r = subprocess.run(["make", "-s", "-C", str(src), f"BUILD={tmp.resolve()}", "csim"], capture_output=True, text=True)
+        r = children.run(["make", "-s", "-C", str(src), f"BUILD={tmp.resolve()}", "csim"])
         if r.returncode != 0:
             raise ShiftPQError(f"g++ failed on {src} (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
         os.replace(tmp, build)
@@ -104,8 +105,8 @@ def run_csim(exe: Path, images: np.ndarray, work: Path, jobs: int, classes: int,
             img, out = work / f"images-{k}.bin", work / f"scores-{k}.bin"
             img.write_bytes(image_bytes(images[a:b]))
             out.unlink(missing_ok=True)
-            p = subprocess.Popen([str(exe), str(img), str(out)], stdout=subprocess.PIPE,
-                                 stderr=open(work / f"csim-{k}.log", "w"), text=True)
+            p = children.popen([str(exe), str(img), str(out)], stdout=subprocess.PIPE,
+                               stderr=open(work / f"csim-{k}.log", "w"), text=True)
             procs.append((p, a, b, out, work / f"csim-{k}.log"))
             threads.append(threading.Thread(target=follow, args=(p,), daemon=True))
             threads[-1].start()
@@ -113,7 +114,9 @@ def run_csim(exe: Path, images: np.ndarray, work: Path, jobs: int, classes: int,
             t.join()
     scores = np.zeros((n, classes), dtype=np.int64)
     for p, a, b, out, logf in procs:
-        if p.wait() != 0:
+        code = p.wait()
+        children.forget(p)
+        if code != 0:
             raise ShiftPQError(f"the C simulation failed (exit {p.returncode}) on images {a}..{b - 1}: "
                                f"{logf.read_text().strip()[-2000:]}")
         got = np.frombuffer(out.read_bytes(), dtype="<i4")

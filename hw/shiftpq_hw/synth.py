@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shiftpq import children
 from shiftpq.atomic import atomic_dir
 from shiftpq.errors import ShiftPQError
 from shiftpq.templating import render
@@ -88,7 +89,7 @@ def _signal_name(number: int) -> str:
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # YoWASP tools run as WebAssembly and see only paths relative to their working directory
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    return children.run(cmd, cwd=cwd)
 
 
 def min_logic_cells(cells: dict[str, int], family: str) -> int:
@@ -286,9 +287,12 @@ def synthesize(build: str | Path, device: str = DEFAULT_DEVICE, freq_mhz: float 
             for s in seeds:
                 (tmp / f"seed{s}").mkdir()
             workers = max(1, min(jobs or os.cpu_count() or 1, len(seeds)))
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pool = concurrent.futures.ThreadPoolExecutor(workers)
+            try:
                 rows = list(pool.map(lambda s: run_nextpnr(tmp / f"seed{s}", device, freq_mhz, s, base["yosys_cells"],
                                                            "..", log), seeds))
+            finally:  # stopped (Ctrl-C, SIGTERM): no queued seed starts (children.stop_all refuses it too)
+                pool.shutdown(cancel_futures=True)
         else:
             rows = [_unplaced(s, base["reason"]) for s in seeds]
         for row in rows:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shiftpq import children
 from shiftpq.atomic import atomic_dir
 from shiftpq.errors import ShiftPQError
 
@@ -121,7 +122,7 @@ def build(gen_dir: str | Path, waves: bool = False, log=lambda s: None) -> tuple
         (tmp / f"{WRAPPER}.v").write_text(wrapper)
         cmd = [_verilator(), "--cc", "--exe", "--build", "-j", jobs, "--top-module", WRAPPER, "--prefix", model_class,
                "--Mdir", "obj", *options, str(rtl), *map(str, models), f"{WRAPPER}.v", "harness.cpp", "-o", model_class]
-        p = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        p = children.run(cmd, cwd=tmp)  # make and a compiler per file: stopped with it
         (tmp / "build.log").write_text(p.stdout + p.stderr)
         if p.returncode != 0:
             keep = gen_dir / "sim" / "harness" / f"failed-{key}.log"
@@ -236,7 +237,7 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
                    "--gap", str(_threshold(gap)), "--stall", str(_threshold(stall)), "--seed", str(seed + k),
                    *(["--vcd", f"shard{k}.vcd"] if waves else [])]
             err = open(work / f"shard{k}.err", "w")
-            p = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=err, text=True)
+            p = children.popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=err, text=True)
             err.close()
             procs.append((p, time.perf_counter()))
             t = threading.Thread(target=follow, args=(p,), daemon=True)
@@ -247,12 +248,11 @@ def run(gen_dir: str | Path, images: np.ndarray, labels: np.ndarray | None = Non
             for p, start in procs:
                 _, status, usage = os.wait4(p.pid, 0)  # the shard's own CPU time, whatever else runs
                 p.returncode = os.waitstatus_to_exitcode(status)
+                children.forget(p)
                 walls.append(time.perf_counter() - start)
                 cpus.append(usage.ru_utime + usage.ru_stime)
         except BaseException:  # interrupted: stop every shard, leave no process behind
-            for p, _ in procs:
-                p.kill()
-                p.wait()
+            children.stop([p for p, _ in procs])
             raise
         for t in readers:
             t.join()

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from . import children
 from .errors import ShiftPQError
 
 # -- argument types: each refuses a bad value with one line naming what it expected ---------------
@@ -154,7 +155,11 @@ class Terminated(BaseException):
 
 
 def _terminate(signum, frame):
-    raise Terminated()
+    children.on_signal(Terminated())
+
+
+def _interrupt(signum, frame):
+    children.on_signal(KeyboardInterrupt())  # in sessions of their own, children miss the terminal's Ctrl-C
 
 
 def _one_line(text) -> str:
@@ -176,10 +181,14 @@ def main(argv: list[str] | None, build_parser: Callable[[], argparse.ArgumentPar
     mismatch, agreement below --min-agreement, a design that does not fit), 2 bad input (one line
     naming the file, field or option), 130 Ctrl-C, 141 stdout closed by its reader, 143 SIGTERM."""
     import signal
+    children.allow()
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        for sig, handler in ((signal.SIGTERM, _terminate), (signal.SIGINT, _interrupt)):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # a job started with `&` ignores Ctrl-C: keep it so
+                previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
-        previous = None
+        pass
     try:
         args = build_parser().parse_args(argv)
         return show(args.run(args), getattr(args, "json", False))
@@ -199,8 +208,8 @@ def main(argv: list[str] | None, build_parser: Callable[[], argparse.ArgumentPar
     except Terminated:
         return _fail("shiftpq: terminated by SIGTERM (nothing half-written is left)", 143)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- shiftpq train ------------------------------------------------------------------------------

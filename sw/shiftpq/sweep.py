@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cmdline
+from . import children, cmdline
 from .atomic import write_text_atomic
 from .cmdline import Parser, Result, add_train_arguments, seconds
 from .errors import ShiftPQError
@@ -269,13 +268,14 @@ class LocalBackend:
         f = open(log_path, "ab")
         f.write(f"$ {' '.join(cmd)}\n".encode())
         f.flush()
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True)
+        p = children.popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env())
         self.procs[name] = (p, f)
 
     def poll(self, name: str) -> int | None:
         p, f = self.procs[name]
         rc = p.poll()
         if rc is not None:
+            children.forget(p)
             f.close()
             del self.procs[name]
         return rc
@@ -283,16 +283,8 @@ class LocalBackend:
     def stop_all(self, grace: float = 10.0) -> None:
         """SIGTERM every child still running (its last epoch's checkpoint stays: writes are atomic),
         SIGKILL after ``grace`` seconds."""
-        for p, _ in self.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        end = time.monotonic() + grace
-        for p, f in self.procs.values():
-            try:
-                p.wait(max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        children.stop([p for p, _ in self.procs.values()], grace)
+        for _, f in self.procs.values():
             f.close()
         self.procs.clear()
 
