@@ -174,3 +174,43 @@ def test_report_counts_render_a_figure_a_stopped_run_never_measured():
     assert count(55296) == "55,296" and count(None) == "n/a"
     t = environment().from_string("{{ sim.cycles_per_image|count }} / {{ sim.latency_cycles|count }}")
     assert t.render(sim={"cycles_per_image": None, "latency_cycles": 184765}) == "n/a / 184,765"
+
+
+class _Resets(__import__("amaranth").hdl.Elaboratable):
+    """Three registers: ``a`` reset by the design's reset; ``b`` and ``c`` without one, loaded with 0
+    under a condition of their own (Yosys would give each a synchronous reset from the logic)."""
+
+    def __init__(self):
+        from amaranth.hdl import Signal
+        self.d, self.clr, self.x, self.y, self.q = Signal(8), Signal(), Signal(), Signal(), Signal(8)
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Module, Signal
+        m = Module()
+        a, b, c = Signal(8, name="a"), Signal(8, name="b", reset_less=True), Signal(8, name="c", reset_less=True)
+        m.d.sync += [a.eq(self.d + 1), b.eq(self.d ^ 0x5A), c.eq(self.d - 3)]
+        with m.If(self.clr):
+            m.d.sync += b.eq(0)
+        with m.If(self.x & self.y):
+            m.d.sync += c.eq(0)
+        m.d.comb += self.q.eq(a ^ b ^ c)
+        return m
+
+
+def test_only_the_design_reset_drives_the_flip_flops_lsr(tmp_path):
+    """The 8 flip-flops of an ECP5 logic tile share one LSR net: a register that Yosys gives a
+    synchronous reset of its own (a load of 0 under a condition) would take a tile to itself. The
+    ECP5 flow keeps the LSR pin for the design's reset and puts every other condition in the logic."""
+    from amaranth.back import rtlil
+    from shiftpq_hw.gen import RESET
+    from shiftpq_hw.synth import run_flow
+    dut = _Resets()
+    (tmp_path / "t.il").write_text(rtlil.convert(dut, name="top", ports=[dut.d, dut.clr, dut.x, dut.y, dut.q]))
+    run_flow(tmp_path, "t.il", "top", "ecp5-85k", place=False, log=lambda *a: None)
+    top = json.loads((tmp_path / "netlist.json").read_text())["modules"]["top"]
+    reset_bits = top["netnames"][RESET]["bits"]
+    ffs = [c for c in top["cells"].values() if c["type"] == "TRELLIS_FF"]
+    lsr = [c["connections"].get("LSR", ["0"]) for c in ffs]
+    assert len(ffs) == 24
+    assert sum(b == reset_bits for b in lsr) == 8, lsr  # a's eight
+    assert all(b in (reset_bits, ["0"]) for b in lsr), lsr  # b's and c's conditions are logic

@@ -44,6 +44,7 @@ from .plan import cycle_model, make_plan, probe_map
 from .verilog import verilog_from_rtlil
 
 TOP = "shiftpq_top"
+RESET = "rst"  # the top's reset port: Amaranth's name for the sync domain's reset
 PRIMITIVES_SIM = "primitives_sim.v"  # rtl/: the simulators' models of the primitives (dsp.sim_models)
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models"

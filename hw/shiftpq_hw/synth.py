@@ -32,7 +32,7 @@ from shiftpq.atomic import atomic_dir
 from shiftpq.errors import ShiftPQError
 from shiftpq.templating import render
 
-from .gen import TOP
+from .gen import RESET, TOP
 from .outputs import read_cycles, read_latency
 from .outreg import absorb_in_file
 
@@ -128,8 +128,8 @@ def run_yosys(work: Path, rtlil: str, top: str, device: str, freq_mhz: float = 1
     if device not in DEVICES:
         raise ShiftPQError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
     dev = DEVICES[device]
-    names = {"rtlil": rtlil, "top": top, "netlist": "netlist.json", "stat": "stat.json", "device": device,
-             "freq_mhz": freq_mhz, "dsp": dsp}
+    names = {"rtlil": rtlil, "top": top, "reset": RESET, "netlist": "netlist.json", "stat": "stat.json",
+             "device": device, "freq_mhz": freq_mhz, "dsp": dsp}
     (work / "synth.ys").write_text(render(f"synth/{dev.family}.ys.j2", **names))
     if dev.family == "ecp5":
         (work / "constraints.lpf").write_text(render("synth/ecp5.lpf.j2", **names))
