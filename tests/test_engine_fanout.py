@@ -177,6 +177,45 @@ def test_output_assembly_registers_the_codes_beside_each_entry(tmp_path):
     assert registers_reached(mod, "codes") == 3 * 8
 
 
+class _WideAssembly(wiring.Component):
+    """An OutputAssembly of 40 channels of 4 bits (three parts of at most ``REPLICA_LOADS`` bits):
+    two units over five groups of four turns, two entries."""
+
+    def __init__(self):
+        super().__init__({"codes": In(unsigned(8)), "valid": In(1), "turn": In(2), "group": In(3),
+                          "done": In(1), "started": In(1), "credit": Out(1),
+                          "o": Out(stream.Signature(data.ArrayLayout(unsigned(4), 40)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        tables = [[u * 20 + row for row in range(20)] for u in range(2)]  # unit u's channel at row
+        asm = OutputAssembly(tables, lane_bits=2, groups=5, depth=2)
+        asm.build(m, self.o, [self.codes[:4], self.codes[4:]], self.valid, self.turn, self.group, self.done)
+        m.d.comb += [asm.started.eq(self.started), self.credit.eq(asm.credit)]
+        return m
+
+
+def test_output_assembly_loads_each_part_of_an_entry_under_its_own_copy(tmp_path):
+    """The registers that say where a code goes (the entry, ``oq{e}_at{k}``; the row, ``oq{e}_row{k}``)
+    are kept in a copy per part of each entry (``spans``), and each copy reaches its own part's bits
+    only (docs/hw-round5-design.md section 23: one entry's row compare routed to its channels'
+    clock enables was the critical path of PAR 29 with pairs, seed 1, 8.43 ns of routing)."""
+    assert 16 * 4 <= REPLICA_LOADS < 40 * 4  # three parts: channels [0, 16), [16, 32), [32, 40)
+    mod = gate_netlist(_WideAssembly(), tmp_path)
+    where = {}
+    for name, net in sorted(mod["netnames"].items()):
+        for i, b in enumerate(net["bits"]):
+            where.setdefault(b, (name, i))
+    for e in range(2):
+        for k, part in enumerate([range(0, 16), range(16, 32), range(32, 40)]):
+            for copy in (f"oq{e}_at{k}", f"oq{e}_row{k}"):
+                regs, _ = fanout_cone(mod, "", copy)
+                outs = {where[b] for r in regs for p, bits in mod["cells"][r]["connections"].items()
+                        if mod["cells"][r]["port_directions"].get(p) == "output" for b in bits}
+                assert outs and {n for n, _ in outs} == {f"opix{e}"}, (copy, sorted(outs)[:4])
+                assert {i // 4 for _, i in outs} == set(part), (copy, sorted({i // 4 for _, i in outs}))
+
+
 def test_threshold_search_compares_registers_into_registers(tmp_path):
     """A threshold search has one comparator per level (15 thresholds: 4), each reading registers
     only (the value and the candidate its level's result picked into a register) and driving a

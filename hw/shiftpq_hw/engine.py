@@ -840,17 +840,24 @@ class OutputAssembly:
         q = CreditQueue(o.payload.shape(), self.depth, "opix").build(m, o, push=valid_r & done_r, take=self.started)
         m.d.comb += self.credit.eq(q.credit)
         # each code goes straight into its channel of the entry being assembled: one (unit, row) per
-        # output channel, so a channel's bits load one code under one condition (no mux in front)
+        # output channel, so a channel's bits load one code under one condition (no mux in front).
+        # The condition's registers (a code is given, to this entry, at this row) in a copy per
+        # part of the entry (``spans``), each loading its part only: one copy's compare routed to
+        # every channel of an entry was a routed critical path (8.43 ns of routing, PAR 29 with
+        # pairs, docs/hw-round5-design.md section 23); ``kept``: equal registers are otherwise
+        # merged back into one
         tables = self.tables
         rows = [row for row in range(self.groups << self.lane_bits) if any(t[row] is not None for t in tables)]
+        layout = o.payload.shape()
+        parts = spans(layout.length, Shape.cast(layout.elem_shape).width)
         for e, entry in enumerate(q.entries):
-            # (``kept``: equal registers are otherwise merged back into one)
-            v = kept_register(m, f"oq{e}_valid", valid)
-            where = kept_register(m, f"oq{e}_row", Cat(turn, group))
             cs = [kept_register(m, f"oq{e}_code{u}", c, reset_less=True) for u, c in enumerate(codes)]
-            at = Signal(name=f"oq_at{e}")  # the entry being assembled
-            m.d.comb += at.eq(v & q.at(e))
-            for row in rows:
-                with m.If(at & (where == row)):
-                    m.d.sync += [entry[t[row]].eq(code) for t, code in zip(tables, cs) if t[row] is not None]
+            for k, part in enumerate(parts):
+                at = kept_register(m, f"oq{e}_at{k}", valid & q.at_next(e))  # the entry being assembled
+                where = kept_register(m, f"oq{e}_row{k}", Cat(turn, group))
+                for row in rows:
+                    loads = [entry[t[row]].eq(code) for t, code in zip(tables, cs) if t[row] in part]
+                    if loads:
+                        with m.If(at & (where == row)):
+                            m.d.sync += loads
         return self

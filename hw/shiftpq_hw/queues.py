@@ -56,6 +56,7 @@ class CreditQueue:
 
     def build(self, m: Module, o, push, take) -> "CreditQueue":
         depth, name = self.depth, self.name
+        self.push = push
         self.entries = [Signal(self.shape, name=f"{name}{e}", reset_less=True) for e in range(depth)]  # data
         self.wptr = Signal(range(depth), name=f"{name}_wptr")
         rptr = Signal(range(depth), name=f"{name}_rptr")
@@ -77,3 +78,8 @@ class CreditQueue:
     def at(self, e: int):
         """Entry ``e`` is the one being filled."""
         return self.wptr == e
+
+    def at_next(self, e: int):
+        """Entry ``e`` is the one being filled in the next cycle (``at(e)`` a cycle early, for a
+        register of its own)."""
+        return Mux(self.push, wrap_increment(self.wptr, self.depth), self.wptr) == e
