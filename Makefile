@@ -30,7 +30,7 @@ help:
 	@echo "make bench-train                  training throughput benchmark (bench/results/)"
 	@echo "make bench-golden [TABLES=DIR]    golden-model throughput benchmark (bench/results/)"
 	@echo "make bench-hls [BUILD=GEN_DIR]    HLS C simulation vs golden model throughput (bench/results/)"
-	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=22|N|max | DEVICE=ecp5-85k|ecp5-45k|ecp5-25k] [DSP_PAIRS=N] [TARGET=ecp5|generic] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
+	@echo "make gen MODEL=resnet20 [CKPT=path] [PAR=29|N|max | DEVICE=ecp5-85k|ecp5-45k|ecp5-25k] [DSP_PAIRS=N] [TARGET=ecp5|generic] [BACKEND=rtl|hls] [FORCE=1]   Verilog (or HLS C++: build/MODEL/hls/) + cycle model in build/MODEL/"
 	@echo "make sim [MODEL=m BACKEND=rtl|hls SIM=icarus|verilator IMAGES=N|all JOBS=N BENCH=harness|cocotb WAVES=1]   RTL (or g++ C simulation of the HLS C++) vs the golden model"
 	@echo "                                  (no MODEL: ResNet-20 x 100 images on the Verilator harness, tiny on Icarus"
 	@echo "                                  (cocotb), 50 fuzz seeds on the harness)"
@@ -84,15 +84,17 @@ bench-hls: $(STAMP)
 	$(PY) bench/hls_throughput.py $(if $(BUILD),--build $(BUILD))
 
 # MODEL's default source is the shipped models/MODEL-ppq.pt, else a deterministic untrained model;
-# CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 22), PAR=max: fully parallel;
+# CKPT=path uses a checkpoint; PAR = PEs of the largest layer (default 29 with up to 78 DSP pairs; HLS: 22),
+# PAR=max: fully parallel;
 # TARGET=generic: the multipliers inferred by the synthesis tool (for other FPGAs; default ecp5: instantiated
 # MULT18X18D with their own registers).
-# DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs;
+# DSP_PAIRS=N: up to N DSP multipliers compute two 4-bit products each in place of shift-add PEs (default 78
+# without PAR or DEVICE, 0 with PAR, DEVICE or TARGET=generic);
 # DEVICE=ecp5-25k|ecp5-45k|ecp5-85k on the command line: the fastest PAR whose estimate fits that FPGA
 # (with DSP_PAIRS: up to that many of the DSPs it leaves free as multiplier pairs, up to 82 % of its DSPs in all).
 # An existing build/MODEL (with its sim/ and synth/ results) is replaced only with FORCE=1. When another
 # target makes the build (`make synth DEVICE=ice40-up5k` with no build/MODEL), an iCE40 DEVICE is left to
-# synth: the fold's estimate is for ECP5s, so the build gets the default PAR, and TARGET=generic.
+# synth: the fold's estimate is for ECP5s, so the build gets the default PAR, and TARGET=generic (no pairs).
 GEN_DEVICE = $(if $(filter command line,$(origin DEVICE)),$(if $(or $(filter 0,$(MAKELEVEL)),$(filter ecp5-%,$(DEVICE))),--device $(DEVICE)))
 gen: $(STAMP)
 	$(VENV)/bin/shiftpq gen --model $(MODEL) $(if $(CKPT),--checkpoint $(CKPT)) $(if $(PAR),--par $(PAR)) $(if $(DSP_PAIRS),--dsp-pairs $(DSP_PAIRS)) $(if $(TARGET),--target $(TARGET)) $(GEN_DEVICE) --backend $(BACKEND) $(if $(FORCE),--force) --out build/$(MODEL)

@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT / "sw"), str(ROOT / "hw")]
 from shiftpq.data import load_split  # noqa: E402
 from shiftpq.golden import Golden, run_batched  # noqa: E402
 from shiftpq.tables import load_tables  # noqa: E402
-from shiftpq_hw.gen import DEFAULT_PAR, resolve_source  # noqa: E402
+from shiftpq_hw.gen import HLS_DEFAULT_PAR, resolve_source  # noqa: E402
 from shiftpq_hw.hls import generate_hls  # noqa: E402
 from shiftpq_hw.hls_csim import build_csim, run_csim  # noqa: E402
 
@@ -45,7 +45,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         gen = Path(a.build) if a.build else Path(tmp) / "resnet20"
         if not a.build:
-            generate_hls(resolve_source("resnet20"), gen, DEFAULT_PAR)
+            generate_hls(resolve_source("resnet20"), gen, HLS_DEFAULT_PAR)
         tables = load_tables(gen / "tables")
         images = load_split(a.data_dir, "test", a.images)[0].numpy()
         exe, build_s, _ = build_csim(gen)

@@ -20,7 +20,7 @@ from shiftpq.export import export_model
 from shiftpq.testnets import random_net
 from shiftpq_cli import main
 from shiftpq_hw import estimate as estimate_mod
-from shiftpq_hw.gen import TOP, generate
+from shiftpq_hw.gen import DEFAULT_DSP_PAIRS, DEFAULT_PAR, TOP, generate
 from shiftpq_hw.network import Network
 from shiftpq_hw.estimate import (Mem, bram_cells, device_budget, dsp_cells, estimate, fold_for_device, memories,
                                  multipliers)
@@ -164,6 +164,7 @@ def test_gen_device_records_the_fit_and_default_gen_does_not(tiny, tmp_path, mon
     assert (cyc["device"], cyc["par"], cyc["pes"]) == ("ecp5-45k", plan.par, plan.pes)
     assert cyc["fit"] == {k: fit[k] for k in ("margin", "budget", "estimate")}
     assert "device" not in cycle_model(plan) and "fit" not in cycle_model(plan)
+    assert cyc["dsp_pairs"]["budget"] == 0  # --device alone: no pairs (the default fold's are its own)
     # --dsp-pairs with --device: the fold with pairs, recorded
     assert main(["gen", "--tables", str(tables), "--device", "ecp5-45k", "--dsp-pairs", "1000",
                  "--out", str(tmp_path / "p")]) == 0
@@ -171,6 +172,21 @@ def test_gen_device_records_the_fit_and_default_gen_does_not(tiny, tmp_path, mon
     plan, fit = fold_for_device(tiny, "ecp5-45k", pairs=1000)
     assert cyc["dsp_pairs"] == {"budget": plan.dsp_pairs, "used": plan.pairs_used} and plan.pairs_used > 0
     assert cyc["par"] == plan.par and cyc["fit"]["estimate"] == fit["estimate"]
+
+
+def test_default_fold_has_pairs_and_a_fold_by_hand_none(tiny, tmp_path):
+    """Without --par and --device: the default fold, PAR 29 with up to 78 pairs; a fold by --par or
+    --device, or the generic target (no ECP5 multipliers), has none unless --dsp-pairs gives some."""
+    from shiftpq.tables import save_tables
+    tables = tmp_path / "tables"
+    save_tables(tiny, tables)
+    for name, args, par, budget in [("a", [], DEFAULT_PAR, DEFAULT_DSP_PAIRS), ("b", ["--par", "2"], 2, 0),
+                                    ("c", ["--target", "generic"], DEFAULT_PAR, 0),
+                                    ("e", ["--device", "ecp5-45k"], fold_for_device(tiny, "ecp5-45k")[0].par, 0),
+                                    ("d", ["--par", "2", "--dsp-pairs", "3"], 2, 3)]:
+        assert main(["gen", "--tables", str(tables), *args, "--out", str(tmp_path / name)]) == 0
+        cyc = json.loads((tmp_path / name / "cycles.json").read_text())
+        assert (cyc["par"], cyc["dsp_pairs"]["budget"]) == (par, budget), name
 
 
 def test_gen_device_refusals_are_one_line_exit_2(tiny, tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ from shiftpq.export import export_model
 from shiftpq.tables import save_tables
 from shiftpq.testnets import random_net
 from shiftpq_cli import main
-from shiftpq_hw.gen import DEFAULT_PAR, generate
+from shiftpq_hw.gen import DEFAULT_DSP_PAIRS, DEFAULT_PAR, generate
 from shiftpq_hw.plan import fold, make_plan
 from shiftpq_hw.verilog import VERILATOR_BUILD_ARGS, verilator_lint_args
 
@@ -90,16 +90,18 @@ def test_fold_meets_the_target_with_the_fewest_pes():
 
 
 def test_resnet20_default_design_point(capsys):
-    """The shipped PPQ ResNet-20 at the default PAR: over 1,000 inferences/s from 56 MHz on (it
-    routes at 63 MHz on an ECP5-85k, hw/README.md), the MAC array busy, and `shiftpq gen --help`
-    states that default (the generator itself is timed by `make gen`, see README)."""
+    """The shipped PPQ ResNet-20 at the default fold: 2,000 inferences/s from 86.4 MHz on (every
+    routed seed on an ECP5-85k is faster, hw/README.md), 78 pairs of products on the multipliers,
+    the MAC array busy, and `shiftpq gen --help` states that default (the generator itself is timed
+    by `make gen`, see README)."""
     from shiftpq_hw.gen import resolve_source
-    plan = make_plan(resolve_source("resnet20"), DEFAULT_PAR)
-    assert 56e6 / plan.period > 1000 and plan.pes == 405
-    assert plan.utilization > 0.95
+    plan = make_plan(resolve_source("resnet20"), DEFAULT_PAR, DEFAULT_DSP_PAIRS)
+    assert 86.4e6 / plan.period == 2000 and plan.pes == 552 and plan.pairs_used == DEFAULT_DSP_PAIRS
+    assert plan.utilization > 0.89
     with pytest.raises(SystemExit):
         main(["gen", "--help"])
-    assert f"(default {DEFAULT_PAR}:" in " ".join(capsys.readouterr().out.split())
+    assert f"(default {DEFAULT_PAR} with up to {DEFAULT_DSP_PAIRS} multiplier pairs" in \
+        " ".join(capsys.readouterr().out.split())
 
 
 def test_gen_bad_input_gives_clear_errors(tmp_path, capsys):

@@ -92,17 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     fold = gn.add_mutually_exclusive_group()  # --device picks the PAR
     fold.add_argument("--par", type=par, default=None, metavar="N|max",
                       help="PEs of the largest layer; every other layer gets the fewest PEs that keep up with it "
-                      "(default 22: ResNet-20 fits an ECP5-85k); max: every layer fully parallel")
+                      "(default 29 with up to 78 multiplier pairs, see --dsp-pairs: ResNet-20's fastest routed fold on "
+                      "an ECP5-85k; 22 with --backend hls); max: every layer fully parallel")
     from shiftpq_hw.synth import DEVICES
     fold.add_argument("--device", choices=[d for d in DEVICES if DEVICES[d].family == "ecp5"], default=None,
                       help="instead of --par: the fastest fold whose estimated size (logic cells within a placement "
                       "margin, block RAMs, DSPs) fits this FPGA, recorded in cycles.json (exit 2 when none fits)")
-    gn.add_argument("--dsp-pairs", type=nonnegative, default=0, metavar="N",
+    gn.add_argument("--dsp-pairs", type=nonnegative, default=None, metavar="N",
                     help="up to N of the FPGA's 18x18 multipliers (MULT18X18D) compute two of the 4-bit convs' "
-                    "products each, in place of shift-add PEs in logic; the cycles do not change (default 0; an "
-                    "ECP5-85k has 156, ResNet-20 at PAR 22 uses 47 elsewhere). With --device: of the DSPs its fold "
-                    "leaves free, up to 82%% of the device's DSPs in all (more has not routed on every seed), so a "
-                    "larger fold fits")
+                    "products each, in place of shift-add PEs in logic; the cycles do not change (default 78 for the "
+                    "default fold, 0 with --par, --device or --target generic; an ECP5-85k has 156, "
+                    "ResNet-20 at PAR 29 uses 50 elsewhere). With --device: of the DSPs its fold leaves free, up to "
+                    "82%% of the device's DSPs in all (more has not routed on every seed), so a larger fold fits")
     gn.add_argument("--target", choices=("ecp5", "generic"), default=None,
                     help="the FPGA family whose primitives the RTL instantiates: ecp5 (default): each multiplier of "
                     "the convs, the requantization and the FC a MULT18X18D with its own operand and product registers "

@@ -36,7 +36,7 @@ class Generated(Result):
 def cmd_gen(a) -> Generated:
     from shiftpq.atomic import prepare_output
     from shiftpq_hw.dsp import DEFAULT_TARGET
-    from shiftpq_hw.gen import DEFAULT_PAR, resolve_source
+    from shiftpq_hw.gen import DEFAULT_DSP_PAIRS, DEFAULT_PAR, HLS_DEFAULT_PAR, resolve_source
     if a.backend == "hls":
         from shiftpq_hw.hls import generate_hls as generate
     else:
@@ -65,10 +65,15 @@ def cmd_gen(a) -> Generated:
         raise ShiftPQError(f"--model {a.model}, but the {'tables' if a.tables else 'checkpoint'} hold a {name}")
     src = tables.source or {}
     log(f"{name} from {src.get('path') or src.get('note')} ({time.perf_counter() - t0:.1f} s)")
-    par = None if a.par == "max" else (a.par or DEFAULT_PAR)
+    par = None if a.par == "max" else (a.par or (HLS_DEFAULT_PAR if a.backend == "hls" else DEFAULT_PAR))
     out = a.out or os.path.join("build", name)
-    fold = {} if a.backend == "hls" else {"device": a.device, "dsp_pairs": a.dsp_pairs,  # refused for HLS above
-                                          "target": a.target or DEFAULT_TARGET}
+    target = a.target or DEFAULT_TARGET
+    # the default fold has its pairs; a fold given by --par or --device, or the generic target (no ECP5
+    # multipliers), has none unless --dsp-pairs says so
+    default_fold = not (a.par or a.device) and target == DEFAULT_TARGET
+    pairs = a.dsp_pairs if a.dsp_pairs is not None else DEFAULT_DSP_PAIRS if default_fold else 0
+    fold = {} if a.backend == "hls" else {"device": a.device, "dsp_pairs": pairs,  # refused for HLS above
+                                          "target": target}
     model = generate(tables, out, par, force=a.force, log=log, **fold)
     return Generated(out, model["pes"], model["cycles_per_image"], model["utilization"],
                      model["inferences_per_s"]["100MHz"], time.perf_counter() - t0, model.get("device"), model["par"])

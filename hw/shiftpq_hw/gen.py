@@ -48,9 +48,14 @@ RESET = "rst"  # the top's reset port: Amaranth's name for the sync domain's res
 PRIMITIVES_SIM = "primitives_sim.v"  # rtl/: the simulators' models of the primitives (dsp.sim_models)
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models"
-# the largest layer gets 22 PEs: ResNet-20 at 55,296 cycles per image, 405 PEs, the largest fold that
-# fits an ECP5-85k (`make synth`'s default device; PAR 32 does not fit, hw/README.md)
-DEFAULT_PAR = 22
+# The default fold of the RTL (`shiftpq gen` with neither --par nor --device): the largest layer gets
+# 29 PEs and up to 78 of the ECP5's multipliers (MULT18X18D) compute two of the 4-bit convs' products
+# each: ResNet-20 at 43,200 cycles per image, 552 PEs, the fastest fold routed on every seed on an
+# ECP5-85k, `make synth`'s default device (hw/README.md; PAR 34 does not place in hours on 2 cores).
+DEFAULT_PAR = 29
+DEFAULT_DSP_PAIRS = 78
+# the HLS backend's (the vendor tool maps its multipliers): ResNet-20 at 55,296 cycles, 405 PEs (docs/hls.md)
+HLS_DEFAULT_PAR = 22
 
 
 def primitive_models(gen_dir: str | Path) -> list[Path]:
