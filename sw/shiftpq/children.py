@@ -124,7 +124,7 @@ def allow() -> None:
 
 def run(cmd: list[str], *, capture: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=capture, text=True, **kwargs)`` whose child runs in its
-    own process group; leaving the call by an exception (Ctrl-C, SIGTERM, a timeout) stops the group."""
+    own process group; leaving the call by an exception (Ctrl-C, SIGTERM) stops the group."""
     if capture:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
