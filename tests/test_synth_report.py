@@ -8,6 +8,7 @@ import json
 
 import jinja2
 import pytest
+from amaranth.hdl import Elaboratable, Module, Signal
 
 from shiftpq import ir
 from shiftpq.export import export_model
@@ -176,16 +177,14 @@ def test_report_counts_render_a_figure_a_stopped_run_never_measured():
     assert t.render(sim={"cycles_per_image": None, "latency_cycles": 184765}) == "n/a / 184,765"
 
 
-class _Resets(__import__("amaranth").hdl.Elaboratable):
+class _Resets(Elaboratable):
     """Three registers: ``a`` reset by the design's reset; ``b`` and ``c`` without one, loaded with 0
     under a condition of their own (Yosys would give each a synchronous reset from the logic)."""
 
     def __init__(self):
-        from amaranth.hdl import Signal
         self.d, self.clr, self.x, self.y, self.q = Signal(8), Signal(), Signal(), Signal(), Signal(8)
 
     def elaborate(self, platform):
-        from amaranth.hdl import Module, Signal
         m = Module()
         a, b, c = Signal(8, name="a"), Signal(8, name="b", reset_less=True), Signal(8, name="c", reset_less=True)
         m.d.sync += [a.eq(self.d + 1), b.eq(self.d ^ 0x5A), c.eq(self.d - 3)]
