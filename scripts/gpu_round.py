@@ -340,8 +340,9 @@ def cmd_run(a) -> int:
     os.environ["CIFAR10_DIR"] = str(data.resolve())
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     import torch
-    from shiftpq.sweep import load_plan, sweep
+    from shiftpq.sweep import check_only, load_plan, sweep
     plan = load_plan(a.plan, a.runs_dir)
+    check_only(plan, a.only)
     seeded = _seed_runs(done_dir(a.plan, a.done_dir), plan.runs_dir)
     if seeded:
         print(f"gpu_round: finished phases from {done_dir(a.plan, a.done_dir)}: {', '.join(seeded)}", flush=True)
@@ -367,7 +368,7 @@ def cmd_run(a) -> int:
     left = a.time_limit - (time.monotonic() - t0) - a.pack_reserve
     print(f"gpu_round: sweep for {left:.0f} s, {a.concurrent} runs at once", flush=True)
     state = sweep(plan, left, a.concurrent, extra, progress=False,
-                  log=lambda s: print(f"gpu_round: {s}", flush=True))
+                  log=lambda s: print(f"gpu_round: {s}", flush=True), only=a.only)
     (out / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     parts = _pack(plan.runs_dir, out)
     print(f"gpu_round: wrote {out / 'state.json'} and {', '.join(p.name for p in parts)} "
@@ -397,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--runs-dir", default="runs/gpu", help="run directories (default runs/gpu)")
     r.add_argument("--out", default=None, help="results (default $OUT)")
     r.add_argument("--train-arg", action="append", default=[], metavar="ARG", help="passed to every run")
+    r.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help="run only these runs of the plan (repeatable): the phases sized for this stretch")
     r.add_argument("--check-steps", type=int, default=30, help="QAT steps of the compiled check (0: skip)")
     r.add_argument("--check-model", default="resnet20")
     r.add_argument("--check-batch", type=int, default=256)

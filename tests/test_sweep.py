@@ -132,6 +132,21 @@ def test_scheduler_order_limits_failures_and_resume(tmp_path):
     assert (tmp_path / "runs" / sw.STATE_FILE).read_bytes() == third != first
 
 
+def test_only_runs_the_named_runs(tmp_path):
+    """--only: the named runs and nothing else, even when a slot is free; a named run whose
+    dependency is neither done nor named is reported and not started."""
+    text = "".join(f'[[run]]\nname = "{n}"\nargs = ["--model", "tiny", "--method", "fp"]\n{extra}\n'
+                   for n, extra in (("a", ""), ("b", 'init = "a"'), ("c", ""), ("d", 'init = "c"'), ("e", "")))
+    plan = sw.load_plan(_plan(tmp_path, text), str(tmp_path / "runs"))
+    logs = []
+    fake = FakeBackend({})
+    state = sw.sweep(plan, 600, concurrent=4, backend=fake, progress=False, log=logs.append, only=["a", "b", "d"])
+    assert [n for n, _ in fake.started] == ["a", "b"]
+    assert {n: r["state"] for n, r in state["runs"].items()} == {
+        "a": "done", "b": "done", "c": "not started", "d": "not started", "e": "not started"}
+    assert "d: not started, it needs c" in logs
+
+
 def test_sweep_ends_runs_at_its_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(sw, "CHILD_MARGIN_S", 1.0)
     monkeypatch.setattr(sw, "MIN_CHILD_S", 1.0)
@@ -196,6 +211,7 @@ def _exit_code(main, argv) -> int:
     # a --train-arg comes after the sweep's --out in the child's command: it would move the run directory
     (["--time-limit", "10", "--train-arg=--ou=elsewhere"], "--train-arg: --out (or an abbreviation of it) is set"),
     (["--time-limit", "10", "--train-arg=--set", "--train-arg=lr=x"], "--train-arg: --set: recipe field 'lr'"),
+    (["--time-limit", "10", "--only", "fp", "--only", "qat"], "--only qat: not a run of"),
 ])
 def test_bad_sweep_arguments_are_one_line(tmp_path, capsys, argv, msg):
     from shiftpq_cli import main

@@ -341,9 +341,10 @@ class RayBackend:
 
 
 def sweep(plan: Plan, time_limit: float, concurrent: int = 1, extra_args: list[str] | None = None,
-          backend=None, progress: bool = True, log=print) -> dict:
+          backend=None, progress: bool = True, log=print, only: list[str] | None = None) -> dict:
     """Run the plan's unfinished runs, at most ``concurrent`` at once, until all are done or blocked
-    or ``time_limit`` seconds have passed; returns the state written to RUNS_DIR/sweep-state.json."""
+    or ``time_limit`` seconds have passed; returns the state written to RUNS_DIR/sweep-state.json.
+    ``only``: run just these (a named run whose dependency is neither done nor named is blocked)."""
     t0 = time.monotonic()
     deadline = t0 + time_limit
     backend = backend or LocalBackend()
@@ -355,7 +356,7 @@ def sweep(plan: Plan, time_limit: float, concurrent: int = 1, extra_args: list[s
     plan.runs_dir.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
     bar = tqdm(total=len(runs), initial=len(done), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
-    todo = [n for n in runs if n not in done]
+    todo = [n for n in runs if n not in done and (only is None or n in only)]
     if done:
         log(f"{len(done)} of {len(runs)} runs already done: {', '.join(sorted(done))}")
     try:
@@ -432,6 +433,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="run on Ray (pip install 'shiftpq[ray]'): 'local' starts one here, else ray.init(ADDRESS)")
     p.add_argument("--gpus-per-run", type=float, default=None, metavar="F",
                    help="with --ray: GPUs per run (default 1/N with CUDA, else 0)")
+    p.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help="run only this run of the plan (repeatable); e.g. the phases that fit one GPU stretch")
     p.add_argument("--dry-run", action="store_true", help="print each run's state and command, run nothing")
 
 
@@ -479,6 +482,7 @@ def cmd_sweep(a) -> DryRun | Swept:
     if a.time_limit <= 0:
         raise ShiftPQError(f"--time-limit must be > 0, got {a.time_limit}")
     plan = load_plan(a.plan, a.runs_dir)
+    check_only(plan, a.only)
     for x in a.train_arg:
         if x.split("=", 1)[0] in RESERVED:
             raise ShiftPQError(f"--train-arg {x}: {x.split('=', 1)[0]} is set by the sweep")
@@ -487,6 +491,8 @@ def cmd_sweep(a) -> DryRun | Swept:
     if a.dry_run:
         runs = []
         for r in plan.runs:
+            if a.only is not None and r.name not in a.only:
+                continue
             st = run_state(plan.run_dir(r))
             runs.append(PlannedRun(r.name, st["state"], st["epochs"], tuple(r.needs),
                                    tuple(plan.command_args(r) + a.train_arg)))
@@ -496,7 +502,16 @@ def cmd_sweep(a) -> DryRun | Swept:
         import torch
         gpus = a.gpus_per_run if a.gpus_per_run is not None else (1.0 / a.concurrent if torch.cuda.is_available() else 0.0)
         backend = RayBackend(a.ray, gpus, 1.0)
-    return Swept(sweep(plan, a.time_limit, a.concurrent, a.train_arg, backend, progress=sys.stderr.isatty(), log=log))
+    return Swept(sweep(plan, a.time_limit, a.concurrent, a.train_arg, backend, progress=sys.stderr.isatty(), log=log,
+                       only=a.only))
+
+
+def check_only(plan: Plan, only: list[str] | None) -> None:
+    """``--only`` names runs of the plan."""
+    unknown = [n for n in only or [] if n not in plan.by_name()]
+    if unknown:
+        raise ShiftPQError(f"--only {unknown[0]}: not a run of {plan.path}; runs are "
+                           f"{', '.join(r.name for r in plan.runs)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
