@@ -7,8 +7,10 @@ run the plan for a fixed time, return the run states. docs/experiments.md gives 
     # there, one device call per folder (carry .gpu/stageK), the last one also runs the round:
     python3 scripts/gpu_round.py stage .gpu/stage1
     python3 scripts/gpu_round.py stage .gpu/stage3 && python3 scripts/gpu_round.py run --time-limit 540
-    # here, after the round: finished phases into plans/done/<plan>/ (commit them), the rest into runs/gpu/
+    # here, after the round: finished phases into plans/done/<plan>/ (commit them; a phase's final.pt
+    # is dropped once every phase that starts from it is committed), the rest into runs/gpu/
     python scripts/gpu_round.py adopt /work/.device/.../runs.tar.gz
+    python scripts/gpu_round.py ship r20-ppq-qat --as resnet20-ppq   # models/NAME.pt + manifest NAME.json
     python scripts/gpu_round.py curves          # docs/results-curves.png from the committed phases
 
 ``run`` needs only PyTorch, NumPy and tqdm (a bare GPU machine: it runs shiftpq from ``sw/``):
@@ -276,7 +278,26 @@ def cmd_adopt(a) -> int:
                     shutil.rmtree(dst)
                 shutil.copytree(src, dst)
                 print(f"{name}: {r['state']} ({r['epochs']} epochs) -> {dst}")
+    for name in drop_spent(a.plan, done):
+        print(f"{name}: final.pt dropped from {done / name} (every phase that starts from it is done; "
+              f"config, log and summary stay)")
     return 0
+
+
+def drop_spent(plan_path: str | Path, done: Path) -> list[str]:
+    """Delete the final.pt of committed phases that other phases start from once all of those are
+    committed too: nothing will read it again, and every byte under plans/done/ travels with each
+    device call. A phase nothing starts from (a result, e.g. a QAT phase) keeps its weights."""
+    from shiftpq.sweep import load_plan, run_state
+    plan = load_plan(plan_path)
+    finished = {r.name for r in plan.runs if run_state(done / r.name)["state"] == "done"}
+    spent = []
+    for r in plan.runs:
+        users = [u.name for u in plan.runs if r.name in u.needs]
+        if r.name in finished and users and all(u in finished for u in users) and (done / r.name / "final.pt").is_file():
+            (done / r.name / "final.pt").unlink()
+            spent.append(r.name)
+    return spent
 
 
 def cmd_curves(a) -> int:
@@ -299,7 +320,7 @@ def cmd_curves(a) -> int:
         i = runs[n].init
         return offset(i) + len(logs[i]) if i in logs else 0
 
-    models = sorted(set(model.values()))
+    models = list(dict.fromkeys(model[r.name] for r in plan.runs if r.name in model))  # the plan's order
     fig, axes = plt.subplots(len(models), 1, figsize=(7, 2.8 * len(models)), squeeze=False)
     for ax, m in zip(axes[:, 0], models):
         for n in (r.name for r in plan.runs if model.get(r.name) == m):
@@ -309,10 +330,124 @@ def cmd_curves(a) -> int:
         ax.set_ylabel("test top-1 (%)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
+    fig.tight_layout()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(_png(fig))
     print(f"wrote {out}: {len(logs)} phases of {', '.join(models)}")
+    return 0
+
+
+def _chain(plan, name: str) -> list[str]:
+    """A phase and the phases it starts from (``init``), first phase first."""
+    runs = plan.by_name()
+    return (_chain(plan, runs[name].init) if runs[name].init else []) + [name]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _golden(ckpt: Path) -> dict:
+    """Here (the full package): export the checkpoint's tables, run the golden model on all 10,000
+    test images against the fake-quant model; ``shiftpq golden --json``'s report."""
+    import tempfile
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("cli", "hw", "sw", "sim"))}
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = [sys.executable, "-m", "shiftpq_cli"]
+        subprocess.run([*cli, "export", "--checkpoint", str(ckpt), "--out", f"{tmp}/tables"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        out = subprocess.run([*cli, "golden", "--tables", f"{tmp}/tables", "--json", "--no-progress"], env=env,
+                             check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def cmd_ship(a) -> int:
+    """Here: a committed phase becomes models/NAME.pt (its weights, as committed) with models/NAME.json,
+    its manifest: the phases it came from with every hyperparameter and seed (their config.json),
+    epochs, GPU seconds of epochs, the accuracy on the GPU and, for a quantized model, of the integer
+    golden model on all 10,000 test images (measured here), size and BOPs ratios, sha256."""
+    if a.checkpoint:
+        return _ship_checkpoint(a)
+    if not a.run:
+        fail("ship: name a committed phase (RUN) or give --checkpoint")
+    from shiftpq.sweep import load_plan, run_state
+    plan, src = load_plan(a.plan), done_dir(a.plan, a.done_dir)
+    if a.run not in plan.by_name():
+        fail(f"{a.run}: not a run of {a.plan}")
+    chain = _chain(plan, a.run)
+    phases = []
+    for n in chain:
+        st = run_state(src / n)
+        if st["state"] != "done":
+            fail(f"{src / n}: phase {n} is {st['state']}, expected done (adopt its round first)")
+        cfg = json.loads((src / n / "config.json").read_text())
+        summary = json.loads((src / n / "summary.json").read_text())
+        phases.append({"run": n, "args": plan.command_args(plan.by_name()[n]), "config": cfg,
+                       "epochs": st["epochs"], "gpu_seconds": st["epoch_seconds"], "device": summary.get("device"),
+                       "test_accuracy": summary["test_accuracy"]})
+    ckpt = src / a.run / "final.pt"
+    if not ckpt.is_file():
+        fail(f"{ckpt}: missing (a phase's final.pt is dropped once the phases after it are done)")
+    summary = json.loads((src / a.run / "summary.json").read_text())
+    dest = Path(a.models) / f"{a.name}.pt"
+    man = {"name": a.name, "model": summary["model"], "method": summary["method"], "file": dest.name,
+           "plan": str(Path(a.plan).resolve().relative_to(ROOT)) if Path(a.plan).resolve().is_relative_to(ROOT)
+           else str(a.plan),
+           "phases": phases, "epochs": sum(p["epochs"] for p in phases),
+           "gpu_seconds": round(sum(p["gpu_seconds"] for p in phases), 1), "gpu": a.gpu,
+           "test_accuracy_gpu": summary["test_accuracy"], "quantized": summary["quantized"],
+           "size_ratio": round(summary["size_ratio"], 4), "bops_ratio": round(summary["bops_ratio"], 4)}
+    _write_shipped(a, ckpt, dest, man, f"{' -> '.join(chain)}; {man['gpu_seconds']:.0f} s of GPU epochs")
+    return 0
+
+
+def _write_shipped(a, ckpt: Path, dest: Path, man: dict, what: str) -> None:
+    """The golden model's accuracy (quantized models), then the weights and the manifest."""
+    if man["quantized"]:
+        g = _golden(ckpt)
+        man["golden"] = {k: g[k] for k in ("accuracy", "fakequant_accuracy", "agreement", "images")}
+        if a.min_golden is not None and g["accuracy"] < a.min_golden:
+            fail(f"{ckpt}: golden accuracy {g['accuracy']:.2f}% is below --min-golden {a.min_golden}; nothing shipped")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".pt.tmp")
+    if ckpt.resolve() != dest.resolve():
+        shutil.copyfile(ckpt, tmp)
+        os.replace(tmp, dest)
+    man["sha256"], man["bytes"] = _sha256(dest), dest.stat().st_size
+    (dest.with_suffix(".json")).write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
+    acc = f"golden {man['golden']['accuracy']:.2f}%" if "golden" in man else f"{man['test_accuracy_gpu']:.2f}%"
+    print(f"shipped {dest} ({acc}; {what}) and {dest.with_suffix('.json')}")
+
+
+def _ship_checkpoint(a) -> int:
+    """A model trained before the plan existed: its manifest from the checkpoint's own record (config,
+    epochs, provenance), its ratios from ``shiftpq metrics``, its GPU time as given."""
+    from shiftpq.checkpoint import read_checkpoint
+    ckpt = Path(a.checkpoint)
+    if not ckpt.is_file():
+        fail(f"--checkpoint {ckpt}: no such file")
+    if a.gpu_seconds is None:
+        fail("--checkpoint needs --gpu-seconds (the seconds of its training epochs, from docs/experiments.md)")
+    _, meta = read_checkpoint(ckpt)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("cli", "hw", "sw", "sim"))}
+    m = json.loads(subprocess.run([sys.executable, "-m", "shiftpq_cli", "metrics", "--checkpoint", str(ckpt), "--json"],
+                                  env=env, check=True, capture_output=True, text=True).stdout)
+    dest = Path(a.models) / f"{a.name}.pt"
+    cfg = meta["config"]
+    man = {"name": a.name, "model": meta["spec"]["name"], "method": cfg["method"], "file": dest.name,
+           "phases": [{"config": cfg, "epochs": meta["epoch"], "gpu_seconds": a.gpu_seconds,
+                       "provenance": meta.get("provenance", ""), "test_accuracy": meta["test_accuracy"]}],
+           "epochs": meta["epoch"], "gpu_seconds": a.gpu_seconds, "gpu": a.gpu,
+           "test_accuracy_gpu": meta["test_accuracy"], "quantized": meta["quantized"],
+           "size_ratio": round(m["ratios"]["size"], 4) if meta["quantized"] else 1.0,
+           "bops_ratio": round(m["ratios"]["bops"], 4) if meta["quantized"] else 1.0}
+    _write_shipped(a, ckpt, dest, man, f"{meta['epoch']} epochs, {a.gpu_seconds:.0f} s of GPU epochs")
     return 0
 
 
@@ -411,6 +546,18 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--plan", default=str(ROOT / "plans" / "table2.toml"))
     d.add_argument("--runs-dir", default="runs/gpu", help="where unfinished runs go (default runs/gpu)")
     d.add_argument("--done-dir", default=None, help="where finished phases go (default plans/done/<plan stem>)")
+    h = sub.add_parser("ship", help="here: a committed phase -> models/NAME.pt and its manifest models/NAME.json")
+    h.add_argument("run", nargs="?", help="the phase (a run of the plan, committed under plans/done/<plan>/)")
+    h.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="instead of RUN: a model trained before the plan (its manifest from its own record)")
+    h.add_argument("--gpu-seconds", type=float, default=None, help="with --checkpoint: seconds of its GPU epochs")
+    h.add_argument("--as", dest="name", required=True, metavar="NAME", help="models/NAME.pt, e.g. resnet20-ppq")
+    h.add_argument("--plan", default=str(ROOT / "plans" / "table2.toml"))
+    h.add_argument("--done-dir", default=None, help="the plan's committed phases (default plans/done/<plan stem>)")
+    h.add_argument("--models", default=str(ROOT / "models"), help="where it goes (default models/)")
+    h.add_argument("--gpu", default="NVIDIA H200", help="the GPU the phases ran on (for the manifest)")
+    h.add_argument("--min-golden", type=float, default=None, metavar="PERCENT",
+                   help="ship only if the golden accuracy is at least PERCENT (e.g. the shipped model's)")
     c = sub.add_parser("curves", help="here: a PNG of the committed phases' training curves")
     c.add_argument("--plan", default=str(ROOT / "plans" / "table2.toml"))
     c.add_argument("--done-dir", default=None, help="the plan's committed phases (default plans/done/<plan stem>)")
@@ -418,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         return {"prepare": cmd_prepare, "stage": cmd_stage, "run": cmd_run, "adopt": cmd_adopt,
-                "curves": cmd_curves}[a.cmd](a)
+                "ship": cmd_ship, "curves": cmd_curves}[a.cmd](a)
     except Exception as e:  # ShiftPQError and friends: one line, exit 2
         from shiftpq.errors import ShiftPQError
         if isinstance(e, (ShiftPQError, ValueError)):

@@ -104,6 +104,9 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "prune_stages=1", "--se
                     "--done-dir", str(tmp_path / "done"), "--runs-dir", str(tmp_path / "partial")]) == 0
     blob = torch.load(tmp_path / "done" / "qat" / "final.pt", weights_only=True)
     assert "optimizer" not in blob and "model" in blob
+    # fp's weights were only the start of qat, which is committed: dropped; its log and summary stay
+    assert not (tmp_path / "done" / "fp" / "final.pt").exists() and (tmp_path / "done" / "fp" / "summary.json").is_file()
+    assert "fp: final.pt dropped" in capsys.readouterr().out
     curves = [tmp_path / f"c{k}.png" for k in (1, 2)]
     for c in curves:
         assert gr.main(["curves", "--plan", str(plan), "--done-dir", str(tmp_path / "done"), "--out", str(c)]) == 0

@@ -53,6 +53,9 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "qat_epochs=1"]
      "field 'args': --set: unknown recipe field 'epochz'"),
     ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp', '--set', 'epochs=x']\n",
      "field 'args': --set: recipe field 'epochs' needs a int, got 'x'"),
+    ("[[run]]\nname = 'a'\nargs = ['--model', 'tiny', '--method', 'fp']\nteacher = 'b'\n", "field 'teacher': no run named 'b'"),
+    ("[[run]]\nname = 'b'\nargs = ['--model', 'tiny', '--method', 'fp']\n[[run]]\nname = 'a'\nteacher = 'b'\n"
+     "args = ['--model', 'tiny', '--method', 'fp', '--teacher', 'c.pt']\n", "--teacher is set by the sweep"),
     ("runz = 1\n", "unknown top-level field 'runz'"),
     ("[[run\n", "not valid TOML"),
 ])
@@ -130,6 +133,19 @@ def test_scheduler_order_limits_failures_and_resume(tmp_path):
     third = (tmp_path / "runs" / sw.STATE_FILE).read_bytes()
     sw.sweep(plan, 600, concurrent=2, backend=FakeBackend({"bad": "fail"}), progress=False, log=lambda s: None)
     assert (tmp_path / "runs" / sw.STATE_FILE).read_bytes() == third != first
+
+
+def test_teacher_is_a_dependency_and_its_final_pt(tmp_path):
+    """teacher = "run": --teacher RUNS_DIR/run/final.pt, started only after that run is done."""
+    text = ('[[run]]\nname = "big"\nargs = ["--model", "tiny", "--method", "fp"]\n'
+            '[[run]]\nname = "small"\nteacher = "big"\nargs = ["--model", "tiny", "--method", "fp"]\n')
+    plan = sw.load_plan(_plan(tmp_path, text), str(tmp_path / "runs"))
+    assert plan.by_name()["small"].needs == ["big"]
+    fake = FakeBackend({})
+    sw.sweep(plan, 600, concurrent=2, backend=fake, progress=False, log=lambda s: None)
+    assert [n for n, _ in fake.started] == ["big", "small"]
+    cmd = dict(fake.started)["small"]
+    assert cmd[cmd.index("--teacher") + 1] == str(tmp_path / "runs" / "big" / "final.pt")
 
 
 def test_only_runs_the_named_runs(tmp_path):

@@ -26,6 +26,8 @@ VERSION = 1
 def save_checkpoint(path: str | Path, model: Net, meta: dict, optimizer=None, teacher: Net | None = None) -> None:
     """Atomic write: a crash never leaves a truncated checkpoint behind."""
     path = Path(path)
+    if teacher is not None:  # the teacher may be another architecture (resume rebuilds it from this)
+        meta = {**meta, "teacher_spec": teacher.spec.to_json()}
     blob = {"format": FORMAT, "version": VERSION, "meta": json.dumps({**meta, "spec": model.spec.to_json(),
                                                                        "quantized": model.quantized}, sort_keys=True),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}

@@ -263,7 +263,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
                    "longest epoch so far in this call")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--teacher", default=None, metavar="CKPT",
-                   help="distil from this checkpoint's model (same architecture, e.g. the unpruned FP32 model) in "
+                   help="distil from this checkpoint's model (e.g. the unpruned FP32 model, or a deeper ResNet) in "
                    "every phase, weight: recipe field distill (default: only ppq's QAT, from the pruned FP model)")
     t.add_argument("--compiled-quantizer", choices=COMPILED_QUANTIZERS, default=None,
                    help="with --compile: fused (element-wise ops Inductor fuses; default) or ops (opaque custom "

@@ -23,6 +23,7 @@ Plan format::
     name = "resnet20-ppq-prune"        # letters, digits, '.', '_', '-'; the run directory's name
     args = ["--model", "resnet20", "--method", "ppq", "--set", "qat_epochs=0"]
     init = "resnet20-fp"               # optional: --init RUNS_DIR/resnet20-fp/final.pt (a dependency)
+    teacher = "resnet56-fp"            # optional: --teacher RUNS_DIR/resnet56-fp/final.pt (a dependency)
     depends_on = ["other"]             # optional: more runs that must finish first
 
 ``args`` are ``shiftpq train`` arguments without ``--out``, ``--resume``, ``--time-limit`` and
@@ -47,8 +48,8 @@ from .atomic import write_text_atomic
 from .cmdline import Parser, Result, add_train_arguments, seconds
 from .errors import ShiftPQError
 
-SWEEP_DESCRIPTION = ("Run the trainings of a plan (TOML: [[run]] rows of name, shiftpq train args, optional init "
-                     "and depends_on), up to N at once, each resumable from RUNS_DIR/NAME, all stopping cleanly "
+SWEEP_DESCRIPTION = ("Run the trainings of a plan (TOML: [[run]] rows of name, shiftpq train args, optional init, "
+                     "teacher and depends_on), up to N at once, each resumable from RUNS_DIR/NAME, all stopping cleanly "
                      "before the time limit; writes RUNS_DIR/sweep-state.json. See sw/shiftpq/sweep.py and "
                      "docs/experiments.md.")
 STATE_FILE = "sweep-state.json"
@@ -66,10 +67,12 @@ class Run:
     args: list[str]
     init: str | None = None
     depends_on: list[str] = field(default_factory=list)
+    teacher: str | None = None
 
     @property
     def needs(self) -> list[str]:
-        return ([self.init] if self.init else []) + [d for d in self.depends_on if d != self.init]
+        first = [n for n in (self.init, self.teacher) if n]
+        return list(dict.fromkeys(first + self.depends_on))
 
 
 @dataclass
@@ -86,8 +89,9 @@ class Plan:
         return self.runs_dir / run.name
 
     def command_args(self, run: Run) -> list[str]:
-        """The run's ``shiftpq train`` arguments, --out and --init included (not the per-call ones)."""
+        """The run's ``shiftpq train`` arguments, --out, --init and --teacher included (not the per-call ones)."""
         extra = ["--init", str(self.runs_dir / run.init / "final.pt")] if run.init else []
+        extra += ["--teacher", str(self.runs_dir / run.teacher / "final.pt")] if run.teacher else []
         return [*self.args, *run.args, *extra, "--out", str(self.run_dir(run))]
 
 
@@ -113,7 +117,7 @@ def train_parser(prog: str = "shiftpq train") -> argparse.ArgumentParser:
 
 
 def check_train_args(parser: argparse.ArgumentParser, args: list[str], where: str, init: bool = False,
-                     required: tuple[str, ...] = ()) -> None:
+                     required: tuple[str, ...] = (), teacher: bool = False) -> None:
     """``args`` as ``shiftpq train`` will parse them: valid, setting none of the sweep's options (an
     abbreviation such as ``--resu`` included: argparse accepts unique prefixes), with a valid recipe."""
     from .train import recipe_with
@@ -122,7 +126,8 @@ def check_train_args(parser: argparse.ArgumentParser, args: list[str], where: st
     except _ArgError as e:
         raise ShiftPQError(f"{where}: {e}") from None
     set_by_sweep = {"--out": ns.out != "\0", "--resume": ns.resume, "--time-limit": ns.time_limit is not None,
-                    "--stop-after": ns.stop_after is not None, "--init": init and ns.init is not None}
+                    "--stop-after": ns.stop_after is not None, "--init": init and ns.init is not None,
+                    "--teacher": teacher and ns.teacher is not None}
     for opt, given in set_by_sweep.items():
         if given:
             raise ShiftPQError(f"{where}: {opt} (or an abbreviation of it) is set by the sweep, leave it out")
@@ -153,9 +158,9 @@ def load_plan(path: str | Path, runs_dir: str | None = None) -> Plan:
     runs: list[Run] = []
     for i, row in enumerate(rows):
         where = f"{path}: run[{i}]"
-        bad = sorted(set(row) - {"name", "args", "init", "depends_on"})
+        bad = sorted(set(row) - {"name", "args", "init", "teacher", "depends_on"})
         if bad:
-            raise ShiftPQError(f"{where}: unknown field {bad[0]!r}; expected name, args, init, depends_on")
+            raise ShiftPQError(f"{where}: unknown field {bad[0]!r}; expected name, args, init, teacher, depends_on")
         name = row.get("name")
         if not isinstance(name, str) or not NAME.match(name):
             raise ShiftPQError(f"{where}: field 'name': expected letters, digits, '.', '_' or '-', got {name!r}")
@@ -165,21 +170,26 @@ def load_plan(path: str | Path, runs_dir: str | None = None) -> Plan:
         if "args" not in row:
             raise ShiftPQError(f"{where}: field 'args' is missing (the shiftpq train arguments)")
         args = _str_list(row["args"], f"{where}: field 'args'")
-        init = row.get("init")
-        if init is not None and not isinstance(init, str):
-            raise ShiftPQError(f"{where}: field 'init': expected a run name, got {init!r}")
-        runs.append(Run(name, args, init, _str_list(row.get("depends_on", []), f"{where}: field 'depends_on'")))
+        init, teacher = row.get("init"), row.get("teacher")
+        for key, value in (("init", init), ("teacher", teacher)):
+            if value is not None and not isinstance(value, str):
+                raise ShiftPQError(f"{where}: field '{key}': expected a run name, got {value!r}")
+        runs.append(Run(name, args, init, _str_list(row.get("depends_on", []), f"{where}: field 'depends_on'"),
+                        teacher))
     names = {r.name for r in runs}
     parser = train_parser()
     for r in runs:
         where = f"{path}: run {r.name!r}"
         for dep in r.needs:
             if dep not in names:
-                raise ShiftPQError(f"{where}: field '{'init' if dep == r.init else 'depends_on'}': no run named {dep!r}")
+                key = "init" if dep == r.init else "teacher" if dep == r.teacher else "depends_on"
+                raise ShiftPQError(f"{where}: field '{key}': no run named {dep!r}")
         for a in [*common, *r.args]:
-            if a.split("=", 1)[0] in RESERVED or (r.init and a.split("=", 1)[0] == "--init"):
-                raise ShiftPQError(f"{where}: field 'args': {a.split('=', 1)[0]} is set by the sweep, leave it out")
-        check_train_args(parser, [*common, *r.args], f"{where}: field 'args'", init=bool(r.init))
+            opt = a.split("=", 1)[0]
+            if opt in RESERVED or (r.init and opt == "--init") or (r.teacher and opt == "--teacher"):
+                raise ShiftPQError(f"{where}: field 'args': {opt} is set by the sweep, leave it out")
+        check_train_args(parser, [*common, *r.args], f"{where}: field 'args'", init=bool(r.init),
+                         teacher=bool(r.teacher))
     _check_acyclic(path, runs)
     return Plan(path, Path(runs_dir or data.get("runs_dir") or Path("runs") / path.stem), common, runs)
 

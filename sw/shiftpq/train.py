@@ -318,14 +318,12 @@ class Trainer:
                                f"unexpected {unexpected}")
 
     def _load_teacher(self, path: str) -> None:
-        """A fixed teacher for distillation (e.g. the unpruned FP32 model), same architecture."""
+        """A fixed teacher for distillation: the unpruned FP32 model of the same architecture, or any
+        other model of the zoo (all classify CIFAR-10), e.g. a deeper ResNet for a ResNet-20."""
         from .checkpoint import load_model
         if self.cfg.recipe.distill <= 0:
             raise ShiftPQError(f"--teacher {path}: recipe field 'distill' is {self.cfg.recipe.distill}, expected > 0")
         teacher, meta = load_model(path)
-        if meta["spec"]["name"] != self.cfg.spec.name:
-            raise ShiftPQError(f"--teacher {path}: field 'meta.spec.name' is {meta['spec']['name']!r}, "
-                               f"expected {self.cfg.spec.name!r}")
         self.teacher = teacher.to(self.device).eval()
         if self.device.type == "cuda":
             self.teacher.to(memory_format=torch.channels_last)  # the layout the student's inputs have
@@ -345,7 +343,8 @@ class Trainer:
         self.rates = layer_rates(self.model, self.cfg.rate, self.cfg.layer_rates)
         self.epoch = meta["epoch"]
         if "teacher" in blob:
-            self.teacher = model_from_state(meta["spec"], blob["teacher"], False, str(path)).to(self.device).eval()
+            spec = meta.get("teacher_spec", meta["spec"])  # a checkpoint from before teacher_spec: the same model
+            self.teacher = model_from_state(spec, blob["teacher"], False, str(path)).to(self.device).eval()
             if self.device.type == "cuda":  # as in a fresh run (_load_teacher, the student's copy)
                 self.teacher.to(memory_format=torch.channels_last)
         self._enter_phase(resumed=(blob.get("optimizer"), meta["schedule"]))
