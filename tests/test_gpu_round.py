@@ -107,6 +107,15 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "prune_stages=1", "--se
     # fp's weights were only the start of qat, which is committed: dropped; its log and summary stay
     assert not (tmp_path / "done" / "fp" / "final.pt").exists() and (tmp_path / "done" / "fp" / "summary.json").is_file()
     assert "fp: final.pt dropped" in capsys.readouterr().out
+    # ship: the committed QAT phase -> models/NAME.pt + manifest (golden accuracy measured here)
+    models = tmp_path / "models"
+    ship = ["ship", "qat", "--plan", str(plan), "--done-dir", str(tmp_path / "done"), "--models", str(models)]
+    assert gr.main([*ship, "--as", "tiny-ppq"]) == 0
+    man = json.loads((models / "tiny-ppq.json").read_text())
+    assert [p["run"] for p in man["phases"]] == ["fp", "qat"] and man["method"] == "ppq"
+    assert man["golden"]["images"] == 10000 and 0 < man["golden"]["accuracy"] < 100
+    assert man["sha256"] == hashlib.sha256((models / "tiny-ppq.pt").read_bytes()).hexdigest()
+    assert (models / "tiny-ppq.pt").read_bytes() == (tmp_path / "done" / "qat" / "final.pt").read_bytes()
     curves = [tmp_path / f"c{k}.png" for k in (1, 2)]
     for c in curves:
         assert gr.main(["curves", "--plan", str(plan), "--done-dir", str(tmp_path / "done"), "--out", str(c)]) == 0
