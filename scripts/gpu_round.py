@@ -357,14 +357,19 @@ def _golden(ckpt: Path) -> dict:
     """Here (the full package): export the checkpoint's tables, run the golden model on all 10,000
     test images against the fake-quant model; ``shiftpq golden --json``'s report."""
     import tempfile
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("cli", "hw", "sw", "sim"))}
     with tempfile.TemporaryDirectory() as tmp:
-        cli = [sys.executable, "-m", "shiftpq_cli"]
-        subprocess.run([*cli, "export", "--checkpoint", str(ckpt), "--out", f"{tmp}/tables"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        out = subprocess.run([*cli, "golden", "--tables", f"{tmp}/tables", "--json", "--no-progress"], env=env,
-                             check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+        _shiftpq(["export", "--checkpoint", str(ckpt), "--out", f"{tmp}/tables"])
+        return json.loads(_shiftpq(["golden", "--tables", f"{tmp}/tables", "--json", "--no-progress"]))
+
+
+def _shiftpq(args: list[str]) -> str:
+    """``shiftpq ARGS``'s standard output; its error line (exit 2 and the like) ends this script."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("cli", "hw", "sw", "sim"))}
+    r = subprocess.run([sys.executable, "-m", "shiftpq_cli", *args], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+        fail(f"shiftpq {args[0]}: {last}")
+    return r.stdout
 
 
 def cmd_ship(a) -> int:
@@ -372,6 +377,9 @@ def cmd_ship(a) -> int:
     its manifest: the phases it came from with every hyperparameter and seed (their config.json),
     epochs, GPU seconds of epochs, the accuracy on the GPU and, for a quantized model, of the integer
     golden model on all 10,000 test images (measured here), size and BOPs ratios, sha256."""
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", a.name):
+        fail(f"--as {a.name!r}: expected a file name of letters, digits, '.', '_' or '-' (models/NAME.pt)")
     if a.checkpoint:
         return _ship_checkpoint(a)
     if not a.run:
@@ -415,12 +423,13 @@ def _write_shipped(a, ckpt: Path, dest: Path, man: dict, what: str) -> None:
         if a.min_golden is not None and g["accuracy"] < a.min_golden:
             fail(f"{ckpt}: golden accuracy {g['accuracy']:.2f}% is below --min-golden {a.min_golden}; nothing shipped")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".pt.tmp")
+    man["sha256"], man["bytes"] = _sha256(ckpt), ckpt.stat().st_size
+    tmp_pt, tmp_json = dest.with_suffix(".pt.tmp"), dest.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
     if ckpt.resolve() != dest.resolve():
-        shutil.copyfile(ckpt, tmp)
-        os.replace(tmp, dest)
-    man["sha256"], man["bytes"] = _sha256(dest), dest.stat().st_size
-    (dest.with_suffix(".json")).write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
+        shutil.copyfile(ckpt, tmp_pt)
+        os.replace(tmp_pt, dest)
+    os.replace(tmp_json, dest.with_suffix(".json"))
     acc = f"golden {man['golden']['accuracy']:.2f}%" if "golden" in man else f"{man['test_accuracy_gpu']:.2f}%"
     print(f"shipped {dest} ({acc}; {what}) and {dest.with_suffix('.json')}")
 
@@ -435,9 +444,10 @@ def _ship_checkpoint(a) -> int:
     if a.gpu_seconds is None:
         fail("--checkpoint needs --gpu-seconds (the seconds of its training epochs, from docs/experiments.md)")
     _, meta = read_checkpoint(ckpt)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("cli", "hw", "sw", "sim"))}
-    m = json.loads(subprocess.run([sys.executable, "-m", "shiftpq_cli", "metrics", "--checkpoint", str(ckpt), "--json"],
-                                  env=env, check=True, capture_output=True, text=True).stdout)
+    for key in ("config", "epoch", "test_accuracy"):
+        if key not in meta:
+            fail(f"--checkpoint {ckpt}: field 'meta.{key}' is missing (a checkpoint written by shiftpq train)")
+    m = json.loads(_shiftpq(["metrics", "--checkpoint", str(ckpt), "--json"]))
     dest = Path(a.models) / f"{a.name}.pt"
     cfg = meta["config"]
     man = {"name": a.name, "model": meta["spec"]["name"], "method": cfg["method"], "file": dest.name,
