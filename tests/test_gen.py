@@ -90,8 +90,8 @@ def test_fold_meets_the_target_with_the_fewest_pes():
 
 
 def test_resnet20_default_design_point(capsys):
-    """The shipped PPQ ResNet-20 at the default fold: 2,000 inferences/s from 86.4 MHz on (every
-    routed seed on an ECP5-85k is faster, hw/README.md), 78 pairs of products on the multipliers,
+    """The shipped PPQ ResNet-20 at the default fold: 2,000 inferences/s from 86.4 MHz on (routed on
+    an ECP5-85k, seeds 1 and 2 are faster and seed 3 is not, hw/README.md), 78 pairs of products on the multipliers,
     the MAC array busy, and `shiftpq gen --help` states that default (the generator itself is timed
     by `make gen`, see README)."""
     from shiftpq_hw.gen import resolve_source
