@@ -323,7 +323,7 @@ class Trainer:
         from .checkpoint import load_model
         if self.cfg.recipe.distill <= 0:
             raise ShiftPQError(f"--teacher {path}: recipe field 'distill' is {self.cfg.recipe.distill}, expected > 0")
-        teacher, meta = load_model(path)
+        teacher, _ = load_model(path)
         self.teacher = teacher.to(self.device).eval()
         if self.device.type == "cuda":
             self.teacher.to(memory_format=torch.channels_last)  # the layout the student's inputs have
