@@ -11,6 +11,7 @@ run the plan for a fixed time, return the run states. docs/experiments.md gives 
     # is dropped once every phase that starts from it is committed), the rest into runs/gpu/
     python scripts/gpu_round.py adopt /work/.device/.../runs.tar.gz
     python scripts/gpu_round.py ship r20-ppq-qat --as resnet20-ppq   # models/NAME.pt + manifest NAME.json
+    python scripts/gpu_round.py drop r20-ppq-qat-kd     # a committed result's weights, once not needed
     python scripts/gpu_round.py curves          # docs/results-curves.png from the committed phases
 
 ``run`` needs only PyTorch, NumPy and tqdm (a bare GPU machine: it runs shiftpq from ``sw/``):
@@ -18,14 +19,19 @@ run the plan for a fixed time, return the run states. docs/experiments.md gives 
 2. with CUDA, the compiled-quantizer check: ``--check-steps`` QAT steps of ResNet-20 eager and
    compiled from the same start (bench/train_throughput.py's compiled_vs_eager). If the compiled
    loss does not follow the eager one, every run gets ``--compiled-quantizer ops`` (the custom ops,
-   verified in round 7); ``--bench`` also times FP and QAT steps (bench/train_throughput.py);
+   verified in round 7); ``--bench`` also times FP and QAT steps (bench/train_throughput.py, with both
+   kinds of quantizer kernels);
+   with CUDA and ``--quant-kernels auto`` (the default), the kernels check: ``--kernel-check-steps``
+   eager QAT steps with the "inductor" quantizer kernels against the "table" ones (the first loss must
+   be equal bit for bit, the rest must fall alike; bench/train_throughput.py's kernels_vs_table).
+   Every run gets ``--quant-kernels inductor`` if it passes, ``table`` if not (check-kernels.json);
 3. ``shiftpq sweep PLAN`` for what is left of ``--time-limit``, ``--concurrent`` runs at once, with
    the plan's finished phases (committed under plans/done/<plan>/ by ``adopt``) copied in first, so
    they are skipped and their dependants start from them;
 4. into --out (default $OUT): state.json (the sweep state), runs.tar.gz (every run directory's
    logs, summary and config, finished runs' final.pt without optimizer state, unfinished runs'
    last.pt; split into
-   runs.tar.gz.1, .2, ... when over 15 MiB), check.json and bench.json.
+   runs.tar.gz.1, .2, ... when over 15 MiB), check.json, check-kernels.json and bench.json.
 """
 from __future__ import annotations
 
@@ -191,7 +197,37 @@ def _check_compiled(model: str, batch: int, steps: int, out: Path, device: str =
     ok = chk["compiled_last4"] - chk["eager_last4"] < 0.25 * max(1e-6, first - chk["eager_last4"])
     res = {"quantizer": "fused", "ok": bool(ok), "seconds": round(time.monotonic() - t, 1), **chk}
     (out / "check.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(f"gpu_round: compiled fused quantizer {'trains' if ok else 'DOES NOT train'}: QAT loss after "
+          f"{chk['steps']} steps eager {chk['eager_last4']:.3f}, compiled {chk['compiled_last4']:.3f} "
+          f"({res['seconds']} s)", flush=True)
     return res
+
+
+def _check_kernels(model: str, batch: int, steps: int, out: Path, device: str = "cuda") -> dict:
+    """Do the "inductor" quantizer kernels train like the "table" ones? (bench/train_throughput.py)"""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+    from train_throughput import kernels_vs_table
+    t = time.monotonic()
+    res = {"kernels": "inductor", **kernels_vs_table(model, torch.device(device), batch, steps)}
+    res["seconds"] = round(time.monotonic() - t, 1)
+    (out / "check-kernels.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(f"gpu_round: inductor quantizer kernels {'train' if res['ok'] else 'DO NOT train'} like the table: "
+          f"first loss {'equal' if res['first_equal'] else 'DIFFERENT'}, last {res['inductor_loss'][-1]:.3f} vs "
+          f"{res['table_loss'][-1]:.3f} ({res['seconds']} s)", flush=True)
+    return res
+
+
+def _guarded(what: str, record: Path, fields: dict, check) -> dict:
+    """A check before the sweep; a crash (e.g. the compiler's) must not cost the stretch: it is recorded
+    as a failed check (``ok`` false, the error) and the round goes on with the safe choice."""
+    try:
+        return check()
+    except Exception as e:
+        res = {**fields, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        record.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"gpu_round: the {what} check failed ({res['error'][:300]})", flush=True)
+        return res
 
 
 def _pack(runs_dir: Path, out: Path) -> list[Path]:
@@ -298,6 +334,32 @@ def drop_spent(plan_path: str | Path, done: Path) -> list[str]:
             (done / r.name / "final.pt").unlink()
             spent.append(r.name)
     return spent
+
+
+def cmd_drop(a) -> int:
+    """Here: delete the committed final.pt of finished phases whose weights nobody needs: a result that
+    lost, or one already shipped under models/ (the same bytes). Config, log and summary stay, and git
+    history keeps the weights. Refused, with nothing deleted, for a phase that is not committed or has
+    no weights, and for one that a phase of the plan not yet committed starts from (``init``) or
+    distils from (``teacher``)."""
+    from shiftpq.sweep import load_plan, run_state
+    plan = load_plan(a.plan)
+    done = done_dir(a.plan, a.done_dir)
+    by_name = {r.name: r for r in plan.runs}
+    finished = {r.name for r in plan.runs if run_state(done / r.name)["state"] == "done"}
+    for name in a.runs:
+        if name not in by_name:
+            fail(f"{a.plan}: no run named {name!r}")
+        if name not in finished or not (done / name / "final.pt").is_file():
+            fail(f"{done / name / 'final.pt'}: not there (drop takes committed phases that still hold their weights)")
+        waiting = [u.name for u in plan.runs if name in u.needs and u.name not in finished]
+        if waiting:
+            fail(f"{name}: {', '.join(waiting)} of {a.plan} still start(s) from its weights; keep them")
+    for name in dict.fromkeys(a.runs):
+        size = (done / name / "final.pt").stat().st_size
+        (done / name / "final.pt").unlink()
+        print(f"{name}: final.pt dropped ({size / 2**20:.1f} MiB); config, log and summary stay")
+    return 0
 
 
 def cmd_curves(a) -> int:
@@ -496,20 +558,23 @@ def cmd_run(a) -> int:
     print(f"gpu_round: torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'no CUDA'}; "
           f"plan {a.plan}: {len(plan.runs)} runs", flush=True)
     if cuda and a.check_steps:
-        try:
-            chk = _check_compiled(a.check_model, a.check_batch, a.check_steps, out)
-            print(f"gpu_round: compiled fused quantizer {'trains' if chk['ok'] else 'DOES NOT train'}: QAT loss after "
-                  f"{chk['steps']} steps eager {chk['eager_last4']:.3f}, compiled {chk['compiled_last4']:.3f} "
-                  f"({chk['seconds']} s)", flush=True)
-        except Exception as e:  # a compiler crash must not cost the stretch: fall back, record it, go on
-            chk = {"quantizer": "fused", "ok": False, "error": f"{type(e).__name__}: {e}"}
-            (out / "check.json").write_text(json.dumps(chk, indent=1) + "\n")
-            print(f"gpu_round: the compiled check failed ({chk['error'][:300]})", flush=True)
+        chk = _guarded("compiled", out / "check.json", {"quantizer": "fused"},
+                       lambda: _check_compiled(a.check_model, a.check_batch, a.check_steps, out))
         if not chk["ok"]:
             extra.append("--compiled-quantizer=ops")
+    kernels = a.quant_kernels
+    if kernels == "auto":
+        kernels = "table"
+        if cuda and a.kernel_check_steps:
+            kchk = _guarded("kernels", out / "check-kernels.json", {"kernels": "inductor"},
+                            lambda: _check_kernels(a.check_model, a.check_batch, a.kernel_check_steps, out))
+            kernels = "inductor" if kchk["ok"] else "table"
+    extra.insert(0, f"--quant-kernels={kernels}")  # a --train-arg of the same name comes later and wins
     if cuda and a.bench:
+        compiled = "ops" if "--compiled-quantizer=ops" in extra else "fused"  # the one that trains, if known
         subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--device", "cuda", "--compile",
-                        "--out", str(out / "bench.json")], check=False)
+                        "--quantizer", compiled, "--kernels", "table,inductor", "--out", str(out / "bench.json")],
+                       check=False)
     left = a.time_limit - (time.monotonic() - t0) - a.pack_reserve
     print(f"gpu_round: sweep for {left:.0f} s, {a.concurrent} runs at once", flush=True)
     state = sweep(plan, left, a.concurrent, extra, progress=False,
@@ -548,7 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--check-steps", type=int, default=30, help="QAT steps of the compiled check (0: skip)")
     r.add_argument("--check-model", default="resnet20")
     r.add_argument("--check-batch", type=int, default=256)
-    r.add_argument("--bench", action="store_true", help="also time FP and QAT steps (about 3 minutes)")
+    r.add_argument("--quant-kernels", choices=("auto", "table", "inductor"), default="auto",
+                   help="the runs' quantizer kernels (shiftpq train --quant-kernels); auto (default): inductor "
+                   "if the kernels check passes on CUDA, else table")
+    r.add_argument("--kernel-check-steps", type=int, default=20, help="QAT steps of the kernels check (0: skip)")
+    r.add_argument("--bench", action="store_true", help="also time FP and QAT steps (about 4 minutes)")
     r.add_argument("--done-dir", default=None, help="the plan's committed phases (default plans/done/<plan stem>)")
     r.add_argument("--pack-reserve", type=float, default=15.0, help="seconds kept for packing the results")
     d = sub.add_parser("adopt", help="here: unpack a round's runs.tar.gz; finished phases into plans/done/<plan>/")
@@ -568,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--gpu", default="NVIDIA H200", help="the GPU the phases ran on (for the manifest)")
     h.add_argument("--min-golden", type=float, default=None, metavar="PERCENT",
                    help="ship only if the golden accuracy is at least PERCENT (e.g. the shipped model's)")
+    x = sub.add_parser("drop", help="here: delete committed phases' weights that no phase and no result needs")
+    x.add_argument("runs", nargs="+", metavar="RUN", help="committed phases of the plan")
+    x.add_argument("--plan", default=str(ROOT / "plans" / "table2.toml"))
+    x.add_argument("--done-dir", default=None, help="the plan's committed phases (default plans/done/<plan stem>)")
     c = sub.add_parser("curves", help="here: a PNG of the committed phases' training curves")
     c.add_argument("--plan", default=str(ROOT / "plans" / "table2.toml"))
     c.add_argument("--done-dir", default=None, help="the plan's committed phases (default plans/done/<plan stem>)")
@@ -575,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         return {"prepare": cmd_prepare, "stage": cmd_stage, "run": cmd_run, "adopt": cmd_adopt,
-                "ship": cmd_ship, "curves": cmd_curves}[a.cmd](a)
+                "ship": cmd_ship, "drop": cmd_drop, "curves": cmd_curves}[a.cmd](a)
     except Exception as e:  # ShiftPQError and friends: one line, exit 2
         from shiftpq.errors import ShiftPQError
         if isinstance(e, (ShiftPQError, ValueError)):

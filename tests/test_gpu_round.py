@@ -116,6 +116,20 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "prune_stages=1", "--se
     assert man["golden"]["images"] == 10000 and 0 < man["golden"]["accuracy"] < 100
     assert man["sha256"] == hashlib.sha256((models / "tiny-ppq.pt").read_bytes()).hexdigest()
     assert (models / "tiny-ppq.pt").read_bytes() == (tmp_path / "done" / "qat" / "final.pt").read_bytes()
+    # drop: the shipped result's committed copy goes; a name not in the plan, or weights gone, are refused
+    drop = ["--plan", str(plan), "--done-dir", str(tmp_path / "done")]
+    for bad, why in ((["nope"], "no run named"), (["fp"], "not there")):
+        with pytest.raises(SystemExit) as e:
+            gr.main(["drop", *bad, *drop])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    plan2 = tmp_path / "tiny2.toml"  # the same plan and one more phase that starts from qat
+    plan2.write_text(plan.read_text() + '[[run]]\nname = "more"\ninit = "qat"\nargs = ["--method", "ppq"]\n')
+    with pytest.raises(SystemExit) as e:
+        gr.main(["drop", "qat", "--plan", str(plan2), "--done-dir", str(tmp_path / "done")])
+    assert e.value.code == 2 and "more of" in capsys.readouterr().err
+    assert (tmp_path / "done" / "qat" / "final.pt").is_file()
+    assert gr.main(["drop", "qat", *drop]) == 0
+    assert not (tmp_path / "done" / "qat" / "final.pt").exists() and (tmp_path / "done" / "qat" / "summary.json").is_file()
     curves = [tmp_path / f"c{k}.png" for k in (1, 2)]
     for c in curves:
         assert gr.main(["curves", "--plan", str(plan), "--done-dir", str(tmp_path / "done"), "--out", str(c)]) == 0

@@ -96,8 +96,9 @@ def test_fake_quant_ops_pass_opcheck_in_both_memory_formats():
             x = torch.randn(2, 3, 4, 4)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            torch.library.opcheck(fake_quant_op, (x.clone().requires_grad_(True), q.alpha, q.vals, q.mids, signed))
-            torch.library.opcheck(fake_quant_backward_op, (torch.randn_like(x), x, q.alpha.detach(), q.vals, q.mids, signed))
+            torch.library.opcheck(fake_quant_op, (x.clone().requires_grad_(True), q.alpha, q.vals, q.mids, signed, bits))
+            torch.library.opcheck(fake_quant_backward_op, (torch.randn_like(x), x, q.alpha.detach(), q.vals, q.mids, signed,
+                                                            bits))
 
 
 def test_fake_quant_keeps_channels_last_without_copies():
@@ -166,7 +167,7 @@ def test_eager_and_compiled_quantizers_agree():
                 x = x.contiguous(memory_format=torch.channels_last)
             g = torch.randn_like(x)
             outs = []
-            for f in (_FakeQuant.apply, fake_quant_op):
+            for f in (lambda *a: _FakeQuant.apply(*a, q.consts), lambda *a: fake_quant_op(*a, bits)):
                 xi = x.clone().requires_grad_(True)
                 q.alpha.grad = None
                 y = f(xi, q.alpha, q.vals, q.mids, signed)
@@ -235,7 +236,8 @@ def test_fused_constants_reproduce_every_level_table():
     for signed, widths in ((True, WEIGHT_BITS), (False, ACT_BITS)):
         for bits in widths:
             lv = level_set(bits, signed)
-            n, mids, vals = fused_consts(lv)
+            width, n, mids, vals = fused_consts(lv)
+            assert width == bits
             assert torch.equal(torch.tensor(vals), torch.tensor(lv.values, dtype=torch.float32))
             assert torch.equal(torch.tensor(mids), torch.tensor(lv.midpoints, dtype=torch.float32))
             assert (n != 0) == (lv.kind == "uniform")
@@ -254,7 +256,7 @@ def test_fused_quantizer_equals_the_custom_op_eager():
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 g = torch.randn(x.shape).to(dtype)
-                want = _grads(lambda xi, a: fake_quant_op(xi, a, q.vals, q.mids, signed), x, q.alpha.detach(), g)
+                want = _grads(lambda xi, a: fake_quant_op(xi, a, q.vals, q.mids, signed, bits), x, q.alpha.detach(), g)
                 got = _grads(lambda xi, a: _FusedFakeQuant.apply(xi, a, q.consts, signed), x, q.alpha.detach(), g)
                 for name, w, c in zip(("forward", "input grad", "alpha grad"), want, got):
                     assert w.dtype == c.dtype and torch.equal(w, c), (bits, signed, dtype, channels_last, name)
@@ -295,7 +297,7 @@ def test_fused_quantizer_compiled_equals_the_custom_op(dtype):
 
     torch._dynamo.reset()
     try:
-        want_y, want_g = run(lambda *a: [fake_quant_op(x, al, q.vals, q.mids, q.levels.signed)
+        want_y, want_g = run(lambda *a: [fake_quant_op(x, al, q.vals, q.mids, q.levels.signed, q.bits)
                                          for q, x, al in zip(qs, a[:len(qs)], a[len(qs):])])
         got_y, got_g = run(torch.compile(many, fullgraph=True))
         torch._dynamo.reset()
@@ -313,3 +315,79 @@ def test_fused_quantizer_compiled_equals_the_custom_op(dtype):
     assert len(seen) == 2
     ops = seen[0] | seen[1]
     assert not [t for t in ops if "bucketize" in t or "gather" in t or "index" in t or "shiftpq" in t], ops
+
+
+# -- the "inductor" quantizer kernels (shiftpq train --quant-kernels inductor) ----------------------
+# Variants kept few: each (level set, dtype, layout) is one Inductor compilation on the CPU.
+KERNEL_CASES = (((4, False), torch.float32, "channels_last"), ((4, False), torch.bfloat16, "channels_last"),
+                ((4, True), torch.float32, "contiguous"), ((8, False), torch.bfloat16, "2d"),
+                ((8, True), torch.float32, "2d"))
+
+
+def test_inductor_kernels_equal_the_table():
+    """The compiled fused pieces compute, through the eager autograd.Function and through the custom
+    ops, what the table kernels do: forward and input gradient element for element (midpoints, the
+    floats beside them, levels; a power-of-two alpha and one that is not), the alpha gradient up to
+    summation order, in the input's layout."""
+    from shiftpq.quant import _FakeQuant, fake_quant_op, set_quant_kernels
+    torch.manual_seed(6)
+    try:
+        for (bits, signed), dtype, layout in KERNEL_CASES:
+            for alpha in (0.5, 0.8):
+                q = Quantizer(bits, signed, alpha)
+                x = _probe(bits, signed, alpha).to(dtype)
+                x = (x.contiguous(memory_format=torch.channels_last) if layout == "channels_last"
+                     else x.reshape(x.shape[0], -1) if layout == "2d" else x)
+                g = torch.randn(x.shape).to(dtype)
+                for f in (lambda xi, a: _FakeQuant.apply(xi, a, q.vals, q.mids, signed, q.consts),
+                          lambda xi, a: fake_quant_op(xi, a, q.vals, q.mids, signed, bits)):
+                    set_quant_kernels("table")
+                    want = _grads(f, x, q.alpha.detach(), g)
+                    set_quant_kernels("inductor")
+                    got = _grads(f, x, q.alpha.detach(), g)
+                    case = (bits, signed, dtype, layout, alpha)
+                    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1]), case
+                    assert got[0].stride() == x.stride() and got[1].stride() == x.stride(), case
+                    torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-6, msg=str(case))
+    finally:
+        set_quant_kernels("table")
+
+
+def test_inductor_kernels_train_step_equals_the_table():
+    """A whole QAT step of a pruned ResNet-20 (eager) with the inductor kernels: the same logits and the
+    same gradient of every weight and BatchNorm parameter, bit for bit; the clipping thresholds'
+    gradients (sums) up to summation order."""
+    from shiftpq.models import build_model, model_input
+    from shiftpq.pruning import gm_prune, layer_rates
+    from shiftpq.quant import calibrate_quantizers, set_quant_kernels
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    gm_prune(model, layer_rates(model, 0.3), incremental=True)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(4)
+    calibrate_quantizers(model, images)
+    model.set_quant(True)
+    runs = []
+    try:
+        for kind in ("table", "inductor"):
+            set_quant_kernels(kind)
+            model.zero_grad(set_to_none=True)
+            out = model(model_input(images))
+            torch.nn.functional.cross_entropy(out, labels).backward()
+            runs.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    finally:
+        set_quant_kernels("table")
+    (out_t, grad_t), (out_i, grad_i) = runs
+    assert torch.equal(out_t, out_i)
+    assert grad_t.keys() == grad_i.keys() and any(n.endswith("alpha") for n in grad_t)
+    for n in grad_t:
+        if n.endswith("alpha"):
+            torch.testing.assert_close(grad_i[n], grad_t[n], rtol=1e-4, atol=1e-7, msg=n)
+        else:
+            assert torch.equal(grad_t[n], grad_i[n]), n
+
+
+def test_quant_kernels_choice_is_checked(monkeypatch):
+    from shiftpq.quant import set_quant_kernels
+    with pytest.raises(ValueError, match="must be one of"):
+        set_quant_kernels("triton")

@@ -223,7 +223,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     """The arguments of ``shiftpq train`` (also what a sweep plan's runs pass); ``run``: cmd_train."""
     from .levels import ACT_BITS, WEIGHT_BITS
     from .models import MODEL_NAMES
-    from .quant import COMPILED_QUANTIZERS
+    from .quant import COMPILED_QUANTIZERS, QUANT_KERNELS
     from .train import METHODS, RECIPES, RESIDUAL_PRUNING
 
     t.set_defaults(run=cmd_train)
@@ -254,7 +254,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
     t.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     t.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (the fake quantizer stays an opaque custom op; docs/compression.md)")
+                   help="torch.compile the model (the fake quantizer: --compiled-quantizer; docs/compression.md)")
     t.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
     t.add_argument("--stop-after", type=positive, default=None, metavar="EPOCHS",
                    help="stop (resumably) after this many epochs in this call")
@@ -267,7 +267,11 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
                    "every phase, weight: recipe field distill (default: only ppq's QAT, from the pruned FP model)")
     t.add_argument("--compiled-quantizer", choices=COMPILED_QUANTIZERS, default=None,
                    help="with --compile: fused (element-wise ops Inductor fuses; default) or ops (opaque custom "
-                   "ops around the eager kernels)")
+                   "ops around the --quant-kernels)")
+    t.add_argument("--quant-kernels", choices=QUANT_KERNELS, default=None,
+                   help="the fake quantizer's kernels in an eager model and inside the ops: table (bucketize and "
+                   "a lookup; default, or $SHIFTPQ_QUANT_KERNELS) or inductor (its element-wise forward and "
+                   "gradient, each compiled by Inductor: a kernel or two instead of about twenty)")
 
 
 @dataclass(frozen=True)
@@ -297,9 +301,11 @@ def cmd_train(a) -> Trained:
                       recipe_name=a.recipe, rate=a.rate, layer_rates=dict(a.layer_rate), residual_pruning=a.residual_pruning, seed=a.seed,
                       train_limit=a.train_limit, test_limit=a.test_limit, init=a.init, teacher=a.teacher)
     resolve_data_dir(a.data_dir)
+    from .quant import set_compiled_quantizer, set_quant_kernels
     if a.compiled_quantizer:
-        from .quant import set_compiled_quantizer
         set_compiled_quantizer(a.compiled_quantizer)
+    if a.quant_kernels:
+        set_quant_kernels(a.quant_kernels)
     train(cfg, a.out, device=_device(a.device), data_dir=a.data_dir, resume=a.resume, stop_after=a.stop_after,
           time_limit=a.time_limit, progress=not a.no_progress and sys.stderr.isatty(), compile_model=a.compile, amp=not a.no_amp,
           log=lambda s: print(s, file=sys.stderr, flush=True))

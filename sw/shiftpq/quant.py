@@ -51,6 +51,14 @@ ALPHA_A_INIT = 8.0  # activation clipping before calibration (APoT CIFAR code)
 #   failed the same way. On the CPU, Inductor's code matches eager, which is why the CPU tests never
 #   saw it. The fused quantizer has no gather; whether CUDA gets it right is checked at the start of
 #   every GPU round (scripts/gpu_round.py), which falls back to "ops" if not.
+#
+# Outside a compiled model (eager training) and inside the custom ops, the quantizer's kernels are
+# ``QUANT_KERNELS``: "table" (bucketize and a table lookup, eager PyTorch: about 8 passes over the tensor
+# forward and 12 backward, each a kernel of its own) or "inductor": the fused quantizer's forward and
+# gradient functions (``_fused_forward``, ``_fused_grads``), each compiled on its own by Inductor into one
+# or two kernels. These two pieces equal the table element for element on the CPU (tests/test_quant.py)
+# and on an H200 (bench/inductor_quant.py, round 9); the model around them stays eager (or compiled with
+# "ops"), so the whole-graph miscompile above cannot reach them.
 
 def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """t with like's strides (channels_last stays channels_last), as the fake kernels promise."""
@@ -74,7 +82,7 @@ def _levels_of(xs: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor, signed:
 
 
 def _fake_quant_forward(x, alpha, vals, mids, signed: bool) -> torch.Tensor:
-    """alpha * q(x / alpha) in x's dtype."""
+    """alpha * q(x / alpha) in x's dtype (the "table" kernels)."""
     return (_levels_of(x.float() / alpha, vals, mids, signed) * alpha).to(x.dtype)
 
 
@@ -83,6 +91,21 @@ def _fake_quant_grads(g, x, alpha, vals, mids, signed: bool) -> tuple[torch.Tens
     alive) instead of saving two more activation-sized tensors. Weights: straight-through, dL/dx = g."""
     xs = x.float() / alpha
     return _quant_grads(g, xs, _levels_of(xs, vals, mids, signed), alpha, signed)
+
+
+def _kernel_forward(x, alpha, vals, mids, signed: bool, consts: "FusedConsts") -> torch.Tensor:
+    """``_fake_quant_forward`` by the selected ``QUANT_KERNELS``."""
+    if _kernels["kind"] == "inductor":
+        return _inductor_kernels()[0](x, alpha, consts, signed)
+    return _fake_quant_forward(x, alpha, vals, mids, signed)
+
+
+def _kernel_grads(g, x, alpha, vals, mids, signed: bool, consts: "FusedConsts") -> tuple[torch.Tensor, torch.Tensor]:
+    """``_fake_quant_grads`` by the selected ``QUANT_KERNELS``."""
+    if _kernels["kind"] == "inductor":
+        gx, galpha = _inductor_kernels()[1](g, x, alpha, consts, signed)
+        return (g if gx is None else gx), galpha
+    return _fake_quant_grads(g, x, alpha, vals, mids, signed)
 
 
 def _quant_grads(g, xs, q, alpha, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,19 +122,19 @@ def _quant_grads(g, xs, q, alpha, signed: bool) -> tuple[torch.Tensor, torch.Ten
 
 class _FakeQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, alpha, vals, mids, signed: bool):
+    def forward(ctx, x, alpha, vals, mids, signed: bool, consts):
         ctx.save_for_backward(x, alpha, vals, mids)
-        ctx.signed = signed
-        return _fake_quant_forward(x, alpha, vals, mids, signed)
+        ctx.signed, ctx.consts = signed, consts
+        return _kernel_forward(x, alpha, vals, mids, signed, consts)
 
     @staticmethod
     def backward(ctx, g):
         x, alpha, vals, mids = ctx.saved_tensors
-        return *_fake_quant_grads(g, x, alpha, vals, mids, ctx.signed), None, None, None
+        return *_kernel_grads(g, x, alpha, vals, mids, ctx.signed, ctx.consts), None, None, None, None
 
 
-FusedConsts = tuple  # (n, mids, vals): n = top integer level of a uniform set (0 for APoT),
-#                       mids and vals the float32 midpoints and levels as Python floats
+FusedConsts = tuple  # (bits, n, mids, vals): the level set's width, n = top integer level of a uniform
+#                       set (0 for APoT), mids and vals the float32 midpoints and levels as Python floats
 
 
 @lru_cache(maxsize=None)
@@ -127,13 +150,13 @@ def fused_consts(levels: LevelSet) -> FusedConsts:
         if not (np.array_equal(k / np.float32(n), vals)
                 and np.array_equal((2 * k[:-1] + 1) / np.float32(2 * n), mids)):
             raise AssertionError(f"uniform level set {levels.bits} bits: float32 arithmetic differs from the table")
-    return n, tuple(float(m) for m in mids), tuple(float(v) for v in vals)
+    return levels.bits, n, tuple(float(m) for m in mids), tuple(float(v) for v in vals)
 
 
 def _fused_levels(xs: torch.Tensor, consts: FusedConsts, signed: bool) -> torch.Tensor:
     """``_levels_of`` as element-wise ops only (no bucketize, no gather): the same values, ties to
     the larger magnitude, in xs's layout."""
-    n, mids, vals = consts
+    _, n, mids, vals = consts
     mag = (xs.abs() if signed else xs).clamp(0.0, 1.0)
     if n:  # uniform: k = round(mag * n), off by at most one, corrected against the exact midpoints
         k = torch.floor(mag * n + 0.5).clamp(0, n)
@@ -146,6 +169,29 @@ def _fused_levels(xs: torch.Tensor, consts: FusedConsts, signed: bool) -> torch.
     return q.copysign(xs) if signed else q
 
 
+def _fused_forward(x, alpha, consts: FusedConsts, signed: bool) -> torch.Tensor:
+    """alpha * q(x / alpha) in x's dtype, element-wise ops only."""
+    return (_fused_levels(x.float() / alpha, consts, signed) * alpha).to(x.dtype)
+
+
+def _fused_grads(g, x, alpha, consts: FusedConsts, signed: bool):
+    """(dL/dx, dL/dalpha) as ``_quant_grads``, element-wise ops and one sum; dL/dx is None for weights
+    (straight-through: it is g itself, which a compiled function should not hand back as an output)."""
+    xs = x.float() / alpha
+    gx, galpha = _quant_grads(g, xs, _fused_levels(xs, consts, signed), alpha, signed)
+    return (None if signed else gx), galpha
+
+
+@lru_cache(maxsize=None)
+def _inductor_kernels():
+    """The fused forward and gradients, each compiled on its own (the "inductor" kernels). One entry per
+    level set, dtype, layout and sign is cached, each shape-generic after its first recompile: more
+    than Dynamo's default of 8 entries per function, so the limit is raised."""
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, 64)
+    return torch.compile(_fused_forward, fullgraph=True), torch.compile(_fused_grads, fullgraph=True)
+
+
 class _FusedFakeQuant(torch.autograd.Function):
     """alpha * q(x / alpha) with the APoT gradients, traceable by Dynamo (what torch.compile runs)."""
 
@@ -153,17 +199,40 @@ class _FusedFakeQuant(torch.autograd.Function):
     def forward(ctx, x, alpha, consts: FusedConsts, signed: bool):
         ctx.save_for_backward(x, alpha)
         ctx.consts, ctx.signed = consts, signed
-        return (_fused_levels(x.float() / alpha, consts, signed) * alpha).to(x.dtype)
+        return _fused_forward(x, alpha, consts, signed)
 
     @staticmethod
     def backward(ctx, g):
         x, alpha = ctx.saved_tensors
-        xs = x.float() / alpha
-        return *_quant_grads(g, xs, _fused_levels(xs, ctx.consts, ctx.signed), alpha, ctx.signed), None, None
+        gx, galpha = _fused_grads(g, x, alpha, ctx.consts, ctx.signed)
+        return (g if gx is None else gx), galpha, None, None
 
 
 COMPILED_QUANTIZERS = ("fused", "ops")
-_compiled = {"kind": os.environ.get("SHIFTPQ_COMPILED_QUANTIZER", COMPILED_QUANTIZERS[0])}
+_compiled = {"kind": COMPILED_QUANTIZERS[0]}
+
+
+QUANT_KERNELS = ("table", "inductor")
+_kernels = {"kind": QUANT_KERNELS[0]}
+
+
+def set_quant_kernels(kind: str) -> None:
+    """The quantizer's kernels outside a compiled model and inside the custom ops: "table" (eager
+    bucketize and lookup) or "inductor" (the fused pieces, each compiled). Default: $SHIFTPQ_QUANT_KERNELS
+    or table."""
+    if kind not in QUANT_KERNELS:
+        raise ValueError(f"quantizer kernels must be one of {QUANT_KERNELS}, got {kind!r}")
+    _kernels["kind"] = kind
+
+
+def _from_env(name: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"environment variable {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+set_quant_kernels(_from_env("SHIFTPQ_QUANT_KERNELS", QUANT_KERNELS))
 
 
 def set_compiled_quantizer(kind: str) -> None:
@@ -174,54 +243,61 @@ def set_compiled_quantizer(kind: str) -> None:
     _compiled["kind"] = kind
 
 
+set_compiled_quantizer(_from_env("SHIFTPQ_COMPILED_QUANTIZER", COMPILED_QUANTIZERS))
+
+
+def _op_consts(bits: int, signed: bool) -> FusedConsts:
+    return fused_consts(level_set(bits, signed))
+
+
 @torch.library.custom_op("shiftpq::fake_quant", mutates_args=())
 def fake_quant_op(x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor,
-                  signed: bool) -> torch.Tensor:
-    return _strided_like(_fake_quant_forward(x, alpha, vals, mids, signed), x)
+                  signed: bool, bits: int) -> torch.Tensor:
+    return _strided_like(_kernel_forward(x, alpha, vals, mids, signed, _op_consts(bits, signed)), x)
 
 
 @fake_quant_op.register_fake
-def _(x, alpha, vals, mids, signed):
+def _(x, alpha, vals, mids, signed, bits):
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("shiftpq::fake_quant_backward", mutates_args=())
 def fake_quant_backward_op(g: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor,
-                           mids: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    gx, galpha = _fake_quant_grads(g, x, alpha, vals, mids, signed)
+                           mids: torch.Tensor, signed: bool, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gx, galpha = _kernel_grads(g, x, alpha, vals, mids, signed, _op_consts(bits, signed))
     return _strided_like(gx.clone() if gx is g else gx, g), galpha  # a custom op may not return its input
 
 
 @fake_quant_backward_op.register_fake
-def _(g, x, alpha, vals, mids, signed):
+def _(g, x, alpha, vals, mids, signed, bits):
     return torch.empty_like(g), torch.empty_like(alpha)
 
 
 def _fake_quant_setup(ctx, inputs, output):
-    x, alpha, vals, mids, signed = inputs
+    x, alpha, vals, mids, signed, bits = inputs
     ctx.save_for_backward(x, alpha, vals, mids)
-    ctx.signed = signed
+    ctx.signed, ctx.bits = signed, bits
 
 
 def _fake_quant_op_grad(ctx, g):
     x, alpha, vals, mids = ctx.saved_tensors
-    gx, galpha = fake_quant_backward_op(g, x, alpha, vals, mids, ctx.signed)
-    return gx, galpha, None, None, None
+    gx, galpha = fake_quant_backward_op(g, x, alpha, vals, mids, ctx.signed, ctx.bits)
+    return gx, galpha, None, None, None, None
 
 
 fake_quant_op.register_autograd(_fake_quant_op_grad, setup_context=_fake_quant_setup)
 
 
 def fake_quant(x: torch.Tensor, alpha: torch.Tensor, vals: torch.Tensor, mids: torch.Tensor,
-               signed: bool, consts: FusedConsts | None = None) -> torch.Tensor:
+               signed: bool, consts: FusedConsts) -> torch.Tensor:
     """alpha * q(x / alpha): x clipped and rounded to the nearest of the levels ``vals`` (in [0, 1],
-    midpoints ``mids``) and scaled back, with the APoT gradients (module docstring). ``consts``
-    (``fused_consts`` of the same level set) lets torch.compile trace the fused quantizer."""
+    midpoints ``mids``) and scaled back, with the APoT gradients (module docstring). ``consts`` is
+    ``fused_consts`` of the same level set (the fused quantizer's constants)."""
     if torch.compiler.is_compiling():
-        if consts is not None and _compiled["kind"] == "fused":
+        if _compiled["kind"] == "fused":
             return _FusedFakeQuant.apply(x, alpha, consts, signed)
-        return fake_quant_op(x, alpha, vals, mids, signed)
-    return _FakeQuant.apply(x, alpha, vals, mids, signed)
+        return fake_quant_op(x, alpha, vals, mids, signed, consts[0])
+    return _FakeQuant.apply(x, alpha, vals, mids, signed, consts)
 
 
 class Quantizer(nn.Module):
@@ -274,7 +350,7 @@ class ActQuant(Quantizer):
         best, best_err = top, float("inf")
         for k in range(1, grid + 1):
             a = torch.tensor(top * k / grid, device=x.device)
-            err = float(((fake_quant(x, a, self.vals, self.mids, False) - x) ** 2).mean())
+            err = float(((fake_quant(x, a, self.vals, self.mids, False, self.consts) - x) ** 2).mean())
             if err < best_err:
                 best, best_err = top * k / grid, err
         self.alpha.fill_(best)
