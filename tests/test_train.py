@@ -128,6 +128,26 @@ def test_spq_revive_lets_selected_filters_train_and_return(tmp_path, cifar_dir):
         assert (cb.conv.weight[dead] == 0).all() and (cb.bn.weight[dead] == 0).all()
 
 
+def test_spq_revive_epochs_revive_first_then_mask(tmp_path, cifar_dir):
+    """spq_revive_epochs=1: the first epoch trains every filter (the selection at its end zeroes the
+    selected weights, soft), from the second on the selected filters are masked: they get no gradient,
+    so their zeroed weights stay zero while they stay selected, and the run ends in a hard prune."""
+    from shiftpq.train import Trainer
+    cfg = _cfg("spq", epochs="3", batch_size="32", spq_revive="true", spq_revive_epochs="1")
+    cfg.spec, cfg.train_limit, cfg.test_limit = ModelSpec("tiny"), 128, 32
+    tr = Trainer(cfg, tmp_path, "cpu", cifar_dir, progress=False)
+    tr.fresh()
+    tr.train_epoch()
+    sel = {n: (cb.conv.mask == 0).clone() for n, cb in tr.model.prunable().items()}
+    assert any(s.any() for s in sel.values())
+    tr.train_epoch()  # masked: the mask stays on during the epoch
+    for n, cb in tr.model.prunable().items():
+        still = sel[n] & (cb.conv.mask == 0)
+        assert (cb.conv.weight[still] == 0).all(), n  # a masked, zeroed filter did not regrow
+    with pytest.raises(Exception, match="spq_revive_epochs"):
+        recipe_with("paper", {"spq_revive_epochs": "-1"})
+
+
 def test_masked_spq_filters_get_no_gradient():
     """Why the masked SPQ variant never brings a filter back: the mask multiplies the quantized
     weights and the BatchNorm output, so a selected filter's gradient is exactly zero."""

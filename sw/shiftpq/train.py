@@ -19,7 +19,9 @@ Schedules (SPQ/PPQ paper, sections III-C and III-D):
          a selected filter gather their BatchNorm statistics with it active, so after each selection
          they are re-estimated for the selected network (``recalibrate_bn``,
          ``bn_recalibration_batches``); without that the round-8 GPU run reached 88 % train and 65 %
-         test accuracy (docs/experiments.md).
+         test accuracy (docs/experiments.md). ``spq_revive_epochs`` = N > 0 revives during the
+         first N epochs only, then masks: round 9's revive run (83.3 %) stopped returning filters
+         after epoch 7 but kept losing the accuracy the regrown filters carried each epoch.
 - ppq: ``epochs`` full-precision epochs with incremental hard GM pruning in ``prune_stages``
        stages (rate grows to the target; pruned filters never return), then ``qat_epochs`` epochs
        of APoT QAT of the pruned model at ``qat_lr``, optionally distilled from the pruned
@@ -82,6 +84,7 @@ class Recipe:
     spq_revive: bool = False  # spq: selected filters are zeroed and keep training (may return), not masked
     bn_recalibration_batches: int = 20  # spq_revive: batches of training images that re-estimate the
     #                                     BatchNorm statistics after each selection (recalibrate_bn)
+    spq_revive_epochs: int = 0  # spq_revive: revive in the first N epochs only, masked after (0: all epochs)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -128,8 +131,9 @@ def recipe_with(name: str, overrides: dict[str, str]) -> Recipe:
     r = replace(base, **changes)
     if r.schedule not in ("plateau", "cosine"):
         raise ShiftPQError(f"recipe field 'schedule' must be 'plateau' or 'cosine', got {r.schedule!r}")
-    if r.epochs < 1 or r.batch_size < 1 or r.prune_stages < 1 or r.qat_epochs < 0:
-        raise ShiftPQError("recipe fields 'epochs', 'batch_size', 'prune_stages' must be >= 1 and 'qat_epochs' >= 0")
+    if r.epochs < 1 or r.batch_size < 1 or r.prune_stages < 1 or r.qat_epochs < 0 or r.spq_revive_epochs < 0:
+        raise ShiftPQError("recipe fields 'epochs', 'batch_size', 'prune_stages' must be >= 1 and 'qat_epochs', "
+                           "'spq_revive_epochs' >= 0")
     return r
 
 
@@ -386,6 +390,11 @@ class Trainer:
         return path
 
     # -- one epoch -----------------------------------------------------------------------
+    def _revives(self, epoch: int) -> bool:
+        """SPQ revive: does epoch ``epoch`` (0-based) train the selected filters? (spq_revive_epochs)"""
+        r = self.cfg.recipe
+        return r.spq_revive and (r.spq_revive_epochs == 0 or epoch < r.spq_revive_epochs)
+
     def train_epoch(self) -> dict:
         cfg, model, r = self.cfg, self.model, self.cfg.recipe
         phase = cfg.phase(self.epoch)
@@ -395,7 +404,7 @@ class Trainer:
             gm_prune(model, {n: v * stage_rate for n, v in self.rates.items()}, incremental=True,
                      grouped=self.grouped)
             zero_pruned(model, self.opt)
-        revive = phase == "spq" and r.spq_revive
+        revive = phase == "spq" and self._revives(self.epoch)
         selected = {n: cb.conv.mask.clone() for n, cb in model.prunable().items()}  # the last selection
         if revive:  # the zeroed filters train with the others this epoch
             for cb in model.prunable().values():
@@ -443,8 +452,8 @@ class Trainer:
             returned = sum(int(((selected[n] == 0) & (cb.conv.mask != 0)).sum()) for n, cb in model.prunable().items())
             if self.epoch == cfg.total_epochs:
                 zero_pruned(model, self.opt)
-            elif revive:
-                zero_pruned(model, weights_only=True)
+            elif revive:  # soft: the selected weights are zeroed, and their momentum if the next epoch masks them
+                zero_pruned(model, None if self._revives(self.epoch) else self.opt, weights_only=True)
             if revive:  # the epoch trained every filter; the next test and epoch see the selection
                 recalibrate_bn(model, self.xtr, r.bn_recalibration_batches * bs, bs, gen, self.amp)
         test_acc = evaluate(model, self.xte, self.yte, amp=self.amp)
