@@ -435,7 +435,7 @@ def _shiftpq(args: list[str]) -> str:
 
 
 def cmd_ship(a) -> int:
-    """Here: a committed phase becomes models/NAME.pt (its weights, as committed) with models/NAME.json,
+    """Here: a committed phase becomes models/NAME.pt (its weights; a quantized model packed) with models/NAME.json,
     its manifest: the phases it came from with every hyperparameter and seed (their config.json),
     epochs, GPU seconds of epochs, the accuracy on the GPU and, for a quantized model, of the integer
     golden model on all 10,000 test images (measured here), size and BOPs ratios, sha256."""
@@ -478,20 +478,29 @@ def cmd_ship(a) -> int:
 
 
 def _write_shipped(a, ckpt: Path, dest: Path, man: dict, what: str) -> None:
-    """The golden model's accuracy (quantized models), then the weights and the manifest."""
-    if man["quantized"]:
-        g = _golden(ckpt)
-        man["golden"] = {k: g[k] for k in ("accuracy", "fakequant_accuracy", "agreement", "images")}
-        if a.min_golden is not None and g["accuracy"] < a.min_golden:
-            fail(f"{ckpt}: golden accuracy {g['accuracy']:.2f}% is below --min-golden {a.min_golden}; nothing shipped")
+    """The weights (a quantized model in its deployment form, ``shiftpq pack``: level indices, about a
+    fifth of the float32 file), the golden model's accuracy measured on exactly that file, and the
+    manifest."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    man["sha256"], man["bytes"] = _sha256(ckpt), ckpt.stat().st_size
     tmp_pt, tmp_json = dest.with_suffix(".pt.tmp"), dest.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
-    if ckpt.resolve() != dest.resolve():
-        shutil.copyfile(ckpt, tmp_pt)
+    try:
+        if man["quantized"]:
+            _shiftpq(["pack", "--checkpoint", str(ckpt), "--out", str(tmp_pt), "--force"])
+            man["storage"] = "level indices (shiftpq pack)"
+            g = _golden(tmp_pt)
+            man["golden"] = {k: g[k] for k in ("accuracy", "fakequant_accuracy", "agreement", "images")}
+            if a.min_golden is not None and g["accuracy"] < a.min_golden:
+                fail(f"{ckpt}: golden accuracy {g['accuracy']:.2f}% is below --min-golden {a.min_golden}; nothing shipped")
+        else:
+            shutil.copyfile(ckpt, tmp_pt)
+            man["storage"] = "float32"
+        man["sha256"], man["bytes"] = _sha256(tmp_pt), tmp_pt.stat().st_size
+        tmp_json.write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
         os.replace(tmp_pt, dest)
-    os.replace(tmp_json, dest.with_suffix(".json"))
+        os.replace(tmp_json, dest.with_suffix(".json"))
+    finally:
+        for t in (tmp_pt, tmp_json):
+            t.unlink(missing_ok=True)
     acc = f"golden {man['golden']['accuracy']:.2f}%" if "golden" in man else f"{man['test_accuracy_gpu']:.2f}%"
     print(f"shipped {dest} ({acc}; {what}) and {dest.with_suffix('.json')}")
 

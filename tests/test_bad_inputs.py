@@ -102,6 +102,24 @@ def _set(t, v):
     return t
 
 
+def _packed(fn):
+    """A packed (deployment) checkpoint of the source, edited by ``fn``."""
+    edit = _edit_ckpt(fn)
+
+    def make(src: Path, dst: Path):
+        from shiftpq.checkpoint import load_model
+        model, meta = load_model(src)
+        save_checkpoint(dst, model, {k: v for k, v in meta.items() if k not in ("spec", "quantized")}, compact=True)
+        edit(dst, dst)
+    return make
+
+
+def _code(layer, fn):
+    def edit(blob):
+        blob["codes"][layer] = fn(blob["codes"][layer].clone())
+    return edit
+
+
 CHECKPOINTS = {
     "missing": (None, "checkpoint not found"),
     "random bytes": (lambda s, d: d.write_bytes(os.urandom(3000)), "not a"),
@@ -135,6 +153,17 @@ CHECKPOINTS = {
                             "prunes every filter of layer2.0.conv1.conv"),
     "full precision": (_edit_ckpt(lambda b: b.update(meta=json.dumps({**json.loads(b["meta"]), "quantized": False}))),
                        "meta.quantized"),
+    # packed (shiftpq pack: level indices instead of float weights)
+    "packed: 8-bit index -128": (_packed(_code("stem.conv", lambda t: _set(t, 0x80))), "level index 128 outside"),
+    "packed: 4-bit index -8": (_packed(_code("layer1.0.conv1.conv", lambda t: _set(t, 0x08))), "level index 8 outside"),
+    "packed: a byte short": (_packed(_code("layer1.0.conv1.conv", lambda t: t[:-1])), "'codes' and 'code_std'"),
+    "packed: int8 codes": (_packed(_code("fc", lambda t: t.to(torch.int8))), "expected"),
+    "packed: a layer missing": (_packed(lambda b: b["codes"].pop("fc")), "field 'codes' names"),
+    "packed: negative std": (_packed(lambda b: b["code_std"]["fc"].fill_(-1.0)), "normalization std"),
+    "packed: codes a list": (_packed(lambda b: b.update(codes=[1])), "field 'codes'"),
+    "packed: float weights too": (_packed(lambda b: b["model"].update({"fc.weight": torch.zeros(1)})), "field 'model'"),
+    "packed: full precision": (_packed(lambda b: b.update(meta=json.dumps({**json.loads(b["meta"]), "quantized": False}))),
+                               "meta.quantized"),
 }
 
 
@@ -285,6 +314,9 @@ ARGS = {
                            "--model resnet20"),
     "gen two sources": (["gen", "--tables", "{t}", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}/g"], "not allowed"),
     "export no --out": (["export", "--checkpoint", "{tmp}/m.pt"], "--out"),
+    "pack onto an existing file": (["pack", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}/m.pt"], "pass --force"),
+    "pack onto a directory": (["pack", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}", "--force"], "is a directory"),
+    "pack no checkpoint": (["pack", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p.pt"], "checkpoint not found"),
     # a pause probability of 1 never sends (never takes): the simulation would hang
     "sim --gap 1": (["sim", "--build", "{tmp}/g", "--gap", "1"], "--gap: a probability (at 1 the stream never moves) must be in [0, 1), got 1.0"),
     "sim --stall 2": (["sim", "--build", "{tmp}/g", "--stall", "2"], "--stall: a probability (at 1 the stream never moves) must be in [0, 1), got 2.0"),

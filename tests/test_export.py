@@ -207,6 +207,35 @@ def test_export_is_byte_identical_and_round_trips(tmp_path, monkeypatch):
     assert np.array_equal(Golden(t0).run(x), Golden(t1).run(x))
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_packed_checkpoint_exports_the_same_tables(seed, tmp_path, cifar_dir):
+    """shiftpq pack: level indices instead of float weights, a fraction of the bytes, and the same
+    model: equal logits, equal weight codes, equal exported arrays (the manifest differs in the source
+    it names only), equal bytes when packed twice or packed again; it cannot start a training run."""
+    from shiftpq.checkpoint import load_model
+    from shiftpq.train import TrainConfig, Trainer, recipe_with
+    save_checkpoint(tmp_path / "m.pt", random_net(seed), {"epoch": 1})
+    for out in ("p.pt", "q.pt"):
+        assert main(["pack", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / out)]) == 0
+    assert main(["pack", "--checkpoint", str(tmp_path / "p.pt"), "--out", str(tmp_path / "q.pt"), "--force"]) == 0
+    assert (tmp_path / "p.pt").read_bytes() == (tmp_path / "q.pt").read_bytes()
+    (full, meta), (packed, pmeta) = load_model(tmp_path / "m.pt"), load_model(tmp_path / "p.pt")
+    assert packed.frozen and not full.frozen and pmeta["epoch"] == meta["epoch"] and len(pmeta["packed_from"]) == 64
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(full(x), packed(x))
+    for (n, a), (_, b) in zip(full.weight_layers().items(), packed.weight_layers().items()):
+        assert all(torch.equal(u, v) for u, v in zip(a.weight_codes(), b.weight_codes())), n
+    t_full, t_packed = export_checkpoint(tmp_path / "m.pt"), export_checkpoint(tmp_path / "p.pt")
+    assert dataclasses.replace(t_full, source={}) == dataclasses.replace(t_packed, source={})
+    a_full, a_packed = t_full.arrays(), t_packed.arrays()
+    assert a_full.keys() == a_packed.keys() and all(np.array_equal(a_full[k], a_packed[k]) for k in a_full)
+    cfg = TrainConfig(method="ppq", spec=full.spec, recipe=recipe_with("paper", {}), init=str(tmp_path / "p.pt"),
+                      train_limit=32, test_limit=32)
+    with pytest.raises(ShiftPQError, match="deployment checkpoint"):
+        Trainer(cfg, tmp_path / "run", "cpu", cifar_dir, progress=False).fresh()
+
+
 def test_vgg16_exports_and_matches_fake_quant():
     net = random_net(0, "vgg16", layer_masks=True)
     t = export_model(net, {"path": "r"})
@@ -404,7 +433,9 @@ def test_golden_cli_reports_accuracy_and_agreement(tmp_path, cifar_dir, capsys):
 def test_shipped_resnet20_golden_model_agrees_with_its_fake_quant_model(tmp_path, cifar_dir, capsys, method):
     """The trained ResNet-20s in models/: exported, the integer model classifies like the float one."""
     from pathlib import Path
+    from shiftpq.checkpoint import load_model
     ckpt = Path(__file__).resolve().parents[1] / "models" / f"resnet20-{method}.pt"
+    assert load_model(ckpt)[0].frozen  # shipped packed (shiftpq pack)
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "t")]) == 0
     capsys.readouterr()
     assert main(["golden", "--tables", str(tmp_path / "t"), "--limit", "1000", "--json", "--data-dir", cifar_dir]) == 0

@@ -115,7 +115,13 @@ args = ["--method", "ppq", "--set", "epochs=1", "--set", "prune_stages=1", "--se
     assert [p["run"] for p in man["phases"]] == ["fp", "qat"] and man["method"] == "ppq"
     assert man["golden"]["images"] == 10000 and 0 < man["golden"]["accuracy"] < 100
     assert man["sha256"] == hashlib.sha256((models / "tiny-ppq.pt").read_bytes()).hexdigest()
-    assert (models / "tiny-ppq.pt").read_bytes() == (tmp_path / "done" / "qat" / "final.pt").read_bytes()
+    # shipped packed (level indices): the same weight codes as the committed float weights, a smaller file
+    from shiftpq.checkpoint import load_model
+    shipped, committed = load_model(models / "tiny-ppq.pt")[0], load_model(tmp_path / "done" / "qat" / "final.pt")[0]
+    assert shipped.frozen and man["storage"].startswith("level indices") and man["bytes"] == (models / "tiny-ppq.pt").stat().st_size
+    for (n, a), (_, b) in zip(shipped.weight_layers().items(), committed.weight_layers().items()):
+        assert all(torch.equal(x, y) for x, y in zip(a.weight_codes(), b.weight_codes())), n
+    assert not list(models.glob("*.tmp"))
     # drop: the shipped result's committed copy goes; a name not in the plan, or weights gone, are refused
     drop = ["--plan", str(plan), "--done-dir", str(tmp_path / "done")]
     for bad, why in ((["nope"], "no run named"), (["fp"], "not there")):

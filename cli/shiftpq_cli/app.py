@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="DIR", help="tables directory to create")
     e.add_argument("--force", action="store_true", help="replace DIR if it exists (its contents are lost)")
 
+    pk = sub.add_parser("pack", help="store a quantized checkpoint compactly: level indices instead of float weights",
+                        description="Write the deployment form of a quantized checkpoint (spq or ppq): each layer's "
+                        "quantized weights as signed level indices, two per byte for 4-bit layers, and its "
+                        "normalization std, instead of float32 weights (a ResNet-20: 0.2 MB instead of 1.1 MB). It "
+                        "exports the same tables and computes the same logits; it cannot be trained further "
+                        "(docs/compression.md).")
+    pk.set_defaults(run=software.cmd_pack)
+    pk.add_argument("--checkpoint", required=True, metavar="CKPT")
+    pk.add_argument("--out", required=True, metavar="FILE", help="the packed checkpoint to write (may be CKPT with --force)")
+    pk.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
     g = sub.add_parser("golden", help="run the integer golden model from layer tables on the CIFAR-10 test set",
                        description="Accuracy of the integer-only golden model and its top-1 agreement with the "
                        "PyTorch fake-quant model of the checkpoint the tables came from.")

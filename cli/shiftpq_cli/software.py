@@ -61,6 +61,39 @@ def cmd_export(a) -> Exported:
     return Exported(Path(out), tables.model, len(tables.ops), len(tables.arrays()))
 
 
+# -- shiftpq pack -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Packed(Result):
+    """``shiftpq pack``: a quantized checkpoint in deployment form (shiftpq.checkpoint)."""
+    out: Path
+    bytes_in: int
+    bytes_out: int
+
+    def lines(self) -> list[str]:
+        return [f"wrote {self.out}: {self.bytes_out:,} bytes ({self.bytes_in:,} before; the same exported tables)"]
+
+
+def cmd_pack(a) -> Packed:
+    from shiftpq.checkpoint import load_model, save_checkpoint
+    from shiftpq.export import sha256_file
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise ShiftPQError(f"{out}: exists; pass --force to replace it")
+    if out.is_dir():
+        raise ShiftPQError(f"{out}: is a directory, expected a checkpoint file")
+    model, meta = load_model(a.checkpoint)
+    if not model.quantized:
+        raise ShiftPQError(f"{a.checkpoint}: field 'meta.quantized' is false: a full-precision model has no level "
+                           "indices to pack")
+    size_in = Path(a.checkpoint).stat().st_size
+    meta = {**meta, "packed_from": meta.get("packed_from") or sha256_file(a.checkpoint)}
+    for key in ("spec", "quantized"):  # save_checkpoint writes them from the model
+        meta.pop(key, None)
+    save_checkpoint(out, model, meta, compact=True)
+    return Packed(out, size_in, out.stat().st_size)
+
+
 # -- shiftpq golden -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)

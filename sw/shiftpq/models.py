@@ -204,6 +204,15 @@ class Net(nn.Module):
     def quantized(self) -> bool:
         return self.fc.wq.enabled
 
+    @property
+    def frozen(self) -> bool:
+        """Its weights are in deployment form (``_QWeight.freeze``): level indices, not trainable."""
+        return any(layer.frozen for layer in self.weight_layers().values())
+
+    def weight_layer_paths(self) -> dict[str, _QWeight]:
+        """The weight layers by module path (their state dict prefix), e.g. ``stem.conv``, ``fc``."""
+        return {n: m for n, m in self.named_modules() if isinstance(m, _QWeight)}
+
     def alphas(self) -> dict[str, float]:
         out = {n: float(l.wq.alpha.detach()) for n, l in self.weight_layers().items()}
         out.update({n: float(q.alpha.detach()) for n, q in self.act_quantizers().items()})

@@ -375,8 +375,15 @@ class _QWeight:
         """The filter mask shaped to broadcast over the weight tensor."""
         return self.mask.view(-1, *[1] * (self.weight.dim() - 1))
 
+    @property
+    def frozen(self) -> bool:
+        """Deployment form (``freeze``): fixed level indices instead of trainable float weights."""
+        return hasattr(self, "frozen_index")
+
     def _norm_std(self) -> torch.Tensor:
         """Standard deviation of the kept filters' weights (no gradient flows through it)."""
+        if self.frozen:
+            return self.frozen_std
         with torch.no_grad():
             w, m = self.weight, self._filter_mask()
             n = m.sum() * w[0].numel()
@@ -385,7 +392,11 @@ class _QWeight:
 
     def effective_weight(self) -> torch.Tensor:
         w = self.weight
-        if self.wq.enabled:
+        if self.frozen:  # the float operations of the quantizer below, from the stored levels
+            idx = self.frozen_index.long()
+            q = self.wq.vals[idx.abs()]
+            w = (torch.where(idx < 0, -q, q) * self.wq.alpha) * self.frozen_std
+        elif self.wq.enabled:
             std = self._norm_std()
             w = self.wq.quantize(w / std) * std
         return _masked(w, self.mask, 0)
@@ -405,7 +416,45 @@ class _QWeight:
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Signed integer level of every weight (pruned filters: 0) and the step, w_q = codes * step."""
         std = self._norm_std()
-        return _masked(self.wq.codes(self.weight / std), self.mask, 0), std * self.wq.alpha.detach() / self.wq.levels.denom
+        if self.frozen:
+            idx = self.frozen_index.long()
+            codes = torch.tensor(self.wq.levels.ints, device=idx.device)[idx.abs()] * idx.sign()
+        else:
+            codes = self.wq.codes(self.weight / std)
+        return _masked(codes, self.mask, 0), std * self.wq.alpha.detach() / self.wq.levels.denom
+
+    @torch.no_grad()
+    def weight_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deployment form of the quantized weights: signed level indices (sign x index into the
+        level set's magnitudes, int8; pruned filters 0) and the normalization std (``freeze``)."""
+        if self.frozen:
+            return _masked(self.frozen_index, self.mask, 0), self.frozen_std.clone()
+        std = self._norm_std()
+        xs = (self.weight / std).float() / self.wq.alpha.detach()
+        idx = _level_index(xs.abs(), self.wq.mids) * xs.sign().long()
+        return _masked(idx, self.mask, 0).to(torch.int8), std
+
+    @torch.no_grad()
+    def freeze(self, index: torch.Tensor, std: torch.Tensor) -> None:
+        """Replace the trainable weights by the deployment form (``weight_index``): the layer then
+        computes, from the indices, the same quantized weights in the same float operations, and the
+        same ``weight_codes`` (what export reads). Load alpha and the mask first. ``weight`` holds the
+        quantized weights afterwards and is no longer trained. ValueError names what does not fit."""
+        top = len(self.wq.levels.ints) - 1
+        if index.shape != self.weight.shape:
+            raise ValueError(f"{tuple(index.shape)} indices for a weight of shape {tuple(self.weight.shape)}")
+        worst = int(index.to(torch.int16).abs().max()) if index.numel() else 0  # int8 -128 has no int8 abs
+        if worst > top:
+            raise ValueError(f"level index {worst} outside the {self.wq.levels.kind}"
+                             f"{self.wq.levels.bits} set (at most {top})")
+        std = torch.as_tensor(std, dtype=torch.float32)
+        if std.numel() != 1 or not bool(torch.isfinite(std).all()) or float(std) <= 0:
+            raise ValueError(f"normalization std must be one finite positive number, got {std.tolist()}")
+        dev = self.weight.device
+        self.register_buffer("frozen_index", index.to(device=dev, dtype=torch.int8))
+        self.register_buffer("frozen_std", std.reshape(()).to(dev))
+        self.weight.requires_grad_(False)
+        self.weight.copy_(self.effective_weight())
 
 
 class QConv2d(nn.Conv2d, _QWeight):

@@ -315,6 +315,9 @@ class Trainer:
         name = meta.get("spec", {}).get("name")
         if name != self.cfg.spec.name:
             raise ShiftPQError(f"--init {path}: field 'meta.spec.name' is {name!r}, expected {self.cfg.spec.name!r}")
+        if "codes" in blob:
+            raise ShiftPQError(f"--init {path}: a deployment checkpoint (field 'codes': quantized weights as level "
+                               "indices, no float weights); training starts from a checkpoint with float weights")
         missing, unexpected = self.model.load_state_dict(blob["model"], strict=False)
         missing = [k for k in missing if not k.endswith("alpha")]
         if missing or unexpected:
