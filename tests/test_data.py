@@ -32,6 +32,24 @@ def test_augment_is_a_crop_of_the_padded_image_or_its_mirror():
         assert found
 
 
+def test_cutout_blanks_one_clipped_square_after_the_same_crop():
+    """augment(cutout=8): the crop and flip drawn without cutout, then one square (side 8, clipped to the
+    image, the same in every channel) set to the padding value; all-white images show it where it covers
+    image rather than padding: one rectangle of at most 64 pixels."""
+    x = torch.full((256, 3, 32, 32), 255, dtype=torch.uint8)
+    plain = augment(x, torch.Generator().manual_seed(3))
+    cut = augment(x, torch.Generator().manual_seed(3), cutout=8)
+    blank = cut != plain
+    assert torch.equal(blank[:, 0], blank[:, 1]) and torch.equal(blank[:, 0], blank[:, 2])
+    assert (cut[blank] == 128).all()
+    area = blank[:, 0].flatten(1).sum(1)
+    assert int(area.max()) == 64 and int(area.min()) < 64 and (area > 0).float().mean() > 0.9
+    rows, cols = blank[:, 0].any(2), blank[:, 0].any(1)  # one axis-aligned block: its rows x its columns
+    assert torch.equal(area, rows.sum(1) * cols.sum(1))
+    # without cutout nothing changed: the same images as before the option existed
+    assert torch.equal(augment(x, torch.Generator().manual_seed(3), cutout=0), plain)
+
+
 def _archive(records: int = 3) -> bytes:
     rng = np.random.default_rng(0)
     buf = io.BytesIO()

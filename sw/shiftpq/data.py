@@ -82,8 +82,11 @@ def load_split(data_dir: str | Path | None, split: str, limit: int | None = None
     return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the 4-pixel padded image and random horizontal flip (uint8, on device)."""
+def augment(images: torch.Tensor, generator: torch.Generator, cutout: int = 0) -> torch.Tensor:
+    """Random 32x32 crop of the 4-pixel padded image and random horizontal flip (uint8, on device);
+    ``cutout`` > 0: then a square of that side, centred on a random pixel and clipped to the image,
+    set to the padding value in every channel (Cutout, DeVries and Taylor 2017). Without cutout the
+    generator draws exactly what it drew before the option existed."""
     n = images.shape[0]
     dev = images.device
     padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD), value=PAD_VALUE)
@@ -96,7 +99,15 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # n,1,1,32
     idx = torch.arange(n, device=dev)[:, None, None, None]
     ch = torch.arange(3, device=dev)[None, :, None, None]
-    return padded[idx, ch, rows, cols]
+    out = padded[idx, ch, rows, cols]
+    if cutout:
+        cy = torch.randint(0, 32, (n,), generator=generator, device=dev)[:, None, None, None]
+        cx = torch.randint(0, 32, (n,), generator=generator, device=dev)[:, None, None, None]
+        lo = cutout // 2
+        inside = ((base[None, None, :, None] >= cy - lo) & (base[None, None, :, None] < cy - lo + cutout)
+                  & (base[None, None, None, :] >= cx - lo) & (base[None, None, None, :] < cx - lo + cutout))
+        out = out.masked_fill(inside, PAD_VALUE)
+    return out
 
 
 def _md5(path: Path) -> str:

@@ -85,6 +85,7 @@ class Recipe:
     bn_recalibration_batches: int = 20  # spq_revive: batches of training images that re-estimate the
     #                                     BatchNorm statistics after each selection (recalibrate_bn)
     spq_revive_epochs: int = 0  # spq_revive: revive in the first N epochs only, masked after (0: all epochs)
+    cutout: int = 0  # side of a square of each training image set to the padding value (data.augment); 0: off
 
 
 RECIPES: dict[str, Recipe] = {
@@ -131,6 +132,8 @@ def recipe_with(name: str, overrides: dict[str, str]) -> Recipe:
     r = replace(base, **changes)
     if r.schedule not in ("plateau", "cosine"):
         raise ShiftPQError(f"recipe field 'schedule' must be 'plateau' or 'cosine', got {r.schedule!r}")
+    if not 0 <= r.cutout <= 32:
+        raise ShiftPQError(f"recipe field 'cutout' must be a square side in [0, 32] pixels, got {r.cutout}")
     if r.epochs < 1 or r.batch_size < 1 or r.prune_stages < 1 or r.qat_epochs < 0 or r.spq_revive_epochs < 0:
         raise ShiftPQError("recipe fields 'epochs', 'batch_size', 'prune_stages' must be >= 1 and 'qat_epochs', "
                            "'spq_revive_epochs' >= 0")
@@ -425,7 +428,7 @@ class Trainer:
         with _progress(steps, f"{phase} epoch {self.epoch + 1}/{cfg.total_epochs}", self.progress) as bar:
             for step in range(steps):
                 idx = perm[step * bs:(step + 1) * bs]
-                x = model_input(augment(self.xtr[idx], gen))
+                x = model_input(augment(self.xtr[idx], gen, r.cutout))
                 y = self.ytr[idx]
                 mult = self.sched.multiplier(ep_in_phase, step)
                 for g in self.opt.param_groups:
