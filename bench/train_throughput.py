@@ -111,7 +111,14 @@ def kernels_vs_table(model_name: str, dev: torch.device, batch: int, steps: int 
     differences near 1e-7), and QAT amplifies that (on the CPU, ResNet-20 at batch 64, the second losses
     differ by 4e-3, though from identical states the kernels give identical steps). ``ok``: the first
     losses are equal and the inductor run's loss falls like the table's (the mean of the last four
-    within a quarter of the table's fall, as in ``compiled_vs_eager``'s check)."""
+    within a quarter of the table's fall, as in ``compiled_vs_eager``'s check); before all that, the
+    kernels must equal the table element for element on the model's level sets, at every midpoint and
+    the floats beside it (``quant.inductor_kernel_mismatches``)."""
+    from shiftpq.quant import inductor_kernel_mismatches
+    model = build_model(model_name)
+    sets = sorted({(l.wq.levels.bits, True) for l in model.weight_layers().values()}
+                  | {(q.levels.bits, False) for q in model.act_quantizers().values()})
+    mismatches = inductor_kernel_mismatches(dev, sets)
     losses = {}
     for kind in ("table", "inductor"):
         set_quant_kernels(kind)
@@ -120,8 +127,10 @@ def kernels_vs_table(model_name: str, dev: torch.device, batch: int, steps: int 
     set_quant_kernels("table")
     lt, li = losses["table"], losses["inductor"]
     fall = max(1e-6, lt[0] - statistics.mean(lt[-4:]))
-    ok = lt[0] == li[0] and statistics.mean(li[-4:]) - statistics.mean(lt[-4:]) < 0.25 * fall
-    return {"steps": steps, "table_loss": lt, "inductor_loss": li, "first_equal": lt[0] == li[0], "ok": bool(ok)}
+    exact = not any(mismatches.values())
+    ok = exact and lt[0] == li[0] and statistics.mean(li[-4:]) - statistics.mean(lt[-4:]) < 0.25 * fall
+    return {"steps": steps, "mismatches": mismatches, "exact": exact, "table_loss": lt, "inductor_loss": li,
+            "first_equal": lt[0] == li[0], "ok": bool(ok)}
 
 
 def main() -> int:

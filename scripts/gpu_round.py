@@ -213,6 +213,7 @@ def _check_kernels(model: str, batch: int, steps: int, out: Path, device: str = 
     res["seconds"] = round(time.monotonic() - t, 1)
     (out / "check-kernels.json").write_text(json.dumps(res, indent=1) + "\n")
     print(f"gpu_round: inductor quantizer kernels {'train' if res['ok'] else 'DO NOT train'} like the table: "
+          f"{sum(res['mismatches'].values())} elements differ on the level probes, "
           f"first loss {'equal' if res['first_equal'] else 'DIFFERENT'}, last {res['inductor_loss'][-1]:.3f} vs "
           f"{res['table_loss'][-1]:.3f} ({res['seconds']} s)", flush=True)
     return res
@@ -338,8 +339,8 @@ def drop_spent(plan_path: str | Path, done: Path) -> list[str]:
 
 def cmd_drop(a) -> int:
     """Here: delete the committed final.pt of finished phases whose weights nobody needs: a result that
-    lost, or one already shipped under models/ (the same bytes). Config, log and summary stay, and git
-    history keeps the weights. Refused, with nothing deleted, for a phase that is not committed or has
+    lost, or one already shipped under models/ (packed there, so the float32 weights then live in git
+    history only). Which phases those are is the caller's judgement; config, log and summary stay. Refused, with nothing deleted, for a phase that is not committed or has
     no weights, and for one that a phase of the plan not yet committed starts from (``init``) or
     distils from (``teacher``)."""
     from shiftpq.sweep import load_plan, run_state

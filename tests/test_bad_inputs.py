@@ -162,6 +162,10 @@ CHECKPOINTS = {
     "packed: negative std": (_packed(lambda b: b["code_std"]["fc"].fill_(-1.0)), "normalization std"),
     "packed: codes a list": (_packed(lambda b: b.update(codes=[1])), "field 'codes'"),
     "packed: float weights too": (_packed(lambda b: b["model"].update({"fc.weight": torch.zeros(1)})), "field 'model'"),
+    "packed: sparse codes": (_packed(_code("layer1.0.conv1.conv", lambda t: t.to_sparse())), "dense"),
+    "packed: sparse std": (_packed(lambda b: b["code_std"].update({"fc": torch.tensor([0.5]).to_sparse()})), "dense real"),
+    "packed: complex std": (_packed(lambda b: b["code_std"].update({"fc": torch.tensor(0.5 + 1j)})), "dense real"),
+    "packed: version 1": (_packed(lambda b: b.update(version=1)), "field 'version' is 1, expected 2"),
     "packed: full precision": (_packed(lambda b: b.update(meta=json.dumps({**json.loads(b["meta"]), "quantized": False}))),
                                "meta.quantized"),
 }
@@ -317,6 +321,7 @@ ARGS = {
     "pack onto an existing file": (["pack", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}/m.pt"], "pass --force"),
     "pack onto a directory": (["pack", "--checkpoint", "{tmp}/m.pt", "--out", "{tmp}", "--force"], "is a directory"),
     "pack no checkpoint": (["pack", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p.pt"], "checkpoint not found"),
+    "pack a NaN weight": (["pack", "--checkpoint", "{tmp}/nan.pt", "--out", "{tmp}/p.pt"], "holds nan"),
     # a pause probability of 1 never sends (never takes): the simulation would hang
     "sim --gap 1": (["sim", "--build", "{tmp}/g", "--gap", "1"], "--gap: a probability (at 1 the stream never moves) must be in [0, 1), got 1.0"),
     "sim --stall 2": (["sim", "--build", "{tmp}/g", "--stall", "2"], "--stall: a probability (at 1 the stream never moves) must be in [0, 1), got 2.0"),
@@ -332,9 +337,11 @@ ARGS = {
 def test_bad_arguments_are_one_line(case, base, tmp_path, capsys):
     args, needle = ARGS[case]
     shutil.copy(base / "m.pt", tmp_path / "m.pt")
+    _edit_ckpt(_state("layer1.0.conv1.conv.weight", lambda t: _set(t, float("nan"))))(base / "m.pt", tmp_path / "nan.pt")
     args = [a.format(t=base / "t", tmp=tmp_path) for a in args]
     refused(*run(capsys, *args), needle)
     nothing_written(tmp_path, "g")
+    nothing_written(tmp_path, "p.pt")
 
 
 # -- data files ----------------------------------------------------------------------------------------

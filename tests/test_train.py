@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,8 +145,9 @@ def test_spq_revive_epochs_revive_first_then_mask(tmp_path, cifar_dir):
     for n, cb in tr.model.prunable().items():
         still = sel[n] & (cb.conv.mask == 0)
         assert (cb.conv.weight[still] == 0).all(), n  # a masked, zeroed filter did not regrow
-    with pytest.raises(Exception, match="spq_revive_epochs"):
-        recipe_with("paper", {"spq_revive_epochs": "-1"})
+    for bad in ({"spq_revive_epochs": "-1", "spq_revive": "true"}, {"spq_revive_epochs": "3"}):
+        with pytest.raises(Exception, match="spq_revive_epochs"):
+            recipe_with("paper", bad)
 
 
 def test_masked_spq_filters_get_no_gradient():
@@ -187,6 +189,9 @@ def test_teacher_distils_in_every_phase_and_resumes(tmp_path, cifar_dir):
     d, e = (read_checkpoint(tmp_path / n / "final.pt")[0]["model"] for n in "de")
     assert all(torch.equal(d[k], e[k]) for k in d)
     assert read_checkpoint(tmp_path / "e" / "final.pt")[1]["teacher_spec"]["name"] == "tiny"
+    # a quantized teacher (e.g. a packed shipped model) is refused: checkpoints keep a teacher as float weights
+    with pytest.raises(ShiftPQError, match="meta.quantized"):
+        _run(cfg(str(Path(__file__).resolve().parents[1] / "models" / "resnet20-ppq.pt")), tmp_path / "f", cifar_dir)
 
 
 def test_a_run_killed_between_its_log_line_and_its_checkpoint_resumes_with_each_epoch_logged_once(

@@ -75,8 +75,11 @@ class Packed(Result):
 
 
 def cmd_pack(a) -> Packed:
+    import tempfile
+
+    import torch
     from shiftpq.checkpoint import load_model, save_checkpoint
-    from shiftpq.export import sha256_file
+    from shiftpq.export import check_parameters, sha256_file
     out = Path(a.out)
     if out.exists() and not a.force:
         raise ShiftPQError(f"{out}: exists; pass --force to replace it")
@@ -86,11 +89,18 @@ def cmd_pack(a) -> Packed:
     if not model.quantized:
         raise ShiftPQError(f"{a.checkpoint}: field 'meta.quantized' is false: a full-precision model has no level "
                            "indices to pack")
+    check_parameters(model, str(a.checkpoint))  # what export refuses (NaN, a bad mask, ...) is not packed
     size_in = Path(a.checkpoint).stat().st_size
     meta = {**meta, "packed_from": meta.get("packed_from") or sha256_file(a.checkpoint)}
     for key in ("spec", "quantized"):  # save_checkpoint writes them from the model
         meta.pop(key, None)
-    save_checkpoint(out, model, meta, compact=True)
+    with tempfile.TemporaryDirectory() as tmp:  # packed and read back before anything is written at OUT
+        save_checkpoint(Path(tmp) / "packed.pt", model, meta, compact=True)
+        back, _ = load_model(Path(tmp) / "packed.pt")
+        for (name, was), (_, now) in zip(model.weight_layers().items(), back.weight_layers().items()):
+            if not all(torch.equal(u, v) for u, v in zip(was.weight_codes(), now.weight_codes())):
+                raise AssertionError(f"{a.checkpoint}: the packed weight codes of {name} differ (a bug)")
+    save_checkpoint(out, model, meta, compact=True)  # the same bytes (deterministic), atomically
     return Packed(out, size_in, out.stat().st_size)
 
 

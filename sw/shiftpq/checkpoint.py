@@ -9,9 +9,10 @@ only) stores each weight layer's quantized weights instead of its float weights:
 layer's module path (``stem.conv``, ``fc``) to its signed level indices packed as two's complement,
 two per byte for layers of at most 4 bits (the low nibble first), one per byte otherwise (uint8, the
 weight tensor's elements in order), and ``"code_std"`` to its normalization std (a float32 scalar);
-``"model"`` then lacks those layers' ``weight``. Loading rebuilds a model that computes what the
-original computed (the same quantized weights, the same exported tables), but cannot be trained
-further. A ResNet-20 takes 0.2 MB instead of 1.1 MB.
+``"model"`` then lacks those layers' ``weight``, and ``"version"`` is 2 (an older reader refuses it
+by its version). Loading rebuilds a model that computes what the original computed (the same
+quantized weights, the same exported tables), but cannot be trained further. A ResNet-20 takes 0.2 MB
+instead of 1.1 MB.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .models import ModelSpec, Net
 
 FORMAT = "shiftpq-checkpoint"
 VERSION = 1
+VERSION_PACKED = 2  # a deployment checkpoint (codes): an older reader refuses it by its version
 
 
 def pack_index(index: torch.Tensor, bits: int) -> torch.Tensor:
@@ -50,9 +52,9 @@ def unpack_index(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> tor
         n *= d
     nib = bits <= 4
     want = (n + 1) // 2 if nib else n
-    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != want:
-        raise ValueError(f"expected {want} bytes (uint8, one dimension) for {n} {bits}-bit indices, got "
-                         f"{packed.dtype} of shape {tuple(packed.shape)}")
+    if packed.layout != torch.strided or packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != want:
+        raise ValueError(f"expected {want} bytes (uint8, dense, one dimension) for {n} {bits}-bit indices, got "
+                         f"{packed.dtype} ({packed.layout}) of shape {tuple(packed.shape)}")
     u = packed.to(torch.int16)
     if nib:
         u = torch.stack([u & 0xF, u >> 4], 1).flatten()
@@ -77,6 +79,7 @@ def save_checkpoint(path: str | Path, model: Net, meta: dict, optimizer=None, te
     if compact or model.frozen:
         if not model.quantized or optimizer is not None or teacher is not None:
             raise ValueError("a deployment checkpoint holds a quantized model alone (no optimizer, no teacher)")
+        blob["version"] = VERSION_PACKED
         blob["codes"], blob["code_std"] = {}, {}
         for name, layer in model.weight_layer_paths().items():
             index, std = layer.weight_index()
@@ -125,8 +128,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise ShiftPQError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ShiftPQError(f"{path}: field 'format' is not {FORMAT!r} (not a ShiftPQ checkpoint)")
-    if blob.get("version") != VERSION:
-        raise ShiftPQError(f"{path}: field 'version' is {blob.get('version')!r}, expected {VERSION}")
+    packed = "codes" in blob or "code_std" in blob
+    want = VERSION_PACKED if packed else VERSION
+    if blob.get("version") != want:
+        raise ShiftPQError(f"{path}: field 'version' is {blob.get('version')!r}, expected {want}"
+                           + (" (a packed checkpoint: field 'codes')" if packed else ""))
     try:
         meta = json.loads(blob["meta"])
     except (KeyError, TypeError, ValueError) as e:
@@ -174,9 +180,13 @@ def model_from_state(spec: dict, state: dict, quantized: bool, source: str = "ch
                            f"unexpected {sorted(unexpected)}")
     model.set_quant(True)
     for name, layer in layers.items():
+        std = code_std[name]
         try:
-            layer.freeze(unpack_index(codes[name], layer.wq.levels.bits, tuple(layer.weight.shape)), code_std[name])
-        except ValueError as e:
+            if std.layout != torch.strided or not std.dtype.is_floating_point or std.numel() != 1:
+                raise ValueError(f"code_std must be one dense real number, got {std.dtype} ({std.layout}) of shape "
+                                 f"{tuple(std.shape)}")
+            layer.freeze(unpack_index(codes[name], layer.wq.levels.bits, tuple(layer.weight.shape)), std)
+        except (ValueError, RuntimeError, NotImplementedError) as e:
             raise ShiftPQError(f"{source}: weight layer {name!r} (fields 'codes' and 'code_std'): {e}") from None
     return model
 

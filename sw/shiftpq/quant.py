@@ -56,9 +56,13 @@ ALPHA_A_INIT = 8.0  # activation clipping before calibration (APoT CIFAR code)
 # ``QUANT_KERNELS``: "table" (bucketize and a table lookup, eager PyTorch: about 8 passes over the tensor
 # forward and 12 backward, each a kernel of its own) or "inductor": the fused quantizer's forward and
 # gradient functions (``_fused_forward``, ``_fused_grads``), each compiled on its own by Inductor into one
-# or two kernels. These two pieces equal the table element for element on the CPU (tests/test_quant.py)
-# and on an H200 (bench/inductor_quant.py, round 9); the model around them stays eager (or compiled with
-# "ops"), so the whole-graph miscompile above cannot reach them.
+# or two kernels; the model around them stays eager (or compiled with "ops"), so the whole-graph miscompile
+# above cannot reach them. They equal the table element for element on the CPU (tests/test_quant.py, also
+# with Inductor's CUDA lowering of a division by a constant forced on the CPU); on an H200 the 4-bit APoT
+# pieces did on random inputs (bench/inductor_quant.py, round 9). Their divisions run in float64 (exact
+# under any lowering: ``_fused_scaled``, ``_fused_levels``), and every GPU round compares them with the
+# table on every level set of the model, at each midpoint and the floats beside it, before using them
+# (``inductor_kernel_mismatches``).
 
 def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """t with like's strides (channels_last stays channels_last), as the fake kernels promise."""
@@ -140,28 +144,33 @@ FusedConsts = tuple  # (bits, n, mids, vals): the level set's width, n = top int
 @lru_cache(maxsize=None)
 def fused_consts(levels: LevelSet) -> FusedConsts:
     """The constants the fused quantizer bakes into its kernel for one level set. The uniform
-    path's arithmetic (``(2k +- 1) / 2n`` and ``k / n`` in float32) must reproduce the level table
-    bit for bit; that is checked here, once per level set."""
+    path's arithmetic (``(2k +- 1) / 2n`` and ``k / n`` in float64, rounded once to float32) must
+    reproduce the level table bit for bit; that is checked here, once per level set."""
     vals = np.asarray(levels.values, dtype=np.float32)
     mids = np.asarray(levels.midpoints, dtype=np.float32)
     n = levels.denom if levels.kind == "uniform" else 0
     if n:
-        k = np.arange(n + 1, dtype=np.float32)
-        if not (np.array_equal(k / np.float32(n), vals)
-                and np.array_equal((2 * k[:-1] + 1) / np.float32(2 * n), mids)):
-            raise AssertionError(f"uniform level set {levels.bits} bits: float32 arithmetic differs from the table")
+        k = np.arange(n + 1, dtype=np.float64)
+        if not (np.array_equal((k / n).astype(np.float32), vals)
+                and np.array_equal(((2 * k[:-1] + 1) / (2 * n)).astype(np.float32), mids)):
+            raise AssertionError(f"uniform level set {levels.bits} bits: float64 arithmetic differs from the table")
     return levels.bits, n, tuple(float(m) for m in mids), tuple(float(v) for v in vals)
 
 
 def _fused_levels(xs: torch.Tensor, consts: FusedConsts, signed: bool) -> torch.Tensor:
     """``_levels_of`` as element-wise ops only (no bucketize, no gather): the same values, ties to
-    the larger magnitude, in xs's layout."""
+    the larger magnitude, in xs's layout. The uniform path divides in float64 and rounds once to
+    float32, which gives the table's float32 values however a compiler lowers the division (Inductor
+    turns a division by a constant into a multiplication by its reciprocal on CUDA, which float32
+    does not compute exactly, e.g. 8 of the 128 levels of the 8-bit set)."""
     _, n, mids, vals = consts
     mag = (xs.abs() if signed else xs).clamp(0.0, 1.0)
     if n:  # uniform: k = round(mag * n), off by at most one, corrected against the exact midpoints
         k = torch.floor(mag * n + 0.5).clamp(0, n)
-        k = k - (mag < (2 * k - 1) / (2 * n)).to(k.dtype) + (mag >= (2 * k + 1) / (2 * n)).to(k.dtype)
-        q = k / n
+        kd = k.double()
+        k = (k - (mag < ((2 * kd - 1) / (2 * n)).float()).to(k.dtype)
+             + (mag >= ((2 * kd + 1) / (2 * n)).float()).to(k.dtype))
+        q = (k.double() / n).float()
     else:  # APoT: the last midpoint passed selects its level (count of midpoints <= mag)
         q = torch.zeros_like(mag)
         for m, v in zip(mids, vals[1:]):
@@ -169,15 +178,23 @@ def _fused_levels(xs: torch.Tensor, consts: FusedConsts, signed: bool) -> torch.
     return q.copysign(xs) if signed else q
 
 
+def _fused_scaled(x, alpha) -> torch.Tensor:
+    """x / alpha as the table path's float32 division computes it, in float64 rounded once to float32
+    (exact, since a quotient of two float32 values never lies within 2^-49 of a float32 tie without
+    being on it), so that a compiler's approximate float32 division (Triton's default) cannot move a
+    value across a midpoint."""
+    return (x.double() / alpha.double()).float()
+
+
 def _fused_forward(x, alpha, consts: FusedConsts, signed: bool) -> torch.Tensor:
     """alpha * q(x / alpha) in x's dtype, element-wise ops only."""
-    return (_fused_levels(x.float() / alpha, consts, signed) * alpha).to(x.dtype)
+    return (_fused_levels(_fused_scaled(x, alpha), consts, signed) * alpha).to(x.dtype)
 
 
 def _fused_grads(g, x, alpha, consts: FusedConsts, signed: bool):
     """(dL/dx, dL/dalpha) as ``_quant_grads``, element-wise ops and one sum; dL/dx is None for weights
     (straight-through: it is g itself, which a compiled function should not hand back as an output)."""
-    xs = x.float() / alpha
+    xs = _fused_scaled(x, alpha)
     gx, galpha = _quant_grads(g, xs, _fused_levels(xs, consts, signed), alpha, signed)
     return (None if signed else gx), galpha
 
@@ -190,6 +207,63 @@ def _inductor_kernels():
     cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, 64)
     return torch.compile(_fused_forward, fullgraph=True), torch.compile(_fused_grads, fullgraph=True)
+
+
+def level_probes(bits: int, signed: bool, alpha: float, shape=(4, 4, 9, 9),
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inputs where a quantizer goes wrong first: every midpoint x alpha (a tie), the float32 values
+    just below and above it, every level, values past the clip; then random values over and past the
+    clipping range (a few negatives for unsigned sets, as before a ReLU); both signs for signed sets.
+    With alpha a power of two, x / alpha lands on the midpoints exactly; with any other alpha, within
+    an ulp of them, which tests the division."""
+    lv = level_set(bits, signed)
+    n = 1
+    for d in shape:
+        n *= d
+    mids = torch.tensor(lv.midpoints, dtype=torch.float32)
+    edges = torch.cat([mids, mids.nextafter(torch.zeros(())), mids.nextafter(torch.ones(())),
+                       torch.tensor(lv.values, dtype=torch.float32), torch.tensor([1.0, 1.5, 1e-9])]) * alpha
+    if signed:
+        edges = torch.cat([edges, -edges])
+    x = torch.randn(n, generator=generator) * alpha * 0.6
+    if not signed:
+        x = x.abs() * torch.where(torch.rand(n, generator=generator) < 0.05, -1.0, 1.0)
+    x[:min(n, len(edges))] = edges[:n]
+    return x.reshape(shape)
+
+
+def inductor_kernel_mismatches(device, sets, dtypes=(torch.float32, torch.bfloat16),
+                               alphas=(0.5, 0.8)) -> dict[str, int]:
+    """Elements where the "inductor" kernels differ from the "table" ones on ``level_probes`` (forward
+    and input gradient; channels_last), per level set (bits, signed) and dtype: the check a GPU round
+    runs before training with them (a compiler's division or constant folding shows here first)."""
+    before = _kernels["kind"]
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for bits, signed in sets:
+            lv = level_set(bits, signed)
+            vals = torch.tensor(lv.values, dtype=torch.float32, device=device)
+            mids = torch.tensor(lv.midpoints, dtype=torch.float32, device=device)
+            consts = fused_consts(lv)
+            for dtype in dtypes:
+                bad = 0
+                for a in alphas:
+                    x = level_probes(bits, signed, a, (4, 4, 9, 9), gen).to(device=device, dtype=dtype)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    g = torch.randn(x.shape, generator=gen).to(device=device, dtype=dtype)
+                    alpha = torch.tensor(a, device=device)
+                    res = []
+                    for kind in QUANT_KERNELS:
+                        set_quant_kernels(kind)
+                        res.append((_kernel_forward(x, alpha, vals, mids, signed, consts),
+                                    _kernel_grads(g, x, alpha, vals, mids, signed, consts)[0]))
+                    (f0, g0), (f1, g1) = res
+                    bad += int((f0 != f1).sum()) + int((g0 != g1).sum())
+                out[f"{lv.kind}{bits}{'s' if signed else 'u'}-{str(dtype).removeprefix('torch.')}"] = bad
+    finally:
+        set_quant_kernels(before)
+    return out
 
 
 class _FusedFakeQuant(torch.autograd.Function):

@@ -132,6 +132,8 @@ def recipe_with(name: str, overrides: dict[str, str]) -> Recipe:
     r = replace(base, **changes)
     if r.schedule not in ("plateau", "cosine"):
         raise ShiftPQError(f"recipe field 'schedule' must be 'plateau' or 'cosine', got {r.schedule!r}")
+    if r.spq_revive_epochs and not r.spq_revive:
+        raise ShiftPQError(f"recipe field 'spq_revive_epochs' is {r.spq_revive_epochs}: it needs spq_revive=true")
     if not 0 <= r.cutout <= 32:
         raise ShiftPQError(f"recipe field 'cutout' must be a square side in [0, 32] pixels, got {r.cutout}")
     if r.epochs < 1 or r.batch_size < 1 or r.prune_stages < 1 or r.qat_epochs < 0 or r.spq_revive_epochs < 0:
@@ -334,6 +336,9 @@ class Trainer:
         if self.cfg.recipe.distill <= 0:
             raise ShiftPQError(f"--teacher {path}: recipe field 'distill' is {self.cfg.recipe.distill}, expected > 0")
         teacher, _ = load_model(path)
+        if teacher.quantized:  # a checkpoint (and --resume) keeps the teacher as full-precision weights only
+            raise ShiftPQError(f"--teacher {path}: field 'meta.quantized' is true; distil from a full-precision "
+                               "model (e.g. models/resnet20-fp.pt or a deeper ResNet's FP32 phase)")
         self.teacher = teacher.to(self.device).eval()
         if self.device.type == "cuda":
             self.teacher.to(memory_format=torch.channels_last)  # the layout the student's inputs have
