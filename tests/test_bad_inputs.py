@@ -165,6 +165,8 @@ CHECKPOINTS = {
     "packed: sparse codes": (_packed(_code("layer1.0.conv1.conv", lambda t: t.to_sparse())), "dense"),
     "packed: sparse std": (_packed(lambda b: b["code_std"].update({"fc": torch.tensor([0.5]).to_sparse()})), "dense real"),
     "packed: complex std": (_packed(lambda b: b["code_std"].update({"fc": torch.tensor(0.5 + 1j)})), "dense real"),
+    "packed: NaN weight alpha": (_packed(lambda b: b["model"]["fc.wq.alpha"].fill_(float("nan"))),
+                                 "field 'model.fc.wq.alpha' holds nan"),
     "packed: version 1": (_packed(lambda b: b.update(version=1)), "field 'version' is 1, expected 2"),
     "packed: full precision": (_packed(lambda b: b.update(meta=json.dumps({**json.loads(b["meta"]), "quantized": False}))),
                                "meta.quantized"),

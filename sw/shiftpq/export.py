@@ -78,8 +78,10 @@ def check_parameters(model: Net, where: str) -> None:
     """Refuse parameters no integer table can represent, naming the tensor: NaN or inf anywhere
     (weights, clipping thresholds, BatchNorm statistics), a negative BatchNorm variance, a pruning
     mask outside {0, 1}, a conv with every filter pruned (a clipping threshold <= 0: ``quantizer`` below)."""
+    # a packed model's weights are derived (codes x alpha x std): its alpha is the field to name
+    derived = {f"{path}.weight" for path, layer in model.weight_layer_paths().items() if layer.frozen}
     for key, v in model.state_dict().items():
-        if not torch.is_floating_point(v):
+        if not torch.is_floating_point(v) or key in derived:
             continue
         fld = f"{where}: field 'model.{key}'"
         if not bool(torch.isfinite(v).all()):
