@@ -59,8 +59,12 @@ def _gone(pid: int) -> bool:
 def test_a_signal_stops_the_tools_children(sig, code, where, tmp_path):
     pidfile = tmp_path / "grandchild.pid"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "sw")}
+    # a test run started as a background job (`make test &`) ignores SIGINT, and its children would
+    # inherit that (the CLI then keeps Ctrl-C ignored, as a background job should): start this one with
+    # the default, as from a terminal
     p = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(pidfile), where], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     end = time.monotonic() + 60
     while not pidfile.exists():
         assert p.poll() is None, p.communicate()
