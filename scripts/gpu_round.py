@@ -321,13 +321,19 @@ def cmd_adopt(a) -> int:
     return 0
 
 
+def _committed(plan, done: Path) -> set[str]:
+    """The plan's phases committed as finished under ``done``."""
+    from shiftpq.sweep import run_state
+    return {r.name for r in plan.runs if run_state(done / r.name)["state"] == "done"}
+
+
 def drop_spent(plan_path: str | Path, done: Path) -> list[str]:
     """Delete the final.pt of committed phases that other phases start from once all of those are
     committed too: nothing will read it again, and every byte under plans/done/ travels with each
     device call. A phase nothing starts from (a result, e.g. a QAT phase) keeps its weights."""
-    from shiftpq.sweep import load_plan, run_state
+    from shiftpq.sweep import load_plan
     plan = load_plan(plan_path)
-    finished = {r.name for r in plan.runs if run_state(done / r.name)["state"] == "done"}
+    finished = _committed(plan, done)
     spent = []
     for r in plan.runs:
         users = [u.name for u in plan.runs if r.name in u.needs]
@@ -340,14 +346,14 @@ def drop_spent(plan_path: str | Path, done: Path) -> list[str]:
 def cmd_drop(a) -> int:
     """Here: delete the committed final.pt of finished phases whose weights nobody needs: a result that
     lost, or one already shipped under models/ (packed there, so the float32 weights then live in git
-    history only). Which phases those are is the caller's judgement; config, log and summary stay. Refused, with nothing deleted, for a phase that is not committed or has
-    no weights, and for one that a phase of the plan not yet committed starts from (``init``) or
-    distils from (``teacher``)."""
-    from shiftpq.sweep import load_plan, run_state
+    history only). Which phases those are is the caller's judgement; config, log and summary stay.
+    Refused, with nothing deleted, for a phase that is not committed or has no weights, and for one
+    that a phase of the plan not yet committed starts from (``init``) or distils from (``teacher``)."""
+    from shiftpq.sweep import load_plan
     plan = load_plan(a.plan)
     done = done_dir(a.plan, a.done_dir)
     by_name = {r.name: r for r in plan.runs}
-    finished = {r.name for r in plan.runs if run_state(done / r.name)["state"] == "done"}
+    finished = _committed(plan, done)
     for name in a.runs:
         if name not in by_name:
             fail(f"{a.plan}: no run named {name!r}")

@@ -393,11 +393,16 @@ class Quantizer(nn.Module):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant(x, self.alpha, self.vals, self.mids, self.levels.signed, self.consts)
 
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer level magnitudes (signed for weights) of x, as used by the hardware."""
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """Level index of each element of x (signed for weights: sign x index into the magnitudes)."""
         xs = x.float() / self.alpha.detach()
-        ints = torch.tensor(self.levels.ints, device=x.device)[_level_index(xs.abs(), self.mids)]
-        return ints * xs.sign().long() if self.levels.signed else ints
+        idx = _level_index(xs.abs(), self.mids)
+        return idx * xs.sign().long() if self.levels.signed else idx
+
+    def ints_of(self, index: torch.Tensor) -> torch.Tensor:
+        """Integer levels (signed for weights) of level indices, as used by the hardware."""
+        ints = torch.tensor(self.levels.ints, device=index.device)[index.abs()]
+        return ints * index.sign() if self.levels.signed else ints
 
     def extra_repr(self) -> str:
         return f"{self.levels.kind}{self.bits}, signed={self.levels.signed}, enabled={self.enabled}"
@@ -486,27 +491,21 @@ class _QWeight:
         self.wq.alpha.fill_(alpha)
         return alpha
 
+    def _level_indices(self) -> torch.Tensor:
+        """Signed level index of every weight, before the mask: stored (frozen) or quantized now."""
+        return self.frozen_index.long() if self.frozen else self.wq.index(self.weight / self._norm_std())
+
     @torch.no_grad()
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Signed integer level of every weight (pruned filters: 0) and the step, w_q = codes * step."""
-        std = self._norm_std()
-        if self.frozen:
-            idx = self.frozen_index.long()
-            codes = torch.tensor(self.wq.levels.ints, device=idx.device)[idx.abs()] * idx.sign()
-        else:
-            codes = self.wq.codes(self.weight / std)
-        return _masked(codes, self.mask, 0), std * self.wq.alpha.detach() / self.wq.levels.denom
+        codes = self.wq.ints_of(self._level_indices())
+        return _masked(codes, self.mask, 0), self._norm_std() * self.wq.alpha.detach() / self.wq.levels.denom
 
     @torch.no_grad()
     def weight_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The deployment form of the quantized weights: signed level indices (sign x index into the
         level set's magnitudes, int8; pruned filters 0) and the normalization std (``freeze``)."""
-        if self.frozen:
-            return _masked(self.frozen_index, self.mask, 0), self.frozen_std.clone()
-        std = self._norm_std()
-        xs = (self.weight / std).float() / self.wq.alpha.detach()
-        idx = _level_index(xs.abs(), self.wq.mids) * xs.sign().long()
-        return _masked(idx, self.mask, 0).to(torch.int8), std
+        return _masked(self._level_indices(), self.mask, 0).to(torch.int8), self._norm_std().clone()
 
     @torch.no_grad()
     def freeze(self, index: torch.Tensor, std: torch.Tensor) -> None:
